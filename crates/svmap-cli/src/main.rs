@@ -1,0 +1,2 @@
+//! The svmap command-line tool.
+fn main() {}

@@ -1,0 +1,3 @@
+//! core
+#![no_std]
+extern crate alloc;

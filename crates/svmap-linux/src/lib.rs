@@ -1,0 +1,1 @@
+//! svmap on the real address space of a Linux process.
