@@ -1,0 +1,366 @@
+//! The gap searches: the kernel's `unmapped_area()` /
+//! `unmapped_area_topdown()` to the bit, and an exact aligned fit.
+//!
+//! The kernel-exact search follows `LINUX-SEMANTICS.md` sections 3 to 5 (the
+//! maple-tree era, Linux 6.1 and later, with `start_gap` from 6.10): it pads
+//! the length by `align_mask + start_gap`, finds the lowest (highest) raw
+//! hole that holds the padded length inside the window, aligns inside it,
+//! and re-checks the guard gap of the VMA above the hole, searching again
+//! with a narrowed window when the guard is violated.
+
+use core::fmt;
+
+use crate::map::{AddressMap, SearchParams};
+use crate::tree::NIL;
+
+/// A gap-search request: the kernel's `struct vm_unmapped_area_info`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnmappedAreaInfo {
+    /// `VM_UNMAPPED_AREA_TOPDOWN`: highest fit first.
+    pub topdown: bool,
+    /// Length of the mapping in bytes.
+    pub length: u64,
+    /// Lowest acceptable start (inclusive; raised to `mmap_min_addr`).
+    pub low_limit: u64,
+    /// The mapping must end at or below this address (exclusive).
+    pub high_limit: u64,
+    /// The result satisfies `addr & align_mask == align_offset & align_mask`.
+    pub align_mask: u64,
+    /// See `align_mask`.
+    pub align_offset: u64,
+    /// A guard the new mapping leaves below itself (shadow stacks).
+    pub start_gap: u64,
+}
+
+/// Why a search found nothing. The kernel answers all of these with
+/// `-ENOMEM`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SearchError {
+    /// `length + align_mask + start_gap` wrapped past 2^64 (as the kernel
+    /// detects it: the sum came out below `length`).
+    LengthOverflow,
+    /// The window `[max(low_limit, mmap_min_addr), high_limit)` is empty or
+    /// shorter than the padded length, or the length is zero.
+    EmptyWindow,
+    /// No hole in the window is large enough.
+    NoSpace,
+    /// The guard-gap retries did not make progress. The kernel would loop
+    /// forever here (only reachable with `mmap_min_addr == 0` and a
+    /// grows-down VMA within `stack_guard_gap` of address 0); svmap stops.
+    RetryLimit,
+}
+
+impl fmt::Display for SearchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SearchError::LengthOverflow => "length plus alignment padding overflows 64 bits",
+            SearchError::EmptyWindow => "the search window is empty or shorter than the length",
+            SearchError::NoSpace => "no free gap of that length in the window",
+            SearchError::RetryLimit => "guard-gap retries made no progress",
+        })
+    }
+}
+
+/// Counters of one search, for measuring the retries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SearchStats {
+    /// Tree descents: 1 plus one per guard-gap retry.
+    pub descents: u32,
+    /// Candidate holes examined (the exact fit may examine several).
+    pub holes: u32,
+}
+
+/// An exact-fit request: the lowest (or highest) aligned `[addr, addr +
+/// length)` that really fits, without the kernel's worst-case padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FitRequest {
+    /// Length in bytes (> 0).
+    pub length: u64,
+    /// Lowest acceptable start (inclusive).
+    pub low: u64,
+    /// Highest acceptable end (exclusive); `[addr, addr + length)` lies
+    /// inside `[low, high)`.
+    pub high: u64,
+    /// Alignment: a power of two (1 for none).
+    pub align: u64,
+    /// The result is congruent to `align_offset` modulo `align`.
+    pub align_offset: u64,
+    /// Highest fit first.
+    pub topdown: bool,
+    /// Keep out of the guard gaps of grows-down (and, with
+    /// [`SearchParams::growsup_guard`], grows-up) neighbours, as the
+    /// kernel's non-fixed placements do.
+    pub respect_guard_gaps: bool,
+}
+
+/// Why [`AddressMap::find_fit`] found nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FitError {
+    /// The length is zero.
+    ZeroLength,
+    /// The alignment is not a power of two.
+    BadAlignment(u64),
+    /// The window `[low, high)` is empty or shorter than the length.
+    EmptyWindow {
+        /// Requested low.
+        low: u64,
+        /// Requested high.
+        high: u64,
+    },
+    /// No aligned placement fits in the window.
+    NoSpace,
+}
+
+impl fmt::Display for FitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            FitError::ZeroLength => f.write_str("zero length"),
+            FitError::BadAlignment(a) => write!(f, "alignment {a:#x} is not a power of two"),
+            FitError::EmptyWindow { low, high } => {
+                write!(f, "window [{low:#x}, {high:#x}) is empty or too short")
+            }
+            FitError::NoSpace => f.write_str("no aligned placement fits in the window"),
+        }
+    }
+}
+
+impl AddressMap {
+    /// The kernel's `vm_unmapped_area(info)` over this map, to the bit.
+    ///
+    /// A successful result `addr` satisfies (for windows that do not wrap):
+    /// `addr >= max(low_limit, mmap_min_addr)`, `addr + length <= high_limit`,
+    /// `addr & align_mask == align_offset & align_mask`,
+    /// `[addr - start_gap, addr + length)` is free, and no grows-down VMA
+    /// above the hole has its guard gap below the end of the *padded* area
+    /// (bottom-up) or of the hole (top-down). Like the kernel it may skip a
+    /// hole in which an aligned slot would have fitted: the hole must hold
+    /// `length + align_mask + start_gap`.
+    ///
+    /// One deliberate deviation, as `TRACE.md` specifies: `low_limit >=
+    /// high_limit` is [`SearchError::EmptyWindow`] even for `high_limit == 0`,
+    /// which the kernel would read as 2^64 (`high_limit - 1` wraps). No
+    /// kernel caller passes 0.
+    pub fn unmapped_area(
+        &self,
+        info: &UnmappedAreaInfo,
+        params: &SearchParams,
+    ) -> Result<u64, SearchError> {
+        self.unmapped_area_stats(info, params, &mut SearchStats::default())
+    }
+
+    /// [`Self::unmapped_area`], counting descents into `stats`.
+    pub fn unmapped_area_stats(
+        &self,
+        info: &UnmappedAreaInfo,
+        params: &SearchParams,
+        stats: &mut SearchStats,
+    ) -> Result<u64, SearchError> {
+        if info.low_limit >= info.high_limit {
+            return Err(SearchError::EmptyWindow);
+        }
+        // Step 1: the padded length, with the kernel's overflow test.
+        let length = info
+            .length
+            .wrapping_add(info.align_mask)
+            .wrapping_add(info.start_gap);
+        if length < info.length {
+            return Err(SearchError::LengthOverflow);
+        }
+        let low = info.low_limit.max(params.mmap_min_addr);
+        if info.topdown {
+            self.topdown(info, params, length, low, info.high_limit, stats)
+        } else {
+            self.bottomup(info, params, length, low, info.high_limit, stats)
+        }
+    }
+
+    /// `mas_empty_area*`'s argument checks for the window `[low, high - 1]`.
+    fn window_ok(low: u64, max: u64, size: u64) -> bool {
+        !(low > max || size == 0 || max - low < size - 1)
+    }
+
+    fn bottomup(
+        &self,
+        info: &UnmappedAreaInfo,
+        params: &SearchParams,
+        length: u64,
+        mut low: u64,
+        high: u64,
+        stats: &mut SearchStats,
+    ) -> Result<u64, SearchError> {
+        // Each retry passes at least one VMA, so more than len() + 2
+        // descents means no progress.
+        let limit = self.len() as u64 + 2;
+        loop {
+            stats.descents += 1;
+            if stats.descents as u64 > limit {
+                return Err(SearchError::RetryLimit);
+            }
+            let max = high.wrapping_sub(1);
+            if !Self::window_ok(low, max, length) {
+                return Err(SearchError::EmptyWindow);
+            }
+            let hole = self
+                .walk_low(low, max, length, &mut |_, h| Some(h))
+                .ok_or(SearchError::NoSpace)?;
+            stats.holes += 1;
+            let index = hole.start.max(low);
+            let mut gap = index.wrapping_add(info.start_gap);
+            gap = gap.wrapping_add(info.align_offset.wrapping_sub(gap) & info.align_mask);
+            if hole.next != NIL && self.has_start_gap(hole.next) {
+                if self.start_gap_of(hole.next, params) < gap.wrapping_add(length).wrapping_sub(1) {
+                    let new_low = self.t.n(hole.next).end;
+                    low = new_low;
+                    continue;
+                }
+            } else if hole.prev != NIL {
+                let pe = self.end_gap_of(hole.prev, params);
+                if pe > gap {
+                    low = pe;
+                    continue;
+                }
+            }
+            debug_assert!(
+                gap & info.align_mask == info.align_offset & info.align_mask,
+                "unaligned result {gap:#x}"
+            );
+            debug_assert!(
+                index
+                    .checked_add(length - 1)
+                    .is_none_or(|end| gap >= index && gap + (info.length - 1) <= end),
+                "result {gap:#x} outside the found area"
+            );
+            return Ok(gap);
+        }
+    }
+
+    fn topdown(
+        &self,
+        info: &UnmappedAreaInfo,
+        params: &SearchParams,
+        length: u64,
+        low: u64,
+        mut high: u64,
+        stats: &mut SearchStats,
+    ) -> Result<u64, SearchError> {
+        let limit = self.len() as u64 + 2;
+        loop {
+            stats.descents += 1;
+            if stats.descents as u64 > limit {
+                return Err(SearchError::RetryLimit);
+            }
+            // A retry may set high to 0; like the kernel, `high - 1` then
+            // wraps to the top of the address space.
+            let max = high.wrapping_sub(1);
+            if !Self::window_ok(low, max, length) {
+                return Err(SearchError::EmptyWindow);
+            }
+            let hole = self
+                .walk_high(low, max, length, &mut |_, h| Some(h))
+                .ok_or(SearchError::NoSpace)?;
+            stats.holes += 1;
+            let gap_end = hole.last.min(max).wrapping_add(1);
+            let mut gap = gap_end.wrapping_sub(info.length);
+            gap = gap.wrapping_sub(gap.wrapping_sub(info.align_offset) & info.align_mask);
+            if hole.next != NIL && self.has_start_gap(hole.next) {
+                let sg = self.start_gap_of(hole.next, params);
+                if sg < gap_end {
+                    high = sg;
+                    continue;
+                }
+            } else if hole.prev != NIL && self.end_gap_of(hole.prev, params) > gap {
+                high = self.t.n(hole.prev).start;
+                continue;
+            }
+            debug_assert!(
+                gap & info.align_mask == info.align_offset & info.align_mask,
+                "unaligned result {gap:#x}"
+            );
+            return Ok(gap);
+        }
+    }
+
+    /// The lowest (or, with `topdown`, highest) start `addr` such that
+    /// `[addr, addr + length)` lies in `[low, high)`, is free, is congruent
+    /// to `align_offset` modulo `align`, and (with `respect_guard_gaps`)
+    /// keeps out of the guard gap below every grows-down VMA. Unlike
+    /// [`Self::unmapped_area`] it needs no worst-case padding: a 2 MiB-aligned
+    /// 2 MiB request fits in a 3 MiB hole that happens to contain an aligned
+    /// 2 MiB slot, where the kernel requires a 4 MiB - 4 KiB hole.
+    ///
+    /// Cost: O(log n) per candidate hole. The walk skips every subtree
+    /// whose holes are all shorter than `length` or outside the window; the
+    /// candidates it does examine are the holes of at least `length` bytes in
+    /// address order, and the first that fits ends the search. Every hole of
+    /// at least `length + align - 1` bytes (plus the guard gap below a stack)
+    /// fits, so the only holes examined in vain are those shorter than that
+    /// whose aligned slot falls off their end: with page alignment there are
+    /// none and the search is one O(log n) descent.
+    pub fn find_fit(&self, req: &FitRequest, params: &SearchParams) -> Result<u64, FitError> {
+        self.find_fit_stats(req, params, &mut SearchStats::default())
+    }
+
+    /// [`Self::find_fit`], counting examined holes into `stats`.
+    pub fn find_fit_stats(
+        &self,
+        req: &FitRequest,
+        params: &SearchParams,
+        stats: &mut SearchStats,
+    ) -> Result<u64, FitError> {
+        if req.length == 0 {
+            return Err(FitError::ZeroLength);
+        }
+        if !req.align.is_power_of_two() {
+            return Err(FitError::BadAlignment(req.align));
+        }
+        if req.high <= req.low || req.high - req.low < req.length {
+            return Err(FitError::EmptyWindow {
+                low: req.low,
+                high: req.high,
+            });
+        }
+        let mask = req.align - 1;
+        let (lo, hi) = (req.low, req.high - 1);
+        let len_m1 = req.length - 1;
+        stats.descents += 1;
+        let mut fit = |map: &AddressMap, h: crate::map::Hole| -> Option<u64> {
+            stats.holes += 1;
+            let mut s = h.start.max(lo);
+            let mut e = h.last.min(hi);
+            if req.respect_guard_gaps {
+                if h.next != NIL && map.has_start_gap(h.next) {
+                    let sg = map.start_gap_of(h.next, params);
+                    if sg == 0 {
+                        return None;
+                    }
+                    e = e.min(sg - 1);
+                }
+                if h.prev != NIL {
+                    s = s.max(map.end_gap_of(h.prev, params));
+                }
+            }
+            if s > e || e - s < len_m1 {
+                return None;
+            }
+            let addr = if req.topdown {
+                let top = e - len_m1;
+                top - (top.wrapping_sub(req.align_offset) & mask)
+            } else {
+                s.wrapping_add(req.align_offset.wrapping_sub(s) & mask)
+            };
+            // Aligning may leave the hole (or wrap); then it does not fit.
+            let ok = addr >= s && addr <= e && e - addr >= len_m1;
+            ok.then_some(addr)
+        };
+        let found = if req.topdown {
+            self.walk_high(lo, hi, req.length, &mut fit)
+        } else {
+            self.walk_low(lo, hi, req.length, &mut fit)
+        };
+        let addr = found.ok_or(FitError::NoSpace)?;
+        debug_assert!(addr >= req.low && addr + len_m1 <= hi);
+        debug_assert!((addr.wrapping_sub(req.align_offset)) & mask == 0);
+        debug_assert!(self.first_overlap(addr, addr + req.length).is_none());
+        Ok(addr)
+    }
+}
