@@ -179,6 +179,8 @@ impl AddressMap {
         !(low > max || size == 0 || max - low < size - 1)
     }
 
+    // Each retry passes at least one VMA, so more than len() + 2 descents
+    // means no progress (see SearchError::RetryLimit).
     fn bottomup(
         &self,
         info: &UnmappedAreaInfo,
@@ -188,12 +190,12 @@ impl AddressMap {
         high: u64,
         stats: &mut SearchStats,
     ) -> Result<u64, SearchError> {
-        // Each retry passes at least one VMA, so more than len() + 2
-        // descents means no progress.
         let limit = self.len() as u64 + 2;
+        let mut descents = 0u64;
         loop {
             stats.descents += 1;
-            if stats.descents as u64 > limit {
+            descents += 1;
+            if descents > limit {
                 return Err(SearchError::RetryLimit);
             }
             let max = high.wrapping_sub(1);
@@ -244,9 +246,11 @@ impl AddressMap {
         stats: &mut SearchStats,
     ) -> Result<u64, SearchError> {
         let limit = self.len() as u64 + 2;
+        let mut descents = 0u64;
         loop {
             stats.descents += 1;
-            if stats.descents as u64 > limit {
+            descents += 1;
+            if descents > limit {
                 return Err(SearchError::RetryLimit);
             }
             // A retry may set high to 0; like the kernel, `high - 1` then
