@@ -205,3 +205,212 @@ fn quick_differential_against_model() {
         }
     }
 }
+
+#[test]
+fn retry_limit_is_per_search_not_per_stats_object() {
+    // One SearchStats shared by many searches must not turn later searches
+    // into RetryLimit errors.
+    let mut m = AddressMap::new();
+    m.insert(0x100000, 0x200000, VmaFlags::NONE).unwrap();
+    let p = SearchParams::default();
+    let info = UnmappedAreaInfo {
+        length: 0x1000,
+        low_limit: 0,
+        high_limit: 0x1000000,
+        ..Default::default()
+    };
+    let mut stats = svmap_core::SearchStats::default();
+    for _ in 0..100 {
+        assert_eq!(m.unmapped_area_stats(&info, &p, &mut stats), Ok(0x10000));
+    }
+    assert_eq!(stats.descents, 100);
+}
+
+#[test]
+fn guard_gap_retries_are_counted_where_the_kernel_retries() {
+    // Top-down: the highest hole lies right below a stack; the kernel finds
+    // it, sees the guard gap, and searches again below the guard.
+    let mut m = AddressMap::new();
+    m.insert(0x7000_0000, 0x7100_0000, VmaFlags::GROWSDOWN)
+        .unwrap();
+    m.insert(0x1000_0000, 0x1100_0000, VmaFlags::NONE).unwrap();
+    let p = SearchParams::default();
+    let info = UnmappedAreaInfo {
+        topdown: true,
+        length: 0x1000,
+        low_limit: 0x1000,
+        high_limit: 0x7100_0000,
+        ..Default::default()
+    };
+    let mut stats = svmap_core::SearchStats::default();
+    let got = m.unmapped_area_stats(&info, &p, &mut stats);
+    assert_eq!(got, Ok(0x7000_0000 - 0x10_0000 - 0x1000));
+    assert_eq!(stats.descents, 2);
+    // Bottom-up into the hole below the stack: the padded end would touch
+    // the guard, so the kernel moves low past the stack.
+    let info = UnmappedAreaInfo {
+        topdown: false,
+        length: 0x1000,
+        low_limit: 0x6ff8_0000,
+        high_limit: 0x8000_0000,
+        ..Default::default()
+    };
+    let mut stats = svmap_core::SearchStats::default();
+    assert_eq!(
+        m.unmapped_area_stats(&info, &p, &mut stats),
+        Ok(0x7100_0000)
+    );
+    assert_eq!(stats.descents, 2);
+}
+
+#[test]
+fn typed_errors_for_bad_requests() {
+    use svmap_core::{FitError, MapError, SearchError};
+    let mut m = AddressMap::new();
+    assert_eq!(
+        m.insert(5, 5, VmaFlags::NONE),
+        Err(MapError::EmptyRange { start: 5, end: 5 })
+    );
+    assert_eq!(
+        m.insert(9, 5, VmaFlags::NONE),
+        Err(MapError::EmptyRange { start: 9, end: 5 })
+    );
+    m.insert(0x1000, 0x3000, VmaFlags::NONE).unwrap();
+    assert!(matches!(
+        m.insert(0x2000, 0x4000, VmaFlags::NONE),
+        Err(MapError::Overlap { .. })
+    ));
+    assert_eq!(
+        m.unmap(0x3000, 0x2000),
+        Err(MapError::EmptyRange {
+            start: 0x3000,
+            end: 0x2000
+        })
+    );
+    assert_eq!(m.unmap(0x5000, 0x5000), Ok(0));
+    // The top page can be mapped; end is exclusive so 2^64 - 1 is the max.
+    m.insert(u64::MAX - 0x1000, u64::MAX, VmaFlags::NONE)
+        .unwrap();
+    m.check_invariants();
+    let p = SearchParams::default();
+    let find = |length, low_limit, high_limit, align_mask, start_gap| {
+        m.unmapped_area(
+            &UnmappedAreaInfo {
+                length,
+                low_limit,
+                high_limit,
+                align_mask,
+                start_gap,
+                ..Default::default()
+            },
+            &p,
+        )
+    };
+    assert_eq!(find(0, 0, 1 << 40, 0, 0), Err(SearchError::EmptyWindow));
+    assert_eq!(
+        find(0x1000, 1 << 40, 1 << 40, 0, 0),
+        Err(SearchError::EmptyWindow)
+    );
+    assert_eq!(
+        find(0x1000, 1 << 40, 0, 0, 0),
+        Err(SearchError::EmptyWindow)
+    );
+    assert_eq!(
+        find(0x1000, 0, 1 << 40, u64::MAX, 0),
+        Err(SearchError::LengthOverflow)
+    );
+    // The kernel's overflow test sees only a single wrap: length 1 plus two
+    // masks of 2^64 - 1 comes out as 2^64 - 1 >= 1, which is not detected,
+    // and then no window is that large.
+    assert_eq!(
+        find(1, 0, 1 << 40, u64::MAX, u64::MAX),
+        Err(SearchError::EmptyWindow)
+    );
+    assert_eq!(
+        find(0x1000, 0x10000, 0x11000, 0, 0x1000),
+        Err(SearchError::EmptyWindow)
+    );
+    let fit = |length, low, high, align| {
+        m.find_fit(
+            &FitRequest {
+                length,
+                low,
+                high,
+                align,
+                align_offset: 0,
+                topdown: false,
+                respect_guard_gaps: true,
+            },
+            &p,
+        )
+    };
+    assert_eq!(fit(0, 0, 100, 1), Err(FitError::ZeroLength));
+    assert_eq!(fit(1, 0, 100, 3), Err(FitError::BadAlignment(3)));
+    assert_eq!(
+        fit(1, 100, 100, 1),
+        Err(FitError::EmptyWindow {
+            low: 100,
+            high: 100
+        })
+    );
+    assert_eq!(fit(0x2000, 0x1000, 0x3000, 1), Err(FitError::NoSpace));
+    // An alignment that would carry the start past 2^64 does not fit.
+    assert_eq!(
+        fit(0x1000, u64::MAX - 0x1000, u64::MAX, 1 << 63),
+        Err(FitError::NoSpace)
+    );
+}
+
+#[test]
+fn topdown_retry_to_high_zero_wraps_like_the_kernel() {
+    // With mmap_min_addr 0, a stack within stack_guard_gap of address 0 has a
+    // vm_start_gap of 0 (saturating). The kernel's top-down retry then sets
+    // high_limit = 0 and `high_limit - 1` wraps: the next descent searches
+    // the whole space and lands at the top. svmap follows it (the model too).
+    let mut m = AddressMap::new();
+    let mut model = ModelMap::new();
+    for s in [&mut m as &mut dyn Space, &mut model as &mut dyn Space] {
+        s.insert(0x80000, 0x100000, VmaFlags::GROWSDOWN).unwrap();
+    }
+    let p = SearchParams {
+        mmap_min_addr: 0,
+        ..SearchParams::default()
+    };
+    let info = UnmappedAreaInfo {
+        topdown: true,
+        length: 0x1000,
+        low_limit: 0,
+        high_limit: 0x80000,
+        ..Default::default()
+    };
+    assert_eq!(m.unmapped_area(&info, &p), Ok(0xffff_ffff_ffff_f000));
+    assert_eq!(model.unmapped_area(&info, &p), Ok(0xffff_ffff_ffff_f000));
+}
+
+#[test]
+fn lookups_and_splitting_unmap() {
+    let mut m = AddressMap::new();
+    m.insert(0x10000, 0x20000, VmaFlags::GROWSDOWN).unwrap();
+    m.insert(0x30000, 0x40000, VmaFlags::NONE).unwrap();
+    assert_eq!(m.find_vma(0x20000).map(|v| v.start), Some(0x30000));
+    assert_eq!(m.vma_at(0x20000), None);
+    assert_eq!(m.vma_at(0x1ffff).map(|v| v.start), Some(0x10000));
+    assert_eq!(m.prev_vma(0x30000).map(|v| v.start), Some(0x10000));
+    assert_eq!(m.next_vma(0x10001).map(|v| v.start), Some(0x30000));
+    // Punch a hole in the middle of the stack: both pieces keep the flag.
+    assert_eq!(m.unmap(0x14000, 0x18000), Ok(1));
+    let v: Vec<_> = m.iter().map(|v| (v.start, v.end, v.flags)).collect();
+    assert_eq!(
+        v,
+        vec![
+            (0x10000, 0x14000, VmaFlags::GROWSDOWN),
+            (0x18000, 0x20000, VmaFlags::GROWSDOWN),
+            (0x30000, 0x40000, VmaFlags::NONE)
+        ]
+    );
+    // One unmap across three VMAs, cutting the first and the last.
+    assert_eq!(m.unmap(0x12000, 0x38000), Ok(3));
+    let v: Vec<_> = m.range(0, u64::MAX).map(|v| (v.start, v.end)).collect();
+    assert_eq!(v, vec![(0x10000, 0x12000), (0x38000, 0x40000)]);
+    m.check_invariants();
+}
