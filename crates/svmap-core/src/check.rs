@@ -4,107 +4,149 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crate::btree::{Agg, BTree, MIN};
 use crate::map::AddressMap;
-use crate::tree::{Treap, NIL};
 
 /// A dump of the tree for assertion messages (test-only use).
-pub(crate) fn dump(t: &Treap) -> String {
+pub(crate) fn dump(t: &BTree) -> String {
     let mut out = String::new();
-    fn rec(t: &Treap, x: u32, depth: usize, out: &mut String) {
-        if x == NIL {
+    fn rec(t: &BTree, id: u32, level: u32, depth: usize, out: &mut String) {
+        let pad = depth * 2;
+        if level == 0 {
+            let l = t.leaf(id);
+            out.push_str(&format!("{:pad$}leaf #{id} ({} entries):", "", l.len));
+            for i in 0..l.len as usize {
+                out.push_str(&format!(
+                    " [{:#x},{:#x}){}",
+                    l.start[i], l.end[i], l.flags[i]
+                ));
+            }
+            out.push('\n');
             return;
         }
-        let n = t.n(x);
-        rec(t, n.right, depth + 1, out);
-        out.push_str(&format!(
-            "{:indent$}#{x} [{:#x}, {:#x}) f={} prio={} span=[{:#x}, {:#x}) max_gap={:#x}\n",
-            "",
-            n.start,
-            n.end,
-            n.flags,
-            n.prio,
-            n.min_start,
-            n.max_end,
-            n.max_gap,
-            indent = depth * 2
-        ));
-        rec(t, n.left, depth + 1, out);
+        let n = t.inner(id);
+        out.push_str(&format!("{:pad$}inner #{id} ({} children)\n", "", n.len));
+        for i in 0..n.len as usize {
+            out.push_str(&format!(
+                "{:pad$}  child {i}: span [{:#x}, {:#x}) max_gap {:#x}\n",
+                "", n.min_start[i], n.max_end[i], n.max_gap[i]
+            ));
+            rec(t, n.child[i], level - 1, depth + 2, out);
+        }
     }
-    rec(t, t.root, 0, &mut out);
+    rec(t, t.root, t.height, 0, &mut out);
     out
 }
 
-/// Recomputed aggregate of a subtree: (min_start, max_end, max_gap, count).
-fn recompute(t: &Treap, x: u32, seen: &mut Vec<bool>) -> (u64, u64, u64, usize) {
-    let n = t.n(x);
-    assert!(!seen[x as usize], "node #{x} reached twice:\n{}", dump(t));
-    seen[x as usize] = true;
-    assert!(n.start < n.end, "empty VMA at node #{x}:\n{}", dump(t));
-    let (mut lo, mut hi, mut gap, mut count) = (n.start, n.end, 0u64, 1usize);
-    if n.left != NIL {
+/// Recomputes the aggregate of a subtree from its VMAs alone; returns it
+/// and the number of VMAs, and checks the stored per-child aggregates.
+fn recompute(
+    t: &BTree,
+    id: u32,
+    level: u32,
+    is_root: bool,
+    seen: &mut (Vec<bool>, Vec<bool>),
+    vmas: &mut Vec<(u64, u64)>,
+) -> usize {
+    if level == 0 {
         assert!(
-            t.n(n.left).prio <= n.prio,
-            "heap order broken at #{x}:\n{}",
+            !seen.0[id as usize],
+            "leaf #{id} reached twice:\n{}",
             dump(t)
         );
-        let (ls, le, lg, lc) = recompute(t, n.left, seen);
-        assert!(
-            le <= n.start,
-            "overlap or disorder left of #{x}:\n{}",
-            dump(t)
-        );
-        lo = ls;
-        gap = lg.max(n.start - le);
-        count += lc;
+        seen.0[id as usize] = true;
+        let l = t.leaf(id);
+        let n = l.len as usize;
+        assert!(is_root || n >= MIN, "underfull leaf #{id}:\n{}", dump(t));
+        for i in 0..n {
+            vmas.push((l.start[i], l.end[i]));
+        }
+        return n;
     }
-    if n.right != NIL {
-        assert!(
-            t.n(n.right).prio <= n.prio,
-            "heap order broken at #{x}:\n{}",
-            dump(t)
-        );
-        let (rs, re, rg, rc) = recompute(t, n.right, seen);
-        assert!(
-            n.end <= rs,
-            "overlap or disorder right of #{x}:\n{}",
-            dump(t)
-        );
-        hi = re;
-        gap = gap.max(rg).max(rs - n.end);
-        count += rc;
-    }
-    assert_eq!(
-        (n.min_start, n.max_end, n.max_gap),
-        (lo, hi, gap),
-        "stale aggregate at node #{x}:\n{}",
+    assert!(
+        !seen.1[id as usize],
+        "inner #{id} reached twice:\n{}",
         dump(t)
     );
-    (lo, hi, gap, count)
+    seen.1[id as usize] = true;
+    let node = t.inner(id);
+    let n = node.len as usize;
+    assert!(
+        if is_root { n >= 2 } else { n >= MIN },
+        "underfull inner #{id}:\n{}",
+        dump(t)
+    );
+    let mut count = 0;
+    for i in 0..n {
+        let from = vmas.len();
+        count += recompute(t, node.child[i], level - 1, false, seen, vmas);
+        let sub = &vmas[from..];
+        assert!(!sub.is_empty(), "empty child {i} of #{id}:\n{}", dump(t));
+        let mut gap = 0;
+        for w in sub.windows(2) {
+            gap = gap.max(w[1].0.saturating_sub(w[0].1));
+        }
+        let want = Agg {
+            min_start: sub[0].0,
+            max_end: sub[sub.len() - 1].1,
+            max_gap: gap,
+        };
+        let have = Agg {
+            min_start: node.min_start[i],
+            max_end: node.max_end[i],
+            max_gap: node.max_gap[i],
+        };
+        assert_eq!(
+            have,
+            want,
+            "stale aggregate of child {i} of #{id}:\n{}",
+            dump(t)
+        );
+    }
+    count
 }
 
 pub(crate) fn check(map: &AddressMap) {
     let t = &map.t;
-    let mut seen = alloc::vec![false; t.nodes.len()];
-    let count = if t.root == NIL {
-        0
-    } else {
-        recompute(t, t.root, &mut seen).3
-    };
+    let mut seen = (
+        alloc::vec![false; t.leaves.len()],
+        alloc::vec![false; t.inners.len()],
+    );
+    let mut vmas = Vec::new();
+    let count = recompute(t, t.root, t.height, true, &mut seen, &mut vmas);
     assert_eq!(count, t.len(), "count mismatch:\n{}", dump(t));
-    // Forward and backward walks agree and are sorted and disjoint.
-    let fwd: Vec<_> = map.iter().collect();
-    assert_eq!(fwd.len(), count);
-    for w in fwd.windows(2) {
-        assert!(
-            w[0].end <= w[1].start,
-            "iteration out of order:\n{}",
-            dump(t)
-        );
+    for (i, v) in vmas.iter().enumerate() {
+        assert!(v.0 < v.1, "empty VMA {i}:\n{}", dump(t));
+        if i > 0 {
+            assert!(
+                vmas[i - 1].1 <= v.0,
+                "overlap or disorder at VMA {i}:\n{}",
+                dump(t)
+            );
+        }
     }
+    // Every arena slot is live or on a free list, never both.
+    let (free_leaves, free_inners) = t.free_counts();
+    let live_leaves = seen.0.iter().filter(|s| **s).count();
+    let live_inners = seen.1.iter().filter(|s| **s).count();
+    assert_eq!(live_leaves + free_leaves, t.leaves.len(), "leaf arena leak");
+    assert_eq!(
+        live_inners + free_inners,
+        t.inners.len(),
+        "inner arena leak"
+    );
+    // Forward iteration, backward walks and lookups agree.
+    let fwd: Vec<_> = map.iter().map(|v| (v.start, v.end)).collect();
+    assert_eq!(
+        fwd,
+        vmas,
+        "iteration differs from the tree walk:\n{}",
+        dump(t)
+    );
     let mut back = Vec::with_capacity(fwd.len());
     let mut addr = u64::MAX;
     while let Some(v) = map.prev_vma(addr) {
-        back.push(v);
+        back.push((v.start, v.end));
         if v.start == 0 {
             break;
         }
@@ -112,7 +154,4 @@ pub(crate) fn check(map: &AddressMap) {
     }
     back.reverse();
     assert_eq!(fwd, back, "forward and backward walks differ:\n{}", dump(t));
-    // Every arena slot is either live (reached from the root) or free.
-    let live = seen.iter().filter(|s| **s).count();
-    assert_eq!(live, count);
 }

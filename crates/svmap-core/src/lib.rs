@@ -19,12 +19,14 @@
 
 extern crate alloc;
 
+mod btree;
 mod check;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod linux;
 mod map;
 pub mod model;
 mod search;
-mod tree;
 
 pub use map::{AddressMap, Iter, MapError, SearchParams, Vma, VmaFlags};
 pub use search::{FitError, FitRequest, SearchError, SearchStats, UnmappedAreaInfo};

@@ -3,13 +3,14 @@
 //! # Bounds
 //!
 //! `n` is the number of VMAs, `k` the number of VMAs an operation removes or
-//! splits. The tree is a treap, so the bounds are expected (over the fixed
-//! pseudo-random priorities, not over the input):
+//! splits. The tree is a B+tree (`btree.rs`) with 16 entries per node and
+//! every node but the root at least half full, so its height is at most
+//! `1 + log_8(n)` and the bounds are worst case:
 //!
 //! | operation | cost |
 //! | --- | --- |
 //! | [`AddressMap::insert`] | O(log n) |
-//! | [`AddressMap::unmap`] | O(log n + k) |
+//! | [`AddressMap::unmap`] | O(log n + k): subtrees inside the range are released whole |
 //! | lookups ([`AddressMap::find_vma`], [`AddressMap::vma_at`], ...) | O(log n) |
 //! | one descent of the hole search | O(log n) |
 //! | [`AddressMap::unmapped_area`] | O(log n) per descent; one descent plus one per guard-gap retry, exactly where the kernel retries |
@@ -20,12 +21,13 @@
 //! the search window and whose largest hole is long enough always contains an
 //! answer, so the search enters at most one such subtree and finishes in it;
 //! every other subtree it enters straddles one of the two window edges, and
-//! there are at most two such root-to-leaf paths.
+//! there are at most two such root-to-leaf paths. Each node visited costs
+//! O(16) comparisons over arrays of per-child aggregates.
 
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::tree::{Treap, NIL};
+use crate::btree::{BTree, Pos};
 
 /// Flags of a VMA. Only the guard-gap kinds affect the search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -133,13 +135,13 @@ impl Default for SearchParams {
 pub(crate) struct Hole {
     pub start: u64,
     pub last: u64,
-    /// The VMA just below (`NIL` if none).
-    pub prev: u32,
-    /// The VMA just above (`NIL` if none).
-    pub next: u32,
+    /// The VMA just below, if any.
+    pub prev: Option<Vma>,
+    /// The VMA just above, if any.
+    pub next: Option<Vma>,
 }
 
-/// True if `[max(gs, lo), min(ge, hi)]` holds at least `size` indices.
+/// True if `[max(gs, lo), min(ge, hi)]` holds at least `size >= 1` indices.
 #[inline]
 fn clipped_fits(gs: u64, ge: u64, lo: u64, hi: u64, size: u64) -> bool {
     let s = gs.max(lo);
@@ -151,13 +153,13 @@ fn clipped_fits(gs: u64, ge: u64, lo: u64, hi: u64, size: u64) -> bool {
 /// subtree cached, so that gap searches skip whole subtrees.
 #[derive(Clone, Debug, Default)]
 pub struct AddressMap {
-    pub(crate) t: Treap,
+    pub(crate) t: BTree,
 }
 
 impl AddressMap {
     /// An empty address space.
     pub fn new() -> Self {
-        AddressMap { t: Treap::new() }
+        AddressMap { t: BTree::new() }
     }
 
     /// Number of VMAs.
@@ -172,30 +174,32 @@ impl AddressMap {
 
     /// Removes every VMA.
     pub fn clear(&mut self) {
-        self.t = Treap::new();
+        self.t = BTree::new();
     }
 
-    /// Bytes of heap the map holds (its node arena).
+    /// Bytes of heap the map holds (its node arenas).
     pub fn heap_bytes(&self) -> usize {
         self.t.heap_bytes()
     }
 
-    /// Depth of the tree (O(n); for statistics).
+    /// Number of levels of the tree (1 for a single leaf).
     pub fn depth(&self) -> usize {
-        self.t.depth()
+        self.t.height as usize + 1
     }
 
-    pub(crate) fn vma_of(&self, t: u32) -> Vma {
-        let n = self.t.n(t);
+    #[inline]
+    pub(crate) fn vma_at_pos(&self, p: Pos) -> Vma {
+        let l = self.t.leaf(p.leaf);
+        let i = p.slot as usize;
         Vma {
-            start: n.start,
-            end: n.end,
-            flags: VmaFlags(n.flags),
+            start: l.start[i],
+            end: l.end[i],
+            flags: VmaFlags(l.flags[i]),
         }
     }
 
-    fn opt_vma(&self, t: u32) -> Option<Vma> {
-        (t != NIL).then(|| self.vma_of(t))
+    fn opt_vma(&self, p: Option<Pos>) -> Option<Vma> {
+        p.map(|p| self.vma_at_pos(p))
     }
 
     /// The first VMA with `end > addr`: the kernel's `find_vma()`. It may
@@ -227,12 +231,12 @@ impl AddressMap {
 
     /// The lowest VMA, if any.
     pub fn first(&self) -> Option<Vma> {
-        self.opt_vma(self.t.leftmost(self.t.root))
+        self.opt_vma(self.t.leftmost(self.t.root, self.t.height))
     }
 
     /// The highest VMA, if any.
     pub fn last(&self) -> Option<Vma> {
-        self.opt_vma(self.t.rightmost(self.t.root))
+        self.opt_vma(self.t.rightmost(self.t.root, self.t.height))
     }
 
     /// Inserts the VMA `[start, end)`. Fails without changing anything if the
@@ -248,13 +252,10 @@ impl AddressMap {
                 existing,
             });
         }
-        if self.t.len() >= (u32::MAX - 1) as usize {
+        if self.t.len() >= MAX_VMAS {
             return Err(MapError::TooManyVmas);
         }
-        let node = self.t.alloc(start, end, flags.0);
-        let (a, b) = self.t.split(self.t.root, start);
-        let a = self.t.merge(a, node);
-        self.t.root = self.t.merge(a, b);
+        self.t.insert(start, end, flags.0);
         Ok(())
     }
 
@@ -265,82 +266,61 @@ impl AddressMap {
         if end < start {
             return Err(MapError::EmptyRange { start, end });
         }
-        if end == start || self.first_overlap(start, end).is_none() {
+        if end == start {
             return Ok(0);
         }
-        // A straddling VMA may cover the whole range and need two pieces;
-        // make sure the arena can hold one more node.
-        if self.t.len() >= (u32::MAX - 1) as usize {
-            return Err(MapError::TooManyVmas);
-        }
-        let t = &mut self.t;
-        // below: starts < start; mid: starts in [start, end); above: >= end.
-        let (mut below, rest) = t.split(t.root, start);
-        let (mut mid, mut above) = t.split(rest, end);
+        let Some(first) = self.first_overlap(start, end) else {
+            return Ok(0);
+        };
         let mut touched = 0;
-        // The highest VMA below `start` may reach into the range.
-        if below != NIL && t.n(t.rightmost(below)).end > start {
-            let (rest, v) = t.pop_max(below);
-            let (vs, ve, flags) = (t.n(v).start, t.n(v).end, t.n(v).flags);
-            if ve > end {
-                let tail = t.alloc(end, ve, flags);
-                above = t.merge(tail, above);
+        if first.start < start {
+            // It straddles `start`: keep [first.start, start).
+            if first.end > end {
+                // It covers the whole range: split it in two.
+                if self.t.len() >= MAX_VMAS {
+                    return Err(MapError::TooManyVmas);
+                }
+                self.t.set_bounds(first.start, first.start, start);
+                self.t.insert(end, first.end, first.flags.0);
+                return Ok(1);
             }
-            t.set_range(v, vs, start);
-            below = t.merge(rest, v);
+            self.t.set_bounds(first.start, first.start, start);
             touched += 1;
         }
         // The highest VMA starting inside the range may reach past its end.
-        if mid != NIL {
-            let (rest, v) = t.pop_max(mid);
-            let ve = t.n(v).end;
-            if ve > end {
-                t.set_range(v, end, ve);
-                above = t.merge(v, above);
-            } else {
-                t.release(v);
+        if let Some(last) = self.prev_vma(end) {
+            if last.start >= start && last.end > end {
+                self.t.set_bounds(last.start, end, last.end);
+                touched += 1;
             }
-            touched += 1;
-            mid = rest;
         }
-        touched += subtree_len(t, mid);
-        t.release_subtree(mid);
-        t.root = t.merge(below, above);
+        touched += self.t.remove_starts_in(start, end);
         Ok(touched)
     }
 
     /// Iterates over the VMAs in address order.
     pub fn iter(&self) -> Iter<'_> {
-        let mut it = Iter {
-            map: self,
-            stack: Vec::new(),
-        };
-        it.push_left(self.t.root);
-        it
+        Iter::seek(self, 0)
     }
 
     /// Iterates over the VMAs that intersect `[start, end)`, in address
     /// order, starting with an O(log n) descent.
     pub fn range(&self, start: u64, end: u64) -> impl Iterator<Item = Vma> + '_ {
-        let mut it = Iter {
-            map: self,
-            stack: Vec::new(),
-        };
-        // Push the path of nodes with end > start, like find_vma.
-        let mut t = self.t.root;
-        while t != NIL {
-            let n = self.t.n(t);
-            if n.end > start {
-                it.stack.push(t);
-                t = n.left;
-            } else {
-                t = n.right;
-            }
-        }
-        it.take_while(move |v| v.start < end)
+        Iter::seek(self, start).take_while(move |v| v.start < end)
     }
 
     // ----- hole search primitives -------------------------------------
+
+    fn hole_between(&self, prev: Option<Pos>, next: Option<Pos>) -> Hole {
+        let prev = self.opt_vma(prev);
+        let next = self.opt_vma(next);
+        Hole {
+            start: prev.map_or(0, |v| v.end),
+            last: next.map_or(u64::MAX, |v| v.start - 1),
+            prev,
+            next,
+        }
+    }
 
     /// The lowest hole whose part inside `[lo, hi]` (inclusive) holds at
     /// least `size >= 1` indices: the maple tree's `mas_empty_area` without
@@ -354,95 +334,91 @@ impl AddressMap {
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let t = &self.t;
-        if t.root == NIL {
+        let Some(root) = t.root_agg() else {
             if !clipped_fits(0, u64::MAX, lo, hi, size) {
                 return None;
             }
-            return f(
-                self,
-                Hole {
-                    start: 0,
-                    last: u64::MAX,
-                    prev: NIL,
-                    next: NIL,
-                },
-            );
-        }
-        let root = *t.n(t.root);
+            return f(self, self.hole_between(None, None));
+        };
         if root.min_start > 0 && clipped_fits(0, root.min_start - 1, lo, hi, size) {
-            let h = Hole {
-                start: 0,
-                last: root.min_start - 1,
-                prev: NIL,
-                next: t.leftmost(t.root),
-            };
+            let h = self.hole_between(None, t.leftmost(t.root, t.height));
             if let Some(r) = f(self, h) {
                 return Some(r);
             }
         }
-        if let Some(r) = self.low_in(t.root, lo, hi, size, f) {
-            return Some(r);
+        if root.max_gap >= size && clipped_fits(root.min_start, root.max_end - 1, lo, hi, size) {
+            if let Some(r) = self.low_rec(t.root, t.height, lo, hi, size, f) {
+                return Some(r);
+            }
         }
         if clipped_fits(root.max_end, u64::MAX, lo, hi, size) {
-            let h = Hole {
-                start: root.max_end,
-                last: u64::MAX,
-                prev: t.rightmost(t.root),
-                next: NIL,
-            };
+            let h = self.hole_between(t.rightmost(t.root, t.height), None);
             return f(self, h);
         }
         None
     }
 
-    fn low_in<R>(
+    fn low_rec<R>(
         &self,
-        t: u32,
+        id: u32,
+        level: u32,
         lo: u64,
         hi: u64,
         size: u64,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
-        if t == NIL {
+        if level == 0 {
+            let l = self.t.leaf(id);
+            for i in 1..l.len as usize {
+                let (gs, next) = (l.end[i - 1], l.start[i]);
+                if gs > hi {
+                    break;
+                }
+                if gs < next && clipped_fits(gs, next - 1, lo, hi, size) {
+                    let h = self.hole_between(
+                        Some(Pos {
+                            leaf: id,
+                            slot: i as u32 - 1,
+                        }),
+                        Some(Pos {
+                            leaf: id,
+                            slot: i as u32,
+                        }),
+                    );
+                    if let Some(r) = f(self, h) {
+                        return Some(r);
+                    }
+                }
+            }
             return None;
         }
-        let n = *self.t.n(t);
-        // Internal holes of this subtree lie in [min_start, max_end - 1].
-        if n.max_gap < size || !clipped_fits(n.min_start, n.max_end - 1, lo, hi, size) {
-            return None;
-        }
-        if let Some(r) = self.low_in(n.left, lo, hi, size, f) {
-            return Some(r);
-        }
-        if n.left != NIL {
-            let le = self.t.n(n.left).max_end;
-            if le < n.start && clipped_fits(le, n.start - 1, lo, hi, size) {
-                let h = Hole {
-                    start: le,
-                    last: n.start - 1,
-                    prev: self.t.rightmost(n.left),
-                    next: t,
-                };
-                if let Some(r) = f(self, h) {
+        let node = self.t.inner(id);
+        for i in 0..node.len as usize {
+            if i > 0 {
+                let gs = node.max_end[i - 1];
+                if gs > hi {
+                    break;
+                }
+                let next = node.min_start[i];
+                if gs < next && clipped_fits(gs, next - 1, lo, hi, size) {
+                    let h = self.hole_between(
+                        self.t.rightmost(node.child[i - 1], level - 1),
+                        self.t.leftmost(node.child[i], level - 1),
+                    );
+                    if let Some(r) = f(self, h) {
+                        return Some(r);
+                    }
+                }
+            }
+            if node.max_gap[i] >= size
+                && clipped_fits(node.min_start[i], node.max_end[i] - 1, lo, hi, size)
+            {
+                if let Some(r) = self.low_rec(node.child[i], level - 1, lo, hi, size, f) {
                     return Some(r);
                 }
             }
         }
-        if n.right != NIL {
-            let rs = self.t.n(n.right).min_start;
-            if n.end < rs && clipped_fits(n.end, rs - 1, lo, hi, size) {
-                let h = Hole {
-                    start: n.end,
-                    last: rs - 1,
-                    prev: t,
-                    next: self.t.leftmost(n.right),
-                };
-                if let Some(r) = f(self, h) {
-                    return Some(r);
-                }
-            }
-        }
-        self.low_in(n.right, lo, hi, size, f)
+        None
     }
 
     /// The mirror image of [`Self::walk_low`]: candidate holes from the
@@ -455,170 +431,183 @@ impl AddressMap {
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let t = &self.t;
-        if t.root == NIL {
+        let Some(root) = t.root_agg() else {
             if !clipped_fits(0, u64::MAX, lo, hi, size) {
                 return None;
             }
-            return f(
-                self,
-                Hole {
-                    start: 0,
-                    last: u64::MAX,
-                    prev: NIL,
-                    next: NIL,
-                },
-            );
-        }
-        let root = *t.n(t.root);
+            return f(self, self.hole_between(None, None));
+        };
         if clipped_fits(root.max_end, u64::MAX, lo, hi, size) {
-            let h = Hole {
-                start: root.max_end,
-                last: u64::MAX,
-                prev: t.rightmost(t.root),
-                next: NIL,
-            };
+            let h = self.hole_between(t.rightmost(t.root, t.height), None);
             if let Some(r) = f(self, h) {
                 return Some(r);
             }
         }
-        if let Some(r) = self.high_in(t.root, lo, hi, size, f) {
-            return Some(r);
+        if root.max_gap >= size && clipped_fits(root.min_start, root.max_end - 1, lo, hi, size) {
+            if let Some(r) = self.high_rec(t.root, t.height, lo, hi, size, f) {
+                return Some(r);
+            }
         }
         if root.min_start > 0 && clipped_fits(0, root.min_start - 1, lo, hi, size) {
-            let h = Hole {
-                start: 0,
-                last: root.min_start - 1,
-                prev: NIL,
-                next: t.leftmost(t.root),
-            };
+            let h = self.hole_between(None, t.leftmost(t.root, t.height));
             return f(self, h);
         }
         None
     }
 
-    fn high_in<R>(
+    fn high_rec<R>(
         &self,
-        t: u32,
+        id: u32,
+        level: u32,
         lo: u64,
         hi: u64,
         size: u64,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
-        if t == NIL {
+        if level == 0 {
+            let l = self.t.leaf(id);
+            for i in (1..l.len as usize).rev() {
+                let (gs, next) = (l.end[i - 1], l.start[i]);
+                if next <= lo {
+                    break;
+                }
+                if gs < next && clipped_fits(gs, next - 1, lo, hi, size) {
+                    let h = self.hole_between(
+                        Some(Pos {
+                            leaf: id,
+                            slot: i as u32 - 1,
+                        }),
+                        Some(Pos {
+                            leaf: id,
+                            slot: i as u32,
+                        }),
+                    );
+                    if let Some(r) = f(self, h) {
+                        return Some(r);
+                    }
+                }
+            }
             return None;
         }
-        let n = *self.t.n(t);
-        if n.max_gap < size || !clipped_fits(n.min_start, n.max_end - 1, lo, hi, size) {
-            return None;
-        }
-        if let Some(r) = self.high_in(n.right, lo, hi, size, f) {
-            return Some(r);
-        }
-        if n.right != NIL {
-            let rs = self.t.n(n.right).min_start;
-            if n.end < rs && clipped_fits(n.end, rs - 1, lo, hi, size) {
-                let h = Hole {
-                    start: n.end,
-                    last: rs - 1,
-                    prev: t,
-                    next: self.t.leftmost(n.right),
-                };
-                if let Some(r) = f(self, h) {
+        let node = self.t.inner(id);
+        for i in (0..node.len as usize).rev() {
+            if node.max_gap[i] >= size
+                && clipped_fits(node.min_start[i], node.max_end[i] - 1, lo, hi, size)
+            {
+                if let Some(r) = self.high_rec(node.child[i], level - 1, lo, hi, size, f) {
                     return Some(r);
                 }
             }
-        }
-        if n.left != NIL {
-            let le = self.t.n(n.left).max_end;
-            if le < n.start && clipped_fits(le, n.start - 1, lo, hi, size) {
-                let h = Hole {
-                    start: le,
-                    last: n.start - 1,
-                    prev: self.t.rightmost(n.left),
-                    next: t,
-                };
-                if let Some(r) = f(self, h) {
-                    return Some(r);
+            if i > 0 {
+                let next = node.min_start[i];
+                if next <= lo {
+                    break;
+                }
+                let gs = node.max_end[i - 1];
+                if gs < next && clipped_fits(gs, next - 1, lo, hi, size) {
+                    let h = self.hole_between(
+                        self.t.rightmost(node.child[i - 1], level - 1),
+                        self.t.leftmost(node.child[i], level - 1),
+                    );
+                    if let Some(r) = f(self, h) {
+                        return Some(r);
+                    }
                 }
             }
         }
-        self.high_in(n.left, lo, hi, size, f)
+        None
     }
 
-    /// The kernel's `vm_start_gap()` of node `t`: its start minus the guard
-    /// below a grows-down VMA, saturating at 0.
+    /// The kernel's `vm_start_gap()`: the start minus the guard below a
+    /// grows-down VMA, saturating at 0.
     #[inline]
-    pub(crate) fn start_gap_of(&self, t: u32, p: &SearchParams) -> u64 {
-        let n = self.t.n(t);
-        if n.flags & VmaFlags::GROWSDOWN.0 != 0 {
-            n.start.saturating_sub(p.stack_guard_gap)
+    pub(crate) fn start_gap_of(v: &Vma, p: &SearchParams) -> u64 {
+        if v.flags.contains(VmaFlags::GROWSDOWN) {
+            v.start.saturating_sub(p.stack_guard_gap)
         } else {
-            n.start
+            v.start
         }
     }
 
-    /// The kernel's `vm_end_gap()` of node `t`: its end plus the guard above
-    /// a grows-up VMA (only with [`SearchParams::growsup_guard`]), clamped to
+    /// The kernel's `vm_end_gap()`: the end plus the guard above a grows-up
+    /// VMA (only with [`SearchParams::growsup_guard`]), clamped to
     /// `-page_size` on overflow.
     #[inline]
-    pub(crate) fn end_gap_of(&self, t: u32, p: &SearchParams) -> u64 {
-        let n = self.t.n(t);
-        if p.growsup_guard && n.flags & VmaFlags::GROWSUP.0 != 0 {
-            let e = n.end.wrapping_add(p.stack_guard_gap);
-            if e < n.end {
+    pub(crate) fn end_gap_of(v: &Vma, p: &SearchParams) -> u64 {
+        if p.growsup_guard && v.flags.contains(VmaFlags::GROWSUP) {
+            let e = v.end.wrapping_add(p.stack_guard_gap);
+            if e < v.end {
                 p.page_size.wrapping_neg()
             } else {
                 e
             }
         } else {
-            n.end
+            v.end
         }
     }
 
-    /// True if node `t` has a start guard (`VM_STARTGAP_FLAGS`).
+    /// True if the VMA has a start guard (`VM_STARTGAP_FLAGS`).
     #[inline]
-    pub(crate) fn has_start_gap(&self, t: u32) -> bool {
-        self.t.n(t).flags & VmaFlags::GROWSDOWN.0 != 0
+    pub(crate) fn has_start_gap(v: &Vma) -> bool {
+        v.flags.contains(VmaFlags::GROWSDOWN)
     }
 
     /// Recomputes every cached aggregate from scratch and checks order,
-    /// non-overlap, the heap property, the free list and the counts. Panics
-    /// with a dump of the tree on any violation. For tests and fuzzing.
+    /// non-overlap, node fill, the free lists and the counts. Panics with a
+    /// dump of the tree on any violation. For tests and fuzzing.
     pub fn check_invariants(&self) {
         crate::check::check(self);
     }
 }
 
-fn subtree_len(t: &Treap, root: u32) -> usize {
-    let mut count = 0;
-    let mut stack = Vec::new();
-    if root != NIL {
-        stack.push(root);
-    }
-    while let Some(x) = stack.pop() {
-        count += 1;
-        let n = t.n(x);
-        if n.left != NIL {
-            stack.push(n.left);
-        }
-        if n.right != NIL {
-            stack.push(n.right);
-        }
-    }
-    count
-}
+/// At most this many VMAs (node ids are `u32`).
+const MAX_VMAS: usize = (u32::MAX as usize / 2) * crate::btree::MIN;
 
 /// In-order iterator over the VMAs of an [`AddressMap`].
 pub struct Iter<'a> {
     map: &'a AddressMap,
-    stack: Vec<u32>,
+    /// Inner nodes on the path and the index of the child being visited.
+    path: Vec<(u32, u32)>,
+    leaf: u32,
+    slot: u32,
 }
 
-impl Iter<'_> {
-    fn push_left(&mut self, mut t: u32) {
-        while t != NIL {
-            self.stack.push(t);
-            t = self.map.t.n(t).left;
+impl<'a> Iter<'a> {
+    /// Positioned at the first VMA with `end > addr`.
+    fn seek(map: &'a AddressMap, addr: u64) -> Self {
+        let t = &map.t;
+        let mut path = Vec::with_capacity(t.height as usize);
+        let (mut id, mut level) = (t.root, t.height);
+        while level > 0 {
+            let node = t.inner(id);
+            let n = node.len as usize;
+            let mut i = 0;
+            while i < n && node.max_end[i] <= addr {
+                i += 1;
+            }
+            if i == n {
+                // Nothing ends above addr: an exhausted iterator.
+                return Iter {
+                    map,
+                    path: Vec::new(),
+                    leaf: t.root,
+                    slot: u32::MAX,
+                };
+            }
+            path.push((id, i as u32));
+            id = node.child[i];
+            level -= 1;
+        }
+        let leaf = t.leaf(id);
+        let mut slot = 0;
+        while slot < leaf.len && leaf.end[slot as usize] <= addr {
+            slot += 1;
+        }
+        Iter {
+            map,
+            path,
+            leaf: id,
+            slot,
         }
     }
 }
@@ -626,9 +615,41 @@ impl Iter<'_> {
 impl Iterator for Iter<'_> {
     type Item = Vma;
     fn next(&mut self) -> Option<Vma> {
-        let t = self.stack.pop()?;
-        self.push_left(self.map.t.n(t).right);
-        Some(self.map.vma_of(t))
+        let t = &self.map.t;
+        if self.slot == u32::MAX {
+            return None;
+        }
+        loop {
+            if self.slot < t.leaf(self.leaf).len {
+                let v = self.map.vma_at_pos(Pos {
+                    leaf: self.leaf,
+                    slot: self.slot,
+                });
+                self.slot += 1;
+                return Some(v);
+            }
+            // Climb to the first ancestor with a next child, then descend
+            // to its leftmost leaf.
+            loop {
+                let Some((id, i)) = self.path.pop() else {
+                    self.slot = u32::MAX;
+                    return None;
+                };
+                if i + 1 < t.inner(id).len {
+                    self.path.push((id, i + 1));
+                    let mut child = t.inner(id).child[i as usize + 1];
+                    let mut level = t.height - self.path.len() as u32;
+                    while level > 0 {
+                        self.path.push((child, 0));
+                        child = t.inner(child).child[0];
+                        level -= 1;
+                    }
+                    self.leaf = child;
+                    self.slot = 0;
+                    break;
+                }
+            }
+        }
     }
 }
 

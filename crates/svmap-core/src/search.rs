@@ -11,7 +11,6 @@
 use core::fmt;
 
 use crate::map::{AddressMap, SearchParams};
-use crate::tree::NIL;
 
 /// A gap-search request: the kernel's `struct vm_unmapped_area_info`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,14 +208,14 @@ impl AddressMap {
             let index = hole.start.max(low);
             let mut gap = index.wrapping_add(info.start_gap);
             gap = gap.wrapping_add(info.align_offset.wrapping_sub(gap) & info.align_mask);
-            if hole.next != NIL && self.has_start_gap(hole.next) {
-                if self.start_gap_of(hole.next, params) < gap.wrapping_add(length).wrapping_sub(1) {
-                    let new_low = self.t.n(hole.next).end;
-                    low = new_low;
+            // The kernel checks prev only when next has no start gap.
+            if let Some(next) = hole.next.filter(Self::has_start_gap) {
+                if Self::start_gap_of(&next, params) < gap.wrapping_add(length).wrapping_sub(1) {
+                    low = next.end;
                     continue;
                 }
-            } else if hole.prev != NIL {
-                let pe = self.end_gap_of(hole.prev, params);
+            } else if let Some(prev) = hole.prev {
+                let pe = Self::end_gap_of(&prev, params);
                 if pe > gap {
                     low = pe;
                     continue;
@@ -266,15 +265,17 @@ impl AddressMap {
             let gap_end = hole.last.min(max).wrapping_add(1);
             let mut gap = gap_end.wrapping_sub(info.length);
             gap = gap.wrapping_sub(gap.wrapping_sub(info.align_offset) & info.align_mask);
-            if hole.next != NIL && self.has_start_gap(hole.next) {
-                let sg = self.start_gap_of(hole.next, params);
+            if let Some(next) = hole.next.filter(Self::has_start_gap) {
+                let sg = Self::start_gap_of(&next, params);
                 if sg < gap_end {
                     high = sg;
                     continue;
                 }
-            } else if hole.prev != NIL && self.end_gap_of(hole.prev, params) > gap {
-                high = self.t.n(hole.prev).start;
-                continue;
+            } else if let Some(prev) = hole.prev {
+                if Self::end_gap_of(&prev, params) > gap {
+                    high = prev.start;
+                    continue;
+                }
             }
             debug_assert!(
                 gap & info.align_mask == info.align_offset & info.align_mask,
@@ -327,20 +328,20 @@ impl AddressMap {
         let (lo, hi) = (req.low, req.high - 1);
         let len_m1 = req.length - 1;
         stats.descents += 1;
-        let mut fit = |map: &AddressMap, h: crate::map::Hole| -> Option<u64> {
+        let mut fit = |_: &AddressMap, h: crate::map::Hole| -> Option<u64> {
             stats.holes += 1;
             let mut s = h.start.max(lo);
             let mut e = h.last.min(hi);
             if req.respect_guard_gaps {
-                if h.next != NIL && map.has_start_gap(h.next) {
-                    let sg = map.start_gap_of(h.next, params);
+                if let Some(next) = h.next.filter(AddressMap::has_start_gap) {
+                    let sg = AddressMap::start_gap_of(&next, params);
                     if sg == 0 {
                         return None;
                     }
                     e = e.min(sg - 1);
                 }
-                if h.prev != NIL {
-                    s = s.max(map.end_gap_of(h.prev, params));
+                if let Some(prev) = h.prev {
+                    s = s.max(AddressMap::end_gap_of(&prev, params));
                 }
             }
             if s > e || e - s < len_m1 {

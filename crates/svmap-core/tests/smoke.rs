@@ -414,3 +414,51 @@ fn lookups_and_splitting_unmap() {
     assert_eq!(v, vec![(0x10000, 0x12000), (0x38000, 0x40000)]);
     m.check_invariants();
 }
+
+#[test]
+fn large_maps_survive_wide_unmaps_and_refills() {
+    // Deep trees (several inner levels) with unmaps that remove whole
+    // subtrees and cut the boundary paths, checked against the model.
+    let mut rng = Rng(0xdead_beef_cafe_f00d);
+    for round in 0..6u64 {
+        let mut a = AddressMap::new();
+        let mut m = ModelMap::new();
+        let page = 0x1000u64;
+        let slots = 20_000u64;
+        for _ in 0..6000 {
+            let s = rng.below(slots) * page * 4;
+            let l = (1 + rng.below(4)) * page;
+            let r1 = a.insert(s, s + l, VmaFlags::NONE);
+            let r2 = Space::insert(&mut m, s, s + l, VmaFlags::NONE);
+            assert_eq!(r1, r2);
+        }
+        a.check_invariants();
+        for step in 0..120 {
+            let s = rng.below(slots) * page * 4 + rng.below(4) * page;
+            let width = match round % 3 {
+                0 => rng.below(64),
+                1 => rng.below(2000),
+                _ => rng.below(slots),
+            } * page
+                * 4
+                + rng.below(3) * page;
+            let r1 = a.unmap(s, s.saturating_add(width));
+            let r2 = Space::unmap(&mut m, s, s.saturating_add(width));
+            assert_eq!(r1, r2, "round {round} step {step}");
+            a.check_invariants();
+            // Refill a little so the tree grows back and shrinks again.
+            for _ in 0..rng.below(200) {
+                let s = rng.below(slots) * page * 4;
+                let r1 = a.insert(s, s + page, VmaFlags::GROWSDOWN);
+                let r2 = Space::insert(&mut m, s, s + page, VmaFlags::GROWSDOWN);
+                assert_eq!(r1, r2);
+            }
+            a.check_invariants();
+            assert_eq!(a.len(), m.len());
+            if step % 25 == 0 {
+                assert_eq!(a.iter().collect::<Vec<_>>(), m.vmas());
+            }
+        }
+        assert_eq!(a.iter().collect::<Vec<_>>(), m.vmas());
+    }
+}
