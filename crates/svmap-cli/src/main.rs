@@ -1,2 +1,85 @@
 //! The svmap command-line tool.
-fn main() {}
+//!
+//! `main` collects the arguments and dispatches on the subcommand; each
+//! subcommand module has `run(&[String]) -> i32` taking the arguments after
+//! its name and returning the exit status.
+
+mod kernel_trace_cmd;
+mod replay;
+mod trace;
+
+use std::process::ExitCode;
+
+/// The subcommands and their one-line summaries, for the usage text.
+const COMMANDS: &[(&str, &str)] = &[
+    (
+        "replay",
+        "run an address-space trace (TRACE.md) and print its results",
+    ),
+    (
+        "kernel-trace",
+        "record the running kernel's mmap answers as a trace",
+    ),
+];
+
+fn usage() -> String {
+    let mut s = String::from(
+        "svmap: address space for shared virtual memory (CPU and devices at the same addresses)\n\n\
+         Usage: svmap COMMAND [ARGS...]\n\nCommands:\n",
+    );
+    for (name, summary) in COMMANDS {
+        s.push_str(&format!("  {name:<14}{summary}\n"));
+    }
+    s.push_str(
+        "\nOptions:\n  -h, --help     print this help (svmap COMMAND --help: help on COMMAND)\n  \
+         -V, --version  print the version\n\n\
+         Examples:\n  svmap replay --check trace.jsonl\n  svmap replay --help\n\n\
+         Exit status: 0 success, 1 a check failed, 2 a usage error or bad input.\n",
+    );
+    s
+}
+
+fn main() -> ExitCode {
+    let mut args = Vec::new();
+    for (i, a) in std::env::args_os().enumerate() {
+        match a.into_string() {
+            Ok(s) => args.push(s),
+            Err(a) => {
+                eprintln!("svmap: argument {i} is not valid UTF-8: {a:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let code = run(&args);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Dispatches on the subcommand; `args[0]` is the program name.
+fn run(args: &[String]) -> i32 {
+    let rest = args.get(2..).unwrap_or(&[]);
+    match args.get(1).map(String::as_str) {
+        Some("replay") => replay::run(rest),
+        Some("kernel-trace") => kernel_trace_cmd::run(rest),
+        Some("-h" | "--help" | "help") => match rest.first().map(String::as_str) {
+            Some(cmd) if COMMANDS.iter().any(|(n, _)| *n == cmd) => {
+                run(&[args[0].clone(), cmd.to_owned(), "--help".to_owned()])
+            }
+            _ => {
+                print!("{}", usage());
+                0
+            }
+        },
+        Some("-V" | "--version") => {
+            println!("svmap {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        None => {
+            eprint!("{}", usage());
+            2
+        }
+        Some(other) => {
+            eprint!("svmap: unknown command {other:?}\n\n{}", usage());
+            2
+        }
+    }
+}
