@@ -1,0 +1,441 @@
+//! `libsvmap_fence.so`: an `LD_PRELOAD` library that fences off the address
+//! space above `2^N` before `main()`, so that an unmodified program's later
+//! mappings (malloc arenas, `mmap`, thread stacks, `dlopen`ed libraries) land
+//! below a device's VA limit.
+//!
+//! ```text
+//!  0        2^N                                                         TASK_SIZE
+//!  |  free  |##[prog][brk]####[libs]##[vdso]######|room|[stack]###########|
+//!   kernel        ^ "#": PROT_NONE|MAP_NORESERVE|MAP_FIXED_NOREPLACE, one per hole
+//!   places        |room|: RLIMIT_STACK + 1 MiB guard gap left free below the
+//!   here                 main stack so it can still grow
+//! ```
+//!
+//! The constructor (an `.init_array` entry) runs after the loader has mapped
+//! the program and its libraries and before `main`:
+//!
+//! 1. reads `SVMAP_FENCE_VA_BITS` (no variable: does nothing);
+//! 2. reads `/proc/self/maps` with raw `open`/`read` into a static buffer
+//!    (no heap allocation: malloc is not to be touched before the fence is
+//!    up, or its first `brk` arena would land above the limit);
+//! 3. reports everything already above `2^N` (program, libraries, vDSO,
+//!    stack, an existing `[heap]`): that memory cannot be moved;
+//! 4. reserves every free hole in `[2^N, TASK_SIZE)` except the stack's room
+//!    to grow. That includes the space after the program break, so `brk`
+//!    fails and glibc's malloc falls back to `mmap`, which the kernel now
+//!    places below `2^N`. `MAP_FIXED_NOREPLACE` never replaces a mapping;
+//!    a hole that changed meanwhile (`EEXIST`) is retried on a fresh read;
+//! 5. reports what it could not cover.
+//!
+//! The report goes to stderr when `SVMAP_FENCE_VERBOSE=1` and is appended to
+//! the file named by `SVMAP_FENCE_REPORT` if that is set, one
+//! `svmap-fence[PID]: ...` line per fact: `va_bits=`, `above <maps line>`,
+//! `stack-room A-B`, `reserved A-B`, `uncovered A-B errno=E`, and a final
+//! `done reserved=N bytes=B uncovered=U`. The variables are inherited, so
+//! every program the command execs is fenced and reports too.
+#![allow(unsafe_code)]
+
+use core::cell::UnsafeCell;
+use core::fmt::{self, Write};
+
+const PAGE: u64 = 4096;
+/// The kernel's default `stack_guard_gap` (256 pages).
+const STACK_GUARD_GAP: u64 = 256 * PAGE;
+/// Room for the text of `/proc/self/maps` at start-up (about 100 bytes per
+/// VMA; a process has a few hundred VMAs before `main`).
+const MAPS_BUF: usize = 1 << 20;
+/// Most VMAs handled.
+const MAX_VMAS: usize = 8192;
+/// Rounds of read-and-reserve when holes change meanwhile.
+const ROUNDS: usize = 4;
+
+#[derive(Clone, Copy)]
+struct Vma {
+    start: u64,
+    end: u64,
+    /// Offsets of the line in the buffer, for the report.
+    line: (u32, u32),
+    stack: bool,
+}
+
+struct State {
+    buf: [u8; MAPS_BUF],
+    len: usize,
+    vmas: [Vma; MAX_VMAS],
+    n: usize,
+}
+
+struct Global(UnsafeCell<State>);
+
+// SAFETY: the state is used only by the constructor, which the dynamic
+// loader runs once, on one thread, before `main`.
+unsafe impl Sync for Global {}
+
+static STATE: Global = Global(UnsafeCell::new(State {
+    buf: [0; MAPS_BUF],
+    len: 0,
+    vmas: [Vma {
+        start: 0,
+        end: 0,
+        line: (0, 0),
+        stack: false,
+    }; MAX_VMAS],
+    n: 0,
+}));
+
+#[used]
+#[link_section = ".init_array"]
+static FENCE_INIT: extern "C" fn() = fence_init;
+
+/// A line writer over a stack buffer, sent to up to two file descriptors.
+struct Out {
+    fds: [i32; 2],
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl Write for Out {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Out {
+    fn flush(&mut self) {
+        for &fd in &self.fds {
+            if fd >= 0 {
+                let mut off = 0;
+                while off < self.len {
+                    // SAFETY: writes initialised bytes of our own buffer.
+                    let r =
+                        unsafe { libc::write(fd, self.buf[off..].as_ptr().cast(), self.len - off) };
+                    if r <= 0 {
+                        break;
+                    }
+                    off += r as usize;
+                }
+            }
+        }
+        self.len = 0;
+    }
+
+    fn line(&mut self, args: fmt::Arguments<'_>) {
+        if self.fds == [-1, -1] {
+            return;
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let _ = write!(self, "svmap-fence[{pid}]: ");
+        let _ = self.write_fmt(args);
+        let _ = self.write_str("\n");
+        self.flush();
+    }
+}
+
+fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv with a NUL-terminated name; before main nobody calls
+    // setenv concurrently. The result points into the environment block,
+    // which lives as long as the process unless modified.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returned a valid NUL-terminated string.
+    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+fn parse_dec(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+    }
+    Some(v)
+}
+
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &c in s {
+        v = v << 4 | (c as char).to_digit(16)? as u64;
+    }
+    Some(v)
+}
+
+/// Reads `/proc/self/maps` into the state and parses it. False if the file
+/// could not be read.
+fn read_maps(st: &mut State) -> bool {
+    st.len = 0;
+    st.n = 0;
+    // SAFETY: NUL-terminated path; returns a descriptor or -1.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    loop {
+        let room = MAPS_BUF - st.len;
+        if room == 0 {
+            break;
+        }
+        // SAFETY: reads at most `room` bytes into the free tail of our buffer.
+        let r = unsafe { libc::read(fd, st.buf[st.len..].as_mut_ptr().cast(), room) };
+        if r <= 0 {
+            break;
+        }
+        st.len += r as usize;
+    }
+    // SAFETY: closes the descriptor opened above.
+    unsafe { libc::close(fd) };
+    let mut pos = 0;
+    while pos < st.len && st.n < MAX_VMAS {
+        let Some(nl) = st.buf[pos..st.len].iter().position(|&c| c == b'\n') else {
+            break; // a cut line at the end of a full buffer
+        };
+        let line = &st.buf[pos..pos + nl];
+        let dash = line.iter().position(|&c| c == b'-');
+        let sp = line.iter().position(|&c| c == b' ');
+        if let (Some(d), Some(s)) = (dash, sp) {
+            if let (Some(a), Some(b)) = (parse_hex(&line[..d]), parse_hex(&line[d + 1..s])) {
+                st.vmas[st.n] = Vma {
+                    start: a,
+                    end: b,
+                    line: (pos as u32, (pos + nl) as u32),
+                    stack: line.ends_with(b"[stack]"),
+                };
+                st.n += 1;
+            }
+        }
+        pos += nl + 1;
+    }
+    true
+}
+
+/// `mmap(addr, len, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE|
+/// MAP_FIXED_NOREPLACE)`; 0 or the errno.
+fn reserve(addr: u64, len: u64) -> i32 {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        // SAFETY: reads this thread's errno.
+        return unsafe { *libc::__errno_location() };
+    }
+    if p as u64 != addr {
+        // A kernel before 4.17 took the flag as a hint: undo our own mapping.
+        // SAFETY: `p` is the mapping just created by this call.
+        unsafe { libc::munmap(p, len as usize) };
+        return libc::EEXIST;
+    }
+    0
+}
+
+/// The top of the user range: `2^56 - PAGE` with 5-level paging, else
+/// `2^47 - PAGE` (a fixed map at `2^47` is `ENOMEM` beyond `TASK_SIZE`).
+fn task_size() -> u64 {
+    match reserve(1 << 47, PAGE) {
+        0 => {
+            // SAFETY: the page was just mapped by us.
+            unsafe { libc::munmap((1u64 << 47) as *mut libc::c_void, PAGE as usize) };
+            (1 << 56) - PAGE
+        }
+        libc::EEXIST => (1 << 56) - PAGE,
+        _ => (1 << 47) - PAGE,
+    }
+}
+
+fn stack_rlimit() -> Option<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: writes one rlimit through a valid pointer.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
+    (r == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
+}
+
+struct Hex(u64);
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+extern "C" fn fence_init() {
+    let Some(bits) = env(c"SVMAP_FENCE_VA_BITS") else {
+        return;
+    };
+    let verbose = env(c"SVMAP_FENCE_VERBOSE") == Some(b"1");
+    let report_fd = match env(c"SVMAP_FENCE_REPORT") {
+        // SAFETY: the environment value is NUL-terminated right after the
+        // slice (it came from getenv).
+        Some(p) if !p.is_empty() => unsafe {
+            libc::open(
+                p.as_ptr().cast(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+                0o644,
+            )
+        },
+        _ => -1,
+    };
+    let mut out = Out {
+        fds: [if verbose { 2 } else { -1 }, report_fd],
+        buf: [0; 512],
+        len: 0,
+    };
+    run(bits, &mut out);
+    if report_fd >= 0 {
+        // SAFETY: closes the descriptor opened above.
+        unsafe { libc::close(report_fd) };
+    }
+}
+
+fn run(bits: &[u8], out: &mut Out) {
+    let bits = match parse_dec(bits) {
+        Some(b @ 20..=56) => b as u32,
+        _ => {
+            out.line(format_args!(
+                "error: SVMAP_FENCE_VA_BITS={:?} is not a number in 20..=56; no fence",
+                core::str::from_utf8(bits).unwrap_or("?")
+            ));
+            return;
+        }
+    };
+    let limit = 1u64 << bits;
+    let top = task_size();
+    out.line(format_args!(
+        "va_bits={bits} limit={} task_size={}",
+        Hex(limit),
+        Hex(top)
+    ));
+    if limit >= top {
+        out.line(format_args!(
+            "nothing to fence: the limit is above the user range"
+        ));
+        out.line(format_args!("done reserved=0 bytes=0x0 uncovered=0"));
+        return;
+    }
+    let room = stack_rlimit();
+    // SAFETY: only the constructor uses the state, once, single-threaded
+    // (see `Global`); this is the only reference made to it.
+    let st = unsafe { &mut *STATE.0.get() };
+    let (mut reserved, mut bytes, mut uncovered) = (0u64, 0u64, 0u64);
+    for round in 0..ROUNDS {
+        if !read_maps(st) {
+            out.line(format_args!("error: cannot read /proc/self/maps; no fence"));
+            return;
+        }
+        if st.len == MAPS_BUF || st.n == MAX_VMAS {
+            out.line(format_args!(
+                "warning: /proc/self/maps larger than the buffer; fencing what was read"
+            ));
+        }
+        if round == 0 {
+            for v in &st.vmas[..st.n] {
+                if v.end > limit && v.start < top {
+                    let text = &st.buf[v.line.0 as usize..v.line.1 as usize];
+                    out.line(format_args!(
+                        "above {}",
+                        core::str::from_utf8(text).unwrap_or("(non-UTF-8 line)")
+                    ));
+                }
+            }
+        }
+        let mut raced = false;
+        let mut prev_end = 0u64;
+        let n = st.n;
+        for i in 0..=n {
+            let (next_start, next) = if i < n {
+                (st.vmas[i].start.min(top), Some(st.vmas[i]))
+            } else {
+                (top, None)
+            };
+            let mut hole_end = next_start;
+            if let Some(v) = next.filter(|v| v.stack) {
+                // Leave the stack room to grow: it may reach down to
+                // end - RLIMIT_STACK, and the kernel keeps the guard gap
+                // below that free for non-fixed placements.
+                let lowest = match room {
+                    Some(r) => {
+                        v.end.saturating_sub(r).saturating_sub(STACK_GUARD_GAP) & !(PAGE - 1)
+                    }
+                    None => prev_end, // unlimited: leave the whole hole
+                };
+                if round == 0 && lowest < v.start {
+                    out.line(format_args!(
+                        "stack-room {}-{} left free for the main stack to grow",
+                        Hex(lowest.max(prev_end)),
+                        Hex(v.start)
+                    ));
+                }
+                hole_end = hole_end.min(lowest.max(prev_end));
+            }
+            let hole_start = prev_end.max(limit);
+            if hole_end > hole_start {
+                let len = hole_end - hole_start;
+                match reserve(hole_start, len) {
+                    0 => {
+                        reserved += 1;
+                        bytes += len;
+                        out.line(format_args!(
+                            "reserved {}-{}",
+                            Hex(hole_start),
+                            Hex(hole_end)
+                        ));
+                    }
+                    libc::EEXIST if round + 1 < ROUNDS => raced = true,
+                    e => {
+                        uncovered += 1;
+                        out.line(format_args!(
+                            "uncovered {}-{} errno={e}",
+                            Hex(hole_start),
+                            Hex(hole_end)
+                        ));
+                    }
+                }
+            }
+            if let Some(v) = next {
+                prev_end = prev_end.max(v.end);
+            }
+            if prev_end >= top {
+                break;
+            }
+        }
+        if !raced {
+            break;
+        }
+    }
+    out.line(format_args!(
+        "done reserved={reserved} bytes={} uncovered={uncovered}",
+        Hex(bytes)
+    ));
+}

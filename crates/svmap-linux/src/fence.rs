@@ -1,0 +1,214 @@
+//! Launching an unmodified program behind the address-space fence
+//! (`libsvmap_fence.so`, crate `svmap-fence`): its later mappings land below
+//! `2^va_bits`. See that crate for what the constructor does.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use crate::error::Error;
+
+/// File name of the preload library.
+pub const LIB_NAME: &str = "libsvmap_fence.so";
+/// Environment variable: the VA-bit limit (the fence does nothing without it).
+pub const ENV_VA_BITS: &str = "SVMAP_FENCE_VA_BITS";
+/// Environment variable: `1` prints the report to stderr.
+pub const ENV_VERBOSE: &str = "SVMAP_FENCE_VERBOSE";
+/// Environment variable: a file the report is appended to.
+pub const ENV_REPORT: &str = "SVMAP_FENCE_REPORT";
+/// Environment variable: overrides where the library is looked for.
+pub const ENV_LIB: &str = "SVMAP_FENCE_LIB";
+
+/// Where [`find_library`] looks, in order, for an executable in `exe_dir`:
+/// `$SVMAP_FENCE_LIB`; `<exe dir>/`; `<exe dir>/../lib/`; `<exe dir>/../`
+/// (a test binary in `target/<profile>/deps/`); and the other cargo profile
+/// (`<exe dir>/../release/`, `<exe dir>/../debug/`), since cargo puts a
+/// cdylib in `target/<profile>/` next to the `svmap` binary.
+pub fn candidates(exe_dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(p) = std::env::var_os(ENV_LIB) {
+        v.push(PathBuf::from(p));
+    }
+    v.push(exe_dir.join(LIB_NAME));
+    if let Some(parent) = exe_dir.parent() {
+        v.push(parent.join("lib").join(LIB_NAME));
+        v.push(parent.join(LIB_NAME));
+        v.push(parent.join("release").join(LIB_NAME));
+        v.push(parent.join("debug").join(LIB_NAME));
+    }
+    v
+}
+
+/// Finds the preload library relative to the current executable.
+pub fn find_library() -> Result<PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let dir = exe.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let tried = candidates(&dir);
+    match tried.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.canonicalize().unwrap_or_else(|_| p.clone())),
+        None => Err(Error::FenceLibraryNotFound { tried }),
+    }
+}
+
+/// How to run a fenced command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceOptions {
+    /// The limit: later mappings land below `2^va_bits`.
+    pub va_bits: u32,
+    /// Print the fence's report to stderr.
+    pub verbose: bool,
+    /// Append the report to this file.
+    pub report: Option<PathBuf>,
+    /// The library to preload (`None`: [`find_library`]).
+    pub library: Option<PathBuf>,
+}
+
+impl FenceOptions {
+    /// Defaults: quiet, no report file, library found next to the executable.
+    pub fn new(va_bits: u32) -> FenceOptions {
+        FenceOptions {
+            va_bits,
+            verbose: false,
+            report: None,
+            library: None,
+        }
+    }
+}
+
+/// A `Command` for `cmd args...` with the fence preloaded (prepended to any
+/// existing `LD_PRELOAD`) and its variables set. Spawn, wait or `exec` it.
+pub fn command<S: AsRef<OsStr>>(
+    opts: &FenceOptions,
+    cmd: impl AsRef<OsStr>,
+    args: &[S],
+) -> Result<Command, Error> {
+    if !(20..=56).contains(&opts.va_bits) {
+        return Err(Error::InvalidArgument {
+            what: format!("va_bits {} is not in 20..=56", opts.va_bits),
+        });
+    }
+    let lib = match &opts.library {
+        Some(l) => l.clone(),
+        None => find_library()?,
+    };
+    let mut preload = OsString::from(lib.as_os_str());
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
+        preload.push(":");
+        preload.push(old);
+    }
+    let mut c = Command::new(cmd.as_ref());
+    c.args(args)
+        .env("LD_PRELOAD", preload)
+        .env(ENV_VA_BITS, opts.va_bits.to_string());
+    if opts.verbose {
+        c.env(ENV_VERBOSE, "1");
+    }
+    if let Some(r) = &opts.report {
+        c.env(ENV_REPORT, r);
+    }
+    Ok(c)
+}
+
+/// Runs `cmd args...` fenced below `2^va_bits` (quiet unless
+/// `SVMAP_FENCE_VERBOSE`/`SVMAP_FENCE_REPORT` are already set in the
+/// environment, which the child inherits) and waits for it.
+pub fn run_command<S: AsRef<OsStr>>(
+    va_bits: u32,
+    cmd: impl AsRef<OsStr>,
+    args: &[S],
+) -> Result<ExitStatus, Error> {
+    run_with(&FenceOptions::new(va_bits), cmd, args)
+}
+
+/// [`run_command`] with options.
+pub fn run_with<S: AsRef<OsStr>>(
+    opts: &FenceOptions,
+    cmd: impl AsRef<OsStr>,
+    args: &[S],
+) -> Result<ExitStatus, Error> {
+    let name = cmd.as_ref().to_string_lossy().into_owned();
+    let mut c = command(opts, cmd, args)?;
+    c.status()
+        .map_err(|source| Error::Spawn { cmd: name, source })
+}
+
+/// One process's part of a fence report file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessReport {
+    /// The pid.
+    pub pid: u32,
+    /// Lines of `/proc/self/maps` that were already above the limit.
+    pub above: Vec<String>,
+    /// Holes the fence could not reserve (`start-end errno=E`).
+    pub uncovered: Vec<String>,
+    /// The ranges the fence reserved, `(start, end)`.
+    pub reserved_ranges: Vec<(u64, u64)>,
+    /// The room left free below the main stack, `(start, end)`.
+    pub stack_room: Option<(u64, u64)>,
+    /// Number of reservations made (from the `done` line).
+    pub reserved: u64,
+    /// The `done` line was seen.
+    pub done: bool,
+    /// Error and warning lines.
+    pub errors: Vec<String>,
+}
+
+/// Parses a report file (`svmap-fence[PID]: ...` lines, possibly from several
+/// processes) into one entry per pid, in order of first appearance.
+pub fn parse_report(text: &str) -> Vec<ProcessReport> {
+    let mut out: Vec<ProcessReport> = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("svmap-fence[") else {
+            continue;
+        };
+        let Some((pid, msg)) = rest.split_once("]: ") else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        let i = match out.iter().position(|r| r.pid == pid) {
+            Some(i) => i,
+            None => {
+                out.push(ProcessReport {
+                    pid,
+                    ..ProcessReport::default()
+                });
+                out.len() - 1
+            }
+        };
+        let r = &mut out[i];
+        if let Some(a) = msg.strip_prefix("above ") {
+            r.above.push(a.to_string());
+        } else if let Some(x) = msg.strip_prefix("reserved ") {
+            if let Some(rg) = range(x) {
+                r.reserved_ranges.push(rg);
+            }
+        } else if let Some(x) = msg.strip_prefix("stack-room ") {
+            r.stack_room = range(x);
+        } else if let Some(u) = msg.strip_prefix("uncovered ") {
+            r.uncovered.push(u.to_string());
+        } else if let Some(d) = msg.strip_prefix("done ") {
+            r.done = true;
+            r.reserved = d
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("reserved="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        } else if msg.starts_with("error") || msg.starts_with("warning") {
+            r.errors.push(msg.to_string());
+        }
+    }
+    out
+}
+
+/// `0xA-0xB` (followed by anything) as a pair.
+fn range(s: &str) -> Option<(u64, u64)> {
+    let s = s.split_whitespace().next()?;
+    let (a, b) = s.split_once('-')?;
+    let h = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok();
+    Some((h(a)?, h(b)?))
+}

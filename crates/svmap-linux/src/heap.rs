@@ -1,0 +1,195 @@
+//! An SVM heap inside a [`Reservation`]: real pointers below `2^N`, each
+//! buffer its own sealed memfd, so it can be passed to a peer process and
+//! mapped there at the same address.
+//!
+//! ```text
+//!  reservation (PROT_NONE, MAP_NORESERVE, owned by svmap)
+//!  [----][ buf A: memfd A, MAP_SHARED|MAP_FIXED ][----][ buf B ][------------]
+//!  ^res.addr                                                       res.end^
+//!  alloc: memfd_create + ftruncate + F_ADD_SEALS(SHRINK|GROW) + mmap(MAP_FIXED)
+//!  free:  mmap(PROT_NONE|MAP_NORESERVE|MAP_FIXED) over it + close(memfd)
+//! ```
+//!
+//! `MAP_FIXED` is used only inside the reservation, which svmap owns: it
+//! replaces svmap's own `PROT_NONE` pages, never anything else. `free` puts a
+//! fresh `PROT_NONE` mapping back, so the range stays reserved, and closing
+//! the memfd drops the last reference to its pages: resident and shmem
+//! memory go back to the system at once.
+//!
+//! The index of live buffers is the core [`AddressMap`] (placement: lowest
+//! exact fit, O(log n)) plus a `BTreeMap` from address to memfd. Every
+//! backed buffer is one VMA (distinct files never merge), so the kernel's
+//! `vm.max_map_count` (65530 by default), and `RLIMIT_NOFILE` for the kept
+//! memfds, bound how many are live at once; `ENOMEM` from `mmap` becomes
+//! [`Error::MapCountLimit`].
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use svmap_core::{AddressMap, FitError, FitRequest, SearchParams, VmaFlags};
+
+use crate::error::Error;
+use crate::reserve::{map_err, Reservation, ReserveRequest};
+use crate::sys::{self, PAGE};
+
+/// The SVM heap. Dropping it unmaps the whole reservation and closes every
+/// memfd; pointers into it are then dangling.
+#[derive(Debug)]
+pub struct Heap {
+    /// Live buffers: address -> (length, memfd).
+    bufs: BTreeMap<u64, (u64, OwnedFd)>,
+    /// The same buffers as VMAs, for the gap search.
+    index: AddressMap,
+    live_bytes: u64,
+    res: Reservation,
+}
+
+impl Heap {
+    /// A heap over an existing reservation.
+    pub fn new(res: Reservation) -> Heap {
+        Heap {
+            bufs: BTreeMap::new(),
+            index: AddressMap::new(),
+            live_bytes: 0,
+            res,
+        }
+    }
+
+    /// Reserves `len_bytes` below `2^va_bits` (all or nothing) and makes a
+    /// heap of it.
+    pub fn below_bits(va_bits: u32, len_bytes: u64) -> Result<Heap, Error> {
+        let req = ReserveRequest::below_bits(va_bits, len_bytes)?;
+        Ok(Heap::new(Reservation::reserve(&req)?))
+    }
+
+    /// The reservation the heap lives in.
+    pub fn reservation(&self) -> &Reservation {
+        &self.res
+    }
+
+    /// Number of live buffers.
+    pub fn live(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Bytes in live buffers (page rounded).
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// Allocates `len` bytes (rounded up to pages) aligned to `align` (a
+    /// power of two; below a page means a page), zero-filled, readable and
+    /// writable, at the lowest free address of the reservation.
+    ///
+    /// Four system calls: `memfd_create`, `ftruncate`, `fcntl(F_ADD_SEALS)`,
+    /// `mmap(MAP_SHARED | MAP_FIXED)`.
+    pub fn alloc(&mut self, len: u64, align: u64) -> Result<NonNull<u8>, Error> {
+        if len == 0 || !align.is_power_of_two() {
+            return Err(Error::InvalidArgument {
+                what: format!("alloc(len={len:#x}, align={align:#x})"),
+            });
+        }
+        let align = align.max(PAGE);
+        let len = len
+            .checked_add(PAGE - 1)
+            .ok_or_else(|| Error::InvalidArgument {
+                what: format!("length {len:#x} overflows"),
+            })?
+            & !(PAGE - 1);
+        let params = SearchParams {
+            mmap_min_addr: 0,
+            ..SearchParams::default()
+        };
+        let addr = match self.index.find_fit(
+            &FitRequest {
+                length: len,
+                low: self.res.addr(),
+                high: self.res.end(),
+                align,
+                align_offset: 0,
+                topdown: false,
+                respect_guard_gaps: false,
+            },
+            &params,
+        ) {
+            Ok(a) => a,
+            Err(FitError::NoSpace) | Err(FitError::EmptyWindow { .. }) => {
+                return Err(Error::HeapFull { len, align })
+            }
+            Err(e) => {
+                return Err(Error::InvalidArgument {
+                    what: e.to_string(),
+                })
+            }
+        };
+        let fd = sys::memfd_sealed(c"svmap-svm", len).map_err(|errno| Error::Sys {
+            call: "memfd_create/ftruncate/F_ADD_SEALS",
+            addr: 0,
+            len,
+            errno,
+        })?;
+        self.res
+            .range()
+            .map_shared_fd(addr, len, fd.as_fd())
+            .map_err(|errno| {
+                map_err(
+                    "mmap(MAP_SHARED|MAP_FIXED) of an SVM buffer",
+                    addr,
+                    len,
+                    errno,
+                )
+            })?;
+        self.index
+            .insert(addr, addr + len, VmaFlags::NONE)
+            .expect("the fit is free in the index");
+        self.bufs.insert(addr, (len, fd));
+        self.live_bytes += len;
+        debug_assert!(addr >= self.res.addr() && addr + len <= self.res.end());
+        Ok(NonNull::new(addr as *mut u8).expect("the reservation is above the mmap floor"))
+    }
+
+    /// Frees the buffer starting at `ptr`: its pages are replaced by a fresh
+    /// `PROT_NONE | MAP_NORESERVE` mapping (the range stays reserved) and its
+    /// memfd is closed, returning the memory to the system. Two system calls.
+    ///
+    /// Any pointer into the buffer is dangling afterwards (accesses fault).
+    pub fn free(&mut self, ptr: NonNull<u8>) -> Result<(), Error> {
+        let addr = ptr.as_ptr() as u64;
+        let Some(&(len, _)) = self.bufs.get(&addr) else {
+            return Err(Error::NotAllocated { addr });
+        };
+        self.res.range().reset(addr, len).map_err(|errno| {
+            map_err(
+                "mmap(PROT_NONE|MAP_FIXED) over a freed SVM buffer",
+                addr,
+                len,
+                errno,
+            )
+        })?;
+        let (_, fd) = self.bufs.remove(&addr).expect("checked above");
+        self.index
+            .unmap(addr, addr + len)
+            .expect("a live buffer is in the index");
+        self.live_bytes -= len;
+        drop(fd);
+        Ok(())
+    }
+
+    /// The memfd behind the buffer starting at `ptr` (to pass to a peer).
+    pub fn memfd(&self, ptr: NonNull<u8>) -> Option<BorrowedFd<'_>> {
+        self.bufs
+            .get(&(ptr.as_ptr() as u64))
+            .map(|(_, fd)| fd.as_fd())
+    }
+
+    /// The (page-rounded) length of the buffer starting at `ptr`.
+    pub fn len_of(&self, ptr: NonNull<u8>) -> Option<u64> {
+        self.bufs.get(&(ptr.as_ptr() as u64)).map(|&(l, _)| l)
+    }
+
+    /// The live buffers, `(address, length)`, in address order.
+    pub fn buffers(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.bufs.iter().map(|(&a, &(l, _))| (a, l))
+    }
+}

@@ -1,0 +1,258 @@
+//! `svmap inspect`: a process's address space as a device with `va_bits`
+//! address bits sees it.
+
+use std::fmt;
+
+use crate::error::Error;
+use crate::maps::{self, Target};
+use crate::probe;
+use crate::reserve::STACK_GUARD_GAP;
+use crate::sys::PAGE;
+
+/// How much of a VMA a device with the given width can reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visibility {
+    /// Entirely below `2^va_bits`.
+    Visible,
+    /// Crosses `2^va_bits`.
+    Partial,
+    /// Entirely above.
+    Invisible,
+}
+
+impl Visibility {
+    /// `visible`, `partial` or `invisible`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Visibility::Visible => "visible",
+            Visibility::Partial => "partial",
+            Visibility::Invisible => "invisible",
+        }
+    }
+}
+
+/// One VMA of the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmaInfo {
+    /// First address.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+    /// `rwxp` as in maps.
+    pub perms: String,
+    /// Name (escapes kept), empty for anonymous memory.
+    pub name: String,
+    /// `VM_GROWSDOWN`.
+    pub growsdown: bool,
+    /// Device reach.
+    pub visibility: Visibility,
+}
+
+/// The report of [`report`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The process.
+    pub pid: u32,
+    /// The device width.
+    pub va_bits: u32,
+    /// `2^va_bits` (clamped to the user range).
+    pub limit: u64,
+    /// The effective `mmap_min_addr` (probed in this process).
+    pub floor: u64,
+    /// Every user VMA.
+    pub vmas: Vec<VmaInfo>,
+    /// Kernel-half entries such as `[vsyscall]` (not part of the user space).
+    pub beyond_user: Vec<VmaInfo>,
+    /// The largest free windows in `[floor, limit)`, outside stack guard
+    /// gaps, largest first (at most 8): `(start, end)`.
+    pub largest_free: Vec<(u64, u64)>,
+    /// Free bytes in `[floor, limit)` (outside guard gaps).
+    pub free_bytes: u64,
+    /// Number of free holes in `[floor, limit)`.
+    pub free_holes: usize,
+    /// Mapped bytes at or above the limit.
+    pub mapped_above_bytes: u64,
+    /// `1 - largest / free`: 0 when all free space is one window.
+    pub fragmentation: f64,
+}
+
+/// Builds the report for `target` and a device with `va_bits` bits.
+pub fn report(target: Target, va_bits: u32) -> Result<Report, Error> {
+    if !(12..=64).contains(&va_bits) {
+        return Err(Error::InvalidArgument {
+            what: format!("va_bits {va_bits} is not in 12..=64"),
+        });
+    }
+    let view = maps::read_view(target)?;
+    let pid = match target {
+        Target::SelfProcess => std::process::id(),
+        Target::Pid(p) => p,
+    };
+    let task = (1u64 << probe::user_va_bits()) - PAGE;
+    let limit = if va_bits >= 64 {
+        task
+    } else {
+        (1u64 << va_bits).min(task)
+    };
+    let floor = probe::mmap_floor()?;
+    let info = |e: &maps::MapsEntry| VmaInfo {
+        start: e.start,
+        end: e.end,
+        perms: e.perms.to_string(),
+        name: e.name_lossy(),
+        growsdown: e.growsdown,
+        visibility: if e.end <= limit {
+            Visibility::Visible
+        } else if e.start >= limit {
+            Visibility::Invisible
+        } else {
+            Visibility::Partial
+        },
+    };
+    let vmas: Vec<VmaInfo> = view.entries.iter().map(info).collect();
+    let beyond_user = view.beyond_user.iter().map(info).collect();
+    let mut holes = Vec::new();
+    let mut prev_end = 0u64;
+    for v in view.map.iter() {
+        let mut e = v.start;
+        if v.flags.contains(svmap_core::VmaFlags::GROWSDOWN) {
+            e = e.saturating_sub(STACK_GUARD_GAP);
+        }
+        let (s, e) = (prev_end.max(floor), e.min(limit));
+        if e > s {
+            holes.push((s, e));
+        }
+        prev_end = prev_end.max(v.end);
+    }
+    if limit > prev_end.max(floor) {
+        holes.push((prev_end.max(floor), limit));
+    }
+    let free_bytes: u64 = holes.iter().map(|&(s, e)| e - s).sum();
+    let free_holes = holes.len();
+    holes.sort_by_key(|&(s, e)| (std::cmp::Reverse(e - s), s));
+    holes.truncate(8);
+    let largest = holes.first().map_or(0, |&(s, e)| e - s);
+    let mapped_above_bytes = view
+        .entries
+        .iter()
+        .filter(|e| e.end > limit)
+        .map(|e| e.end - e.start.max(limit))
+        .sum();
+    Ok(Report {
+        pid,
+        va_bits,
+        limit,
+        floor,
+        vmas,
+        beyond_user,
+        largest_free: holes,
+        free_bytes,
+        free_holes,
+        mapped_above_bytes,
+        fragmentation: if free_bytes == 0 {
+            0.0
+        } else {
+            1.0 - largest as f64 / free_bytes as f64
+        },
+    })
+}
+
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl Report {
+    /// The report as one JSON object (addresses as `"0x..."` strings, since
+    /// they exceed 2^53).
+    pub fn to_json(&self) -> String {
+        let mut o = String::new();
+        o.push_str(&format!(
+            "{{\"pid\":{},\"va_bits\":{},\"limit\":\"{:#x}\",\"floor\":\"{:#x}\",\"free_bytes\":{},\"free_holes\":{},\"mapped_above_bytes\":{},\"fragmentation\":{:.6},\"largest_free\":[",
+            self.pid, self.va_bits, self.limit, self.floor, self.free_bytes, self.free_holes, self.mapped_above_bytes, self.fragmentation
+        ));
+        for (i, (s, e)) in self.largest_free.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            o.push_str(&format!(
+                "{{\"start\":\"{s:#x}\",\"end\":\"{e:#x}\",\"bytes\":{}}}",
+                e - s
+            ));
+        }
+        for (key, list) in [("vmas", &self.vmas), ("beyond_user", &self.beyond_user)] {
+            o.push_str(&format!("],\"{key}\":["));
+            for (i, v) in list.iter().enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                o.push_str(&format!(
+                    "{{\"start\":\"{:#x}\",\"end\":\"{:#x}\",\"perms\":\"{}\",\"growsdown\":{},\"visibility\":\"{}\",\"name\":",
+                    v.start, v.end, v.perms, v.growsdown, v.visibility.name()
+                ));
+                json_str(&v.name, &mut o);
+                o.push('}');
+            }
+        }
+        o.push_str("]}");
+        o
+    }
+}
+
+fn human(b: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", U[i])
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "process {}: {} VMAs; device window [{:#x}, {:#x}) ({} bits)",
+            self.pid,
+            self.vmas.len(),
+            self.floor,
+            self.limit,
+            self.va_bits
+        )?;
+        for v in self.vmas.iter().chain(&self.beyond_user) {
+            writeln!(
+                f,
+                "  {:>16x}-{:<16x} {} {:<9} {}{}",
+                v.start,
+                v.end,
+                v.perms,
+                v.visibility.name(),
+                v.name,
+                if v.growsdown { " (grows down)" } else { "" }
+            )?;
+        }
+        writeln!(
+            f,
+            "free below the limit: {} in {} holes; mapped above it: {}; fragmentation {:.1}%",
+            human(self.free_bytes),
+            self.free_holes,
+            human(self.mapped_above_bytes),
+            self.fragmentation * 100.0
+        )?;
+        writeln!(f, "largest free windows:")?;
+        for (s, e) in &self.largest_free {
+            writeln!(f, "  {s:#x}-{e:#x} {}", human(e - s))?;
+        }
+        Ok(())
+    }
+}
