@@ -1,0 +1,241 @@
+//! Two small interval structures beside the core [`AddressMap`]:
+//!
+//! - [`IntervalMap`]: non-overlapping `[start, end)` ranges with a value
+//!   each (CPU protection, reservations, live SVM pieces, device regions),
+//!   with splitting removal in O(log n + k).
+//! - [`CoverMap`]: a counted union of possibly overlapping ranges (the
+//!   occupancy of several spaces at once), whose union sits in an
+//!   [`AddressMap`] so that [`AddressMap::find_fit`] searches it in
+//!   O(log n).
+
+use std::collections::BTreeMap;
+
+use svmap_core::{AddressMap, VmaFlags};
+
+/// Non-overlapping ranges `[start, end)` (`end > start`) with a value each,
+/// keyed by start.
+#[derive(Clone, Debug, Default)]
+pub struct IntervalMap<V> {
+    m: BTreeMap<u64, (u64, V)>,
+}
+
+impl<V: Clone> IntervalMap<V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        IntervalMap { m: BTreeMap::new() }
+    }
+
+    /// Number of ranges.
+    pub fn len(&self) -> usize {
+        self.m.len()
+    }
+
+    /// True if empty.
+    pub fn is_empty(&self) -> bool {
+        self.m.is_empty()
+    }
+
+    /// The range containing `addr`. O(log n).
+    pub fn get(&self, addr: u64) -> Option<(u64, u64, &V)> {
+        let (&s, (e, v)) = self.m.range(..=addr).next_back()?;
+        (*e > addr).then_some((s, *e, v))
+    }
+
+    /// The lowest range intersecting `[start, end)`. O(log n).
+    pub fn first_overlap(&self, start: u64, end: u64) -> Option<(u64, u64, &V)> {
+        if let Some((&s, (e, v))) = self.m.range(..start).next_back() {
+            if *e > start {
+                return Some((s, *e, v));
+            }
+        }
+        let (&s, (e, v)) = self.m.range(start..).next()?;
+        (s < end).then_some((s, *e, v))
+    }
+
+    /// The ranges intersecting `[start, end)`, unclipped, in order.
+    pub fn range(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
+        let first = self
+            .m
+            .range(..start)
+            .next_back()
+            .filter(|(_, (e, _))| *e > start)
+            .map(|(&s, _)| s)
+            .unwrap_or(start);
+        self.m
+            .range(first..)
+            .take_while(move |(&s, _)| s < end)
+            .map(|(&s, (e, v))| (s, *e, v))
+    }
+
+    /// All ranges in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, &V)> + '_ {
+        self.m.iter().map(|(&s, (e, v))| (s, *e, v))
+    }
+
+    /// Inserts `[start, end)`. The caller guarantees that it overlaps
+    /// nothing (checked in debug builds).
+    pub fn insert(&mut self, start: u64, end: u64, v: V) {
+        debug_assert!(start < end);
+        debug_assert!(self.first_overlap(start, end).is_none());
+        self.m.insert(start, (end, v));
+    }
+
+    /// Splits the range containing `at` (if it straddles `at`) in two.
+    fn split_at(&mut self, at: u64) {
+        if let Some((&s, (e, v))) = self.m.range(..at).next_back() {
+            if *e > at {
+                let (e, v) = (*e, v.clone());
+                self.m.insert(s, (at, v.clone()));
+                self.m.insert(at, (e, v));
+            }
+        }
+    }
+
+    /// Removes everything in `[start, end)`, splitting ranges that
+    /// straddle an edge, and returns the removed pieces (clipped) in order.
+    /// O(log n + k).
+    pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<(u64, u64, V)> {
+        if start >= end {
+            return Vec::new();
+        }
+        self.split_at(start);
+        self.split_at(end);
+        let keys: Vec<u64> = self.m.range(start..end).map(|(&s, _)| s).collect();
+        keys.into_iter()
+            .map(|s| {
+                let (e, v) = self.m.remove(&s).expect("key just listed");
+                (s, e, v)
+            })
+            .collect()
+    }
+
+    /// Sets `[start, end)` to `v` (replacing what was there).
+    pub fn set(&mut self, start: u64, end: u64, v: V) {
+        self.remove_range(start, end);
+        self.insert(start, end, v);
+    }
+
+    /// Checks order and non-overlap. Panics on a violation.
+    pub fn check_invariants(&self) {
+        let mut prev_end = 0u64;
+        for (i, (&s, (e, _))) in self.m.iter().enumerate() {
+            assert!(s < *e, "empty range [{s:#x}, {e:#x})");
+            assert!(i == 0 || s >= prev_end, "overlap at {s:#x}");
+            prev_end = *e;
+        }
+    }
+}
+
+/// A counted union of ranges. [`CoverMap::add`] and [`CoverMap::remove`]
+/// keep, for every elementary segment, how many added ranges cover it; the
+/// segments with a count sit in [`CoverMap::index`], an [`AddressMap`], so
+/// its gap searches see exactly the union. Segments are not merged: the
+/// segment count is at most twice the number of ranges added and live.
+#[derive(Clone, Debug, Default)]
+pub struct CoverMap {
+    index: AddressMap,
+    counts: IntervalMap<u32>,
+}
+
+impl CoverMap {
+    /// An empty union.
+    pub fn new() -> Self {
+        CoverMap::default()
+    }
+
+    /// The union as an address map (one VMA per segment).
+    pub fn index(&self) -> &AddressMap {
+        &self.index
+    }
+
+    /// Number of segments.
+    pub fn segments(&self) -> usize {
+        self.counts.len()
+    }
+
+    fn put(&mut self, s: u64, e: u64, c: u32) {
+        self.counts.insert(s, e, c);
+        // Cannot overlap: the counts map mirrors the index exactly.
+        let r = self.index.insert(s, e, VmaFlags::NONE);
+        debug_assert!(r.is_ok(), "cover index out of step: {r:?}");
+    }
+
+    /// Adds one cover of `[start, end)` (nothing for an empty range).
+    /// O(log n + k) plus O(log n) per segment written.
+    pub fn add(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let old = self.counts.remove_range(start, end);
+        if !old.is_empty() {
+            let _ = self.index.unmap(start, end);
+        }
+        let mut at = start;
+        for (s, e, c) in old {
+            if at < s {
+                self.put(at, s, 1);
+            }
+            self.put(s, e, c + 1);
+            at = e;
+        }
+        if at < end {
+            self.put(at, end, 1);
+        }
+    }
+
+    /// Removes one cover of `[start, end)`, which must have been added.
+    pub fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let old = self.counts.remove_range(start, end);
+        let _ = self.index.unmap(start, end);
+        let mut at = start;
+        for (s, e, c) in old {
+            debug_assert_eq!(s, at, "removing an uncovered range at {at:#x}");
+            if c > 1 {
+                self.put(s, e, c - 1);
+            }
+            at = e;
+        }
+        debug_assert_eq!(at, end, "removing an uncovered range up to {end:#x}");
+    }
+
+    /// The union as maximal disjoint ranges, merged (O(n); for checks).
+    pub fn union(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (s, e, _) in self.counts.iter() {
+            match out.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => out.push((s, e)),
+            }
+        }
+        out
+    }
+
+    /// Checks the index against the counts. Panics on a violation.
+    pub fn check_invariants(&self) {
+        self.index.check_invariants();
+        self.counts.check_invariants();
+        assert_eq!(self.index.len(), self.counts.len(), "cover index size");
+        for (v, (s, e, c)) in self.index.iter().zip(self.counts.iter()) {
+            assert_eq!((v.start, v.end), (s, e), "cover index segment");
+            assert!(*c > 0, "zero-count segment [{s:#x}, {e:#x})");
+        }
+    }
+}
+
+/// Merges a list of ranges into their union (sorted, disjoint, adjacent
+/// ranges joined). For checks.
+pub fn union_of(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.retain(|r| r.0 < r.1);
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}

@@ -1,0 +1,46 @@
+//! # svmap-svm
+//!
+//! Layers 3 and 4 of `DESIGN.md`: SVM address spaces and the device mirror
+//! model. Pure logic, no system calls.
+//!
+//! - [`SvmSpace`]: one CPU address space (the core [`svmap_core::linux::Mm`]
+//!   with its Linux placement) and any number of named device spaces, each
+//!   with its VA width, base, page size, device-only regions and mirror
+//!   mode. It runs every SVM operation of `TRACE.md` with its exact rules,
+//!   and the CPU-side operations so that SVM ranges and devices stay in
+//!   step.
+//! - [`mirror`]: a device MMU (multi-level radix page table, TLB with
+//!   shoot-down) kept in step with the CPU by the `mmu_interval_notifier`
+//!   protocol (invalidate with a sequence number; fault handler that
+//!   snapshots, then commits only if the sequence has not moved).
+//!
+//! # For a trace executor
+//!
+//! | `TRACE.md` op | call | result |
+//! | --- | --- | --- |
+//! | `reset` | [`SvmSpace::reset`] | none |
+//! | `map` | [`SvmSpace::cpu_map`] | `Overlap` = `EEXIST`; other errors are bad lines |
+//! | `unmap` | [`SvmSpace::cpu_unmap`] | errors are bad lines |
+//! | `find` | [`SvmSpace::find`] | any error = `ENOMEM` |
+//! | `mmap` | [`SvmSpace::cpu_mmap`] | `Mmap(errno)` |
+//! | `device` | [`SvmSpace::add_device`] | [`SvmError::trace_errno`] |
+//! | `device_map` | [`SvmSpace::device_map`] | [`SvmError::trace_errno`] |
+//! | `svm_alloc` | [`SvmSpace::svm_alloc`] | [`SvmError::trace_errno`] |
+//! | `svm_free` | [`SvmSpace::svm_free`] | [`SvmError::trace_errno`] |
+//! | `protect` | [`SvmSpace::protect`] | `NotMapped`/`RangeOverflow` = `ENOMEM`; `Unaligned`/`ZeroLength` are bad lines |
+//! | `device_access` | [`SvmSpace::device_access`] | `Ok(Ok(()))` = `ok`, `Ok(Err(fault))` = `fault: fault.name()` |
+//!
+//! [`SvmError::trace_errno`] is `None` for the errors `TRACE.md` calls bad
+//! lines (unknown device, `va_bits`, page size, alignment).
+
+mod error;
+pub mod interval;
+pub mod mirror;
+mod space;
+
+pub use error::{Fault, SvmError};
+pub use mirror::{DefaultFormat, Geometry, Mirror, PtFormat, StdSync, SyncFamily};
+pub use space::{
+    CpuPolicy, Device, DeviceConfig, MirrorMode, Populate, Prot, SvmSpace, SvmStats,
+    PREFAULT_MAX_PAGES,
+};

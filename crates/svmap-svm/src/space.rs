@@ -1,0 +1,1011 @@
+//! [`SvmSpace`]: one CPU address space (the core [`Mm`] with its Linux
+//! placement) and any number of named device spaces, kept in step.
+//!
+//! # State
+//!
+//! | field | holds |
+//! | --- | --- |
+//! | `mm` | the CPU VMAs: `map`/`mmap` mappings, every live SVM piece, every device-only reservation below `task_size` |
+//! | `prot` | CPU pages whose protection is not `rw` (split on change) |
+//! | `reserved` | the CPU VMAs that are device-only reservations, with their `cpu` policy |
+//! | `svm` | the live pieces of SVM ranges, with their allocation id; each is exactly one CPU VMA |
+//! | `cpu_cover` | the union of every CPU VMA and the guard gap below every grows-down one |
+//! | `all_cover` | `cpu_cover` plus every device-only region of every device |
+//! | device `occ` | what a device holds: its device-only regions and the SVM pieces mapped to it |
+//! | device `mmu` | the device's page table and TLB ([`Mirror`]) |
+//!
+//! # Allocation cost
+//!
+//! `svm_alloc` for all devices is one [`AddressMap::find_fit`] over
+//! `all_cover`: O(log n) per candidate hole, one hole when the alignment is
+//! the page size. For a proper subset of the devices it searches
+//! `cpu_cover` and verifies the candidate on each listed device's `occ`; on a
+//! conflict it restarts just past the conflicting device ranges (top-down:
+//! below the lowest one; bottom-up: above the highest one). Every restart
+//! moves the window edge past at least one device range that lies in the
+//! window and is never met again, so the worst case is `1 + m` searches,
+//! where `m` is the number of ranges the listed devices hold in the window
+//! but the CPU does not: O((1 + m) (log n + k)). Typical device-only
+//! regions are few, and SVM pieces of other subsets are the only other
+//! source of `m`. [`SvmSpace::stats`] counts the iterations.
+
+use std::collections::BTreeMap;
+
+use svmap_core::linux::{Fixed, Mm, MmConfig, MmapRequest, PAGE_SIZE};
+use svmap_core::{
+    AddressMap, FitError, FitRequest, SearchError, SearchParams, UnmappedAreaInfo, Vma, VmaFlags,
+};
+
+use crate::error::{Fault, SvmError};
+use crate::interval::{union_of, CoverMap, IntervalMap};
+use crate::mirror::{DefaultFormat, Mirror, Perm, PtFormat, Snapshot};
+
+/// What a device mirrors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MirrorMode {
+    /// Only the SVM ranges allocated for it (`"buffers"`).
+    #[default]
+    Buffers,
+    /// Every CPU mapping that is not a device-only reservation, on demand
+    /// (`"system"`, the HMM model).
+    System,
+}
+
+/// What a CPU access does in a device-only region's CPU reservation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuPolicy {
+    /// Every CPU access faults (`"fault"`).
+    #[default]
+    Fault,
+    /// Reads see a shared zero page, writes fault (`"dummy_page"`).
+    DummyPage,
+}
+
+/// When a device's page table is filled for an SVM range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Populate {
+    /// On the first device access (device page fault).
+    #[default]
+    OnFault,
+    /// At allocation ("always mapped"), up to [`PREFAULT_MAX_PAGES`] pages
+    /// per range; the rest on fault.
+    AtAlloc,
+}
+
+/// The most pages [`Populate::AtAlloc`] installs per allocation.
+pub const PREFAULT_MAX_PAGES: u64 = 4096;
+
+/// CPU page protection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prot {
+    /// No access (`"none"`).
+    None,
+    /// Read only (`"r"`).
+    Read,
+    /// Read and write (`"rw"`).
+    #[default]
+    ReadWrite,
+}
+
+/// A device's parameters (`TRACE.md` `device`, plus the mirror model's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The name operations use.
+    pub name: String,
+    /// The device addresses `[0, 2^va_bits)`; 12..=64.
+    pub va_bits: u32,
+    /// SVM ranges are placed at or above this.
+    pub base: u64,
+    /// The device page size: a power of two, at least 0x1000.
+    pub page_size: u64,
+    /// What it mirrors.
+    pub mirror: MirrorMode,
+    /// When its page table is filled.
+    pub populate: Populate,
+    /// TLB entries.
+    pub tlb_entries: usize,
+}
+
+impl DeviceConfig {
+    /// A device with `TRACE.md`'s defaults: base 0, 4 KiB pages, buffer
+    /// mirroring, populate on fault, a 64-entry TLB.
+    pub fn new(name: impl Into<String>, va_bits: u32) -> Self {
+        DeviceConfig {
+            name: name.into(),
+            va_bits,
+            base: 0,
+            page_size: PAGE_SIZE,
+            mirror: MirrorMode::Buffers,
+            populate: Populate::OnFault,
+            tlb_entries: 64,
+        }
+    }
+}
+
+/// Counters of the allocator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvmStats {
+    /// `svm_alloc` calls answered from the combined index (all devices).
+    pub combined_searches: u64,
+    /// `svm_alloc` calls for a proper subset of the devices.
+    pub subset_searches: u64,
+    /// Candidate searches of those (1 + restarts).
+    pub subset_iterations: u64,
+    /// Candidate searches of the latest `svm_alloc`.
+    pub last_iterations: u64,
+}
+
+/// One device space.
+#[derive(Debug)]
+pub struct Device<F: PtFormat = DefaultFormat> {
+    cfg: DeviceConfig,
+    /// `2^va_bits`.
+    limit: u128,
+    /// Device-only regions and the SVM pieces mapped to this device.
+    occ: AddressMap,
+    /// Device-only regions.
+    regions: IntervalMap<CpuPolicy>,
+    mmu: Mirror<F>,
+}
+
+impl<F: PtFormat> Device<F> {
+    /// Its parameters.
+    pub fn config(&self) -> &DeviceConfig {
+        &self.cfg
+    }
+
+    /// `2^va_bits`, saturated at `u64::MAX` for 64 bits.
+    pub fn limit(&self) -> u64 {
+        self.limit.min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Everything this device holds (regions and SVM pieces).
+    pub fn occupancy(&self) -> &AddressMap {
+        &self.occ
+    }
+
+    /// Its device-only regions.
+    pub fn regions(&self) -> &IntervalMap<CpuPolicy> {
+        &self.regions
+    }
+
+    /// Its MMU.
+    pub fn mmu(&self) -> &Mirror<F> {
+        &self.mmu
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Alloc {
+    start: u64,
+    end: u64,
+    /// Device indices, sorted.
+    devices: Vec<usize>,
+}
+
+/// Frame of a device-only region page.
+const FRAME_REGION: u64 = 1;
+/// Frame of ordinary CPU memory (system mirroring).
+const FRAME_CPU: u64 = 2;
+/// Frame of SVM allocation `id`.
+fn frame_of(id: u64) -> u64 {
+    id + 16
+}
+
+/// One CPU address space and its device spaces. See the module
+/// documentation for the state and the costs.
+#[derive(Debug)]
+pub struct SvmSpace<F: PtFormat = DefaultFormat> {
+    mm: Mm,
+    prot: IntervalMap<Prot>,
+    reserved: IntervalMap<CpuPolicy>,
+    svm: IntervalMap<u64>,
+    allocs: BTreeMap<u64, Alloc>,
+    by_start: BTreeMap<u64, Vec<u64>>,
+    next_id: u64,
+    cpu_cover: CoverMap,
+    all_cover: CoverMap,
+    devices: Vec<Device<F>>,
+    names: BTreeMap<String, usize>,
+    stats: SvmStats,
+}
+
+impl<F: PtFormat> Default for SvmSpace<F> {
+    fn default() -> Self {
+        SvmSpace::new(MmConfig::default())
+    }
+}
+
+fn round_up(x: u64, p: u64) -> Option<u64> {
+    Some(x.checked_add(p - 1)? & !(p - 1))
+}
+
+impl<F: PtFormat> SvmSpace<F> {
+    /// An empty CPU space with these parameters and no devices (`reset`).
+    pub fn new(cfg: MmConfig) -> Self {
+        SvmSpace {
+            mm: Mm::new(cfg),
+            prot: IntervalMap::new(),
+            reserved: IntervalMap::new(),
+            svm: IntervalMap::new(),
+            allocs: BTreeMap::new(),
+            by_start: BTreeMap::new(),
+            next_id: 1,
+            cpu_cover: CoverMap::new(),
+            all_cover: CoverMap::new(),
+            devices: Vec::new(),
+            names: BTreeMap::new(),
+            stats: SvmStats::default(),
+        }
+    }
+
+    /// Drops everything and starts again with `cfg` (`reset`).
+    pub fn reset(&mut self, cfg: MmConfig) {
+        *self = SvmSpace::new(cfg);
+    }
+
+    /// The CPU space. Change it only through this type.
+    pub fn mm(&self) -> &Mm {
+        &self.mm
+    }
+
+    /// The devices in definition order.
+    pub fn devices(&self) -> &[Device<F>] {
+        &self.devices
+    }
+
+    /// The device named `name`.
+    pub fn device(&self, name: &str) -> Result<&Device<F>, SvmError> {
+        Ok(&self.devices[self.dev_index(name)?])
+    }
+
+    /// Allocator counters.
+    pub fn stats(&self) -> SvmStats {
+        self.stats
+    }
+
+    /// The combined index of everything occupied in any space.
+    pub fn combined_index(&self) -> &AddressMap {
+        self.all_cover.index()
+    }
+
+    /// The CPU protection of the page at `addr` (`rw` outside `protect`ed
+    /// ranges; meaningful where the CPU maps something).
+    pub fn prot_at(&self, addr: u64) -> Prot {
+        self.prot.get(addr).map(|(_, _, p)| *p).unwrap_or_default()
+    }
+
+    /// The `cpu` policy of the device-only reservation at `addr`, if the
+    /// CPU maps one there.
+    pub fn reservation_at(&self, addr: u64) -> Option<CpuPolicy> {
+        self.reserved.get(addr).map(|(_, _, p)| *p)
+    }
+
+    /// The live SVM ranges (pieces) as `(start, end, devices)`.
+    pub fn svm_ranges(&self) -> Vec<(u64, u64, Vec<String>)> {
+        self.svm
+            .iter()
+            .map(|(s, e, id)| {
+                let names = self.allocs[id]
+                    .devices
+                    .iter()
+                    .map(|&d| self.devices[d].cfg.name.clone())
+                    .collect();
+                (s, e, names)
+            })
+            .collect()
+    }
+
+    fn dev_index(&self, name: &str) -> Result<usize, SvmError> {
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| SvmError::UnknownDevice {
+                name: name.to_owned(),
+            })
+    }
+
+    // ----- CPU-side bookkeeping -------------------------------------------
+
+    /// What a CPU VMA occupies for placement: itself and, below a
+    /// grows-down one, the stack guard gap.
+    fn contribution(&self, v: &Vma) -> (u64, u64) {
+        if v.flags.contains(VmaFlags::GROWSDOWN) {
+            let gap = self.mm.config().stack_guard_gap;
+            (v.start.saturating_sub(gap), v.end)
+        } else {
+            (v.start, v.end)
+        }
+    }
+
+    fn cover_add(&mut self, v: &Vma) {
+        let (s, e) = self.contribution(v);
+        self.cpu_cover.add(s, e);
+        self.all_cover.add(s, e);
+    }
+
+    fn cover_remove(&mut self, v: &Vma) {
+        let (s, e) = self.contribution(v);
+        self.cpu_cover.remove(s, e);
+        self.all_cover.remove(s, e);
+    }
+
+    /// Inserts a CPU VMA that the caller has checked to be free.
+    fn cpu_insert(&mut self, start: u64, end: u64, flags: VmaFlags) -> Result<(), SvmError> {
+        self.mm
+            .space_mut()
+            .insert(start, end, flags)
+            .map_err(|e| match e {
+                svmap_core::MapError::Overlap { existing, .. } => SvmError::Overlap {
+                    start,
+                    end,
+                    existing: (existing.start, existing.end),
+                },
+                _ => SvmError::EmptyRange { start, end },
+            })?;
+        self.cover_add(&Vma { start, end, flags });
+        Ok(())
+    }
+
+    fn invalidate_start(&self, start: u64, end: u64) {
+        for d in &self.devices {
+            d.mmu.invalidate_start(start, end);
+        }
+    }
+
+    fn invalidate_end(&self) {
+        for d in &self.devices {
+            d.mmu.invalidate_end();
+        }
+    }
+
+    /// Removes everything the CPU maps in `[start, end)`, with every
+    /// consequence: SVM pieces leave their devices, protections and
+    /// reservations go, and every device is invalidated over the range.
+    /// O(log n + k) per structure, plus the devices' invalidations.
+    fn cpu_remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        self.invalidate_start(start, end);
+        let vmas: Vec<Vma> = self.mm.space().range(start, end).collect();
+        if !vmas.is_empty() {
+            for v in &vmas {
+                self.cover_remove(v);
+            }
+            let _ = self.mm.space_mut().unmap(start, end);
+            for v in &vmas {
+                if v.start < start {
+                    self.cover_add(&Vma { end: start, ..*v });
+                }
+                if v.end > end {
+                    self.cover_add(&Vma { start: end, ..*v });
+                }
+            }
+        }
+        self.prot.remove_range(start, end);
+        self.reserved.remove_range(start, end);
+        for (s, e, id) in self.svm.remove_range(start, end) {
+            for &d in &self.allocs[&id].devices {
+                let _ = self.devices[d].occ.unmap(s, e);
+            }
+        }
+        self.invalidate_end();
+    }
+
+    // ----- CPU operations ---------------------------------------------------
+
+    /// `map`: a read-write CPU VMA `[start, end)` (`growsdown` sets
+    /// `VM_GROWSDOWN`). Errors: `Overlap` (`EEXIST`; nothing changes);
+    /// `EmptyRange` / `Unaligned` (bad lines in a trace).
+    pub fn cpu_map(&mut self, start: u64, end: u64, growsdown: bool) -> Result<(), SvmError> {
+        if end <= start {
+            return Err(SvmError::EmptyRange { start, end });
+        }
+        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+            return Err(SvmError::Unaligned {
+                start,
+                end,
+                page_size: PAGE_SIZE,
+            });
+        }
+        if let Some(v) = self.mm.space().first_overlap(start, end) {
+            return Err(SvmError::Overlap {
+                start,
+                end,
+                existing: (v.start, v.end),
+            });
+        }
+        let flags = if growsdown {
+            VmaFlags::GROWSDOWN
+        } else {
+            VmaFlags::NONE
+        };
+        self.cpu_insert(start, end, flags)
+    }
+
+    /// `unmap`: removes whatever the CPU maps in `[start, start + length)`
+    /// (clipped at 2^64), splitting; SVM pieces there are invalidated on
+    /// every device; device-only regions stay on their devices. Errors
+    /// (bad lines in a trace): `Unaligned`, `ZeroLength`.
+    pub fn cpu_unmap(&mut self, start: u64, length: u64) -> Result<(), SvmError> {
+        if length == 0 {
+            return Err(SvmError::ZeroLength);
+        }
+        if start % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 {
+            return Err(SvmError::Unaligned {
+                start,
+                end: start.wrapping_add(length),
+                page_size: PAGE_SIZE,
+            });
+        }
+        self.cpu_remove(start, start.saturating_add(length));
+        Ok(())
+    }
+
+    /// `mmap`: what an anonymous private `mmap()` does ([`Mm::mmap`]); a
+    /// `MAP_FIXED` one first does exactly what [`Self::cpu_unmap`] does.
+    /// Errors: `Mmap(errno)`.
+    pub fn cpu_mmap(&mut self, req: &MmapRequest) -> Result<u64, SvmError> {
+        if req.fixed == Fixed::Fixed {
+            let (addr, len) = self.mm.get_unmapped_area(req).map_err(SvmError::Mmap)?;
+            self.cpu_remove(addr, addr + len);
+        }
+        let addr = self.mm.mmap(req).map_err(SvmError::Mmap)?;
+        let v = self
+            .mm
+            .space()
+            .vma_at(addr)
+            .expect("mmap inserted a VMA at its result");
+        self.cover_add(&v);
+        Ok(addr)
+    }
+
+    /// `find`: the kernel's `vm_unmapped_area()` on the CPU space.
+    pub fn find(&self, info: &UnmappedAreaInfo) -> Result<u64, SearchError> {
+        self.mm.find(info)
+    }
+
+    /// `protect`: like `mprotect`, every CPU page of `[start, start +
+    /// length)` gets `prot`; every device is invalidated over the range
+    /// first. Errors: `NotMapped` / `RangeOverflow` (`ENOMEM`, nothing
+    /// changes); `Unaligned` / `ZeroLength` (bad lines in a trace).
+    pub fn protect(&mut self, start: u64, length: u64, prot: Prot) -> Result<(), SvmError> {
+        if length == 0 {
+            return Err(SvmError::ZeroLength);
+        }
+        if start % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 {
+            return Err(SvmError::Unaligned {
+                start,
+                end: start.wrapping_add(length),
+                page_size: PAGE_SIZE,
+            });
+        }
+        let end = start
+            .checked_add(length)
+            .ok_or(SvmError::RangeOverflow { start, length })?;
+        let mut at = start;
+        for v in self.mm.space().range(start, end) {
+            if v.start > at {
+                return Err(SvmError::NotMapped { addr: at });
+            }
+            at = v.end;
+            if at >= end {
+                break;
+            }
+        }
+        if at < end {
+            return Err(SvmError::NotMapped { addr: at });
+        }
+        self.invalidate_start(start, end);
+        match prot {
+            Prot::ReadWrite => {
+                self.prot.remove_range(start, end);
+            }
+            p => self.prot.set(start, end, p),
+        }
+        self.invalidate_end();
+        Ok(())
+    }
+
+    // ----- devices ------------------------------------------------------------
+
+    /// `device`: adds a device space. Errors: `DuplicateDevice` (`EEXIST`),
+    /// `BaseOutOfRange` (`EINVAL`); `BadVaBits` / `BadPageSize` (bad lines
+    /// in a trace).
+    pub fn add_device(&mut self, cfg: DeviceConfig) -> Result<(), SvmError> {
+        if !(12..=64).contains(&cfg.va_bits) {
+            return Err(SvmError::BadVaBits {
+                va_bits: cfg.va_bits,
+            });
+        }
+        if !cfg.page_size.is_power_of_two() || cfg.page_size < PAGE_SIZE {
+            return Err(SvmError::BadPageSize {
+                page_size: cfg.page_size,
+            });
+        }
+        if self.names.contains_key(&cfg.name) {
+            return Err(SvmError::DuplicateDevice { name: cfg.name });
+        }
+        let limit = 1u128 << cfg.va_bits;
+        if u128::from(cfg.base) >= limit {
+            return Err(SvmError::BaseOutOfRange {
+                base: cfg.base,
+                va_bits: cfg.va_bits,
+            });
+        }
+        self.names.insert(cfg.name.clone(), self.devices.len());
+        self.devices.push(Device {
+            mmu: Mirror::new(cfg.va_bits, cfg.page_size, cfg.tlb_entries),
+            cfg,
+            limit,
+            occ: AddressMap::new(),
+            regions: IntervalMap::new(),
+        });
+        Ok(())
+    }
+
+    /// `device_map`: a device-only region `[start, end)` of `device`, with a
+    /// CPU reservation over its part below `task_size`. Errors:
+    /// `EmptyRange` / `Unaligned` (to the device page size) /
+    /// `BeyondDeviceLimit` (`EINVAL`); `Overlap` with a CPU VMA or anything on
+    /// the device (`EEXIST`); `UnknownDevice` (a bad line).
+    pub fn device_map(
+        &mut self,
+        device: &str,
+        start: u64,
+        end: u64,
+        cpu: CpuPolicy,
+    ) -> Result<(), SvmError> {
+        let d = self.dev_index(device)?;
+        let dev = &self.devices[d];
+        let ps = dev.cfg.page_size;
+        if start % ps != 0 || end % ps != 0 {
+            return Err(SvmError::Unaligned {
+                start,
+                end,
+                page_size: ps,
+            });
+        }
+        if end <= start {
+            return Err(SvmError::EmptyRange { start, end });
+        }
+        if u128::from(end) > dev.limit {
+            return Err(SvmError::BeyondDeviceLimit {
+                start,
+                end,
+                va_bits: dev.cfg.va_bits,
+            });
+        }
+        let clash = self
+            .mm
+            .space()
+            .first_overlap(start, end)
+            .or_else(|| dev.occ.first_overlap(start, end));
+        if let Some(v) = clash {
+            return Err(SvmError::Overlap {
+                start,
+                end,
+                existing: (v.start, v.end),
+            });
+        }
+        let dev = &mut self.devices[d];
+        dev.regions.insert(start, end, cpu);
+        let _ = dev.occ.insert(start, end, VmaFlags::NONE);
+        self.all_cover.add(start, end);
+        let ts = self.mm.config().task_size;
+        if start < ts {
+            let e = end.min(ts);
+            self.cpu_insert(start, e, VmaFlags::NONE)?;
+            self.reserved.insert(start, e, cpu);
+        }
+        Ok(())
+    }
+
+    // ----- SVM ranges -----------------------------------------------------------
+
+    /// `svm_alloc`: the highest (`topdown`) or lowest aligned range free on
+    /// the CPU (guard gaps included) and on every listed device, inside the
+    /// common window, mapped read-write on all of them (`TRACE.md`'s exact
+    /// rule). `align` `None` means the page size; duplicate names count once.
+    /// Errors: `ZeroLength` (`EINVAL`); `NoSpace` / `NoCommonWindow` /
+    /// `LengthOverflow` (`ENOMEM`); `BadAlignment` / `UnknownDevice` (bad
+    /// lines in a trace).
+    pub fn svm_alloc<S: AsRef<str>>(
+        &mut self,
+        length: u64,
+        align: Option<u64>,
+        devices: &[S],
+        topdown: bool,
+    ) -> Result<u64, SvmError> {
+        let align = align.unwrap_or(1);
+        if !align.is_power_of_two() {
+            return Err(SvmError::BadAlignment { align });
+        }
+        let mut devs = devices
+            .iter()
+            .map(|n| self.dev_index(n.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if length == 0 {
+            return Err(SvmError::ZeroLength);
+        }
+        devs.sort_unstable();
+        devs.dedup();
+        let cfg = *self.mm.config();
+        let page = devs
+            .iter()
+            .map(|&d| self.devices[d].cfg.page_size)
+            .fold(PAGE_SIZE, u64::max);
+        let len = round_up(length, page).ok_or(SvmError::LengthOverflow { length, page })?;
+        let align = align.max(page);
+        let low = devs
+            .iter()
+            .map(|&d| self.devices[d].cfg.base)
+            .fold(cfg.mmap_min_addr, u64::max);
+        let high = devs
+            .iter()
+            .map(|&d| self.devices[d].limit)
+            .fold(u128::from(cfg.task_size), u128::min) as u64;
+        if high <= low || high - low < len {
+            return Err(SvmError::NoCommonWindow {
+                low,
+                high,
+                length: len,
+            });
+        }
+        let no_space = SvmError::NoSpace { length: len, align };
+        let fit = |map: &AddressMap, low: u64, high: u64| -> Result<u64, SvmError> {
+            let req = FitRequest {
+                length: len,
+                low,
+                high,
+                align,
+                align_offset: 0,
+                topdown,
+                respect_guard_gaps: false,
+            };
+            map.find_fit(&req, &SearchParams::default())
+                .map_err(|e| match e {
+                    FitError::NoSpace | FitError::EmptyWindow { .. } => no_space.clone(),
+                    FitError::ZeroLength | FitError::BadAlignment(_) => {
+                        unreachable!("checked above: {e}")
+                    }
+                })
+        };
+        let addr = if devs.len() == self.devices.len() {
+            self.stats.combined_searches += 1;
+            self.stats.last_iterations = 1;
+            fit(self.all_cover.index(), low, high)?
+        } else {
+            self.stats.subset_searches += 1;
+            let (mut lo, mut hi) = (low, high);
+            let mut iters = 0u64;
+            let found = loop {
+                iters += 1;
+                if hi <= lo || hi - lo < len {
+                    break Err(no_space.clone());
+                }
+                let c = match fit(self.cpu_cover.index(), lo, hi) {
+                    Ok(c) => c,
+                    Err(e) => break Err(e),
+                };
+                let ce = c + len;
+                let mut conflict = false;
+                for &d in &devs {
+                    let occ = &self.devices[d].occ;
+                    if let Some(v) = occ.first_overlap(c, ce) {
+                        conflict = true;
+                        if topdown {
+                            hi = hi.min(v.start);
+                        } else if let Some(p) = occ.prev_vma(ce) {
+                            lo = lo.max(p.end);
+                        }
+                    }
+                }
+                if !conflict {
+                    break Ok(c);
+                }
+            };
+            self.stats.subset_iterations += iters;
+            self.stats.last_iterations = iters;
+            found?
+        };
+        let end = addr + len;
+        debug_assert!(addr >= low && end <= high && addr % align == 0);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.cpu_insert(addr, end, VmaFlags::NONE)?;
+        self.svm.insert(addr, end, id);
+        for &d in &devs {
+            let dev = &mut self.devices[d];
+            let r = dev.occ.insert(addr, end, VmaFlags::NONE);
+            debug_assert!(r.is_ok(), "placed over a device range: {r:?}");
+            if dev.cfg.populate == Populate::AtAlloc {
+                let perm = Perm {
+                    frame: frame_of(id),
+                    read: true,
+                    write: true,
+                };
+                dev.mmu.prefault(addr, end, perm, PREFAULT_MAX_PAGES);
+            }
+        }
+        self.allocs.insert(
+            id,
+            Alloc {
+                start: addr,
+                end,
+                devices: devs,
+            },
+        );
+        self.by_start.entry(addr).or_default().push(id);
+        Ok(addr)
+    }
+
+    /// `svm_free`: frees the SVM range that starts at `addr` on the CPU and
+    /// on every device; every device is invalidated before this returns.
+    /// Parts a CPU `unmap` already removed are skipped. If two recorded
+    /// ranges start at `addr` (the first lost its first page to a CPU unmap
+    /// and a later one was placed there), the later goes first. Errors:
+    /// `NotAnSvmRange` (`EINVAL`; nothing changes).
+    pub fn svm_free(&mut self, addr: u64) -> Result<(), SvmError> {
+        let id = *self
+            .by_start
+            .get(&addr)
+            .and_then(|v| v.last())
+            .ok_or(SvmError::NotAnSvmRange { addr })?;
+        let a = self.allocs[&id].clone();
+        let pieces: Vec<(u64, u64)> = self
+            .svm
+            .range(a.start, a.end)
+            .filter(|(_, _, &pid)| pid == id)
+            .map(|(s, e, _)| (s, e))
+            .collect();
+        for (s, e) in pieces {
+            self.cpu_remove(s, e);
+        }
+        self.allocs.remove(&id);
+        let ids = self.by_start.get_mut(&addr).expect("listed above");
+        ids.pop();
+        if ids.is_empty() {
+            self.by_start.remove(&addr);
+        }
+        Ok(())
+    }
+
+    // ----- device accesses ----------------------------------------------------
+
+    /// `device_access`: the device touches the byte at `addr`, through its
+    /// TLB, its page table and its fault handler. The answer is always
+    /// [`Self::access_rule`]'s. Errors: `UnknownDevice` (a bad line).
+    pub fn device_access(
+        &self,
+        device: &str,
+        addr: u64,
+        write: bool,
+    ) -> Result<Result<(), Fault>, SvmError> {
+        let d = self.dev_index(device)?;
+        let r = self.devices[d]
+            .mmu
+            .access(addr, write, &mut |a| self.snapshot(d, a));
+        Ok(r.map(|_| ()))
+    }
+
+    /// What `TRACE.md` says device `device` sees at `addr`, computed
+    /// directly from the rules (the oracle of the mirror model).
+    pub fn access_rule(
+        &self,
+        device: &str,
+        addr: u64,
+        write: bool,
+    ) -> Result<Result<(), Fault>, SvmError> {
+        let d = self.dev_index(device)?;
+        let dev = &self.devices[d];
+        if u128::from(addr) >= dev.limit {
+            return Ok(Err(Fault::OutOfRange));
+        }
+        if dev.regions.get(addr).is_some() {
+            return Ok(Ok(()));
+        }
+        let in_svm = self
+            .svm
+            .get(addr)
+            .is_some_and(|(_, _, id)| self.allocs[id].devices.contains(&d));
+        let in_cpu = dev.cfg.mirror == MirrorMode::System
+            && self.mm.space().vma_at(addr).is_some()
+            && self.reserved.get(addr).is_none();
+        if !(in_svm || in_cpu) {
+            return Ok(Err(Fault::Unmapped));
+        }
+        Ok(match self.prot_at(addr) {
+            Prot::ReadWrite => Ok(()),
+            Prot::Read if !write => Ok(()),
+            _ => Err(Fault::Protection),
+        })
+    }
+
+    /// The fault handler's view of the CPU side for device `d` at `addr`.
+    fn snapshot(&self, d: usize, addr: u64) -> Snapshot {
+        let dev = &self.devices[d];
+        let ps = dev.cfg.page_size;
+        let pg = addr & !(ps - 1);
+        let pg_end = pg.checked_add(ps);
+        let covers = |s: u64, e: u64| pg_end.is_some_and(|pe| s <= pg && e >= pe);
+        if let Some((s, e, _)) = dev.regions.get(addr) {
+            let p = Perm {
+                frame: FRAME_REGION,
+                read: true,
+                write: true,
+            };
+            return Snapshot {
+                byte: Some(p),
+                page: covers(s, e).then_some(p),
+            };
+        }
+        let piece = self.svm.get(addr);
+        let src = match piece {
+            Some((s, e, id)) if self.allocs[id].devices.contains(&d) => Some((s, e, frame_of(*id))),
+            _ if dev.cfg.mirror == MirrorMode::System && self.reserved.get(addr).is_none() => {
+                self.mm.space().vma_at(addr).map(|v| {
+                    let frame = piece.map_or(FRAME_CPU, |(_, _, id)| frame_of(*id));
+                    (v.start, v.end, frame)
+                })
+            }
+            _ => None,
+        };
+        let Some((s, e, frame)) = src else {
+            return Snapshot {
+                byte: None,
+                page: None,
+            };
+        };
+        let prot = self.prot_at(addr);
+        let p = Perm {
+            frame,
+            read: prot != Prot::None,
+            write: prot == Prot::ReadWrite,
+        };
+        let uniform = covers(s, e)
+            && pg_end.is_some_and(|pe| match self.prot.first_overlap(pg, pe) {
+                None => true,
+                Some((ps, pe2, _)) => ps <= pg && pe2 >= pe,
+            });
+        Snapshot {
+            byte: Some(p),
+            page: uniform.then_some(p),
+        }
+    }
+
+    // ----- limits ---------------------------------------------------------------
+
+    /// Every CPU VMA that reaches above `device`'s limit `2^va_bits`: memory
+    /// the device cannot address.
+    pub fn vmas_above_limit(&self, device: &str) -> Result<Vec<Vma>, SvmError> {
+        let dev = &self.devices[self.dev_index(device)?];
+        let lim = dev.limit();
+        if dev.limit > u128::from(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .mm
+            .space()
+            .range(lim.saturating_sub(1), u64::MAX)
+            .filter(|v| v.end > lim)
+            .collect())
+    }
+
+    /// Checks that CPU memory `[start, end)` can be handed to `device`:
+    /// `AboveDeviceLimit` names the range and the limit if it cannot.
+    pub fn check_addressable(&self, device: &str, start: u64, end: u64) -> Result<(), SvmError> {
+        let dev = &self.devices[self.dev_index(device)?];
+        if u128::from(end) > dev.limit {
+            return Err(SvmError::AboveDeviceLimit {
+                device: device.to_owned(),
+                start,
+                end,
+                limit: dev.limit(),
+            });
+        }
+        Ok(())
+    }
+
+    // ----- invariants -----------------------------------------------------------
+
+    /// Recomputes every derived structure from scratch and checks it; checks
+    /// that every SVM piece is one CPU VMA, lies inside every listed
+    /// device's window and is held by exactly those devices, and that no
+    /// device PTE or TLB entry disagrees with the CPU side. Panics on a
+    /// violation. For tests.
+    pub fn check_invariants(&self) {
+        let cpu = self.mm.space();
+        cpu.check_invariants();
+        self.cpu_cover.check_invariants();
+        self.all_cover.check_invariants();
+        self.prot.check_invariants();
+        self.reserved.check_invariants();
+        self.svm.check_invariants();
+        // The covers from scratch.
+        let mut contrib: Vec<(u64, u64)> = cpu.iter().map(|v| self.contribution(&v)).collect();
+        assert_eq!(
+            union_of(contrib.clone()),
+            self.cpu_cover.union(),
+            "cpu cover out of step"
+        );
+        for d in &self.devices {
+            contrib.extend(d.regions.iter().map(|(s, e, _)| (s, e)));
+        }
+        assert_eq!(
+            union_of(contrib),
+            self.all_cover.union(),
+            "combined index out of step"
+        );
+        // Protections and reservations lie on CPU VMAs.
+        for (s, e, p) in self.prot.iter() {
+            assert_ne!(*p, Prot::ReadWrite, "rw stored in the protection map");
+            let mut at = s;
+            for v in cpu.range(s, e) {
+                assert!(v.start <= at, "protection over a hole at {at:#x}");
+                at = v.end;
+            }
+            assert!(at >= e, "protection over a hole at {at:#x}");
+        }
+        for (s, e, _) in self.reserved.iter() {
+            let v = cpu.vma_at(s).expect("reservation without a CPU VMA");
+            assert_eq!((v.start, v.end), (s, e), "reservation is not one VMA");
+        }
+        // SVM pieces.
+        let mut held = vec![0usize; self.devices.len()];
+        for (s, e, id) in self.svm.iter() {
+            let a = self.allocs.get(id).expect("piece of a freed range");
+            assert!(a.start <= s && e <= a.end, "piece outside its range");
+            let v = cpu.vma_at(s).expect("SVM piece not on the CPU");
+            assert_eq!((v.start, v.end), (s, e), "SVM piece is not one CPU VMA");
+            for &d in &a.devices {
+                let dev = &self.devices[d];
+                assert!(s >= dev.cfg.base, "piece below base of {}", dev.cfg.name);
+                assert!(
+                    u128::from(e) <= dev.limit,
+                    "piece above limit of {}",
+                    dev.cfg.name
+                );
+                let o = dev.occ.vma_at(s).expect("piece missing on a device");
+                assert_eq!(
+                    (o.start, o.end),
+                    (s, e),
+                    "piece differs on {}",
+                    dev.cfg.name
+                );
+                held[d] += 1;
+            }
+        }
+        for (id, a) in &self.allocs {
+            assert!(
+                self.by_start[&a.start].contains(id),
+                "allocation not indexed"
+            );
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            d.occ.check_invariants();
+            d.regions.check_invariants();
+            assert_eq!(
+                d.occ.len(),
+                d.regions.len() + held[i],
+                "device {} holds something unaccounted",
+                d.cfg.name
+            );
+            // No stale translation.
+            d.mmu.check_tlb();
+            let shift = d.cfg.page_size.trailing_zeros();
+            for (vpn, frame, read, write, _) in d.mmu.mappings() {
+                let addr = vpn << shift;
+                let snap = self.snapshot(i, addr);
+                let want = snap.page.filter(|p| p.read);
+                assert_eq!(
+                    want,
+                    Some(Perm { frame, read, write }),
+                    "stale translation on {} at {addr:#x}",
+                    d.cfg.name
+                );
+            }
+        }
+    }
+}
