@@ -15,18 +15,27 @@
 //! 3. **Augmentation.** An inner node keeps, for each child `c`, the
 //!    child's aggregate: `min_start` and `max_end` over the subtree and
 //!    `max_gap`, the largest *internal* hole of the subtree (the largest
-//!    `q.start - p.end` over consecutive VMAs `p`, `q` both in it; 0 if none).
+//!    `q.start - p.end` over consecutive VMAs `p`, `q` both in it; 0 if none)
+//!    and, per alignment class (64 KiB, 2 MiB), the largest aligned *room*
+//!    of those holes (the longest class-aligned range inside one).
 //!    The holes between two children are computed from their neighbours'
 //!    `max_end`/`min_start`; the holes below the first VMA and above the last
 //!    one belong to nobody and are handled in `map.rs`.
 //!
 //! Invariant 3 is local: a node's aggregate depends only on its entries, so
-//! every mutation recomputes the aggregates on its path back up in
-//! O(CAP) per level. Per-child aggregates sit in separate arrays, so the scans
+//! every mutation recomputes the aggregates on its path back up, at most
+//! O(CAP) per level, and usually O(1): each level reports a `Delta` to its
+//! parent, a split hole or a merged hole is folded in without a rescan
+//! unless it held a maximum, and the walk stops at the first level whose
+//! aggregate did not change. Nobody computes the root's aggregate. Per-child aggregates sit in separate arrays, so the scans
 //! of a search read one or two cache lines per array and level.
 //!
 //! Nodes are named by `u32` indices into the two arenas; freed nodes go on a
 //! free list. No `unsafe`.
+
+// Per-class columns are indexed `room[c][i]`; index loops read better than
+// zipped iterators over two dimensions.
+#![allow(clippy::needless_range_loop)]
 
 use alloc::vec::Vec;
 
@@ -35,12 +44,115 @@ pub(crate) const CAP: usize = 16;
 /// Minimum entries of a non-root node.
 pub(crate) const MIN: usize = CAP / 2;
 
+/// Alignment classes whose largest aligned room every subtree caches:
+/// 64 KiB (the big page of most GPUs) and 2 MiB (a PMD, the huge page).
+/// Larger alignments prune with the 2 MiB class: still correct (a
+/// necessary condition), no longer exact.
+pub(crate) const ROOM_SHIFTS: [u32; NCLASS] = [16, 21];
+/// Number of alignment classes.
+pub(crate) const NCLASS: usize = 2;
+
 /// The aggregate of a subtree (invariant 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Agg {
     pub min_start: u64,
     pub max_end: u64,
     pub max_gap: u64,
+    /// Per alignment class `c`: the largest `room(hole, ROOM_SHIFTS[c])`
+    /// over the internal holes of the subtree.
+    pub room: [u64; NCLASS],
+}
+
+impl Agg {
+    /// Raises the maxima to those of `other`.
+    #[inline]
+    fn take_max(&mut self, other: &Agg) {
+        self.max_gap = self.max_gap.max(other.max_gap);
+        for c in 0..NCLASS {
+            self.room[c] = self.room[c].max(other.room[c]);
+        }
+    }
+
+    /// Folds the hole `[gs, ge)` into the maxima (holes only ever merge
+    /// into bigger ones on removal, so folding the merged hole is exact).
+    #[inline]
+    fn fold(&mut self, gs: u64, ge: u64) {
+        fold_hole(&mut self.max_gap, &mut self.room, gs, ge);
+    }
+
+    /// True if splitting the hole `[gs, ge)` into smaller ones cannot lower
+    /// any maximum: in every component the hole is below the maximum (or
+    /// zero, which nothing can go below).
+    #[inline]
+    fn survives_split_of(&self, gs: u64, ge: u64) -> bool {
+        let g = ge - gs;
+        if !(g < self.max_gap || g == 0) {
+            return false;
+        }
+        (0..NCLASS).all(|c| {
+            let r = room(gs, ge, ROOM_SHIFTS[c]);
+            r < self.room[c] || r == 0
+        })
+    }
+}
+
+/// How a child's aggregate moved, as a leaf reports it to its parent.
+#[derive(Clone, Copy, Debug)]
+enum Delta {
+    /// Unchanged.
+    Same,
+    /// Changed to this.
+    New(Agg),
+    /// Changed (or the leaf was not told the old value): recompute.
+    Unknown,
+}
+
+/// The maxima contributed by the single hole `[gs, ge)` (span fields 0).
+#[inline]
+fn hole_agg(gs: u64, ge: u64) -> Agg {
+    let mut a = Agg {
+        min_start: 0,
+        max_end: 0,
+        max_gap: 0,
+        room: [0; NCLASS],
+    };
+    if gs < ge {
+        a.fold(gs, ge);
+    }
+    a
+}
+
+/// True if some maximum of `o` may have been held by `was` alone and
+/// `now` is below it: then `o` must be recomputed.
+#[inline]
+fn shrank_a_max(o: &Agg, was: &Agg, now: &Agg) -> bool {
+    let lost = |w: u64, n: u64, m: u64| n < w && w == m && m > 0;
+    lost(was.max_gap, now.max_gap, o.max_gap)
+        || (0..NCLASS).any(|c| lost(was.room[c], now.room[c], o.room[c]))
+}
+
+/// The room of the hole `[gs, ge)` after aligning its start up to
+/// `2^shift`: the longest `2^shift`-aligned range that fits in it.
+/// Branch-free: an alignment that wraps past 2^64 leaves no room.
+#[inline]
+pub(crate) fn room(gs: u64, ge: u64, shift: u32) -> u64 {
+    let mask = (1u64 << shift) - 1;
+    let up = gs.wrapping_add(mask) & !mask;
+    let r = ge.saturating_sub(up);
+    if up >= gs {
+        r
+    } else {
+        0
+    }
+}
+
+/// Folds the hole `[gs, ge)` into the running maxima.
+#[inline]
+fn fold_hole(gap: &mut u64, rooms: &mut [u64; NCLASS], gs: u64, ge: u64) {
+    *gap = (*gap).max(ge - gs);
+    for c in 0..NCLASS {
+        rooms[c] = rooms[c].max(room(gs, ge, ROOM_SHIFTS[c]));
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -68,13 +180,15 @@ impl Leaf {
         let n = self.n();
         debug_assert!(n > 0);
         let mut gap = 0;
+        let mut rooms = [0; NCLASS];
         for i in 1..n {
-            gap = gap.max(self.start[i] - self.end[i - 1]);
+            fold_hole(&mut gap, &mut rooms, self.end[i - 1], self.start[i]);
         }
         Agg {
             min_start: self.start[0],
             max_end: self.end[n - 1],
             max_gap: gap,
+            room: rooms,
         }
     }
 
@@ -116,6 +230,60 @@ pub(crate) struct Inner {
     pub min_start: [u64; CAP],
     pub max_end: [u64; CAP],
     pub max_gap: [u64; CAP],
+    /// `room[c][i]`: child `i`'s aggregate room for alignment class `c`.
+    pub room: [[u64; CAP]; NCLASS],
+}
+
+/// Applies `$op` to every per-child column of an inner node.
+macro_rules! columns {
+    ($node:expr, |$col:ident| $op:expr) => {{
+        {
+            let $col = &mut $node.child;
+            $op;
+        }
+        {
+            let $col = &mut $node.min_start;
+            $op;
+        }
+        {
+            let $col = &mut $node.max_end;
+            $op;
+        }
+        {
+            let $col = &mut $node.max_gap;
+            $op;
+        }
+        for c in 0..NCLASS {
+            let $col = &mut $node.room[c];
+            $op;
+        }
+    }};
+}
+
+/// Like `columns!`, over the same column of two inner nodes.
+macro_rules! columns2 {
+    ($x:expr, $y:expr, |$a:ident, $b:ident| $op:expr) => {{
+        {
+            let ($a, $b) = (&mut $x.child, &mut $y.child);
+            $op;
+        }
+        {
+            let ($a, $b) = (&mut $x.min_start, &mut $y.min_start);
+            $op;
+        }
+        {
+            let ($a, $b) = (&mut $x.max_end, &mut $y.max_end);
+            $op;
+        }
+        {
+            let ($a, $b) = (&mut $x.max_gap, &mut $y.max_gap);
+            $op;
+        }
+        for c in 0..NCLASS {
+            let ($a, $b) = (&mut $x.room[c], &mut $y.room[c]);
+            $op;
+        }
+    }};
 }
 
 impl Inner {
@@ -125,6 +293,7 @@ impl Inner {
         min_start: [0; CAP],
         max_end: [0; CAP],
         max_gap: [0; CAP],
+        room: [[0; CAP]; NCLASS],
     };
 
     #[inline]
@@ -136,15 +305,37 @@ impl Inner {
         let n = self.n();
         debug_assert!(n > 0);
         let mut gap = self.max_gap[0];
+        let mut rooms = [0; NCLASS];
+        for c in 0..NCLASS {
+            rooms[c] = self.room[c][0];
+        }
         for i in 1..n {
-            gap = gap
-                .max(self.max_gap[i])
-                .max(self.min_start[i] - self.max_end[i - 1]);
+            gap = gap.max(self.max_gap[i]);
+            for c in 0..NCLASS {
+                rooms[c] = rooms[c].max(self.room[c][i]);
+            }
+            fold_hole(&mut gap, &mut rooms, self.max_end[i - 1], self.min_start[i]);
         }
         Agg {
             min_start: self.min_start[0],
             max_end: self.max_end[n - 1],
             max_gap: gap,
+            room: rooms,
+        }
+    }
+
+    /// The stored aggregate of child `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> Agg {
+        let mut room = [0; NCLASS];
+        for c in 0..NCLASS {
+            room[c] = self.room[c][i];
+        }
+        Agg {
+            min_start: self.min_start[i],
+            max_end: self.max_end[i],
+            max_gap: self.max_gap[i],
+            room,
         }
     }
 
@@ -153,15 +344,15 @@ impl Inner {
         self.min_start[i] = a.min_start;
         self.max_end[i] = a.max_end;
         self.max_gap[i] = a.max_gap;
+        for c in 0..NCLASS {
+            self.room[c][i] = a.room[c];
+        }
     }
 
     fn insert_at(&mut self, i: usize, child: u32, a: Agg) {
         let n = self.n();
         debug_assert!(n < CAP);
-        self.child.copy_within(i..n, i + 1);
-        self.min_start.copy_within(i..n, i + 1);
-        self.max_end.copy_within(i..n, i + 1);
-        self.max_gap.copy_within(i..n, i + 1);
+        columns!(self, |col| col.copy_within(i..n, i + 1));
         self.child[i] = child;
         self.set(i, a);
         self.len += 1;
@@ -169,20 +360,15 @@ impl Inner {
 
     fn remove_run(&mut self, a: usize, b: usize) {
         let n = self.n();
-        self.child.copy_within(b..n, a);
-        self.min_start.copy_within(b..n, a);
-        self.max_end.copy_within(b..n, a);
-        self.max_gap.copy_within(b..n, a);
+        columns!(self, |col| col.copy_within(b..n, a));
         self.len -= (b - a) as u32;
     }
 
-    fn append_from(&mut self, other: &Inner, from: usize) {
+    /// Appends `other[from..]` to `self`.
+    fn append_from(&mut self, other: &mut Inner, from: usize) {
         let (n, m) = (self.n(), other.n());
         let k = m - from;
-        self.child[n..n + k].copy_from_slice(&other.child[from..m]);
-        self.min_start[n..n + k].copy_from_slice(&other.min_start[from..m]);
-        self.max_end[n..n + k].copy_from_slice(&other.max_end[from..m]);
-        self.max_gap[n..n + k].copy_from_slice(&other.max_gap[from..m]);
+        columns2!(self, other, |x, y| x[n..n + k].copy_from_slice(&y[from..m]));
         self.len += k as u32;
     }
 
@@ -225,9 +411,6 @@ impl Default for BTree {
     }
 }
 
-/// What a recursive insert returns to its parent.
-type Split = Option<(u32, Agg)>;
-
 impl BTree {
     pub fn new() -> Self {
         BTree {
@@ -261,6 +444,7 @@ impl BTree {
             self.leaves[id as usize].len = 0;
             id
         } else {
+            grow(&mut self.leaves);
             self.leaves.push(Leaf::EMPTY);
             (self.leaves.len() - 1) as u32
         }
@@ -271,18 +455,33 @@ impl BTree {
             self.inners[id as usize].len = 0;
             id
         } else {
+            grow(&mut self.inners);
             self.inners.push(Inner::EMPTY);
             (self.inners.len() - 1) as u32
         }
     }
 
-    /// The aggregate of the whole tree, or `None` if it is empty.
+    /// The aggregate of the whole tree, or `None` if it is empty (O(CAP);
+    /// for checks).
     pub fn root_agg(&self) -> Option<Agg> {
+        (self.len > 0).then(|| self.node_agg(self.root, self.height))
+    }
+
+    /// `(min_start, max_end)` of the whole tree, or `None` if it is empty.
+    /// Searches need only these at the top: the root's own children carry
+    /// the rest, so no aggregate of the root is ever computed or stored.
+    #[inline]
+    pub fn root_span(&self) -> Option<(u64, u64)> {
         if self.len == 0 {
-            None
-        } else {
-            Some(self.node_agg(self.root, self.height))
+            return None;
         }
+        Some(if self.height == 0 {
+            let l = self.leaf(self.root);
+            (l.start[0], l.end[l.n() - 1])
+        } else {
+            let n = self.inner(self.root);
+            (n.min_start[0], n.max_end[n.n() - 1])
+        })
     }
 
     fn node_agg(&self, id: u32, level: u32) -> Agg {
@@ -303,12 +502,17 @@ impl BTree {
 
     // ----- insert --------------------------------------------------------
 
-    /// Inserts a VMA that overlaps nothing (the caller checked).
-    pub fn insert(&mut self, start: u64, end: u64, flags: u8) {
-        let (_, split) = self.insert_rec(self.root, self.height, start, end, flags);
-        if let Some((right, ragg)) = split {
+    /// Inserts `[start, end)` in one descent, or returns `Err(())` without
+    /// changing anything if it overlaps a VMA. On the way down each level
+    /// checks the neighbours that could overlap: the child that would hold
+    /// the new VMA (its predecessor can only be there or further left, where
+    /// an ancestor already checked) and the first VMA of the next child.
+    pub fn insert(&mut self, start: u64, end: u64, flags: u8) -> Result<(), ()> {
+        let (_, split) = self.insert_rec(self.root, self.height, start, end, flags, None)?;
+        if let Some(right) = split {
             let left = self.root;
             let lagg = self.node_agg(left, self.height);
+            let ragg = self.node_agg(right, self.height);
             let r = self.new_inner();
             let node = &mut self.inners[r as usize];
             node.insert_at(0, left, lagg);
@@ -317,45 +521,58 @@ impl BTree {
             self.height += 1;
         }
         self.len += 1;
+        Ok(())
     }
 
-    fn insert_rec(&mut self, id: u32, level: u32, start: u64, end: u64, flags: u8) -> (Agg, Split) {
+    /// Returns whether the node's aggregate may have changed, and the new
+    /// right sibling of a split. Aggregates are computed lazily by the
+    /// parent, and only for children that changed: most inserts stop
+    /// recomputing one or two levels above the leaf, and nobody computes
+    /// the root's.
+    fn insert_rec(
+        &mut self,
+        id: u32,
+        level: u32,
+        start: u64,
+        end: u64,
+        flags: u8,
+        old: Option<Agg>,
+    ) -> Result<(Delta, Option<u32>), ()> {
         if level == 0 {
-            let leaf = &self.leaves[id as usize];
-            let n = leaf.n();
-            let mut i = 0;
-            while i < n && leaf.start[i] < start {
-                i += 1;
-            }
-            if n < CAP {
-                let leaf = &mut self.leaves[id as usize];
-                leaf.insert_at(i, start, end, flags);
-                return (leaf.agg(), None);
-            }
-            // Split: the upper half moves to a new right sibling.
-            let r = self.new_leaf();
-            let (lo, hi) = split_pair(&mut self.leaves, id, r);
-            lo.len = MIN as u32;
-            hi.len = 0;
-            hi.append_from_raw(lo, MIN, CAP);
-            if i <= MIN {
-                lo.insert_at(i, start, end, flags);
-            } else {
-                hi.insert_at(i - MIN, start, end, flags);
-            }
-            return (lo.agg(), Some((r, hi.agg())));
+            return self.insert_leaf(id, start, end, flags, old);
         }
-        let i = self.inner(id).child_for(start);
-        let child = self.inner(id).child[i];
-        let (cagg, split) = self.insert_rec(child, level - 1, start, end, flags);
-        let node = &mut self.inners[id as usize];
-        node.set(i, cagg);
-        let Some((nc, nagg)) = split else {
-            return (node.agg(), None);
+        let mut i = self.inner(id).child_for(start);
+        if level == 1 && self.leaf(self.inner(id).child[i]).n() == CAP {
+            // Before splitting a full leaf, try to pass entries to a
+            // neighbour with room: leaves stay fuller (less memory per
+            // VMA, fewer nodes), as in a B*-tree. The set of VMAs (and so
+            // every aggregate above) does not change, so a refused insert
+            // below still changes nothing.
+            self.shift_to_neighbour(id, i);
+            i = self.inner(id).child_for(start);
+        }
+        let node = self.inner(id);
+        // A VMA of child i can reach past `start` only if it is the
+        // predecessor, which the leaf checks; the next child's first VMA
+        // overlaps if it starts below `end`.
+        if i + 1 < node.n() && node.min_start[i + 1] < end {
+            return Err(());
+        }
+        if start < node.min_start[0] && end > node.min_start[0] {
+            return Err(());
+        }
+        let (child, child_old) = (node.child[i], node.get(i));
+        let (delta, split) =
+            self.insert_rec(child, level - 1, start, end, flags, Some(child_old))?;
+        let Some(nc) = split else {
+            return Ok((self.update_child(id, level, i, delta, old), None));
         };
+        self.refresh_child(id, level, i);
+        let nagg = self.node_agg(nc, level - 1);
+        let node = &mut self.inners[id as usize];
         if node.n() < CAP {
             node.insert_at(i + 1, nc, nagg);
-            return (node.agg(), None);
+            return Ok((Delta::Unknown, None));
         }
         let r = self.new_inner();
         let (lo, hi) = split_pair(&mut self.inners, id, r);
@@ -367,7 +584,148 @@ impl BTree {
         } else {
             hi.insert_at(i + 1 - MIN, nc, nagg);
         }
-        (lo.agg(), Some((r, hi.agg())))
+        Ok((Delta::Unknown, Some(r)))
+    }
+
+    /// Inserts into leaf `id` (overlap checked against its entries). With
+    /// the leaf's old aggregate, works out the new one in O(1) where it can:
+    /// an insert at either end only adds a hole; an insert inside a hole
+    /// splits it, which lowers no maximum unless that hole held one.
+    fn insert_leaf(
+        &mut self,
+        id: u32,
+        start: u64,
+        end: u64,
+        flags: u8,
+        old: Option<Agg>,
+    ) -> Result<(Delta, Option<u32>), ()> {
+        let leaf = &self.leaves[id as usize];
+        let n = leaf.n();
+        let mut i = 0;
+        while i < n && leaf.start[i] < start {
+            i += 1;
+        }
+        if (i > 0 && leaf.end[i - 1] > start) || (i < n && leaf.start[i] < end) {
+            return Err(());
+        }
+        if n < CAP {
+            let leaf = &mut self.leaves[id as usize];
+            leaf.insert_at(i, start, end, flags);
+            let delta = match old {
+                Some(mut o) if n > 0 => {
+                    if i == 0 {
+                        o.min_start = start;
+                        o.fold(end, leaf.start[1]);
+                        Delta::New(o)
+                    } else if i == n {
+                        o.max_end = end;
+                        o.fold(leaf.end[n - 1], start);
+                        Delta::New(o)
+                    } else if o.survives_split_of(leaf.end[i - 1], leaf.start[i + 1]) {
+                        Delta::Same
+                    } else {
+                        Delta::New(leaf.agg())
+                    }
+                }
+                _ => Delta::Unknown,
+            };
+            return Ok((delta, None));
+        }
+        // Split: the upper half moves to a new right sibling.
+        let r = self.new_leaf();
+        let (lo, hi) = split_pair(&mut self.leaves, id, r);
+        lo.len = MIN as u32;
+        hi.len = 0;
+        hi.append_from_raw(lo, MIN, CAP);
+        if i <= MIN {
+            lo.insert_at(i, start, end, flags);
+        } else {
+            hi.insert_at(i - MIN, start, end, flags);
+        }
+        Ok((Delta::Unknown, Some(r)))
+    }
+
+    /// Stores child `i`'s new aggregate as `delta` reports it and works out
+    /// how the node's own aggregate moved, given its old value `old` (when
+    /// the caller has it). O(1) unless a value that shrank was a maximum of
+    /// the node: then a full O(CAP) recomputation.
+    fn update_child(
+        &mut self,
+        id: u32,
+        level: u32,
+        i: usize,
+        delta: Delta,
+        old: Option<Agg>,
+    ) -> Delta {
+        let new = match delta {
+            Delta::Same => return Delta::Same,
+            Delta::New(a) => a,
+            Delta::Unknown => {
+                let child = self.inner(id).child[i];
+                if self.node_len(child, level - 1) == 0 {
+                    return Delta::Unknown;
+                }
+                self.node_agg(child, level - 1)
+            }
+        };
+        let node = &mut self.inners[id as usize];
+        let prev = node.get(i);
+        if prev == new {
+            return Delta::Same;
+        }
+        node.set(i, new);
+        let Some(mut o) = old else {
+            return Delta::Unknown;
+        };
+        let n = node.n();
+        // Every value that feeds the node's maxima and may have moved:
+        // child i's own maxima and the holes on either side of it. If one
+        // that shrank held a maximum, recompute; else fold in the new ones.
+        if shrank_a_max(&o, &prev, &new) {
+            return Delta::New(node.agg());
+        }
+        o.take_max(&new);
+        if i > 0 && prev.min_start != new.min_start {
+            let gs = node.max_end[i - 1];
+            let (was, now) = (hole_agg(gs, prev.min_start), hole_agg(gs, new.min_start));
+            if shrank_a_max(&o, &was, &now) {
+                return Delta::New(node.agg());
+            }
+            o.take_max(&now);
+        }
+        if i + 1 < n && prev.max_end != new.max_end {
+            let ge = node.min_start[i + 1];
+            let (was, now) = (hole_agg(prev.max_end, ge), hole_agg(new.max_end, ge));
+            if shrank_a_max(&o, &was, &now) {
+                return Delta::New(node.agg());
+            }
+            o.take_max(&now);
+        }
+        o.min_start = node.min_start[0];
+        o.max_end = node.max_end[n - 1];
+        Delta::New(o)
+    }
+
+    /// Child `i` of the level-1 node `id` is a full leaf about to receive a
+    /// VMA. If a neighbouring leaf has room, evens the two out.
+    fn shift_to_neighbour(&mut self, id: u32, i: usize) {
+        let n = self.inner(id).n();
+        let room = |t: &Self, j: usize| CAP - t.leaf(t.inner(id).child[j]).n();
+        let (a, b) = if i > 0 && room(self, i - 1) >= 2 {
+            (i - 1, i)
+        } else if i + 1 < n && room(self, i + 1) >= 2 {
+            (i, i + 1)
+        } else {
+            return;
+        };
+        let (ca, cb) = (self.inner(id).child[a], self.inner(id).child[b]);
+        let total = self.leaf(ca).n() + self.leaf(cb).n();
+        let (x, y) = split_pair(&mut self.leaves, ca, cb);
+        rebalance_leaves(x, y, total.div_ceil(2));
+        let (aa, ba) = (self.leaf(ca).agg(), self.leaf(cb).agg());
+        let node = &mut self.inners[id as usize];
+        node.set(a, aa);
+        node.set(b, ba);
     }
 
     // ----- lookups -------------------------------------------------------
@@ -481,23 +839,29 @@ impl BTree {
         self.set_rec(self.root, self.height, key, start, end);
     }
 
-    fn set_rec(&mut self, id: u32, level: u32, key: u64, start: u64, end: u64) -> Agg {
+    /// Returns whether the node's aggregate may have changed.
+    fn set_rec(&mut self, id: u32, level: u32, key: u64, start: u64, end: u64) -> bool {
         if level == 0 {
             let leaf = &mut self.leaves[id as usize];
-            let i = leaf.start[..leaf.n()]
-                .iter()
-                .position(|s| *s == key)
-                .expect("set_bounds: no VMA starts at key");
+            let n = leaf.n();
+            let mut i = 0;
+            while i < n && leaf.start[i] != key {
+                i += 1;
+            }
+            debug_assert!(i < n, "set_bounds: no VMA starts at {key:#x}");
+            if i == n {
+                return false;
+            }
             leaf.start[i] = start;
             leaf.end[i] = end;
-            return leaf.agg();
+            return true;
         }
         let i = self.inner(id).child_for(key);
         let child = self.inner(id).child[i];
-        let a = self.set_rec(child, level - 1, key, start, end);
-        let node = &mut self.inners[id as usize];
-        node.set(i, a);
-        node.agg()
+        if !self.set_rec(child, level - 1, key, start, end) {
+            return false;
+        }
+        self.refresh_child(id, level, i)
     }
 
     // ----- range removal -------------------------------------------------
@@ -506,7 +870,7 @@ impl BTree {
     /// O(log n + k): subtrees entirely inside the range are released whole,
     /// and only the two boundary paths are rebalanced.
     pub fn remove_starts_in(&mut self, s: u64, e: u64) -> usize {
-        let removed = self.remove_rec(self.root, self.height, s, e);
+        let (removed, _) = self.remove_rec(self.root, self.height, s, e, None);
         self.len -= removed;
         // Collapse a root with a single child.
         while self.height > 0 && self.inner(self.root).len <= 1 {
@@ -524,22 +888,23 @@ impl BTree {
         removed
     }
 
-    fn remove_rec(&mut self, id: u32, level: u32, s: u64, e: u64) -> usize {
+    /// Returns how many VMAs were removed and whether this node's aggregate
+    /// (or shape) may have changed.
+    fn remove_rec(
+        &mut self,
+        id: u32,
+        level: u32,
+        s: u64,
+        e: u64,
+        old: Option<Agg>,
+    ) -> (usize, Delta) {
         if level == 0 {
-            let leaf = &mut self.leaves[id as usize];
-            let n = leaf.n();
-            let a = leaf.start[..n].iter().position(|x| *x >= s).unwrap_or(n);
-            let mut b = a;
-            while b < n && leaf.start[b] < e {
-                b += 1;
-            }
-            leaf.remove_run(a, b);
-            return b - a;
+            return self.remove_leaf(id, s, e, old);
         }
         let node = self.inner(id);
         let n = node.n();
         if node.min_start[0] >= e {
-            return 0;
+            return (0, Delta::Same);
         }
         let i0 = node.child_for(s);
         let mut i1 = i0;
@@ -550,56 +915,100 @@ impl BTree {
         for c in i0 + 1..i1 {
             removed += self.release_subtree(self.inner(id).child[c], level - 1);
         }
-        let first = self.inner(id).child[i0];
-        removed += self.remove_rec(first, level - 1, s, e);
-        let mut touched = [i0, usize::MAX];
-        if i1 > i0 {
-            let last = self.inner(id).child[i1];
-            removed += self.remove_rec(last, level - 1, s, e);
-            let node = &mut self.inners[id as usize];
-            node.remove_run(i0 + 1, i1);
-            touched[1] = i0 + 1;
+        let (r0, d0) = self.remove_child(id, level, i0, s, e);
+        removed += r0;
+        if i1 == i0 {
+            // One child touched: report the change incrementally unless the
+            // child needs rebalancing.
+            let child = self.inner(id).child[i0];
+            if self.node_len(child, level - 1) >= MIN {
+                return (removed, self.update_child(id, level, i0, d0, old));
+            }
+            self.update_child(id, level, i0, d0, None);
+            self.fix_child(id, level, i0);
+            return (removed, Delta::Unknown);
         }
+        let (r1, d1) = self.remove_child(id, level, i1, s, e);
+        removed += r1;
+        self.inners[id as usize].remove_run(i0 + 1, i1);
         // Refresh the touched children's aggregates, then restore their
         // fill (higher index first, so the lower one stays put).
-        for &c in touched.iter().rev() {
-            if c != usize::MAX {
-                self.refresh_child(id, level, c);
+        self.update_child(id, level, i0 + 1, d1, None);
+        self.update_child(id, level, i0, d0, None);
+        self.fix_child(id, level, i0 + 1);
+        if i0 < self.inner(id).n() {
+            self.fix_child(id, level, i0);
+        }
+        (removed, Delta::Unknown)
+    }
+
+    /// Removes the starts in `[s, e)` from child `c` of inner node `id`.
+    fn remove_child(&mut self, id: u32, level: u32, c: usize, s: u64, e: u64) -> (usize, Delta) {
+        let (child, old) = (self.inner(id).child[c], self.inner(id).get(c));
+        self.remove_rec(child, level - 1, s, e, Some(old))
+    }
+
+    /// Removes the run of entries of leaf `id` whose starts lie in
+    /// `[s, e)`. With the old aggregate, removing one inner entry merges
+    /// two holes into one, which is folded into the maxima in O(1).
+    fn remove_leaf(&mut self, id: u32, s: u64, e: u64, old: Option<Agg>) -> (usize, Delta) {
+        let leaf = &mut self.leaves[id as usize];
+        let n = leaf.n();
+        let mut a = 0;
+        while a < n && leaf.start[a] < s {
+            a += 1;
+        }
+        let mut b = a;
+        while b < n && leaf.start[b] < e {
+            b += 1;
+        }
+        if a == b {
+            return (0, Delta::Same);
+        }
+        leaf.remove_run(a, b);
+        let m = leaf.n();
+        let delta = match old {
+            Some(mut o) if b - a == 1 && a > 0 && a < m => {
+                o.fold(leaf.end[a - 1], leaf.start[a]);
+                Delta::New(o)
             }
-        }
-        if touched[1] != usize::MAX {
-            self.fix_child(id, level, touched[1]);
-        }
-        if (touched[0]) < self.inner(id).n() {
-            self.fix_child(id, level, touched[0]);
-        }
-        removed
+            Some(_) if m > 0 => Delta::New(leaf.agg()),
+            _ => Delta::Unknown,
+        };
+        (b - a, delta)
     }
 
     /// Recomputes the stored aggregate of child `c` of inner node `id` (if
-    /// the child is not empty).
-    fn refresh_child(&mut self, id: u32, level: u32, c: usize) {
+    /// the child is not empty); returns true if it changed.
+    fn refresh_child(&mut self, id: u32, level: u32, c: usize) -> bool {
         let child = self.inner(id).child[c];
-        if self.node_len(child, level - 1) > 0 {
-            let a = self.node_agg(child, level - 1);
-            self.inners[id as usize].set(c, a);
+        if self.node_len(child, level - 1) == 0 {
+            return true;
         }
+        let a = self.node_agg(child, level - 1);
+        let node = &mut self.inners[id as usize];
+        if node.get(c) == a {
+            return false;
+        }
+        node.set(c, a);
+        true
     }
 
     /// Restores invariant 2 for child `c` of inner node `id` at `level`:
     /// removes it if empty; if it holds fewer than `MIN` entries, merges it
     /// with a neighbour or evens the two out. A merge or a shift can bring
     /// an underfull grandchild next to new siblings; those are fixed in turn.
-    fn fix_child(&mut self, id: u32, level: u32, c: usize) {
+    /// Returns true if it changed anything.
+    fn fix_child(&mut self, id: u32, level: u32, c: usize) -> bool {
         let child = self.inner(id).child[c];
         let clen = self.node_len(child, level - 1);
         if clen == 0 {
             self.free_node(child, level - 1);
             self.inners[id as usize].remove_run(c, c + 1);
-            return;
+            return true;
         }
         if clen >= MIN || self.inner(id).n() < 2 {
-            return;
+            return false;
         }
         let n = self.inner(id).n();
         let (a, b) = if c + 1 < n { (c, c + 1) } else { (c - 1, c) };
@@ -640,6 +1049,7 @@ impl BTree {
                 self.fix_grandchildren(cb, level - 1);
             }
         }
+        true
     }
 
     /// Fixes every underfull child of inner node `id` (rare: only nodes
@@ -707,6 +1117,14 @@ impl Leaf {
     }
 }
 
+/// Grows an arena by an eighth instead of doubling, so that a large map
+/// wastes at most ~12% of its node memory on spare capacity.
+fn grow<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len() / 8 + 4);
+    }
+}
+
 /// Two distinct elements of an arena, mutably.
 fn split_pair<T>(v: &mut [T], a: u32, b: u32) -> (&mut T, &mut T) {
     let (a, b) = (a as usize, b as usize);
@@ -745,23 +1163,15 @@ fn rebalance_inners(x: &mut Inner, y: &mut Inner, want_x: usize) {
     let (nx, ny) = (x.n(), y.n());
     if nx < want_x {
         let k = want_x - nx;
-        let n = x.n();
-        x.child[n..n + k].copy_from_slice(&y.child[..k]);
-        x.min_start[n..n + k].copy_from_slice(&y.min_start[..k]);
-        x.max_end[n..n + k].copy_from_slice(&y.max_end[..k]);
-        x.max_gap[n..n + k].copy_from_slice(&y.max_gap[..k]);
+        columns2!(x, y, |a, b| a[nx..nx + k].copy_from_slice(&b[..k]));
         x.len += k as u32;
         y.remove_run(0, k);
     } else if nx > want_x {
         let k = nx - want_x;
-        y.child.copy_within(0..ny, k);
-        y.min_start.copy_within(0..ny, k);
-        y.max_end.copy_within(0..ny, k);
-        y.max_gap.copy_within(0..ny, k);
-        y.child[..k].copy_from_slice(&x.child[want_x..nx]);
-        y.min_start[..k].copy_from_slice(&x.min_start[want_x..nx]);
-        y.max_end[..k].copy_from_slice(&x.max_end[want_x..nx]);
-        y.max_gap[..k].copy_from_slice(&x.max_gap[want_x..nx]);
+        columns2!(x, y, |a, b| {
+            b.copy_within(0..ny, k);
+            b[..k].copy_from_slice(&a[want_x..nx]);
+        });
         y.len += k as u32;
         x.len = want_x as u32;
     }

@@ -4,7 +4,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::btree::{Agg, BTree, MIN};
+use crate::btree::{Agg, BTree, MIN, NCLASS, ROOM_SHIFTS};
 use crate::map::AddressMap;
 
 /// A dump of the tree for assertion messages (test-only use).
@@ -82,20 +82,8 @@ fn recompute(
         count += recompute(t, node.child[i], level - 1, false, seen, vmas);
         let sub = &vmas[from..];
         assert!(!sub.is_empty(), "empty child {i} of #{id}:\n{}", dump(t));
-        let mut gap = 0;
-        for w in sub.windows(2) {
-            gap = gap.max(w[1].0.saturating_sub(w[0].1));
-        }
-        let want = Agg {
-            min_start: sub[0].0,
-            max_end: sub[sub.len() - 1].1,
-            max_gap: gap,
-        };
-        let have = Agg {
-            min_start: node.min_start[i],
-            max_end: node.max_end[i],
-            max_gap: node.max_gap[i],
-        };
+        let want = from_scratch(sub);
+        let have = node.get(i);
         assert_eq!(
             have,
             want,
@@ -104,6 +92,30 @@ fn recompute(
         );
     }
     count
+}
+
+/// The aggregate of a sorted run of VMAs, computed directly.
+fn from_scratch(sub: &[(u64, u64)]) -> Agg {
+    let mut gap = 0;
+    let mut room = [0; NCLASS];
+    for w in sub.windows(2) {
+        let (gs, ge) = (w[0].1, w[1].0);
+        gap = gap.max(ge.saturating_sub(gs));
+        for (c, r) in room.iter_mut().enumerate() {
+            // The longest 2^shift-aligned range inside [gs, ge), by
+            // rounding in u128 (independent of btree::room's arithmetic).
+            let a = 1u128 << ROOM_SHIFTS[c];
+            let first = (gs as u128).div_ceil(a) * a;
+            let len = (ge as u128).saturating_sub(first);
+            *r = (*r).max(len as u64);
+        }
+    }
+    Agg {
+        min_start: sub[0].0,
+        max_end: sub[sub.len() - 1].1,
+        max_gap: gap,
+        room,
+    }
 }
 
 pub(crate) fn check(map: &AddressMap) {
@@ -115,6 +127,14 @@ pub(crate) fn check(map: &AddressMap) {
     let mut vmas = Vec::new();
     let count = recompute(t, t.root, t.height, true, &mut seen, &mut vmas);
     assert_eq!(count, t.len(), "count mismatch:\n{}", dump(t));
+    let whole = (!vmas.is_empty()).then(|| from_scratch(&vmas));
+    assert_eq!(t.root_agg(), whole, "root aggregate differs:\n{}", dump(t));
+    assert_eq!(
+        t.root_span(),
+        whole.map(|a| (a.min_start, a.max_end)),
+        "root span differs:\n{}",
+        dump(t)
+    );
     for (i, v) in vmas.iter().enumerate() {
         assert!(v.0 < v.1, "empty VMA {i}:\n{}", dump(t));
         if i > 0 {

@@ -14,7 +14,7 @@
 //! | lookups ([`AddressMap::find_vma`], [`AddressMap::vma_at`], ...) | O(log n) |
 //! | one descent of the hole search | O(log n) |
 //! | [`AddressMap::unmapped_area`] | O(log n) per descent; one descent plus one per guard-gap retry, exactly where the kernel retries |
-//! | [`AddressMap::find_fit`] | O(log n) per candidate hole; see its documentation |
+//! | [`AddressMap::find_fit`] | O(log n) for page, 64 KiB and 2 MiB alignment (cached aligned rooms); otherwise O(log n) per candidate hole |
 //! | [`AddressMap::iter`] | O(1) amortised per VMA |
 //!
 //! Why one descent is O(log n): a subtree whose internal holes all lie inside
@@ -27,7 +27,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::btree::{BTree, Pos};
+use crate::btree::{BTree, Inner, Pos};
 
 /// Flags of a VMA. Only the guard-gap kinds affect the search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -141,6 +141,31 @@ pub(crate) struct Hole {
     pub next: Option<Vma>,
 }
 
+/// What lets a search skip a subtree: its largest hole is shorter than
+/// `size`, or (for an aligned exact fit) its largest room for an alignment
+/// class is shorter than the length. Both are necessary conditions for a
+/// fit, so skipping never loses an answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Prune {
+    /// Raw hole length needed.
+    pub size: u64,
+    /// `(class, length)`: the subtree's room for alignment class `class`
+    /// must be at least `length`.
+    pub class: Option<(usize, u64)>,
+}
+
+impl Prune {
+    /// Prune on the raw hole length only.
+    pub fn size(size: u64) -> Self {
+        Prune { size, class: None }
+    }
+
+    #[inline]
+    fn admits_child(&self, node: &Inner, i: usize) -> bool {
+        node.max_gap[i] >= self.size && self.class.is_none_or(|(c, l)| node.room[c][i] >= l)
+    }
+}
+
 /// True if `[max(gs, lo), min(ge, hi)]` holds at least `size >= 1` indices.
 #[inline]
 fn clipped_fits(gs: u64, ge: u64, lo: u64, hi: u64, size: u64) -> bool {
@@ -245,18 +270,20 @@ impl AddressMap {
         if end <= start {
             return Err(MapError::EmptyRange { start, end });
         }
-        if let Some(existing) = self.first_overlap(start, end) {
-            return Err(MapError::Overlap {
-                start,
-                end,
-                existing,
-            });
-        }
         if self.t.len() >= MAX_VMAS {
             return Err(MapError::TooManyVmas);
         }
-        self.t.insert(start, end, flags.0);
-        Ok(())
+        // One descent checks for overlap and inserts; only a failure pays
+        // for a second descent to name the VMA in the way.
+        self.t
+            .insert(start, end, flags.0)
+            .map_err(|()| MapError::Overlap {
+                start,
+                end,
+                existing: self
+                    .first_overlap(start, end)
+                    .expect("insert refused without an overlapping VMA"),
+            })
     }
 
     /// Removes everything mapped in `[start, end)`, splitting the VMAs that
@@ -272,18 +299,29 @@ impl AddressMap {
         let Some(first) = self.first_overlap(start, end) else {
             return Ok(0);
         };
+        if first.end >= end {
+            // `first` is the only VMA in the range: trim, split or remove it.
+            match (first.start < start, first.end > end) {
+                (false, false) => {
+                    self.t.remove_starts_in(first.start, first.start + 1);
+                }
+                (true, false) => self.t.set_bounds(first.start, first.start, start),
+                (false, true) => self.t.set_bounds(first.start, end, first.end),
+                (true, true) => {
+                    if self.t.len() >= MAX_VMAS {
+                        return Err(MapError::TooManyVmas);
+                    }
+                    self.t.set_bounds(first.start, first.start, start);
+                    let tail = self.t.insert(end, first.end, first.flags.0);
+                    debug_assert!(tail.is_ok(), "the tail of a split VMA overlaps");
+                }
+            }
+            return Ok(1);
+        }
         let mut touched = 0;
         if first.start < start {
-            // It straddles `start`: keep [first.start, start).
-            if first.end > end {
-                // It covers the whole range: split it in two.
-                if self.t.len() >= MAX_VMAS {
-                    return Err(MapError::TooManyVmas);
-                }
-                self.t.set_bounds(first.start, first.start, start);
-                self.t.insert(end, first.end, first.flags.0);
-                return Ok(1);
-            }
+            // It straddles `start` (and ends inside the range): keep
+            // [first.start, start).
             self.t.set_bounds(first.start, first.start, start);
             touched += 1;
         }
@@ -330,28 +368,29 @@ impl AddressMap {
         &self,
         lo: u64,
         hi: u64,
-        size: u64,
+        prune: Prune,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
+        let size = prune.size;
         let t = &self.t;
-        let Some(root) = t.root_agg() else {
+        let Some((min_start, max_end)) = t.root_span() else {
             if !clipped_fits(0, u64::MAX, lo, hi, size) {
                 return None;
             }
             return f(self, self.hole_between(None, None));
         };
-        if root.min_start > 0 && clipped_fits(0, root.min_start - 1, lo, hi, size) {
+        if min_start > 0 && clipped_fits(0, min_start - 1, lo, hi, size) {
             let h = self.hole_between(None, t.leftmost(t.root, t.height));
             if let Some(r) = f(self, h) {
                 return Some(r);
             }
         }
-        if root.max_gap >= size && clipped_fits(root.min_start, root.max_end - 1, lo, hi, size) {
-            if let Some(r) = self.low_rec(t.root, t.height, lo, hi, size, f) {
+        if clipped_fits(min_start, max_end - 1, lo, hi, size) {
+            if let Some(r) = self.low_rec(t.root, t.height, lo, hi, prune, f) {
                 return Some(r);
             }
         }
-        if clipped_fits(root.max_end, u64::MAX, lo, hi, size) {
+        if clipped_fits(max_end, u64::MAX, lo, hi, size) {
             let h = self.hole_between(t.rightmost(t.root, t.height), None);
             return f(self, h);
         }
@@ -364,9 +403,10 @@ impl AddressMap {
         level: u32,
         lo: u64,
         hi: u64,
-        size: u64,
+        prune: Prune,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
+        let size = prune.size;
         if level == 0 {
             let l = self.t.leaf(id);
             for i in 1..l.len as usize {
@@ -410,10 +450,10 @@ impl AddressMap {
                     }
                 }
             }
-            if node.max_gap[i] >= size
+            if prune.admits_child(node, i)
                 && clipped_fits(node.min_start[i], node.max_end[i] - 1, lo, hi, size)
             {
-                if let Some(r) = self.low_rec(node.child[i], level - 1, lo, hi, size, f) {
+                if let Some(r) = self.low_rec(node.child[i], level - 1, lo, hi, prune, f) {
                     return Some(r);
                 }
             }
@@ -427,28 +467,29 @@ impl AddressMap {
         &self,
         lo: u64,
         hi: u64,
-        size: u64,
+        prune: Prune,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
+        let size = prune.size;
         let t = &self.t;
-        let Some(root) = t.root_agg() else {
+        let Some((min_start, max_end)) = t.root_span() else {
             if !clipped_fits(0, u64::MAX, lo, hi, size) {
                 return None;
             }
             return f(self, self.hole_between(None, None));
         };
-        if clipped_fits(root.max_end, u64::MAX, lo, hi, size) {
+        if clipped_fits(max_end, u64::MAX, lo, hi, size) {
             let h = self.hole_between(t.rightmost(t.root, t.height), None);
             if let Some(r) = f(self, h) {
                 return Some(r);
             }
         }
-        if root.max_gap >= size && clipped_fits(root.min_start, root.max_end - 1, lo, hi, size) {
-            if let Some(r) = self.high_rec(t.root, t.height, lo, hi, size, f) {
+        if clipped_fits(min_start, max_end - 1, lo, hi, size) {
+            if let Some(r) = self.high_rec(t.root, t.height, lo, hi, prune, f) {
                 return Some(r);
             }
         }
-        if root.min_start > 0 && clipped_fits(0, root.min_start - 1, lo, hi, size) {
+        if min_start > 0 && clipped_fits(0, min_start - 1, lo, hi, size) {
             let h = self.hole_between(None, t.leftmost(t.root, t.height));
             return f(self, h);
         }
@@ -461,9 +502,10 @@ impl AddressMap {
         level: u32,
         lo: u64,
         hi: u64,
-        size: u64,
+        prune: Prune,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
+        let size = prune.size;
         if level == 0 {
             let l = self.t.leaf(id);
             for i in (1..l.len as usize).rev() {
@@ -491,10 +533,10 @@ impl AddressMap {
         }
         let node = self.t.inner(id);
         for i in (0..node.len as usize).rev() {
-            if node.max_gap[i] >= size
+            if prune.admits_child(node, i)
                 && clipped_fits(node.min_start[i], node.max_end[i] - 1, lo, hi, size)
             {
-                if let Some(r) = self.high_rec(node.child[i], level - 1, lo, hi, size, f) {
+                if let Some(r) = self.high_rec(node.child[i], level - 1, lo, hi, prune, f) {
                     return Some(r);
                 }
             }

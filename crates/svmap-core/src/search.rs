@@ -10,7 +10,8 @@
 
 use core::fmt;
 
-use crate::map::{AddressMap, SearchParams};
+use crate::btree::{NCLASS, ROOM_SHIFTS};
+use crate::map::{AddressMap, Prune, SearchParams};
 
 /// A gap-search request: the kernel's `struct vm_unmapped_area_info`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -202,7 +203,7 @@ impl AddressMap {
                 return Err(SearchError::EmptyWindow);
             }
             let hole = self
-                .walk_low(low, max, length, &mut |_, h| Some(h))
+                .walk_low(low, max, Prune::size(length), &mut |_, h| Some(h))
                 .ok_or(SearchError::NoSpace)?;
             stats.holes += 1;
             let index = hole.start.max(low);
@@ -259,7 +260,7 @@ impl AddressMap {
                 return Err(SearchError::EmptyWindow);
             }
             let hole = self
-                .walk_high(low, max, length, &mut |_, h| Some(h))
+                .walk_high(low, max, Prune::size(length), &mut |_, h| Some(h))
                 .ok_or(SearchError::NoSpace)?;
             stats.holes += 1;
             let gap_end = hole.last.min(max).wrapping_add(1);
@@ -293,14 +294,14 @@ impl AddressMap {
     /// 2 MiB request fits in a 3 MiB hole that happens to contain an aligned
     /// 2 MiB slot, where the kernel requires a 4 MiB - 4 KiB hole.
     ///
-    /// Cost: O(log n) per candidate hole. The walk skips every subtree
-    /// whose holes are all shorter than `length` or outside the window; the
-    /// candidates it does examine are the holes of at least `length` bytes in
-    /// address order, and the first that fits ends the search. Every hole of
-    /// at least `length + align - 1` bytes (plus the guard gap below a stack)
-    /// fits, so the only holes examined in vain are those shorter than that
-    /// whose aligned slot falls off their end: with page alignment there are
-    /// none and the search is one O(log n) descent.
+    /// Cost: one O(log n) descent when the alignment is at most a page
+    /// (for page-granular maps), 64 KiB or 2 MiB, and the offset is a
+    /// multiple of it: besides its largest hole, every subtree caches its
+    /// largest 64 KiB- and 2 MiB-aligned room, so the walk enters only
+    /// subtrees that hold an aligned fit. Other alignments prune with the
+    /// largest class that divides them (a necessary condition) and then try
+    /// candidate holes in address order, O(log n) each; so do holes cut
+    /// short by a stack's guard gap, which the cached values do not know.
     pub fn find_fit(&self, req: &FitRequest, params: &SearchParams) -> Result<u64, FitError> {
         self.find_fit_stats(req, params, &mut SearchStats::default())
     }
@@ -357,10 +358,23 @@ impl AddressMap {
             let ok = addr >= s && addr <= e && e - addr >= len_m1;
             ok.then_some(addr)
         };
+        // Prune with the largest cached alignment class that divides both
+        // the alignment and the offset: every fit is aligned to it, so a
+        // subtree whose room for that class is shorter than the length
+        // holds no fit. With the class equal to the alignment (64 KiB,
+        // 2 MiB, 1 GiB) the pruning is exact and the search one descent.
+        let class = (0..NCLASS).rev().find(|&c| {
+            let a = 1u64 << ROOM_SHIFTS[c];
+            a <= req.align && req.align_offset & (a - 1) == 0
+        });
+        let prune = Prune {
+            size: req.length,
+            class: class.map(|c| (c, req.length)),
+        };
         let found = if req.topdown {
-            self.walk_high(lo, hi, req.length, &mut fit)
+            self.walk_high(lo, hi, prune, &mut fit)
         } else {
-            self.walk_low(lo, hi, req.length, &mut fit)
+            self.walk_low(lo, hi, prune, &mut fit)
         };
         let addr = found.ok_or(FitError::NoSpace)?;
         debug_assert!(addr >= req.low && addr + len_m1 <= hi);
