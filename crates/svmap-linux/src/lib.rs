@@ -26,6 +26,7 @@ pub mod inspect;
 #[allow(unsafe_code)]
 pub mod kernel_trace;
 pub mod maps;
+pub mod peer;
 pub mod probe;
 pub mod reserve;
 #[allow(unsafe_code)]

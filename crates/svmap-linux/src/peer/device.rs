@@ -1,0 +1,725 @@
+//! The peer side: the process that plays the device.
+//!
+//! [`serve_from_env`] takes the socket named in `SVMAP_PEER_FD`, answers the
+//! hello and the window agreement, then hosts a device MMU
+//! ([`svmap_svm::Mirror`]: the VA width, page size and TLB the CPU side
+//! asked for) whose page table maps exactly the SVM buffers it was given:
+//!
+//! - `Map` (with a memfd): map it `MAP_SHARED | MAP_FIXED` at the same
+//!   address over the peer's own reservation; install its device pages with
+//!   the buffer id as the frame.
+//! - `Unmap{seq}`: `invalidate_start` (PTEs cleared, TLB shot down), forget
+//!   the buffer, put `PROT_NONE` back over it, `invalidate_end`, then
+//!   acknowledge `seq`. Sequence numbers must increase.
+//! - `Walk`, `Sum`, `Copy`: every load and store is translated by the device
+//!   MMU first (TLB, page-table walk, then the fault handler, whose snapshot
+//!   of "the CPU mapping" is the peer's table of buffers): the address must
+//!   be below `2^va_bits` (`out_of_range`), mapped (`unmapped`), and
+//!   writable for stores (`protection`); only then is the real memory at
+//!   that same address read or written. A word that crosses a device page
+//!   is translated on both pages; a burst (`Sum`, `Copy`) is translated once
+//!   per device page it touches.
+//!
+//! The peer never blocks on anything but its socket; it exits when the CPU
+//! side closes it or sends `Shutdown`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use svmap_svm::mirror::{Perm, Snapshot};
+use svmap_svm::{Fault, Mirror};
+
+use super::wire::{code, Msg, Reserved};
+use super::{
+    checksum_step, common_window, occupied, own_view, send_vmas, ChanError, Channel, DeviceStats,
+    PeerError, WindowRequest, CHECKSUM_INIT, FAILPOINT_ENV, NODE_NEXT, NODE_VALUE, PEER_FD_ENV,
+};
+use crate::error::{Errno, Error};
+use crate::probe;
+use crate::reserve::{self, Reservation};
+use crate::sys::{self, SharedWindow, PAGE};
+
+/// Fault injection, for tests of the CPU side's failure handling (from
+/// `SVMAP_PEER_FAILPOINT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failpoint {
+    /// `die-walk:N`: `SIGKILL` itself after visiting N nodes of a walk.
+    DieInWalk(u64),
+    /// `die-map:N`: `SIGKILL` itself on the N-th `Map`, after mapping the
+    /// buffer and before acknowledging it.
+    DieOnMap(u64),
+    /// `hang-walk`: stop answering when a walk starts.
+    HangInWalk,
+    /// `garbage-sum`: answer a sum with a packet that is not a message.
+    GarbageOnSum,
+    /// `steal-window`: in the first agreement round, map a one-page canary
+    /// at the agreed address just before reserving it, as another thread
+    /// of the peer could (the round fails with `EEXIST`; the canary stays).
+    StealWindow,
+}
+
+impl Failpoint {
+    /// Parses the `SVMAP_PEER_FAILPOINT` syntax.
+    pub fn parse(s: &str) -> Option<Failpoint> {
+        let (k, n) = s.split_once(':').unwrap_or((s, ""));
+        let n = || n.parse::<u64>().ok();
+        match k {
+            "die-walk" => Some(Failpoint::DieInWalk(n()?)),
+            "die-map" => Some(Failpoint::DieOnMap(n()?)),
+            "hang-walk" => Some(Failpoint::HangInWalk),
+            "garbage-sum" => Some(Failpoint::GarbageOnSum),
+            "steal-window" => Some(Failpoint::StealWindow),
+            _ => None,
+        }
+    }
+}
+
+/// Options of [`serve`].
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Fault injection.
+    pub failpoint: Option<Failpoint>,
+}
+
+/// The entry point of a peer process: serves the socket named in
+/// `SVMAP_PEER_FD` (with the failpoint of `SVMAP_PEER_FAILPOINT`, if any)
+/// and returns the exit status: 0 when the CPU side shut it down or went
+/// away, 2 for a bad environment, 1 for any other failure (printed on
+/// stderr).
+pub fn serve_from_env() -> i32 {
+    let Some(raw) = std::env::var(PEER_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        eprintln!("svmap device-peer: {PEER_FD_ENV} does not name a descriptor; this command is started by svmap itself");
+        return 2;
+    };
+    let fd = match sys::take_inherited_socket(raw) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("svmap device-peer: descriptor {raw} from {PEER_FD_ENV}: {e}");
+            return 2;
+        }
+    };
+    let failpoint = match std::env::var(FAILPOINT_ENV) {
+        Ok(s) => match Failpoint::parse(&s) {
+            Some(f) => Some(f),
+            None => {
+                eprintln!("svmap device-peer: bad {FAILPOINT_ENV} {s:?}");
+                return 2;
+            }
+        },
+        Err(_) => None,
+    };
+    match serve(fd, &ServeOptions { failpoint }) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("svmap device-peer: {e}");
+            1
+        }
+    }
+}
+
+/// Why serving stopped early.
+enum Stop {
+    /// The CPU side went away (a normal end).
+    Gone,
+    /// A failure.
+    Failed(PeerError),
+}
+
+impl From<PeerError> for Stop {
+    fn from(e: PeerError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(PeerError::Linux(e))
+    }
+}
+
+fn chan_err(e: ChanError) -> Stop {
+    match e {
+        ChanError::Closed | ChanError::Timeout => Stop::Gone,
+        ChanError::Malformed(reason) => Stop::Failed(PeerError::Malformed {
+            during: "serving",
+            reason,
+        }),
+        ChanError::Sys(call, errno) => Stop::Failed(PeerError::Sys { call, errno }),
+    }
+}
+
+fn refuse(chan: &mut Channel, id: u64, code: u32, message: String) -> Result<(), Stop> {
+    chan.send(id, &Msg::Error { code, message }, None, None)
+        .map_err(chan_err)
+}
+
+/// One received message, or `None` if a malformed packet was answered
+/// with an error and should be skipped.
+fn next(chan: &mut Channel) -> Result<Option<(u64, Msg, Vec<OwnedFd>)>, Stop> {
+    match chan.recv(None) {
+        Ok(x) => Ok(Some(x)),
+        Err(ChanError::Malformed(reason)) => {
+            refuse(
+                chan,
+                0,
+                code::BAD_REQUEST,
+                format!("malformed packet: {reason}"),
+            )?;
+            Ok(None)
+        }
+        Err(e) => Err(chan_err(e)),
+    }
+}
+
+/// Serves one CPU side on `sock` until it shuts the peer down or goes away
+/// (both `Ok`).
+pub fn serve(sock: OwnedFd, opts: &ServeOptions) -> Result<(), PeerError> {
+    match serve_inner(Channel::new(sock), opts) {
+        Ok(()) | Err(Stop::Gone) => Ok(()),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
+    // The hello.
+    let (va_bits, page_size, tlb_entries) = loop {
+        let Some((id, msg, _)) = next(&mut chan)? else {
+            continue;
+        };
+        match msg {
+            Msg::Hello {
+                va_bits,
+                page_size,
+                tlb_entries,
+            } if (20..=56).contains(&va_bits)
+                && page_size.is_power_of_two()
+                && (PAGE..=1 << 30).contains(&page_size)
+                && (1..=1 << 16).contains(&tlb_entries) =>
+            {
+                let ack = Msg::HelloAck {
+                    pid: std::process::id(),
+                    floor: probe::mmap_floor()?,
+                    high: reserve::window_high(va_bits)?,
+                };
+                chan.send(id, &ack, None, None).map_err(chan_err)?;
+                break (va_bits, page_size, tlb_entries);
+            }
+            Msg::Shutdown => return Ok(()),
+            m => refuse(
+                &mut chan,
+                id,
+                code::BAD_REQUEST,
+                format!("expected a valid hello, got {m:?}"),
+            )?,
+        }
+    };
+    let win = negotiate(&mut chan, va_bits, opts.failpoint)?;
+    let mut dev = Device {
+        mirror: Mirror::new(va_bits, page_size, tlb_entries as usize),
+        win,
+        page: page_size,
+        bufs: BTreeMap::new(),
+        by_id: HashMap::new(),
+        next_id: 1,
+        last_seq: 0,
+        maps: 0,
+        failpoint: opts.failpoint,
+    };
+    loop {
+        let Some((id, msg, fds)) = next(&mut chan)? else {
+            continue;
+        };
+        let reply = match msg {
+            Msg::Shutdown => return Ok(()),
+            Msg::Map {
+                addr,
+                len,
+                writable,
+            } => dev.map(addr, len, writable, fds),
+            Msg::Unmap { seq, addr, len } => dev.unmap(seq, addr, len),
+            Msg::Walk { head, max_nodes } => dev.walk(head, max_nodes),
+            Msg::Sum { addr, len } => {
+                if dev.failpoint == Some(Failpoint::GarbageOnSum) {
+                    chan.send_raw(b"not a message", None, None)
+                        .map_err(chan_err)?;
+                    continue;
+                }
+                dev.sum(addr, len)
+            }
+            Msg::Copy { dst, src, len } => dev.copy(dst, src, len),
+            Msg::Stats => Msg::StatsReply {
+                words: dev.stats().to_words(),
+            },
+            m => Msg::Error {
+                code: code::BAD_REQUEST,
+                message: format!("unexpected {} message", m.name()),
+            },
+        };
+        chan.send(id, &reply, None, None).map_err(chan_err)?;
+    }
+}
+
+/// Agreement rounds until a `Commit`.
+fn negotiate(
+    chan: &mut Channel,
+    va_bits: u32,
+    failpoint: Option<Failpoint>,
+) -> Result<SharedWindow, Stop> {
+    let my_floor = probe::mmap_floor()?;
+    let my_high = reserve::window_high(va_bits)?;
+    let mut pending: Option<(u32, Reservation)> = None;
+    loop {
+        let Some((id, msg, _)) = next(chan)? else {
+            continue;
+        };
+        match msg {
+            Msg::Negotiate {
+                attempt,
+                len,
+                align,
+                low,
+                high,
+                topdown,
+            } => {
+                pending = None;
+                // The CPU's ranges of this round.
+                let mut cpu = Vec::new();
+                loop {
+                    match next(chan)? {
+                        Some((
+                            rid,
+                            Msg::Vmas {
+                                attempt: a,
+                                last,
+                                ranges,
+                            },
+                            _,
+                        )) if rid == id && a == attempt => {
+                            cpu.extend(ranges.into_iter().map(|(s, e, f)| (s, e, f == 1)));
+                            if last {
+                                break;
+                            }
+                        }
+                        Some((rid, m, _)) => {
+                            refuse(
+                                chan,
+                                rid,
+                                code::BAD_REQUEST,
+                                format!("expected the vmas of round {attempt}, got {}", m.name()),
+                            )?;
+                        }
+                        None => {}
+                    }
+                }
+                let ok = len > 0
+                    && align.is_power_of_two()
+                    && align >= PAGE
+                    && low >= my_floor
+                    && high <= my_high;
+                if !ok {
+                    refuse(
+                        chan,
+                        id,
+                        code::BAD_REQUEST,
+                        format!(
+                            "window [{low:#x}, {high:#x}) len {len:#x} align {align:#x} is not \
+                             inside this process's [{my_floor:#x}, {my_high:#x})"
+                        ),
+                    )?;
+                    continue;
+                }
+                let mine = occupied(&own_view()?);
+                send_vmas(chan, id, attempt, &mine, None).map_err(chan_err)?;
+                let req = WindowRequest {
+                    len,
+                    align,
+                    low,
+                    high,
+                    topdown,
+                };
+                let outcome = match common_window(&cpu, &mine, &req) {
+                    Err(_) => Reserved::NoSpace,
+                    Ok(a) => match steal_then_reserve(a, len, attempt, failpoint) {
+                        Ok(r) => {
+                            pending = Some((attempt, r));
+                            Reserved::Ok(a)
+                        }
+                        Err(Error::Sys {
+                            errno: Errno::EEXIST,
+                            ..
+                        }) => Reserved::Busy(a),
+                        Err(Error::Sys { errno, .. }) => Reserved::Failed(errno.0),
+                        Err(_) => Reserved::Failed(libc::ENOMEM),
+                    },
+                };
+                chan.send(id, &Msg::Reserved { attempt, outcome }, None, None)
+                    .map_err(chan_err)?;
+            }
+            Msg::Commit { attempt, addr, len } => match pending.take() {
+                Some((a, r)) if a == attempt && r.addr() == addr && r.len() == len => {
+                    chan.send(id, &Msg::Ack, None, None).map_err(chan_err)?;
+                    return Ok(SharedWindow::new(r));
+                }
+                p => {
+                    pending = p;
+                    refuse(
+                        chan,
+                        id,
+                        code::BAD_REQUEST,
+                        format!("commit of round {attempt} at {addr:#x} without that reservation"),
+                    )?;
+                }
+            },
+            Msg::Abandon { .. } => {
+                pending = None;
+                chan.send(id, &Msg::Ack, None, None).map_err(chan_err)?;
+            }
+            Msg::Shutdown => return Err(Stop::Gone),
+            m => refuse(
+                chan,
+                id,
+                code::BAD_REQUEST,
+                format!("unexpected {} message before a window is agreed", m.name()),
+            )?,
+        }
+    }
+}
+
+/// `Reservation::at(a, len)`, after the `steal-window` failpoint's canary
+/// in the first round.
+fn steal_then_reserve(
+    a: u64,
+    len: u64,
+    attempt: u32,
+    failpoint: Option<Failpoint>,
+) -> Result<Reservation, Error> {
+    if attempt == 1 && failpoint == Some(Failpoint::StealWindow) {
+        // Kept for the life of the process.
+        std::mem::forget(Reservation::at(a, PAGE));
+    }
+    Reservation::at(a, len)
+}
+
+/// One buffer the device may reach.
+#[derive(Clone, Copy, Debug)]
+struct DevBuf {
+    len: u64,
+    id: u64,
+    writable: bool,
+}
+
+/// A device fault at an address.
+struct DevFault {
+    fault: Fault,
+    addr: u64,
+    write: bool,
+}
+
+impl DevFault {
+    fn msg(&self) -> Msg {
+        Msg::Fault {
+            kind: match self.fault {
+                Fault::OutOfRange => 0,
+                Fault::Unmapped => 1,
+                Fault::Protection => 2,
+            },
+            addr: self.addr,
+            write: self.write,
+        }
+    }
+}
+
+struct Device {
+    mirror: Mirror,
+    win: SharedWindow,
+    page: u64,
+    /// Start -> buffer: the "CPU mapping" the fault handler snapshots.
+    bufs: BTreeMap<u64, DevBuf>,
+    /// Buffer id (frame) -> start.
+    by_id: HashMap<u64, u64>,
+    next_id: u64,
+    last_seq: u64,
+    maps: u64,
+    failpoint: Option<Failpoint>,
+}
+
+fn bad_range(message: String) -> Msg {
+    Msg::Error {
+        code: code::BAD_RANGE,
+        message,
+    }
+}
+
+impl Device {
+    fn map(&mut self, addr: u64, len: u64, writable: bool, mut fds: Vec<OwnedFd>) -> Msg {
+        let fd = fds.pop().expect("the channel checks that a map has one fd");
+        let (ws, we) = (self.win.reservation().addr(), self.win.reservation().end());
+        let aligned = addr % self.page == 0 && len % self.page == 0 && len > 0;
+        if !aligned || addr < ws || addr.checked_add(len).is_none_or(|e| e > we) {
+            return bad_range(format!(
+                "buffer [{addr:#x}, +{len:#x}) is not whole device pages inside the window \
+                 [{ws:#x}, {we:#x})"
+            ));
+        }
+        if let Err(e) = self.win.map_fd(addr, len, fd.as_fd()) {
+            return Msg::Error {
+                code: if e == Errno::EEXIST || e == Errno::EINVAL {
+                    code::BAD_RANGE
+                } else {
+                    code::SYS
+                },
+                message: format!("mapping the buffer at {addr:#x} (+{len:#x}): {e}"),
+            };
+        }
+        drop(fd); // the mapping keeps the memfd alive
+        let id = self.next_id;
+        self.next_id += 1;
+        self.bufs.insert(addr, DevBuf { len, id, writable });
+        self.by_id.insert(id, addr);
+        self.mirror.prefault(
+            addr,
+            addr + len,
+            Perm {
+                frame: id,
+                read: true,
+                write: writable,
+            },
+            u64::MAX,
+        );
+        self.maps += 1;
+        if self.failpoint == Some(Failpoint::DieOnMap(self.maps)) {
+            sys::kill_self();
+        }
+        Msg::MapAck { addr, id }
+    }
+
+    fn unmap(&mut self, seq: u64, addr: u64, len: u64) -> Msg {
+        if seq <= self.last_seq {
+            return Msg::Error {
+                code: code::BAD_REQUEST,
+                message: format!(
+                    "invalidation sequence {seq} after {}: not increasing",
+                    self.last_seq
+                ),
+            };
+        }
+        match self.bufs.get(&addr) {
+            Some(b) if b.len == len => {}
+            _ => return bad_range(format!("no buffer [{addr:#x}, +{len:#x}) is mapped")),
+        }
+        // Invalidate first: no PTE or TLB entry of the range survives this.
+        self.mirror.invalidate_start(addr, addr + len);
+        let b = self.bufs.remove(&addr).expect("checked above");
+        self.by_id.remove(&b.id);
+        let r = self.win.unmap(addr, len);
+        self.mirror.invalidate_end();
+        self.last_seq = seq;
+        match r {
+            Ok(()) => Msg::UnmapAck { seq },
+            Err(e) => Msg::Error {
+                code: code::SYS,
+                message: format!("PROT_NONE over the freed buffer at {addr:#x}: {e}"),
+            },
+        }
+    }
+
+    /// The device MMU's translation of one byte: below the limit, mapped,
+    /// permitted. The frame is the buffer id; the bytes are at the same
+    /// address in this process.
+    fn translate(&self, addr: u64, write: bool) -> Result<(), DevFault> {
+        let bufs = &self.bufs;
+        let mut snapshot = |a: u64| {
+            let perm = bufs
+                .range(..=a)
+                .next_back()
+                .filter(|(&s, b)| a < s + b.len)
+                .map(|(_, b)| Perm {
+                    frame: b.id,
+                    read: true,
+                    write: b.writable,
+                });
+            // Buffers are whole device pages, so the page is uniform.
+            Snapshot {
+                byte: perm,
+                page: perm,
+            }
+        };
+        let fault = |fault| DevFault { fault, addr, write };
+        let frame = self
+            .mirror
+            .access(addr, write, &mut snapshot)
+            .map_err(fault)?;
+        match self.by_id.get(&frame) {
+            Some(&s) if addr >= s && addr < s + bufs[&s].len => Ok(()),
+            // A translation to a buffer that is gone would be a stale entry:
+            // the invalidation protocol rules it out; report it as unmapped.
+            _ => Err(fault(Fault::Unmapped)),
+        }
+    }
+
+    fn read_u64(&self, addr: u64) -> Result<u64, DevFault> {
+        self.translate(addr, false)?;
+        if addr % self.page > self.page - 8 {
+            let last = addr.checked_add(7).ok_or(DevFault {
+                fault: Fault::OutOfRange,
+                addr,
+                write: false,
+            })?;
+            self.translate(last, false)?;
+        }
+        self.win.read_u64(addr).map_err(|_| DevFault {
+            fault: Fault::Unmapped,
+            addr,
+            write: false,
+        })
+    }
+
+    fn walk(&mut self, head: u64, max_nodes: u64) -> Msg {
+        if self.failpoint == Some(Failpoint::HangInWalk) {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        let mut h = CHECKSUM_INIT;
+        let mut count = 0u64;
+        let mut node = head;
+        while node != 0 {
+            if count == max_nodes {
+                return Msg::WalkLimit { nodes: count };
+            }
+            let step = node
+                .checked_add(NODE_VALUE)
+                .ok_or(DevFault {
+                    fault: Fault::OutOfRange,
+                    addr: node,
+                    write: false,
+                })
+                .and_then(|va| Ok((self.read_u64(node + NODE_NEXT)?, self.read_u64(va)?)));
+            let (next, value) = match step {
+                Ok(x) => x,
+                Err(f) => return f.msg(),
+            };
+            h = checksum_step(h, value);
+            count += 1;
+            node = next;
+            if self.failpoint == Some(Failpoint::DieInWalk(count)) {
+                sys::kill_self();
+            }
+        }
+        Msg::Done { a: count, b: h }
+    }
+
+    /// The device pages of `[addr, addr + len)` as `(start, end)` chunks.
+    fn chunks(&self, addr: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+        let page = self.page;
+        let end = addr + len;
+        let mut a = addr;
+        std::iter::from_fn(move || {
+            if a >= end {
+                return None;
+            }
+            let e = (a | (page - 1)).saturating_add(1).min(end);
+            let r = (a, e);
+            a = e;
+            Some(r)
+        })
+    }
+
+    fn sum(&mut self, addr: u64, len: u64) -> Msg {
+        if addr % 8 != 0 || len % 8 != 0 || addr.checked_add(len).is_none() {
+            return Msg::Error {
+                code: code::BAD_REQUEST,
+                message: format!("sum of [{addr:#x}, +{len:#x}): not 8-byte words"),
+            };
+        }
+        let mut sum = 0u64;
+        for (a, e) in self.chunks(addr, len) {
+            if let Err(f) = self.translate(a, false) {
+                return f.msg();
+            }
+            for w in (a..e).step_by(8) {
+                match self.win.read_u64(w) {
+                    Ok(v) => sum = sum.wrapping_add(v),
+                    Err(_) => {
+                        return DevFault {
+                            fault: Fault::Unmapped,
+                            addr: w,
+                            write: false,
+                        }
+                        .msg()
+                    }
+                }
+            }
+        }
+        Msg::Done { a: sum, b: len / 8 }
+    }
+
+    fn copy(&mut self, dst: u64, src: u64, len: u64) -> Msg {
+        const MAX: u64 = 256 << 20;
+        if len > MAX || dst.checked_add(len).is_none() || src.checked_add(len).is_none() {
+            return Msg::Error {
+                code: code::BAD_REQUEST,
+                message: format!("copy of {len:#x} bytes: over {MAX:#x} or wraps"),
+            };
+        }
+        // memmove: read the whole source, then write the destination.
+        let mut tmp = vec![0u8; len as usize];
+        for (a, e) in self.chunks(src, len) {
+            if let Err(f) = self.translate(a, false) {
+                return f.msg();
+            }
+            let o = (a - src) as usize;
+            if self
+                .win
+                .read_bytes(a, &mut tmp[o..o + (e - a) as usize])
+                .is_err()
+            {
+                return DevFault {
+                    fault: Fault::Unmapped,
+                    addr: a,
+                    write: false,
+                }
+                .msg();
+            }
+        }
+        for (a, e) in self.chunks(dst, len) {
+            if let Err(f) = self.translate(a, true) {
+                return f.msg();
+            }
+            let o = (a - dst) as usize;
+            if self
+                .win
+                .write_bytes(a, &tmp[o..o + (e - a) as usize])
+                .is_err()
+            {
+                return DevFault {
+                    fault: Fault::Unmapped,
+                    addr: a,
+                    write: true,
+                }
+                .msg();
+            }
+        }
+        Msg::Done { a: len, b: 0 }
+    }
+
+    fn stats(&self) -> DeviceStats {
+        let s = self.mirror.stats();
+        let (tlb_hits, tlb_misses) = self.mirror.tlb_counts();
+        DeviceStats {
+            walks: s.walks,
+            faults: s.faults,
+            retries: s.retries,
+            invalidations: s.invalidations,
+            installs: s.installs,
+            tlb_hits,
+            tlb_misses,
+            live_buffers: self.bufs.len() as u64,
+            last_seq: self.last_seq,
+        }
+    }
+}
