@@ -458,16 +458,48 @@ impl Pair {
         );
         if let Ok(addr) = ra {
             self.stats.found += 1;
-            let len = crate::linux::page_align(req.length);
-            let v = self.a.space().vma_at(addr);
-            assert_eq!(
-                v.map(|v| (v.start, v.end)),
-                Some((addr, addr + len)),
-                "op #{i} mmap {req:#x?} did not leave its VMA"
-            );
+            self.check_mmap_postconditions(i, req, addr);
         }
         self.after_change(i, op, ra.is_ok());
         ra
+    }
+
+    /// What a successful `mmap()` promises (the policy code is shared by
+    /// both sides, so only these checks can catch a bug in it): a
+    /// page-aligned VMA of the rounded length, below `task_size`, and for a
+    /// non-fixed call clear of the guard gap of a grows-down VMA above.
+    fn check_mmap_postconditions(&self, i: usize, req: &MmapRequest, addr: u64) {
+        let cfg = self.a.config();
+        let len = crate::linux::page_align(req.length);
+        let ctx = || {
+            alloc::format!(
+                "op #{i} mmap {req:#x?} = {addr:#x}, cfg {cfg:#x?}\ntree:\n{}",
+                dump(self.a.space())
+            )
+        };
+        assert_eq!(addr % PAGE_SIZE, 0, "unaligned: {}", ctx());
+        let end = addr.checked_add(len);
+        assert!(
+            end.is_some_and(|e| e <= cfg.task_size),
+            "beyond task_size: {}",
+            ctx()
+        );
+        let end = addr + len;
+        let v = self.a.space().vma_at(addr);
+        assert_eq!(
+            v.map(|v| (v.start, v.end)),
+            Some((addr, end)),
+            "not its VMA: {}",
+            ctx()
+        );
+        if req.fixed == Fixed::No && cfg.stack_guard_gap % PAGE_SIZE == 0 {
+            if let Some(next) = self.a.space().next_vma(end) {
+                if next.flags.contains(VmaFlags::GROWSDOWN) {
+                    let sg = next.start.saturating_sub(cfg.stack_guard_gap);
+                    assert!(end <= sg, "in the guard gap of {next:x?}: {}", ctx());
+                }
+            }
+        }
     }
 
     fn lookups(&self, i: usize, s: u64, e: u64) {
@@ -514,13 +546,13 @@ impl Pair {
 /// contains `s` (when its start is below `e`), although an empty range
 /// intersects nothing (their doc comments; the kernel's
 /// `find_vma_intersection` returns NULL there). Set to `false` once fixed.
-pub const KNOWN_EMPTY_RANGE_LOOKUP: bool = true;
+pub const KNOWN_EMPTY_RANGE_LOOKUP: bool = false;
 
 /// Known core bug, reported to the lead: `unmapped_area` with `length == 0`
 /// but a non-zero `align_mask + start_gap` runs the search (TRACE.md says
 /// zero length is `ENOMEM`) and then trips the debug assertion in
 /// `search.rs` (`info.length - 1` underflows). Set to `false` once fixed.
-pub const KNOWN_ZERO_LENGTH_SEARCH: bool = true;
+pub const KNOWN_ZERO_LENGTH_SEARCH: bool = false;
 
 /// Known core bug, reported to the lead: a padding `length + align_mask +
 /// start_gap` that wraps past 2^64 without coming out below `length` (the
@@ -529,7 +561,7 @@ pub const KNOWN_ZERO_LENGTH_SEARCH: bool = true;
 /// say: both implementations answer an address, and a debug build of
 /// `AddressMap` may trip the "outside the found area" assertion in
 /// `search.rs`. Set to `false` once fixed.
-pub const KNOWN_PADDING_WRAP: bool = true;
+pub const KNOWN_PADDING_WRAP: bool = false;
 
 /// Known core bug, reported to the lead: `find_fit` top-down computes
 /// `top - ((top - align_offset) & mask)` without wrapping, which underflows
@@ -537,14 +569,14 @@ pub const KNOWN_PADDING_WRAP: bool = true;
 /// aligned slot below `top` would be below 0, e.g. `length = 0x1000, low = 0,
 /// high = 0x1000, align = 0x2000, align_offset = 0x1000`. Only offsets with
 /// `align_offset & (align - 1) != 0` can reach it. Set to `false` once fixed.
-pub const KNOWN_FIT_TOPDOWN_UNDERFLOW: bool = true;
+pub const KNOWN_FIT_TOPDOWN_UNDERFLOW: bool = false;
 
 /// Known core bug, reported to the lead: `Mm::munmap(start, len)` computes
 /// `start + page_align(len)` unchecked, which overflows (a panic in debug
 /// builds, a wrapped `unmap(start, 0)` answering `ENOMEM` in release) when
 /// `task_size` is within a page of 2^64, e.g. `task_size = u64::MAX - 0x77`,
 /// `munmap(0xffff_ffff_ffff_f000, 1)`. Set to `false` once fixed.
-pub const KNOWN_MUNMAP_OVERFLOW: bool = true;
+pub const KNOWN_MUNMAP_OVERFLOW: bool = false;
 
 fn known_munmap_bug(cfg: &MmConfig, start: u64, len: u64) -> bool {
     let ts = cfg.task_size;

@@ -359,11 +359,13 @@ impl<S: Space> Mm<S> {
             return Err(Errno::EINVAL);
         }
         let len = page_align(len);
-        if len == 0 {
+        // A task_size within a page of 2^64 (not an x86-64 value) could
+        // carry start + len past 2^64.
+        let Some(end) = start.checked_add(len).filter(|_| len != 0) else {
             return Err(Errno::EINVAL);
-        }
+        };
         self.space
-            .unmap(start, start + len)
+            .unmap(start, end)
             .map(|_| ())
             .map_err(|_| Errno::ENOMEM)
     }

@@ -251,6 +251,9 @@ impl AddressMap {
     /// The lowest VMA that intersects `[start, end)`, if any
     /// (`find_vma_intersection`).
     pub fn first_overlap(&self, start: u64, end: u64) -> Option<Vma> {
+        if end <= start {
+            return None;
+        }
         self.find_vma(start).filter(|v| v.start < end)
     }
 
@@ -344,7 +347,8 @@ impl AddressMap {
     /// Iterates over the VMAs that intersect `[start, end)`, in address
     /// order, starting with an O(log n) descent.
     pub fn range(&self, start: u64, end: u64) -> impl Iterator<Item = Vma> + '_ {
-        Iter::seek(self, start).take_while(move |v| v.start < end)
+        let end = end.max(start); // an empty or inverted range is empty
+        Iter::seek(self, start).take_while(move |v| v.start < end && start < end)
     }
 
     // ----- hole search primitives -------------------------------------

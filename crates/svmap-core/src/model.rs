@@ -117,16 +117,15 @@ impl ModelMap {
         info: &UnmappedAreaInfo,
         p: &SearchParams,
     ) -> Result<u64, SearchError> {
-        if info.low_limit >= info.high_limit {
+        if info.low_limit >= info.high_limit || info.length == 0 {
             return Err(SearchError::EmptyWindow);
         }
-        let length = info
-            .length
-            .wrapping_add(info.align_mask)
-            .wrapping_add(info.start_gap);
-        if length < info.length {
+        // The padded length in u128: any wrap past 2^64 is an error.
+        let padded = info.length as u128 + info.align_mask as u128 + info.start_gap as u128;
+        if padded > u64::MAX as u128 {
             return Err(SearchError::LengthOverflow);
         }
+        let length = padded as u64;
         let mut low = info.low_limit.max(p.mmap_min_addr);
         let mut high = info.high_limit;
         for _ in 0..self.vmas.len() + 2 {

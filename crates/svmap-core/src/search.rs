@@ -36,11 +36,11 @@ pub struct UnmappedAreaInfo {
 /// `-ENOMEM`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SearchError {
-    /// `length + align_mask + start_gap` wrapped past 2^64 (as the kernel
-    /// detects it: the sum came out below `length`).
+    /// `length + align_mask + start_gap` wrapped past 2^64.
     LengthOverflow,
     /// The window `[max(low_limit, mmap_min_addr), high_limit)` is empty or
-    /// shorter than the padded length, or the length is zero.
+    /// shorter than the padded length, or the length is zero (TRACE.md: all
+    /// `ENOMEM`; the kernel is never asked for a zero length).
     EmptyWindow,
     /// No hole in the window is large enough.
     NoSpace,
@@ -155,17 +155,19 @@ impl AddressMap {
         params: &SearchParams,
         stats: &mut SearchStats,
     ) -> Result<u64, SearchError> {
-        if info.low_limit >= info.high_limit {
+        if info.low_limit >= info.high_limit || info.length == 0 {
             return Err(SearchError::EmptyWindow);
         }
-        // Step 1: the padded length, with the kernel's overflow test.
+        // Step 1: the padded length. The kernel tests `length < info.length`
+        // after the sum, which catches every wrap its callers can produce
+        // (start_gap is 0 or a page, align_mask far below 2^63); svmap
+        // checks each addition, so a double wrap is an error too, as
+        // TRACE.md requires ("padding that wraps").
         let length = info
             .length
-            .wrapping_add(info.align_mask)
-            .wrapping_add(info.start_gap);
-        if length < info.length {
-            return Err(SearchError::LengthOverflow);
-        }
+            .checked_add(info.align_mask)
+            .and_then(|l| l.checked_add(info.start_gap))
+            .ok_or(SearchError::LengthOverflow)?;
         let low = info.low_limit.max(params.mmap_min_addr);
         if info.topdown {
             self.topdown(info, params, length, low, info.high_limit, stats)
@@ -348,13 +350,14 @@ impl AddressMap {
             if s > e || e - s < len_m1 {
                 return None;
             }
+            // Aligning may leave the hole (below 0 or past 2^64); then the
+            // hole holds no fit.
             let addr = if req.topdown {
                 let top = e - len_m1;
-                top - (top.wrapping_sub(req.align_offset) & mask)
+                top.checked_sub(top.wrapping_sub(req.align_offset) & mask)?
             } else {
-                s.wrapping_add(req.align_offset.wrapping_sub(s) & mask)
+                s.checked_add(req.align_offset.wrapping_sub(s) & mask)?
             };
-            // Aligning may leave the hole (or wrap); then it does not fit.
             let ok = addr >= s && addr <= e && e - addr >= len_m1;
             ok.then_some(addr)
         };

@@ -319,13 +319,23 @@ fn typed_errors_for_bad_requests() {
         find(0x1000, 0, 1 << 40, u64::MAX, 0),
         Err(SearchError::LengthOverflow)
     );
-    // The kernel's overflow test sees only a single wrap: length 1 plus two
-    // masks of 2^64 - 1 comes out as 2^64 - 1 >= 1, which is not detected,
-    // and then no window is that large.
+    // A double wrap (1 + (2^64 - 1) + (2^64 - 1) comes out as 2^64 - 1,
+    // above the length, so the kernel's single comparison would miss it) is
+    // an overflow too, as TRACE.md requires.
     assert_eq!(
         find(1, 0, 1 << 40, u64::MAX, u64::MAX),
-        Err(SearchError::EmptyWindow)
+        Err(SearchError::LengthOverflow)
     );
+    assert_eq!(
+        find(0x10000, 0, 1 << 40, 0xfff, u64::MAX),
+        Err(SearchError::LengthOverflow)
+    );
+    // Zero length is ENOMEM even when the padding is not zero.
+    assert_eq!(find(0, 0, 1 << 40, 0xfff, 0), Err(SearchError::EmptyWindow));
+    // Empty and inverted ranges overlap nothing.
+    assert_eq!(m.first_overlap(0x2000, 0x2000), None);
+    assert_eq!(m.first_overlap(0x2000, 0x1800), None);
+    assert_eq!(m.range(0x2000, 0x2000).count(), 0);
     assert_eq!(
         find(0x1000, 0x10000, 0x11000, 0, 0x1000),
         Err(SearchError::EmptyWindow)
