@@ -4,9 +4,11 @@
 //! subcommand module has `run(&[String]) -> i32` taking the arguments after
 //! its name and returning the exit status.
 
+mod inspect_cmd;
 mod kernel_trace_cmd;
+mod peer_cmd;
 mod replay;
-mod trace;
+mod run_cmd;
 
 use std::process::ExitCode;
 
@@ -17,8 +19,20 @@ const COMMANDS: &[(&str, &str)] = &[
         "run an address-space trace (TRACE.md) and print its results",
     ),
     (
+        "run",
+        "run a program with its later mappings fenced below 2^N",
+    ),
+    (
+        "inspect",
+        "show a process's address space as a device with N bits sees it",
+    ),
+    (
         "kernel-trace",
         "record the running kernel's mmap answers as a trace",
+    ),
+    (
+        "device-peer",
+        "serve as the device peer process (started by svmap itself)",
     ),
 ];
 
@@ -33,8 +47,12 @@ fn usage() -> String {
     s.push_str(
         "\nOptions:\n  -h, --help     print this help (svmap COMMAND --help: help on COMMAND)\n  \
          -V, --version  print the version\n\n\
-         Examples:\n  svmap replay --check trace.jsonl\n  svmap replay --help\n\n\
-         Exit status: 0 success, 1 a check failed, 2 a usage error or bad input.\n",
+         Examples:\n  svmap replay --check trace.jsonl\n  \
+         svmap run --va-bits 40 -- python3 app.py\n  \
+         svmap inspect self --va-bits 40 --json\n  svmap replay --help\n\n\
+         Exit status: 0 success; 1 a check failed (replay) or a process could not be read\n\
+         (inspect); 2 a usage error or bad input; svmap run exits with the program's own\n\
+         status (see svmap run --help).\n",
     );
     s
 }
@@ -60,6 +78,9 @@ fn run(args: &[String]) -> i32 {
     match args.get(1).map(String::as_str) {
         Some("replay") => replay::run(rest),
         Some("kernel-trace") => kernel_trace_cmd::run(rest),
+        Some("run") => run_cmd::run(rest),
+        Some("inspect") => inspect_cmd::run(rest),
+        Some("device-peer") => peer_cmd::run(rest),
         Some("-h" | "--help" | "help") => match rest.first().map(String::as_str) {
             Some(cmd) if COMMANDS.iter().any(|(n, _)| *n == cmd) => {
                 run(&[args[0].clone(), cmd.to_owned(), "--help".to_owned()])

@@ -134,34 +134,109 @@ fn address_space_example_replays_with_no_mismatch() {
     assert_eq!((o2, results2, checked2, mismatches2), (ops, results, 0, 0));
 }
 
-#[test]
-fn svm_example_stops_at_its_first_svm_op() {
-    let path = example("svm.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let svm_ops = [
-        "device",
-        "device_map",
-        "svm_alloc",
-        "svm_free",
-        "protect",
-        "device_access",
-    ];
-    let (line, op) = text
-        .lines()
-        .enumerate()
-        .find_map(|(i, l)| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            let op = v["op"].as_str()?.to_owned();
-            svm_ops.contains(&op.as_str()).then_some((i + 1, op))
-        })
-        .expect("svm.jsonl has an SVM operation");
-    let r = finish(svmap().arg("replay").arg("--check").arg(&path), None);
-    assert_eq!(r.code, 2, "stderr: {}", r.stderr);
-    assert!(!r.has_summary(), "{}", r.stdout);
+/// `<workspace>/tests/data/NAME`.
+fn data(name: &str) -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .join("tests/data")
+        .join(name)
+}
+
+/// `svmap replay --check PATH` exits 0 with no mismatch and checks every
+/// `expect` of the file; returns the run.
+fn check_clean(path: &std::path::Path) -> Run {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let r = finish(svmap().arg("replay").arg("--check").arg(path), None);
     assert_eq!(
-        r.stderr.trim_end(),
-        format!("line {line}: op \"{op}\" needs the SVM layer, which this build does not have yet")
+        r.code,
+        0,
+        "{}: stdout:\n{}\nstderr:\n{}",
+        path.display(),
+        r.stdout,
+        r.stderr
     );
+    assert_eq!(r.stderr, "", "{}", path.display());
+    let expects = text.lines().filter(|l| l.contains("\"expect\"")).count() as u64;
+    let (_, results, checked, mismatches) = r.summary();
+    assert_eq!((checked, mismatches), (expects, 0), "{}", path.display());
+    assert!(checked > 0, "{} checks nothing", path.display());
+    assert_eq!(results as usize, r.lines().len() - 1);
+    assert!(!r.stdout.contains("expected"));
+    r
+}
+
+#[test]
+fn svm_example_replays_with_no_mismatch() {
+    let r = check_clean(&example("svm.jsonl"));
+    assert_eq!(r.summary(), (18, 12, 12, 0));
+}
+
+#[test]
+fn svm_scenario_traces_replay_with_no_mismatch() {
+    let names = ["svm-scenarios.jsonl", "svm-errors.jsonl"];
+    for name in names {
+        check_clean(&data(name));
+    }
+    // Together they produce every kind of result of every SVM op.
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        let r = finish(svmap().arg("replay").arg(data(name)), None);
+        for l in &r.lines()[..r.lines().len() - 1] {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object().unwrap();
+            let kind = o
+                .keys()
+                .find(|k| *k != "line" && *k != "op")
+                .unwrap()
+                .clone();
+            let detail = match kind.as_str() {
+                "err" | "fault" => o[&kind].as_str().unwrap().to_owned(),
+                _ => String::new(),
+            };
+            seen.insert(
+                format!("{} {kind} {detail}", o["op"].as_str().unwrap())
+                    .trim_end()
+                    .to_owned(),
+            );
+        }
+    }
+    for want in [
+        "device err EEXIST",
+        "device err EINVAL",
+        "device_map err EEXIST",
+        "device_map err EINVAL",
+        "svm_alloc addr",
+        "svm_alloc err EINVAL",
+        "svm_alloc err ENOMEM",
+        "svm_free ok",
+        "svm_free err EINVAL",
+        "protect ok",
+        "protect err ENOMEM",
+        "device_access ok",
+        "device_access fault unmapped",
+        "device_access fault protection",
+        "device_access fault out_of_range",
+    ] {
+        assert!(seen.contains(want), "no {want:?} in {seen:?}");
+    }
+}
+
+#[test]
+fn kernel_traces_replay_with_no_mismatch() {
+    let dir = data("");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("kernel-") && name.ends_with(".jsonl") {
+            check_clean(&p);
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "only {n} kernel traces under {}", dir.display());
 }
 
 #[test]
@@ -689,33 +764,46 @@ fn invalid_utf8_is_a_bad_line() {
 }
 
 #[test]
-fn well_formed_svm_ops_need_the_svm_layer() {
-    for (line, op) in [
+fn well_formed_svm_ops_run() {
+    for (line, want) in [
         (
             r#"{"op": "device", "name": "gpu", "va_bits": 40, "base": "0x1000", "page_size": "0x10000", "mirror": "system", "expect": {"err": "EEXIST"}}"#,
-            "device",
+            None,
         ),
         (
-            r#"{"op": "svm_alloc", "length": "0x1000", "align": "0x200000", "devices": [], "topdown": false, "expect": {"addr": "0x1000"}}"#,
-            "svm_alloc",
+            r#"{"op": "svm_alloc", "length": "0x1000", "align": "0x200000", "devices": [], "topdown": false, "expect": {"addr": "0x200000"}}"#,
+            Some(r#"{"line": 2, "op": "svm_alloc", "addr": "0x200000"}"#),
         ),
-        (r#"{"op": "svm_alloc", "length": "0x1000"}"#, "svm_alloc"),
         (
-            r#"{"op": "svm_free", "addr": "0x1000", "expect": {"ok": true}}"#,
-            "svm_free",
+            r#"{"op": "svm_alloc", "length": "0x1000"}"#,
+            Some(r#"{"line": 2, "op": "svm_alloc", "addr": "0x7fffffffe000"}"#),
+        ),
+        (
+            r#"{"op": "svm_free", "addr": "0x1000", "expect": {"err": "EINVAL"}}"#,
+            Some(r#"{"line": 2, "op": "svm_free", "err": "EINVAL"}"#),
         ),
         (
             r#"{"op": "protect", "start": "0x1000", "length": "0x1000", "prot": "none", "expect": {"err": "ENOMEM"}}"#,
-            "protect",
+            Some(r#"{"line": 2, "op": "protect", "err": "ENOMEM"}"#),
         ),
     ] {
         let r = replay(&["--check"], &format!("{{\"op\": \"reset\"}}\n{line}\n"));
-        assert_eq!(r.code, 2, "{line}");
-        assert!(!r.has_summary());
-        assert_eq!(
-            r.stderr.trim_end(),
-            format!("line 2: op \"{op}\" needs the SVM layer, which this build does not have yet")
-        );
+        match want {
+            // A `device` that succeeds prints nothing; its expect mismatches.
+            None => {
+                assert_eq!(r.code, 1, "{line}: {}", r.stderr);
+                assert_eq!(r.summary(), (2, 0, 1, 1));
+                assert!(
+                    r.stderr.starts_with("line 2: mismatch: op \"device\""),
+                    "{}",
+                    r.stderr
+                );
+            }
+            Some(out) => {
+                assert_eq!(r.code, 0, "{line}: {}", r.stderr);
+                assert_eq!(r.lines()[0], out);
+            }
+        }
     }
 }
 

@@ -1,10 +1,10 @@
 //! The trace format of `TRACE.md`: one JSON object per line, parsed into an
 //! [`Entry`] (the operation and its optional `expect`).
 //!
-//! Parsing checks the whole *form* of a line, for every operation, including
-//! the SVM ones that this build cannot run yet: a line that parses is one
-//! that an executor may run. What depends on state (a device name that was
-//! never defined) is checked by the replay driver.
+//! Parsing checks the whole *form* of a line, for every operation (the
+//! address-space ones and the SVM ones): a line that parses is one that an
+//! executor may run. What depends on state (a device name that was never
+//! defined) is checked by the replay driver.
 //!
 //! Numbers (addresses and lengths) are a JSON string holding either a
 //! decimal number (`"4096"`: ASCII digits only, no sign) or a hexadecimal
