@@ -125,6 +125,21 @@ pub enum SvmError {
     },
     /// The CPU's `mmap` answered this errno.
     Mmap(Errno),
+    /// A window reservation needs at least one device.
+    NoDevices,
+    /// No part of the common window `[start, end)` is free on the CPU, so
+    /// nothing could be reserved.
+    WindowFull {
+        /// Start of the common window.
+        start: u64,
+        /// End of the common window.
+        end: u64,
+    },
+    /// No window reservation has this id (never made, or released).
+    UnknownWindow {
+        /// The id given.
+        id: u64,
+    },
     /// CPU memory `[start, end)` lies above the limit of a device that must
     /// address it.
     AboveDeviceLimit {
@@ -157,7 +172,8 @@ impl SvmError {
             EmptyRange { .. } | Unaligned { .. } => Some(Errno::EINVAL),
             DuplicateDevice { .. } | Overlap { .. } => Some(Errno::EEXIST),
             BaseOutOfRange { .. } | BeyondDeviceLimit { .. } | ZeroLength => Some(Errno::EINVAL),
-            NotAnSvmRange { .. } => Some(Errno::EINVAL),
+            NotAnSvmRange { .. } | NoDevices | UnknownWindow { .. } => Some(Errno::EINVAL),
+            WindowFull { .. } => Some(Errno::ENOMEM),
             LengthOverflow { .. }
             | NoCommonWindow { .. }
             | NoSpace { .. }
@@ -224,6 +240,12 @@ impl fmt::Display for SvmError {
             }
             NotMapped { addr } => write!(f, "{addr:#x} is not mapped on the CPU"),
             Mmap(e) => write!(f, "mmap failed: {}", e.name()),
+            NoDevices => write!(f, "a window reservation needs at least one device"),
+            WindowFull { start, end } => write!(
+                f,
+                "no part of the common window [{start:#x}, {end:#x}) is free on the CPU"
+            ),
+            UnknownWindow { id } => write!(f, "no window reservation with id {id}"),
             AboveDeviceLimit {
                 device,
                 start,

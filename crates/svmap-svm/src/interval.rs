@@ -95,7 +95,7 @@ impl<V: Clone> IntervalMap<V> {
     /// straddle an edge, and returns the removed pieces (clipped) in order.
     /// O(log n + k).
     pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<(u64, u64, V)> {
-        if start >= end {
+        if start >= end || self.m.is_empty() {
             return Vec::new();
         }
         self.split_at(start);

@@ -32,6 +32,16 @@
 //!
 //! [`SvmError::trace_errno`] is `None` for the errors `TRACE.md` calls bad
 //! lines (unknown device, `va_bits`, page size, alignment).
+//!
+//! # Beyond the trace format
+//!
+//! - [`SvmSpace::reserve_window`] / [`SvmSpace::release_window`]: reserve
+//!   the common window of a set of devices in the CPU space up front, so
+//!   that CPU placement lands outside it and SVM allocations for those
+//!   devices are carved from it.
+//! - [`SvmSpace::vmas_above_limit`]: every CPU VMA a device cannot address;
+//!   [`SvmSpace::check_addressable`]: a typed error naming the range and
+//!   the limit.
 
 mod error;
 pub mod interval;
@@ -42,5 +52,5 @@ pub use error::{Fault, SvmError};
 pub use mirror::{DefaultFormat, Geometry, Mirror, PtFormat, StdSync, SyncFamily};
 pub use space::{
     CpuPolicy, Device, DeviceConfig, MirrorMode, Populate, Prot, SvmSpace, SvmStats,
-    PREFAULT_MAX_PAGES,
+    WindowReservation, PREFAULT_MAX_PAGES,
 };

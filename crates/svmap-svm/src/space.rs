@@ -10,6 +10,8 @@
 //! | `reserved` | the CPU VMAs that are device-only reservations, with their `cpu` policy |
 //! | `svm` | the live pieces of SVM ranges, with their allocation id; each is exactly one CPU VMA |
 //! | `cpu_cover` | the union of every CPU VMA and the guard gap below every grows-down one |
+//! | `win_pieces` | the CPU VMAs that are window-reservation pieces, with their window id |
+//! | `svm_cover` | once a window exists: `cpu_cover` without the window pieces |
 //! | `all_cover` | `cpu_cover` plus every device-only region of every device |
 //! | device `occ` | what a device holds: its device-only regions and the SVM pieces mapped to it |
 //! | device `mmu` | the device's page table and TLB ([`Mirror`]) |
@@ -28,6 +30,29 @@
 //! but the CPU does not: O((1 + m) (log n + k)). Typical device-only
 //! regions are few, and SVM pieces of other subsets are the only other
 //! source of `m`. [`SvmSpace::stats`] counts the iterations.
+//!
+//! # Window reservations
+//!
+//! [`SvmSpace::reserve_window`] reserves, up front, the common window of a
+//! set of devices in the CPU space: every part of `[max(mmap_min_addr,
+//! bases), min(task_size, 2^va_bits of each))` that is free on the CPU
+//! (guard gaps stay free) becomes a CPU reservation VMA (a *piece*). Plain
+//! CPU placement (`mmap`, `find`, `map`, `svm_alloc` for other device sets)
+//! sees the pieces as occupied; `svm_alloc` for a non-empty subset of the
+//! window's devices searches inside the window first, treating the pieces
+//! as free, and carves its range out of them; `svm_free` of such a range
+//! puts the freed part back into the reservation. A third cover map,
+//! `svm_cover` (every CPU VMA except pieces, plus guard gaps), exists from
+//! the first window on and is what the in-window search runs on.
+//!
+//! # CPU-only spaces cost what the core map costs
+//!
+//! The two cover maps are needed only by `svm_alloc`. A space starts
+//! without them and builds them (O(n)) at its first `add_device` or
+//! `svm_alloc`; from then on every CPU operation keeps them in step. Until
+//! then `map`, `unmap`, `mmap` and `find` do only the core map's work (plus
+//! the protection map, once `protect` has been used), so a trace of
+//! address-space operations replays at the core map's speed.
 
 use std::collections::BTreeMap;
 
@@ -133,6 +158,8 @@ pub struct SvmStats {
     pub subset_iterations: u64,
     /// Candidate searches of the latest `svm_alloc`.
     pub last_iterations: u64,
+    /// `svm_alloc` calls that searched inside a window reservation first.
+    pub window_searches: u64,
 }
 
 /// One device space.
@@ -181,6 +208,49 @@ struct Alloc {
     end: u64,
     /// Device indices, sorted.
     devices: Vec<usize>,
+    /// The window reservation it was carved from.
+    window: Option<u64>,
+}
+
+/// A window reservation (internal).
+#[derive(Clone, Debug)]
+struct Window {
+    start: u64,
+    end: u64,
+    /// Device indices, sorted.
+    devices: Vec<usize>,
+}
+
+/// A reservation of the common window of a set of devices in the CPU space
+/// ([`SvmSpace::reserve_window`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowReservation {
+    /// Its id, for [`SvmSpace::release_window`].
+    pub id: u64,
+    /// The devices, sorted by definition order, each once.
+    pub devices: Vec<String>,
+    /// The common window `[start, end)`: the largest floor (`mmap_min_addr`
+    /// and the device bases) rounded up, and the smallest limit (`task_size`
+    /// and `2^va_bits`) rounded down, to the largest device page size.
+    pub start: u64,
+    /// End of the common window.
+    pub end: u64,
+    /// The pieces of the window the CPU holds as reservations, ascending:
+    /// at reservation time, every part that was free (outside guard gaps);
+    /// later, what SVM ranges and CPU unmaps have left of them.
+    pub reserved: Vec<(u64, u64)>,
+}
+
+impl WindowReservation {
+    /// Bytes held in reservation pieces.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.reserved.iter().map(|&(s, e)| e - s).sum()
+    }
+
+    /// Whether the whole window was free and is reserved.
+    pub fn is_complete(&self) -> bool {
+        self.reserved == [(self.start, self.end)]
+    }
 }
 
 /// Frame of a device-only region page.
@@ -205,6 +275,17 @@ pub struct SvmSpace<F: PtFormat = DefaultFormat> {
     next_id: u64,
     cpu_cover: CoverMap,
     all_cover: CoverMap,
+    /// Whether `cpu_cover` and `all_cover` are built and kept in step (from
+    /// the first `add_device` or `svm_alloc` on); both are empty before.
+    covers_live: bool,
+    /// Window reservations by id.
+    windows: BTreeMap<u64, Window>,
+    next_window: u64,
+    /// CPU VMAs that are window pieces, with their window id.
+    win_pieces: IntervalMap<u64>,
+    /// From the first window on: every CPU VMA except window pieces, and the
+    /// guard gaps.
+    svm_cover: Option<CoverMap>,
     devices: Vec<Device<F>>,
     names: BTreeMap<String, usize>,
     stats: SvmStats,
@@ -220,6 +301,38 @@ fn round_up(x: u64, p: u64) -> Option<u64> {
     Some(x.checked_add(p - 1)? & !(p - 1))
 }
 
+/// What `svm_alloc` looks for: `len` bytes aligned to `align`, highest or
+/// lowest.
+#[derive(Clone, Copy, Debug)]
+struct Query {
+    len: u64,
+    align: u64,
+    topdown: bool,
+}
+
+/// One exact-fit search of the holes of `map` in `[low, high)`.
+fn fit_one(map: &AddressMap, low: u64, high: u64, q: Query) -> Result<u64, SvmError> {
+    let req = FitRequest {
+        length: q.len,
+        low,
+        high,
+        align: q.align,
+        align_offset: 0,
+        topdown: q.topdown,
+        respect_guard_gaps: false,
+    };
+    map.find_fit(&req, &SearchParams::default())
+        .map_err(|e| match e {
+            FitError::NoSpace | FitError::EmptyWindow { .. } => SvmError::NoSpace {
+                length: q.len,
+                align: q.align,
+            },
+            FitError::ZeroLength | FitError::BadAlignment(_) => {
+                unreachable!("checked by svm_alloc: {e}")
+            }
+        })
+}
+
 impl<F: PtFormat> SvmSpace<F> {
     /// An empty CPU space with these parameters and no devices (`reset`).
     pub fn new(cfg: MmConfig) -> Self {
@@ -233,6 +346,11 @@ impl<F: PtFormat> SvmSpace<F> {
             next_id: 1,
             cpu_cover: CoverMap::new(),
             all_cover: CoverMap::new(),
+            covers_live: false,
+            windows: BTreeMap::new(),
+            next_window: 1,
+            win_pieces: IntervalMap::new(),
+            svm_cover: None,
             devices: Vec::new(),
             names: BTreeMap::new(),
             stats: SvmStats::default(),
@@ -264,7 +382,9 @@ impl<F: PtFormat> SvmSpace<F> {
         self.stats
     }
 
-    /// The combined index of everything occupied in any space.
+    /// The combined index of everything occupied in any space. It is built
+    /// at the first [`Self::add_device`] or [`Self::svm_alloc`] (see the
+    /// module documentation) and is empty before.
     pub fn combined_index(&self) -> &AddressMap {
         self.all_cover.index()
     }
@@ -318,16 +438,70 @@ impl<F: PtFormat> SvmSpace<F> {
         }
     }
 
+    /// Builds the cover maps from the CPU map and the device regions, once.
+    fn activate_covers(&mut self) {
+        if self.covers_live {
+            return;
+        }
+        self.covers_live = true;
+        let vmas: Vec<Vma> = self.mm.space().iter().collect();
+        for v in &vmas {
+            self.cover_add(v);
+        }
+        for d in 0..self.devices.len() {
+            let regions: Vec<(u64, u64)> = self.devices[d]
+                .regions
+                .iter()
+                .map(|(s, e, _)| (s, e))
+                .collect();
+            for (s, e) in regions {
+                self.all_cover.add(s, e);
+            }
+        }
+    }
+
+    /// Adds a CPU VMA that is not a window piece to the covers.
     fn cover_add(&mut self, v: &Vma) {
+        if !self.covers_live {
+            return;
+        }
         let (s, e) = self.contribution(v);
         self.cpu_cover.add(s, e);
         self.all_cover.add(s, e);
+        if let Some(c) = &mut self.svm_cover {
+            c.add(s, e);
+        }
     }
 
+    /// Removes a CPU VMA that is not a window piece from the covers.
     fn cover_remove(&mut self, v: &Vma) {
+        if !self.covers_live {
+            return;
+        }
         let (s, e) = self.contribution(v);
         self.cpu_cover.remove(s, e);
         self.all_cover.remove(s, e);
+        if let Some(c) = &mut self.svm_cover {
+            c.remove(s, e);
+        }
+    }
+
+    /// Adds (`add`) or removes the window piece `[s, e)` to or from the
+    /// covers: occupied for the CPU and for the combined index, free for
+    /// the in-window search.
+    fn piece_cover(&mut self, s: u64, e: u64, add: bool) {
+        if add {
+            self.cpu_cover.add(s, e);
+            self.all_cover.add(s, e);
+        } else {
+            self.cpu_cover.remove(s, e);
+            self.all_cover.remove(s, e);
+        }
+    }
+
+    /// Whether the CPU VMA `v` is a window piece.
+    fn is_piece(&self, v: &Vma) -> bool {
+        self.win_pieces.get(v.start).is_some()
     }
 
     /// Inserts a CPU VMA that the caller has checked to be free.
@@ -367,21 +541,48 @@ impl<F: PtFormat> SvmSpace<F> {
         if start >= end {
             return;
         }
+        if !self.covers_live {
+            // No devices, SVM ranges or reservations yet: the CPU map and
+            // the protections are all there is.
+            let _ = self.mm.space_mut().unmap(start, end);
+            if !self.prot.is_empty() {
+                self.prot.remove_range(start, end);
+            }
+            return;
+        }
         self.invalidate_start(start, end);
-        let vmas: Vec<Vma> = self.mm.space().range(start, end).collect();
+        let vmas: Vec<(Vma, bool)> = self
+            .mm
+            .space()
+            .range(start, end)
+            .map(|v| (v, self.is_piece(&v)))
+            .collect();
         if !vmas.is_empty() {
-            for v in &vmas {
-                self.cover_remove(v);
+            for &(v, piece) in &vmas {
+                if piece {
+                    self.piece_cover(v.start, v.end, false);
+                } else {
+                    self.cover_remove(&v);
+                }
             }
             let _ = self.mm.space_mut().unmap(start, end);
-            for v in &vmas {
+            for &(v, piece) in &vmas {
+                let mut rest = Vec::new();
                 if v.start < start {
-                    self.cover_add(&Vma { end: start, ..*v });
+                    rest.push(Vma { end: start, ..v });
                 }
                 if v.end > end {
-                    self.cover_add(&Vma { start: end, ..*v });
+                    rest.push(Vma { start: end, ..v });
+                }
+                for r in rest {
+                    if piece {
+                        self.piece_cover(r.start, r.end, true);
+                    } else {
+                        self.cover_add(&r);
+                    }
                 }
             }
+            self.win_pieces.remove_range(start, end);
         }
         self.prot.remove_range(start, end);
         self.reserved.remove_range(start, end);
@@ -391,6 +592,239 @@ impl<F: PtFormat> SvmSpace<F> {
             }
         }
         self.invalidate_end();
+    }
+
+    /// Searches `map` in `[low, high)` and verifies each candidate on the
+    /// listed devices (and, with `window`, against the pieces of every other
+    /// window), restarting past each conflict; returns the result and the
+    /// number of candidate searches. See the module documentation for the
+    /// bound.
+    fn fit_verified(
+        &self,
+        map: &AddressMap,
+        devs: &[usize],
+        low: u64,
+        high: u64,
+        q: Query,
+        window: Option<u64>,
+    ) -> (Result<u64, SvmError>, u64) {
+        let (mut lo, mut hi) = (low, high);
+        let mut iters = 0u64;
+        let no_space = SvmError::NoSpace {
+            length: q.len,
+            align: q.align,
+        };
+        loop {
+            iters += 1;
+            if hi <= lo || hi - lo < q.len {
+                return (Err(no_space), iters);
+            }
+            let c = match fit_one(map, lo, hi, q) {
+                Ok(c) => c,
+                Err(e) => return (Err(e), iters),
+            };
+            let ce = c + q.len;
+            let mut conflict = false;
+            for &d in devs {
+                let occ = &self.devices[d].occ;
+                if let Some(v) = occ.first_overlap(c, ce) {
+                    conflict = true;
+                    if q.topdown {
+                        hi = hi.min(v.start);
+                    } else if let Some(p) = occ.prev_vma(ce) {
+                        lo = lo.max(p.end);
+                    }
+                }
+            }
+            if let Some(w) = window {
+                let mut other = self
+                    .win_pieces
+                    .range(c, ce)
+                    .filter(|&(_, _, &id)| id != w)
+                    .map(|(s, e, _)| (s, e));
+                if let Some((s, e)) = other.next() {
+                    conflict = true;
+                    if q.topdown {
+                        hi = hi.min(s);
+                    } else {
+                        lo = lo.max(other.last().map_or(e, |(_, e)| e));
+                    }
+                }
+            }
+            if !conflict {
+                return (Ok(c), iters);
+            }
+        }
+    }
+
+    /// Inserts the window piece `[s, e)` of window `id`; the caller has
+    /// checked that the CPU holds nothing there.
+    fn insert_piece(&mut self, s: u64, e: u64, id: u64) {
+        let r = self.mm.space_mut().insert(s, e, VmaFlags::NONE);
+        debug_assert!(r.is_ok(), "window piece over a CPU VMA: {r:?}");
+        self.piece_cover(s, e, true);
+        self.win_pieces.insert(s, e, id);
+    }
+
+    /// Removes every window piece in `[start, end)` from the CPU (splitting
+    /// pieces), to make room for an SVM range carved from a window.
+    fn carve(&mut self, start: u64, end: u64) {
+        for (s, e, _) in self.win_pieces.remove_range(start, end) {
+            let _ = self.mm.space_mut().unmap(s, e);
+            self.piece_cover(s, e, false);
+            self.prot.remove_range(s, e);
+        }
+    }
+
+    // ----- window reservations ---------------------------------------------------
+
+    /// Reserves the common window of `devices` in the CPU space (see the
+    /// module documentation): every part of `[max(mmap_min_addr, bases),
+    /// min(task_size, 2^va_bits of each))` (rounded inwards to the largest
+    /// device page size) that is free on the CPU, outside stack guard gaps,
+    /// becomes a CPU reservation. From then on CPU placement lands outside
+    /// it, and `svm_alloc` for any non-empty subset of `devices` is carved
+    /// from it (falling back to the space outside when it is full).
+    /// Memory the CPU already holds inside the window stays as it is; what
+    /// the CPU holds above a device's limit is in
+    /// [`Self::vmas_above_limit`].
+    ///
+    /// Errors (nothing changes): `NoDevices` (an empty list),
+    /// `UnknownDevice`, `NoCommonWindow` (the window is empty, `length` 0),
+    /// `WindowFull` (no part of the window is free).
+    pub fn reserve_window<S: AsRef<str>>(
+        &mut self,
+        devices: &[S],
+    ) -> Result<WindowReservation, SvmError> {
+        let mut devs = devices
+            .iter()
+            .map(|n| self.dev_index(n.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if devs.is_empty() {
+            return Err(SvmError::NoDevices);
+        }
+        devs.sort_unstable();
+        devs.dedup();
+        let cfg = *self.mm.config();
+        let page = devs
+            .iter()
+            .map(|&d| self.devices[d].cfg.page_size)
+            .fold(PAGE_SIZE, u64::max);
+        let floor = devs
+            .iter()
+            .map(|&d| self.devices[d].cfg.base)
+            .fold(cfg.mmap_min_addr, u64::max);
+        let limit = devs
+            .iter()
+            .map(|&d| self.devices[d].limit)
+            .fold(u128::from(cfg.task_size), u128::min) as u64;
+        let (low, high) = (
+            round_up(floor, page).unwrap_or(u64::MAX),
+            limit & !(page - 1),
+        );
+        if high <= low {
+            return Err(SvmError::NoCommonWindow {
+                low: floor,
+                high: limit,
+                length: 0,
+            });
+        }
+        self.activate_covers();
+        let mut holes = Vec::new();
+        let mut at = low;
+        for v in self.cpu_cover.index().range(low, high) {
+            if v.start > at {
+                holes.push((at, v.start.min(high)));
+            }
+            at = at.max(v.end);
+        }
+        if at < high {
+            holes.push((at, high));
+        }
+        if holes.is_empty() {
+            return Err(SvmError::WindowFull {
+                start: low,
+                end: high,
+            });
+        }
+        if self.svm_cover.is_none() {
+            let mut c = CoverMap::new();
+            for v in self.mm.space().iter() {
+                if !self.is_piece(&v) {
+                    let (s, e) = self.contribution(&v);
+                    c.add(s, e);
+                }
+            }
+            self.svm_cover = Some(c);
+        }
+        let id = self.next_window;
+        self.next_window += 1;
+        for &(s, e) in &holes {
+            self.insert_piece(s, e, id);
+        }
+        self.windows.insert(
+            id,
+            Window {
+                start: low,
+                end: high,
+                devices: devs,
+            },
+        );
+        Ok(self.window_info(id).expect("just inserted"))
+    }
+
+    /// Releases window reservation `id`: its remaining pieces leave the CPU
+    /// space. SVM ranges carved from it stay (and are no longer given back
+    /// to it when freed). Errors: `UnknownWindow`.
+    pub fn release_window(&mut self, id: u64) -> Result<(), SvmError> {
+        let w = self
+            .windows
+            .remove(&id)
+            .ok_or(SvmError::UnknownWindow { id })?;
+        let mine: Vec<(u64, u64)> = self
+            .win_pieces
+            .range(w.start, w.end)
+            .filter(|&(_, _, &p)| p == id)
+            .map(|(s, e, _)| (s, e))
+            .collect();
+        for (s, e) in mine {
+            self.carve(s, e);
+        }
+        Ok(())
+    }
+
+    /// Window reservation `id` as it stands now.
+    pub fn window_info(&self, id: u64) -> Option<WindowReservation> {
+        let w = self.windows.get(&id)?;
+        Some(WindowReservation {
+            id,
+            devices: w
+                .devices
+                .iter()
+                .map(|&d| self.devices[d].cfg.name.clone())
+                .collect(),
+            start: w.start,
+            end: w.end,
+            reserved: self
+                .win_pieces
+                .range(w.start, w.end)
+                .filter(|&(_, _, &p)| p == id)
+                .map(|(s, e, _)| (s, e))
+                .collect(),
+        })
+    }
+
+    /// Every live window reservation, by id.
+    pub fn windows(&self) -> Vec<WindowReservation> {
+        self.windows
+            .keys()
+            .filter_map(|&id| self.window_info(id))
+            .collect()
+    }
+
+    /// The window whose reservation piece the CPU maps at `addr`, if any.
+    pub fn window_at(&self, addr: u64) -> Option<u64> {
+        self.win_pieces.get(addr).map(|(_, _, &id)| id)
     }
 
     // ----- CPU operations ---------------------------------------------------
@@ -409,13 +843,7 @@ impl<F: PtFormat> SvmSpace<F> {
                 page_size: PAGE_SIZE,
             });
         }
-        if let Some(v) = self.mm.space().first_overlap(start, end) {
-            return Err(SvmError::Overlap {
-                start,
-                end,
-                existing: (v.start, v.end),
-            });
-        }
+        // The core map refuses an overlap itself (and names what is there).
         let flags = if growsdown {
             VmaFlags::GROWSDOWN
         } else {
@@ -447,17 +875,22 @@ impl<F: PtFormat> SvmSpace<F> {
     /// `MAP_FIXED` one first does exactly what [`Self::cpu_unmap`] does.
     /// Errors: `Mmap(errno)`.
     pub fn cpu_mmap(&mut self, req: &MmapRequest) -> Result<u64, SvmError> {
-        if req.fixed == Fixed::Fixed {
+        // Before the covers are live there are no devices, SVM ranges or
+        // reservations: only protections need the full removal.
+        let plain = !self.covers_live && self.prot.is_empty();
+        if req.fixed == Fixed::Fixed && !plain {
             let (addr, len) = self.mm.get_unmapped_area(req).map_err(SvmError::Mmap)?;
             self.cpu_remove(addr, addr + len);
         }
         let addr = self.mm.mmap(req).map_err(SvmError::Mmap)?;
-        let v = self
-            .mm
-            .space()
-            .vma_at(addr)
-            .expect("mmap inserted a VMA at its result");
-        self.cover_add(&v);
+        if self.covers_live {
+            let v = self
+                .mm
+                .space()
+                .vma_at(addr)
+                .expect("mmap inserted a VMA at its result");
+            self.cover_add(&v);
+        }
         Ok(addr)
     }
 
@@ -534,6 +967,7 @@ impl<F: PtFormat> SvmSpace<F> {
                 va_bits: cfg.va_bits,
             });
         }
+        self.activate_covers();
         self.names.insert(cfg.name.clone(), self.devices.len());
         self.devices.push(Device {
             mmu: Mirror::new(cfg.va_bits, cfg.page_size, cfg.tlb_entries),
@@ -631,6 +1065,7 @@ impl<F: PtFormat> SvmSpace<F> {
         }
         devs.sort_unstable();
         devs.dedup();
+        self.activate_covers();
         let cfg = *self.mm.config();
         let page = devs
             .iter()
@@ -653,63 +1088,58 @@ impl<F: PtFormat> SvmSpace<F> {
                 length: len,
             });
         }
-        let no_space = SvmError::NoSpace { length: len, align };
-        let fit = |map: &AddressMap, low: u64, high: u64| -> Result<u64, SvmError> {
-            let req = FitRequest {
-                length: len,
-                low,
-                high,
-                align,
-                align_offset: 0,
-                topdown,
-                respect_guard_gaps: false,
-            };
-            map.find_fit(&req, &SearchParams::default())
-                .map_err(|e| match e {
-                    FitError::NoSpace | FitError::EmptyWindow { .. } => no_space.clone(),
-                    FitError::ZeroLength | FitError::BadAlignment(_) => {
-                        unreachable!("checked above: {e}")
-                    }
-                })
+        let q = Query {
+            len,
+            align,
+            topdown,
         };
-        let addr = if devs.len() == self.devices.len() {
-            self.stats.combined_searches += 1;
-            self.stats.last_iterations = 1;
-            fit(self.all_cover.index(), low, high)?
+        // A window reserved for a superset of these devices is searched
+        // first, its pieces counting as free.
+        let window = if devs.is_empty() {
+            None
         } else {
-            self.stats.subset_searches += 1;
-            let (mut lo, mut hi) = (low, high);
-            let mut iters = 0u64;
-            let found = loop {
-                iters += 1;
-                if hi <= lo || hi - lo < len {
-                    break Err(no_space.clone());
-                }
-                let c = match fit(self.cpu_cover.index(), lo, hi) {
-                    Ok(c) => c,
-                    Err(e) => break Err(e),
-                };
-                let ce = c + len;
-                let mut conflict = false;
-                for &d in &devs {
-                    let occ = &self.devices[d].occ;
-                    if let Some(v) = occ.first_overlap(c, ce) {
-                        conflict = true;
-                        if topdown {
-                            hi = hi.min(v.start);
-                        } else if let Some(p) = occ.prev_vma(ce) {
-                            lo = lo.max(p.end);
-                        }
-                    }
-                }
-                if !conflict {
-                    break Ok(c);
-                }
-            };
-            self.stats.subset_iterations += iters;
-            self.stats.last_iterations = iters;
-            found?
+            self.windows
+                .iter()
+                .find(|(_, w)| devs.iter().all(|d| w.devices.binary_search(d).is_ok()))
+                .map(|(&id, w)| (id, w.start, w.end))
         };
+        let mut carved_from = None;
+        let mut addr = None;
+        if let (Some((wid, ws, we)), Some(cover)) = (window, &self.svm_cover) {
+            let (r, iters) = self.fit_verified(
+                cover.index(),
+                &devs,
+                low.max(ws),
+                high.min(we),
+                q,
+                Some(wid),
+            );
+            self.stats.window_searches += 1;
+            self.stats.last_iterations = iters;
+            if let Ok(a) = r {
+                addr = Some(a);
+                carved_from = Some(wid);
+            }
+        }
+        let addr = match addr {
+            Some(a) => a,
+            None if devs.len() == self.devices.len() => {
+                self.stats.combined_searches += 1;
+                self.stats.last_iterations = 1;
+                fit_one(self.all_cover.index(), low, high, q)?
+            }
+            None => {
+                self.stats.subset_searches += 1;
+                let (r, iters) =
+                    self.fit_verified(self.cpu_cover.index(), &devs, low, high, q, None);
+                self.stats.subset_iterations += iters;
+                self.stats.last_iterations = iters;
+                r?
+            }
+        };
+        if carved_from.is_some() {
+            self.carve(addr, addr + len);
+        }
         let end = addr + len;
         debug_assert!(addr >= low && end <= high && addr % align == 0);
         let id = self.next_id;
@@ -735,6 +1165,7 @@ impl<F: PtFormat> SvmSpace<F> {
                 start: addr,
                 end,
                 devices: devs,
+                window: carved_from,
             },
         );
         self.by_start.entry(addr).or_default().push(id);
@@ -760,8 +1191,21 @@ impl<F: PtFormat> SvmSpace<F> {
             .filter(|(_, _, &pid)| pid == id)
             .map(|(s, e, _)| (s, e))
             .collect();
-        for (s, e) in pieces {
+        for &(s, e) in &pieces {
             self.cpu_remove(s, e);
+        }
+        // A range carved from a window goes back into it.
+        if let Some(w) = a
+            .window
+            .and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)))
+        {
+            let (wid, ws, we) = w;
+            for (s, e) in pieces {
+                let (s, e) = (s.max(ws), e.min(we));
+                if s < e {
+                    self.insert_piece(s, e, wid);
+                }
+            }
         }
         self.allocs.remove(&id);
         let ids = self.by_start.get_mut(&addr).expect("listed above");
@@ -812,7 +1256,8 @@ impl<F: PtFormat> SvmSpace<F> {
             .is_some_and(|(_, _, id)| self.allocs[id].devices.contains(&d));
         let in_cpu = dev.cfg.mirror == MirrorMode::System
             && self.mm.space().vma_at(addr).is_some()
-            && self.reserved.get(addr).is_none();
+            && self.reserved.get(addr).is_none()
+            && self.win_pieces.get(addr).is_none();
         if !(in_svm || in_cpu) {
             return Ok(Err(Fault::Unmapped));
         }
@@ -844,7 +1289,10 @@ impl<F: PtFormat> SvmSpace<F> {
         let piece = self.svm.get(addr);
         let src = match piece {
             Some((s, e, id)) if self.allocs[id].devices.contains(&d) => Some((s, e, frame_of(*id))),
-            _ if dev.cfg.mirror == MirrorMode::System && self.reserved.get(addr).is_none() => {
+            _ if dev.cfg.mirror == MirrorMode::System
+                && self.reserved.get(addr).is_none()
+                && self.win_pieces.get(addr).is_none() =>
+            {
                 self.mm.space().vma_at(addr).map(|v| {
                     let frame = piece.map_or(FRAME_CPU, |(_, _, id)| frame_of(*id));
                     (v.start, v.end, frame)
@@ -923,21 +1371,28 @@ impl<F: PtFormat> SvmSpace<F> {
         self.prot.check_invariants();
         self.reserved.check_invariants();
         self.svm.check_invariants();
-        // The covers from scratch.
-        let mut contrib: Vec<(u64, u64)> = cpu.iter().map(|v| self.contribution(&v)).collect();
-        assert_eq!(
-            union_of(contrib.clone()),
-            self.cpu_cover.union(),
-            "cpu cover out of step"
-        );
-        for d in &self.devices {
-            contrib.extend(d.regions.iter().map(|(s, e, _)| (s, e)));
+        // The covers from scratch (empty until they are live).
+        if self.covers_live {
+            let mut contrib: Vec<(u64, u64)> = cpu.iter().map(|v| self.contribution(&v)).collect();
+            assert_eq!(
+                union_of(contrib.clone()),
+                self.cpu_cover.union(),
+                "cpu cover out of step"
+            );
+            for d in &self.devices {
+                contrib.extend(d.regions.iter().map(|(s, e, _)| (s, e)));
+            }
+            assert_eq!(
+                union_of(contrib),
+                self.all_cover.union(),
+                "combined index out of step"
+            );
+        } else {
+            assert!(self.devices.is_empty(), "devices without live covers");
+            assert!(self.allocs.is_empty(), "SVM ranges without live covers");
+            assert_eq!(self.cpu_cover.segments(), 0, "cover built too early");
+            assert_eq!(self.all_cover.segments(), 0, "cover built too early");
         }
-        assert_eq!(
-            union_of(contrib),
-            self.all_cover.union(),
-            "combined index out of step"
-        );
         // Protections and reservations lie on CPU VMAs.
         for (s, e, p) in self.prot.iter() {
             assert_ne!(*p, Prot::ReadWrite, "rw stored in the protection map");
@@ -951,6 +1406,37 @@ impl<F: PtFormat> SvmSpace<F> {
         for (s, e, _) in self.reserved.iter() {
             let v = cpu.vma_at(s).expect("reservation without a CPU VMA");
             assert_eq!((v.start, v.end), (s, e), "reservation is not one VMA");
+        }
+        // Window pieces: one CPU VMA each, inside their live window, never a
+        // device reservation or an SVM piece.
+        self.win_pieces.check_invariants();
+        for (s, e, id) in self.win_pieces.iter() {
+            let v = cpu.vma_at(s).expect("window piece without a CPU VMA");
+            assert_eq!((v.start, v.end), (s, e), "window piece is not one VMA");
+            assert_eq!(v.flags, VmaFlags::NONE, "window piece with flags");
+            let w = self.windows.get(id).expect("piece of a released window");
+            assert!(w.start <= s && e <= w.end, "piece outside its window");
+            assert!(self.reserved.first_overlap(s, e).is_none());
+            assert!(self.svm.first_overlap(s, e).is_none());
+        }
+        if let Some(c) = &self.svm_cover {
+            c.check_invariants();
+            let contrib: Vec<(u64, u64)> = cpu
+                .iter()
+                .filter(|v| !self.is_piece(v))
+                .map(|v| self.contribution(&v))
+                .collect();
+            assert_eq!(union_of(contrib), c.union(), "svm cover out of step");
+        } else {
+            assert!(self.win_pieces.is_empty(), "pieces without svm cover");
+        }
+        for a in self.allocs.values() {
+            if let Some(w) = a.window.and_then(|w| self.windows.get(&w)) {
+                assert!(
+                    w.start <= a.start && a.end <= w.end,
+                    "carved outside its window"
+                );
+            }
         }
         // SVM pieces.
         let mut held = vec![0usize; self.devices.len()];
