@@ -1,0 +1,215 @@
+//! Compiles the C programs (`tests/c/test_capi.c`, `examples/c/example.c`)
+//! with the system C compiler against the `libsvmap.a` / `libsvmap.so` that
+//! cargo built for this test run, and runs them: linked statically, linked
+//! dynamically, under valgrind (skipped, with a note, when valgrind is not
+//! installed), and after `examples/c/install.sh` with the flags from
+//! `pkg-config --cflags --libs svmap` (skipped when pkg-config is missing).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// What a static `libsvmap.a` needs from the system (`rustc --print
+/// native-static-libs` for a glibc target).
+const STATIC_LIBS: &[&str] = &[
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The directory cargo put `libsvmap.{a,so}` in for this build: the
+/// profile directory above `deps/`, where this test binary lives (so it
+/// follows `CARGO_TARGET_DIR`, `--release` and `--target`).
+fn lib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe
+            .ancestors()
+            .find(|d| d.join("libsvmap.a").is_file())
+            .unwrap_or_else(|| panic!("no libsvmap.a above {}", exe.display()))
+            .to_path_buf();
+        assert!(
+            dir.join("libsvmap.so").is_file(),
+            "no libsvmap.so in {}",
+            dir.display()
+        );
+        dir
+    })
+}
+
+fn out_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("svmap-capi");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn cc() -> String {
+    std::env::var("CC").unwrap_or_else(|_| "cc".to_owned())
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(o.status.success(), "{cmd:?} failed:\n{}", show(&o));
+    o
+}
+
+#[derive(Clone, Copy)]
+enum Link {
+    Static,
+    Shared,
+}
+
+/// Compiles `src` into `out_dir()/name`, warnings as errors.
+fn compile(src: &Path, name: &str, link: Link) -> PathBuf {
+    let exe = out_dir().join(name);
+    let mut cmd = Command::new(cc());
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .arg("-I")
+        .arg(workspace().join("include"))
+        .arg(format!(
+            "-DSVMAP_TEST_DATA_DIR=\"{}\"",
+            workspace().join("tests/data").display()
+        ));
+    if cfg!(debug_assertions) {
+        // The library of a debug build exports the panic test hook.
+        cmd.arg("-DSVMAP_TEST_DEBUG_HOOK");
+    }
+    cmd.arg(src).arg("-o").arg(&exe);
+    match link {
+        Link::Static => {
+            cmd.arg(lib_dir().join("libsvmap.a")).args(STATIC_LIBS);
+        }
+        Link::Shared => {
+            cmd.arg("-L")
+                .arg(lib_dir())
+                .arg("-lsvmap")
+                .arg(format!("-Wl,-rpath,{}", lib_dir().display()));
+        }
+    }
+    run_ok(&mut cmd);
+    exe
+}
+
+fn test_program() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/test_capi.c")
+}
+
+fn example_program() -> PathBuf {
+    workspace().join("examples/c/example.c")
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn c_test_program_static() {
+    let exe = compile(&test_program(), "test_capi_static", Link::Static);
+    let o = run_ok(&mut Command::new(&exe));
+    println!("{}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn c_test_program_shared() {
+    let exe = compile(&test_program(), "test_capi_shared", Link::Shared);
+    let o = run_ok(&mut Command::new(&exe));
+    println!("{}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn c_example_runs() {
+    let exe = compile(&example_program(), "example_static", Link::Static);
+    let o = run_ok(&mut Command::new(&exe));
+    let text = String::from_utf8_lossy(&o.stdout);
+    println!("{text}");
+    assert!(text.contains("below 2^40"), "{text}");
+}
+
+#[test]
+fn c_test_program_under_valgrind() {
+    if !have("valgrind") {
+        println!(
+            "SKIPPED: valgrind is not installed, so the C test program did not run under \
+             valgrind (install it: apt-get install valgrind)"
+        );
+        eprintln!("SKIPPED c_test_program_under_valgrind: valgrind is not installed");
+        return;
+    }
+    let exe = compile(&test_program(), "test_capi_valgrind", Link::Static);
+    let o = run_ok(
+        Command::new("valgrind")
+            .args([
+                "--leak-check=full",
+                "--error-exitcode=1",
+                "--errors-for-leak-kinds=definite,indirect,possible",
+                "--quiet",
+            ])
+            .arg(&exe),
+    );
+    println!(
+        "valgrind: no errors, no leaks\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+/// The install steps of examples/c/README.md, then the example built with
+/// nothing but `pkg-config --cflags --libs svmap`.
+#[test]
+fn install_and_build_example_with_pkg_config() {
+    if !have("pkg-config") {
+        println!("SKIPPED: pkg-config is not installed");
+        eprintln!("SKIPPED install_and_build_example_with_pkg_config: no pkg-config");
+        return;
+    }
+    let prefix = out_dir().join("prefix");
+    let _ = std::fs::remove_dir_all(&prefix);
+    run_ok(
+        Command::new("sh")
+            .arg(workspace().join("examples/c/install.sh"))
+            .arg(&prefix)
+            .env("SVMAP_LIB_DIR", lib_dir()),
+    );
+    let pc_dir = prefix.join("lib/pkgconfig");
+    let pc = std::fs::read_to_string(pc_dir.join("svmap.pc")).unwrap();
+    assert!(!pc.contains('@'), "unsubstituted template:\n{pc}");
+    let flags = run_ok(
+        Command::new("pkg-config")
+            .args(["--cflags", "--libs", "svmap"])
+            .env("PKG_CONFIG_PATH", &pc_dir),
+    );
+    let flags = String::from_utf8(flags.stdout).unwrap();
+    assert!(flags.contains("-lsvmap"), "{flags}");
+    let exe = out_dir().join("example_pkg_config");
+    run_ok(
+        Command::new(cc())
+            .arg(example_program())
+            .arg("-o")
+            .arg(&exe)
+            .args(flags.split_whitespace()),
+    );
+    let o = run_ok(Command::new(&exe).env("LD_LIBRARY_PATH", prefix.join("lib")));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("below 2^40"));
+}
