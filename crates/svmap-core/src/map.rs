@@ -27,7 +27,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::btree::{BTree, Inner, Pos};
+use crate::btree::{room, BTree, Inner, Pos, ROOM_SHIFTS};
 
 /// Flags of a VMA. Only the guard-gap kinds affect the search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -158,6 +158,14 @@ impl Prune {
     /// Prune on the raw hole length only.
     pub fn size(size: u64) -> Self {
         Prune { size, class: None }
+    }
+
+    /// True unless the single hole `[gs, ge]` (inclusive) is known to hold
+    /// no class-aligned range of the length.
+    #[inline]
+    fn admits_hole(&self, gs: u64, ge: u64) -> bool {
+        self.class
+            .is_none_or(|(c, l)| ge == u64::MAX || room(gs, ge + 1, ROOM_SHIFTS[c]) >= l)
     }
 
     #[inline]
@@ -418,7 +426,10 @@ impl AddressMap {
                 if gs > hi {
                     break;
                 }
-                if gs < next && clipped_fits(gs, next - 1, lo, hi, size) {
+                if gs < next
+                    && clipped_fits(gs, next - 1, lo, hi, size)
+                    && prune.admits_hole(gs, next - 1)
+                {
                     let h = self.hole_between(
                         Some(Pos {
                             leaf: id,
@@ -444,7 +455,10 @@ impl AddressMap {
                     break;
                 }
                 let next = node.min_start[i];
-                if gs < next && clipped_fits(gs, next - 1, lo, hi, size) {
+                if gs < next
+                    && clipped_fits(gs, next - 1, lo, hi, size)
+                    && prune.admits_hole(gs, next - 1)
+                {
                     let h = self.hole_between(
                         self.t.rightmost(node.child[i - 1], level - 1),
                         self.t.leftmost(node.child[i], level - 1),
@@ -517,7 +531,10 @@ impl AddressMap {
                 if next <= lo {
                     break;
                 }
-                if gs < next && clipped_fits(gs, next - 1, lo, hi, size) {
+                if gs < next
+                    && clipped_fits(gs, next - 1, lo, hi, size)
+                    && prune.admits_hole(gs, next - 1)
+                {
                     let h = self.hole_between(
                         Some(Pos {
                             leaf: id,
@@ -550,7 +567,10 @@ impl AddressMap {
                     break;
                 }
                 let gs = node.max_end[i - 1];
-                if gs < next && clipped_fits(gs, next - 1, lo, hi, size) {
+                if gs < next
+                    && clipped_fits(gs, next - 1, lo, hi, size)
+                    && prune.admits_hole(gs, next - 1)
+                {
                     let h = self.hole_between(
                         self.t.rightmost(node.child[i - 1], level - 1),
                         self.t.leftmost(node.child[i], level - 1),
