@@ -11,6 +11,8 @@
 //! - [`fence`]: `svmap run`, a preloaded library that fences off the
 //!   address space above a device limit for unmodified programs.
 //! - [`inspect`]: `svmap inspect`, what a device with N address bits can see.
+//! - [`demo`]: `svmap demo`, the whole SVM story with a device peer, and
+//!   pictures of address spaces ([`svmap_viz`]).
 //! - [`kernel_trace`]: the running kernel as the test oracle: records
 //!   `mmap` answers as TRACE.md traces (with the allocation-free [`smaps`]
 //!   reader).
@@ -19,6 +21,7 @@
 //! [`smaps`]; those three modules are the only ones allowed `unsafe`, with
 //! a `// SAFETY:` comment on every block.
 
+pub mod demo;
 pub mod error;
 pub mod fence;
 pub mod heap;
