@@ -7,7 +7,7 @@ use svmap_linux::maps::Target;
 /// Help text of `svmap inspect`.
 pub const HELP: &str = r##"svmap inspect: a process's address space as a device sees it
 
-Usage: svmap inspect [PID|self] --va-bits N [--json]
+Usage: svmap inspect [PID|self] --va-bits N [--json] [--svg FILE]
 
 Reads /proc/PID/maps (and smaps, for grows-down stacks) and reports every
 VMA with its visibility to a device with N address bits (visible: below
@@ -23,17 +23,21 @@ Options:
                 largest_free [{start, end, bytes}], vmas and beyond_user
                 [{start, end, perms, growsdown, visibility, name}];
                 addresses are "0x..." strings
+  --svg FILE    also write a picture of the address space (SVG): the
+                device window, every VMA, what lies above the limit
+                (unreachable), the largest free windows
   -h, --help    print this help
 
 Exit status:
   0  the report was printed
   1  the process could not be read (gone, or another user's without
-     permission)
+     permission), or the picture could not be written
   2  a usage error
 
 Examples:
   svmap inspect self --va-bits 40
   svmap inspect 1234 --va-bits 44 --json
+  svmap inspect self --va-bits 40 --svg space.svg
   svmap inspect $(pidof my-gpu-app) --va-bits 47
 "##;
 
@@ -43,6 +47,7 @@ pub fn run(args: &[String]) -> i32 {
     let mut target: Option<Target> = None;
     let mut va_bits: Option<u32> = None;
     let mut json = false;
+    let mut svg: Option<String> = None;
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
@@ -56,6 +61,18 @@ pub fn run(args: &[String]) -> i32 {
                 return 0;
             }
             "--json" if inline.is_none() => json = true,
+            "--svg" => {
+                svg = match inline {
+                    Some(v) => Some(v),
+                    None => {
+                        i += 1;
+                        match args.get(i) {
+                            Some(v) => Some(v.clone()),
+                            None => return usage_error("--svg needs a file name"),
+                        }
+                    }
+                };
+            }
             "--va-bits" => {
                 let v = match inline {
                     Some(v) => v,
@@ -106,6 +123,12 @@ pub fn run(args: &[String]) -> i32 {
             } else {
                 print!("{r}");
             }
+            if let Some(path) = svg {
+                if let Err(e) = std::fs::write(&path, svmap_linux::demo::inspect_svg(&r)) {
+                    eprintln!("svmap inspect: cannot write the picture to {path}: {e}");
+                    return 1;
+                }
+            }
             0
         }
         Err(e) => {
@@ -116,6 +139,6 @@ pub fn run(args: &[String]) -> i32 {
 }
 
 fn usage_error(msg: &str) -> i32 {
-    eprintln!("svmap inspect: {msg}\nUsage: svmap inspect [PID|self] --va-bits N [--json]  (see svmap inspect --help)");
+    eprintln!("svmap inspect: {msg}\nUsage: svmap inspect [PID|self] --va-bits N [--json] [--svg FILE]  (see svmap inspect --help)");
     2
 }

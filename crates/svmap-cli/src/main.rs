@@ -4,6 +4,8 @@
 //! subcommand module has `run(&[String]) -> i32` taking the arguments after
 //! its name and returning the exit status.
 
+mod bench_cmd;
+mod demo_cmd;
 mod inspect_cmd;
 mod kernel_trace_cmd;
 mod peer_cmd;
@@ -12,8 +14,17 @@ mod run_cmd;
 
 use std::process::ExitCode;
 
+/// Counts live heap bytes for `svmap bench` (an atomic add per allocation;
+/// otherwise the system allocator).
+#[global_allocator]
+static ALLOC: svmap_bench::count_alloc::Counting = svmap_bench::count_alloc::Counting;
+
 /// The subcommands and their one-line summaries, for the usage text.
 const COMMANDS: &[(&str, &str)] = &[
+    (
+        "demo",
+        "the whole SVM story with a device peer process, in seconds (no GPU)",
+    ),
     (
         "replay",
         "run an address-space trace (TRACE.md) and print its results",
@@ -29,6 +40,10 @@ const COMMANDS: &[(&str, &str)] = &[
     (
         "kernel-trace",
         "record the running kernel's mmap answers as a trace",
+    ),
+    (
+        "bench",
+        "measure svmap's own map on the churn workload (--json)",
     ),
     (
         "device-peer",
@@ -47,7 +62,7 @@ fn usage() -> String {
     s.push_str(
         "\nOptions:\n  -h, --help     print this help (svmap COMMAND --help: help on COMMAND)\n  \
          -V, --version  print the version\n\n\
-         Examples:\n  svmap replay --check trace.jsonl\n  \
+         Examples:\n  svmap demo\n  svmap replay --check trace.jsonl\n  \
          svmap run --va-bits 40 -- python3 app.py\n  \
          svmap inspect self --va-bits 40 --json\n  svmap replay --help\n\n\
          Exit status: 0 success; 1 a check failed (replay) or a process could not be read\n\
@@ -76,11 +91,13 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> i32 {
     let rest = args.get(2..).unwrap_or(&[]);
     match args.get(1).map(String::as_str) {
+        Some("demo") => demo_cmd::run(rest),
         Some("replay") => replay::run(rest),
         Some("kernel-trace") => kernel_trace_cmd::run(rest),
         Some("run") => run_cmd::run(rest),
         Some("inspect") => inspect_cmd::run(rest),
         Some("device-peer") => peer_cmd::run(rest),
+        Some("bench") => bench_cmd::run(rest),
         Some("-h" | "--help" | "help") => match rest.first().map(String::as_str) {
             Some(cmd) if COMMANDS.iter().any(|(n, _)| *n == cmd) => {
                 run(&[args[0].clone(), cmd.to_owned(), "--help".to_owned()])

@@ -1,12 +1,16 @@
 //! One adapter per implementation under test, all behind
 //! [`crate::workload::Churn`].
 
+#[cfg(feature = "peers")]
 pub mod gaptree;
 pub mod holelist;
 pub mod kernel;
+#[cfg(feature = "peers")]
 pub mod offsetalloc;
+#[cfg(feature = "peers")]
 pub mod rangealloc;
 pub mod svmap;
+#[cfg(feature = "peers")]
 pub mod vmalloc;
 
 /// Placement order of an address-ordered implementation.

@@ -1,0 +1,181 @@
+//! `svmap bench churn`: the churn workload of `docs/PERFORMANCE.md` on
+//! svmap's own map alone, for users and for tools that read its JSON line.
+
+use std::io::IsTerminal;
+
+use svmap_bench::peers::svmap::Svmap;
+use svmap_bench::workload::{measure, Plan};
+
+/// Help text of `svmap bench`.
+pub const HELP: &str = r#"svmap bench churn: measure svmap's own address map on the churn workload
+
+Usage: svmap bench churn --live N [--align BYTES] [--highest] [--quick] [--json]
+
+Fills a 2^47-byte window with N live ranges (sizes log-uniform from 4 KiB to
+2 MiB in pages, fixed seed), runs 2N warm-up steps, then timed repetitions
+of steps that each free a random live range and allocate a new one (exact
+aligned fit, lowest or highest address first). Reports the median ns per
+(free + allocate) pair and the heap bytes per live range (counted by the
+allocator). The peers' figures come from `cargo run --release -p svmap-bench
+--bin churn` (docs/PERFORMANCE.md).
+
+Options:
+  --live N        live ranges (e.g. 1000, 1e6; required)
+  --align BYTES   alignment of every allocation (power of two >= 4096;
+                  default 4096; suffixes k, m, g allowed: 2m)
+  --highest       highest address first (default: lowest)
+  --quick         fewer, shorter repetitions
+  --json          one JSON line: impl, n, align, order, ns_per_pair,
+                  bytes_per_range, reported_bytes_per_range, holes_per_search,
+                  warmup_ns_per_pair, reps_ns, steps_per_rep, wall_s
+  -h, --help      this help
+
+Build with --release: a debug build measures the debug code.
+
+Examples:
+  svmap bench churn --live 1e6 --align 2m --json
+  cargo run --release -- bench churn --live 10000 --highest
+
+Exit status: 0 measured; 2 usage error.
+"#;
+
+fn parse_count(s: &str) -> Option<usize> {
+    if let Some((m, e)) = s.split_once(['e', 'E']) {
+        let m: usize = m.parse().ok()?;
+        let e: u32 = e.parse().ok()?;
+        return m.checked_mul(10usize.checked_pow(e)?);
+    }
+    s.parse().ok()
+}
+
+fn parse_bytes(s: &str) -> Option<u64> {
+    let (num, mul) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let v: u64 = if let Some(h) = num.strip_prefix("0x") {
+        u64::from_str_radix(h, 16).ok()?
+    } else {
+        num.parse().ok()?
+    };
+    v.checked_mul(mul)
+}
+
+fn usage_error(msg: &str) -> i32 {
+    eprintln!("svmap bench: {msg}\n(see svmap bench --help)");
+    2
+}
+
+/// Runs `svmap bench` with the arguments after `bench`.
+pub fn run(args: &[String]) -> i32 {
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("churn") => {}
+        Some("-h" | "--help") | None => {
+            print!("{HELP}");
+            return if args.is_empty() { 2 } else { 0 };
+        }
+        Some(other) => return usage_error(&format!("unknown benchmark {other:?} (try churn)")),
+    }
+    let (mut live, mut align, mut highest, mut quick, mut json) =
+        (None, 4096u64, false, false, false);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--live" => match it.next().and_then(|v| parse_count(v)) {
+                Some(n) if n > 0 => live = Some(n),
+                _ => return usage_error("--live needs a positive count"),
+            },
+            "--align" => match it.next().and_then(|v| parse_bytes(v)) {
+                Some(b) if b.is_power_of_two() && b >= 4096 => align = b,
+                _ => return usage_error("--align needs a power of two >= 4096"),
+            },
+            "--highest" => highest = true,
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return 0;
+            }
+            other => return usage_error(&format!("unknown option {other:?}")),
+        }
+    }
+    let Some(n) = live else {
+        return usage_error("--live N is required");
+    };
+    // The window holds N ranges of up to 2 MiB with room to spare.
+    if n > 20_000_000 {
+        return usage_error("--live is limited to 2e7 (the window is 2^47 bytes)");
+    }
+    let plan = if quick {
+        Plan::quick(n)
+    } else {
+        Plan::standard(n)
+    };
+    let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+    if tty {
+        eprint!(
+            "measuring {n} live ranges ({} steps)...",
+            plan.total_steps()
+        );
+    }
+    let m = measure(|| Svmap::new(align, highest), &plan);
+    if tty {
+        eprintln!(" done in {:.1?}", m.wall);
+    }
+    let order = if highest { "highest" } else { "lowest" };
+    if json {
+        let reps: Vec<String> = m.reps_ns.iter().map(|x| format!("{x:.1}")).collect();
+        println!(
+            "{{\"impl\": \"svmap\", \"n\": {n}, \"align\": {align}, \"order\": \"{order}\", \
+             \"ns_per_pair\": {:.1}, \"bytes_per_range\": {:.2}, \
+             \"reported_bytes_per_range\": {}, \"holes_per_search\": {}, \
+             \"warmup_ns_per_pair\": {:.1}, \"reps_ns\": [{}], \"steps_per_rep\": {}, \
+             \"wall_s\": {:.3}}}",
+            m.ns_per_pair,
+            m.bytes_per_range,
+            m.reported_bytes_per_range
+                .map_or("null".to_owned(), |b| format!("{b:.2}")),
+            m.holes_per_search
+                .map_or("null".to_owned(), |h| format!("{h:.3}")),
+            m.warmup_ns_per_pair,
+            reps.join(", "),
+            m.steps_per_rep,
+            m.wall.as_secs_f64()
+        );
+    } else {
+        println!("svmap churn: {n} live ranges, align {align:#x}, {order} first");
+        println!(
+            "  ns per (free + allocate) pair : {:.1} (median of {})",
+            m.ns_per_pair,
+            m.reps_ns.len()
+        );
+        println!("  heap bytes per live range     : {:.1}", m.bytes_per_range);
+        if let Some(h) = m.holes_per_search {
+            println!("  candidate holes per search    : {h:.3}");
+        }
+        println!(
+            "  warm-up ns per pair           : {:.1}",
+            m.warmup_ns_per_pair
+        );
+        println!("  wall time                     : {:.1?}", m.wall);
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counts_and_sizes() {
+        assert_eq!(parse_count("1e6"), Some(1_000_000));
+        assert_eq!(parse_count("1000"), Some(1000));
+        assert_eq!(parse_count("1e99"), None);
+        assert_eq!(parse_bytes("2m"), Some(2 << 20));
+        assert_eq!(parse_bytes("0x1000"), Some(4096));
+        assert_eq!(parse_bytes("4k"), Some(4096));
+        assert_eq!(parse_bytes("x"), None);
+    }
+}

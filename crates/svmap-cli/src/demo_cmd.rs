@@ -1,0 +1,182 @@
+//! `svmap demo [--va-bits N] [--buffers N] [--svg PATH] [--json]`: the whole
+//! SVM story on this machine ([`svmap_linux::demo`]).
+
+use std::path::PathBuf;
+
+use svmap_linux::demo::{self, DemoOptions};
+
+/// Help text of `svmap demo`.
+pub const HELP: &str = r##"svmap demo: CPU and a device at identical addresses, in a few seconds
+
+Usage: svmap demo [--va-bits N] [--buffers N] [--svg PATH] [--json]
+
+Runs on any Linux machine, no GPU needed. It
+  (a) inspects its own address space against a device with N address bits,
+  (b) starts a device peer process (svmap device-peer, found next to this
+      executable) and reserves a window free in both processes below 2^N,
+  (c) allocates SVM buffers at identical addresses in both,
+  (d) builds a 100000-node pointer-linked list on the CPU side that the
+      device walks through its MMU (count and checksum compared),
+  (e) frees a buffer and shows that the device's next access faults,
+  (f) shows that memory allocated before the device was set up (above 2^N
+      in the top-down layout) is refused with a clear error, and
+  (g) writes an SVG picture of both address spaces.
+
+Options:
+  --va-bits N   the device's address bits, 20..=56 (default 40)
+  --buffers N   SVM buffers to spread the list over, 2..=256 (default 8)
+  --svg PATH    where to write the picture (default ./svmap-demo.svg)
+  --json        one JSON object instead of the text account
+  -h, --help    print this help
+
+Exit status:
+  0  every step had the expected outcome
+  1  a step failed or had an unexpected outcome
+  2  a usage error
+
+Examples:
+  svmap demo
+  svmap demo --va-bits 44 --buffers 16 --svg /tmp/spaces.svg
+  svmap demo --json
+"##;
+
+fn usage_error(msg: &str) -> i32 {
+    eprintln!("svmap demo: {msg}\n\nUsage: svmap demo [--va-bits N] [--buffers N] [--svg PATH] [--json]\nTry 'svmap demo --help'.");
+    2
+}
+
+/// Parses the arguments after `demo`: the options, or the exit status to
+/// return at once (help or a usage error).
+pub fn parse(args: &[String]) -> Result<DemoOptions, i32> {
+    let mut o = DemoOptions::default();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (a, None),
+        };
+        let mut value = |what: &str| -> Result<String, i32> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| usage_error(&format!("{name} needs {what}")))
+        };
+        match name {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Err(0);
+            }
+            "--json" if inline.is_none() => o.json = true,
+            "--va-bits" => {
+                let v = value("a number of bits")?;
+                match v.parse::<u32>() {
+                    Ok(n) if (20..=56).contains(&n) => o.va_bits = n,
+                    _ => {
+                        return Err(usage_error(&format!(
+                            "--va-bits {v:?}: expected a number of address bits in 20..=56"
+                        )))
+                    }
+                }
+            }
+            "--buffers" => {
+                let v = value("a count")?;
+                match v.parse::<u32>() {
+                    Ok(n) if (2..=256).contains(&n) => o.buffers = n,
+                    _ => {
+                        return Err(usage_error(&format!(
+                            "--buffers {v:?}: expected a count in 2..=256"
+                        )))
+                    }
+                }
+            }
+            "--svg" => {
+                let v = value("a path")?;
+                if v.is_empty() {
+                    return Err(usage_error("--svg needs a non-empty path"));
+                }
+                o.svg = Some(PathBuf::from(v));
+            }
+            _ => return Err(usage_error(&format!("unknown argument {a:?}"))),
+        }
+        i += 1;
+    }
+    Ok(o)
+}
+
+/// Runs `svmap demo` with the arguments after `demo`; returns the exit
+/// status.
+pub fn run(args: &[String]) -> i32 {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    match demo::run(&opts) {
+        Ok(r) => {
+            if opts.json {
+                println!("{}", r.to_json());
+            } else {
+                println!("{r}");
+            }
+            if r.ok() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            if opts.json {
+                let esc = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
+                println!("{{\"ok\":false,\"error\":\"{esc}\"}}");
+            }
+            eprintln!("svmap demo: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_options() {
+        assert_eq!(parse(&[]).unwrap(), DemoOptions::default());
+        let o = parse(&args(&[
+            "--va-bits",
+            "44",
+            "--buffers=16",
+            "--svg",
+            "x.svg",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(
+            o,
+            DemoOptions {
+                va_bits: 44,
+                buffers: 16,
+                svg: Some(PathBuf::from("x.svg")),
+                json: true
+            }
+        );
+        for bad in [
+            &["--va-bits"][..],
+            &["--va-bits", "12"],
+            &["--buffers", "1"],
+            &["--svg", ""],
+            &["--frobnicate"],
+            &["--json=1"],
+        ] {
+            assert_eq!(parse(&args(bad)), Err(2), "{bad:?}");
+        }
+        assert_eq!(parse(&args(&["--help"])), Err(0));
+    }
+}
