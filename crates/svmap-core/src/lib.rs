@@ -14,6 +14,45 @@
 //!   transparent-huge-page alignment.
 //! - [`model`]: a deliberately simple reference model (a sorted `Vec` with
 //!   linear scans) of the same semantics, for property tests and fuzzing.
+//!
+//! ```
+//! use svmap_core::{AddressMap, FitRequest, SearchParams, UnmappedAreaInfo, VmaFlags};
+//!
+//! # fn main() -> Result<(), Box<dyn core::error::Error>> {
+//! let mut map = AddressMap::new();
+//! map.insert(0x10000, 0x200000, VmaFlags::NONE)?;
+//! map.insert(0x500000, 0x10000000, VmaFlags::NONE)?;
+//! let params = SearchParams::default();
+//! // The kernel's vm_unmapped_area(): a 2 MiB-aligned 2 MiB area needs a
+//! // hole of 4 MiB - 4 KiB, so the 3 MiB hole at 2 MiB is skipped.
+//! let kernel = map.unmapped_area(
+//!     &UnmappedAreaInfo {
+//!         length: 0x200000,
+//!         low_limit: 0,
+//!         high_limit: 1 << 40,
+//!         align_mask: 0x1fffff,
+//!         ..Default::default()
+//!     },
+//!     &params,
+//! )?;
+//! assert_eq!(kernel, 0x10000000);
+//! // The exact aligned fit finds the aligned slot inside it.
+//! let fit = map.find_fit(
+//!     &FitRequest {
+//!         length: 0x200000,
+//!         low: 0,
+//!         high: 1 << 40,
+//!         align: 0x200000,
+//!         align_offset: 0,
+//!         topdown: false,
+//!         respect_guard_gaps: true,
+//!     },
+//!     &params,
+//! )?;
+//! assert_eq!(fit, 0x200000);
+//! # Ok(())
+//! # }
+//! ```
 #![no_std]
 #![warn(missing_docs)]
 

@@ -104,6 +104,8 @@ impl fmt::Display for MapError {
     }
 }
 
+impl core::error::Error for MapError {}
+
 /// Parameters of the kernel that the search depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SearchParams {

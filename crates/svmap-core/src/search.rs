@@ -61,6 +61,8 @@ impl fmt::Display for SearchError {
     }
 }
 
+impl core::error::Error for SearchError {}
+
 /// Counters of one search, for measuring the retries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SearchStats {
@@ -123,6 +125,8 @@ impl fmt::Display for FitError {
         }
     }
 }
+
+impl core::error::Error for FitError {}
 
 impl AddressMap {
     /// The kernel's `vm_unmapped_area(info)` over this map, to the bit.
