@@ -1,8 +1,6 @@
 //! `svmap bench churn`: the churn workload of `docs/PERFORMANCE.md` on
 //! svmap's own map alone, for users and for tools that read its JSON line.
 
-use std::io::IsTerminal;
-
 use svmap_bench::peers::svmap::Svmap;
 use svmap_bench::workload::{measure, Plan};
 
@@ -113,7 +111,7 @@ pub fn run(args: &[String]) -> i32 {
     } else {
         Plan::standard(n)
     };
-    let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+    let tty = crate::progress::enabled();
     if tty {
         eprint!(
             "measuring {n} live ranges ({} steps)...",

@@ -9,6 +9,7 @@ mod demo_cmd;
 mod inspect_cmd;
 mod kernel_trace_cmd;
 mod peer_cmd;
+mod progress;
 mod replay;
 mod run_cmd;
 

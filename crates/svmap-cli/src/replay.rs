@@ -79,16 +79,25 @@ pub fn run(args: &[String]) -> i32 {
         return usage_error("missing the trace FILE (or \"-\" for standard input)");
     };
 
-    let input: Box<dyn BufRead> = if file == "-" {
-        Box::new(io::stdin().lock())
+    let (input, size): (Box<dyn BufRead>, Option<u64>) = if file == "-" {
+        (Box::new(io::stdin().lock()), None)
     } else {
         match File::open(file) {
-            Ok(f) => Box::new(BufReader::with_capacity(1 << 16, f)),
+            Ok(f) => {
+                let size = f.metadata().ok().map(|m| m.len());
+                (Box::new(BufReader::with_capacity(1 << 16, f)), size)
+            }
             Err(e) => {
                 eprintln!("svmap replay: cannot open {file:?}: {e}");
                 return 2;
             }
         }
+    };
+    // A progress line for long traces, on a terminal only.
+    let input: Box<dyn BufRead> = if crate::progress::enabled() {
+        Box::new(crate::progress::ProgressReader::new(input, "replay", size))
+    } else {
+        input
     };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
