@@ -17,7 +17,9 @@ fn main() {
     let n = 10_000u64;
     let mut heap = Heap::below_bits(40, n * 2 * PAGE).expect("heap below 2^40");
     let t = Instant::now();
-    let ptrs: Vec<_> = (0..n).map(|_| heap.alloc(PAGE, PAGE).expect("alloc")).collect();
+    let ptrs: Vec<_> = (0..n)
+        .map(|_| heap.alloc(PAGE, PAGE).expect("alloc"))
+        .collect();
     let alloc = t.elapsed();
     let t = Instant::now();
     for p in ptrs {
@@ -26,8 +28,9 @@ fn main() {
     let free = t.elapsed();
     // A plain anonymous mmap + munmap of one page, at addresses of a window
     // the kernel placed (Reservation::at is one MAP_FIXED_NOREPLACE mmap).
-    let area = Reservation::reserve(&ReserveRequest::below_bits(40, n * 2 * PAGE).expect("request"))
-        .expect("reserve");
+    let area =
+        Reservation::reserve(&ReserveRequest::below_bits(40, n * 2 * PAGE).expect("request"))
+            .expect("reserve");
     let base = area.addr();
     drop(area);
     let t = Instant::now();
