@@ -212,3 +212,113 @@ fn range(s: &str) -> Option<(u64, u64)> {
     let h = |x: &str| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok();
     Some((h(a)?, h(b)?))
 }
+
+/// The fence as a library call, for programs that link svmap: reserves, in
+/// the calling process, every free hole of the user address space at or
+/// above `2^va_bits` (`PROT_NONE | MAP_NORESERVE | MAP_FIXED_NOREPLACE`, no
+/// memory used), so that the kernel's own placement of later anonymous
+/// mappings, `malloc`'s included, falls below the limit. Like the preload
+/// library it leaves the main stack its room to grow (`RLIMIT_STACK` plus
+/// the guard gap below `[stack]`) and covers the space after the program
+/// break, so `brk` fails and `malloc` falls back to `mmap`. Dropping the
+/// `Fence` removes it.
+#[derive(Debug)]
+pub struct Fence {
+    pieces: Vec<crate::reserve::Reservation>,
+    /// `2^va_bits`.
+    pub limit: u64,
+    /// What was already mapped at or above the limit when the fence went
+    /// up: `(start, end, name)`.
+    pub above: Vec<(u64, u64, String)>,
+    /// Holes the fence could not take (another thread mapped them first in
+    /// every round): `(start, end)`.
+    pub uncovered: Vec<(u64, u64)>,
+    /// The stack's room left free, if the stack is above the limit.
+    pub stack_room: Option<(u64, u64)>,
+}
+
+impl Fence {
+    /// Installs the fence (see [`Fence`]). `va_bits` in 20..=56; a limit at
+    /// or above the top of the user address space fences nothing.
+    pub fn install(va_bits: u32) -> Result<Fence, Error> {
+        use crate::maps::{read_view, Kind, Target};
+        use crate::reserve::{window_high, Reservation};
+        const PAGE: u64 = 4096;
+        const STACK_GUARD_GAP: u64 = 256 * PAGE;
+        let limit = window_high(va_bits)?;
+        let top = (1u64 << crate::probe::user_va_bits()) - PAGE;
+        let mut fence = Fence {
+            pieces: Vec::new(),
+            limit,
+            above: Vec::new(),
+            uncovered: Vec::new(),
+            stack_room: None,
+        };
+        if limit >= top {
+            return Ok(fence);
+        }
+        let room = crate::sys::stack_rlimit()
+            .unwrap_or(u64::MAX)
+            .saturating_add(STACK_GUARD_GAP);
+        // Another thread may map into a hole between the snapshot and the
+        // reservation (EEXIST): take a fresh snapshot and go again.
+        for round in 0..4 {
+            let view = read_view(Target::SelfProcess)?;
+            if round == 0 {
+                fence.above = view
+                    .entries
+                    .iter()
+                    .filter(|e| e.end > limit)
+                    .map(|e| (e.start, e.end, e.name_lossy()))
+                    .collect();
+            }
+            let mut holes = Vec::new();
+            let mut prev_end = limit;
+            for e in view
+                .entries
+                .iter()
+                .filter(|e| e.end > limit && e.start < top)
+            {
+                let mut hole_end = e.start;
+                if e.kind() == Kind::Stack || e.growsdown {
+                    let floor = e.start.saturating_sub(room) & !(PAGE - 1);
+                    let floor = floor.max(prev_end);
+                    if e.kind() == Kind::Stack {
+                        fence.stack_room = Some((floor, e.start));
+                    }
+                    hole_end = floor;
+                }
+                if hole_end > prev_end {
+                    holes.push((prev_end, hole_end));
+                }
+                prev_end = prev_end.max(e.end);
+            }
+            if top > prev_end {
+                holes.push((prev_end, top));
+            }
+            let mut raced = Vec::new();
+            for (s, e) in holes {
+                match Reservation::at(s, e - s) {
+                    Ok(r) => fence.pieces.push(r),
+                    Err(_) => raced.push((s, e)),
+                }
+            }
+            if raced.is_empty() {
+                fence.uncovered.clear();
+                break;
+            }
+            fence.uncovered = raced;
+        }
+        Ok(fence)
+    }
+
+    /// The reserved pieces `(start, end)`.
+    pub fn pieces(&self) -> Vec<(u64, u64)> {
+        self.pieces.iter().map(|r| (r.addr(), r.end())).collect()
+    }
+
+    /// Bytes reserved above the limit.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.pieces.iter().map(|r| r.len()).sum()
+    }
+}
