@@ -1047,6 +1047,14 @@ impl BTree {
             if level >= 2 {
                 self.fix_grandchildren(ca, level - 1);
                 self.fix_grandchildren(cb, level - 1);
+                // Fixing a grandchild may merge two of them and leave `a` or
+                // `b` short again. Every merge removes a node, so this ends.
+                if self.node_len(cb, level - 1) < MIN {
+                    self.fix_child(id, level, b);
+                }
+                if self.node_len(ca, level - 1) < MIN {
+                    self.fix_child(id, level, a);
+                }
             }
         }
         true
