@@ -8,10 +8,10 @@
 //! 1. **Order.** Leaves hold VMAs sorted by `start`; an in-order walk of the
 //!    tree yields all VMAs sorted, non-overlapping (`prev.end <= next.start`)
 //!    and non-empty (`start < end`). So `end` is sorted too.
-//! 2. **Shape.** Every leaf is at depth `height`. Every node other than the
-//!    root holds between `MIN` and `CAP` entries; the root holds at most
-//!    `CAP` (a root leaf may be empty; a root inner node has at least 2
-//!    children).
+//! 2. **Shape.** Every leaf is at depth `height`. Every leaf other than the
+//!    root holds between `LMIN` and `LCAP` VMAs, every inner node other than
+//!    the root between `MIN` and `CAP` children; a root leaf may be empty, a
+//!    root inner node has at least 2 children.
 //! 3. **Augmentation.** An inner node keeps, for each child `c`, the
 //!    child's aggregate: `min_start` and `max_end` over the subtree and
 //!    `max_gap`, the largest *internal* hole of the subtree (the largest
@@ -39,9 +39,14 @@
 
 use alloc::vec::Vec;
 
-/// Entries per node.
+/// Children per inner node.
 pub(crate) const CAP: usize = 16;
-/// Minimum entries of a non-root node.
+/// Entries per leaf: leaves are wider than inner nodes, so there are half
+/// as many inner nodes (each carries six per-child columns) per VMA.
+pub(crate) const LCAP: usize = 32;
+/// Minimum entries of a non-root leaf.
+pub(crate) const LMIN: usize = LCAP / 2;
+/// Minimum children of a non-root inner node.
 pub(crate) const MIN: usize = CAP / 2;
 
 /// Alignment classes whose largest aligned room every subtree caches:
@@ -158,17 +163,17 @@ fn fold_hole(gap: &mut u64, rooms: &mut [u64; NCLASS], gs: u64, ge: u64) {
 #[derive(Clone, Debug)]
 pub(crate) struct Leaf {
     pub len: u32,
-    pub start: [u64; CAP],
-    pub end: [u64; CAP],
-    pub flags: [u8; CAP],
+    pub start: [u64; LCAP],
+    pub end: [u64; LCAP],
+    pub flags: [u8; LCAP],
 }
 
 impl Leaf {
     const EMPTY: Leaf = Leaf {
         len: 0,
-        start: [0; CAP],
-        end: [0; CAP],
-        flags: [0; CAP],
+        start: [0; LCAP],
+        end: [0; LCAP],
+        flags: [0; LCAP],
     };
 
     #[inline]
@@ -194,7 +199,7 @@ impl Leaf {
 
     fn insert_at(&mut self, i: usize, start: u64, end: u64, flags: u8) {
         let n = self.n();
-        debug_assert!(n < CAP);
+        debug_assert!(n < LCAP);
         self.start.copy_within(i..n, i + 1);
         self.end.copy_within(i..n, i + 1);
         self.flags.copy_within(i..n, i + 1);
@@ -542,7 +547,7 @@ impl BTree {
             return self.insert_leaf(id, start, end, flags, old);
         }
         let mut i = self.inner(id).child_for(start);
-        if level == 1 && self.leaf(self.inner(id).child[i]).n() == CAP {
+        if level == 1 && self.leaf(self.inner(id).child[i]).n() == LCAP {
             // Before splitting a full leaf, try to pass entries to a
             // neighbour with room: leaves stay fuller (less memory per
             // VMA, fewer nodes), as in a B*-tree. The set of VMAs (and so
@@ -608,7 +613,7 @@ impl BTree {
         if (i > 0 && leaf.end[i - 1] > start) || (i < n && leaf.start[i] < end) {
             return Err(());
         }
-        if n < CAP {
+        if n < LCAP {
             let leaf = &mut self.leaves[id as usize];
             leaf.insert_at(i, start, end, flags);
             let delta = match old {
@@ -634,13 +639,13 @@ impl BTree {
         // Split: the upper half moves to a new right sibling.
         let r = self.new_leaf();
         let (lo, hi) = split_pair(&mut self.leaves, id, r);
-        lo.len = MIN as u32;
+        lo.len = LMIN as u32;
         hi.len = 0;
-        hi.append_from_raw(lo, MIN, CAP);
-        if i <= MIN {
+        hi.append_from_raw(lo, LMIN, LCAP);
+        if i <= LMIN {
             lo.insert_at(i, start, end, flags);
         } else {
-            hi.insert_at(i - MIN, start, end, flags);
+            hi.insert_at(i - LMIN, start, end, flags);
         }
         Ok((Delta::Unknown, Some(r)))
     }
@@ -710,7 +715,7 @@ impl BTree {
     /// VMA. If a neighbouring leaf has room, evens the two out.
     fn shift_to_neighbour(&mut self, id: u32, i: usize) {
         let n = self.inner(id).n();
-        let room = |t: &Self, j: usize| CAP - t.leaf(t.inner(id).child[j]).n();
+        let room = |t: &Self, j: usize| LCAP - t.leaf(t.inner(id).child[j]).n();
         let (a, b) = if i > 0 && room(self, i - 1) >= 2 {
             (i - 1, i)
         } else if i + 1 < n && room(self, i + 1) >= 2 {
@@ -921,7 +926,7 @@ impl BTree {
             // One child touched: report the change incrementally unless the
             // child needs rebalancing.
             let child = self.inner(id).child[i0];
-            if self.node_len(child, level - 1) >= MIN {
+            if self.node_len(child, level - 1) >= min_of(level - 1) {
                 return (removed, self.update_child(id, level, i0, d0, old));
             }
             self.update_child(id, level, i0, d0, None);
@@ -1007,14 +1012,14 @@ impl BTree {
             self.inners[id as usize].remove_run(c, c + 1);
             return true;
         }
-        if clen >= MIN || self.inner(id).n() < 2 {
+        if clen >= min_of(level - 1) || self.inner(id).n() < 2 {
             return false;
         }
         let n = self.inner(id).n();
         let (a, b) = if c + 1 < n { (c, c + 1) } else { (c - 1, c) };
         let (ca, cb) = (self.inner(id).child[a], self.inner(id).child[b]);
         let (la, lb) = (self.node_len(ca, level - 1), self.node_len(cb, level - 1));
-        if la + lb <= CAP {
+        if la + lb <= cap_of(level - 1) {
             // Merge b into a.
             if level == 1 {
                 let (x, y) = split_pair(&mut self.leaves, ca, cb);
@@ -1049,10 +1054,10 @@ impl BTree {
                 self.fix_grandchildren(cb, level - 1);
                 // Fixing a grandchild may merge two of them and leave `a` or
                 // `b` short again. Every merge removes a node, so this ends.
-                if self.node_len(cb, level - 1) < MIN {
+                if self.node_len(cb, level - 1) < min_of(level - 1) {
                     self.fix_child(id, level, b);
                 }
-                if self.node_len(ca, level - 1) < MIN {
+                if self.node_len(ca, level - 1) < min_of(level - 1) {
                     self.fix_child(id, level, a);
                 }
             }
@@ -1067,7 +1072,7 @@ impl BTree {
         while c < self.inner(id).n() {
             let child = self.inner(id).child[c];
             let before = self.inner(id).n();
-            if self.node_len(child, level - 1) < MIN {
+            if self.node_len(child, level - 1) < min_of(level - 1) {
                 self.fix_child(id, level, c);
             }
             // A merge removed an entry; look at the same index again only
@@ -1125,11 +1130,32 @@ impl Leaf {
     }
 }
 
-/// Grows an arena by an eighth instead of doubling, so that a large map
-/// wastes at most ~12% of its node memory on spare capacity.
+/// Grows an arena by a sixteenth instead of doubling, so that a large map
+/// wastes at most ~6% of its node memory on spare capacity (the copy on
+/// growth stays amortised O(1) per node).
 fn grow<T>(v: &mut Vec<T>) {
     if v.len() == v.capacity() {
-        v.reserve_exact(v.len() / 8 + 4);
+        v.reserve_exact(v.len() / 16 + 4);
+    }
+}
+
+/// Capacity of a node at `level` (0: a leaf).
+#[inline]
+fn cap_of(level: u32) -> usize {
+    if level == 0 {
+        LCAP
+    } else {
+        CAP
+    }
+}
+
+/// Minimum fill of a non-root node at `level` (0: a leaf).
+#[inline]
+pub(crate) fn min_of(level: u32) -> usize {
+    if level == 0 {
+        LMIN
+    } else {
+        MIN
     }
 }
 

@@ -4,7 +4,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::btree::{Agg, BTree, MIN, NCLASS, ROOM_SHIFTS};
+use crate::btree::{Agg, BTree, LMIN, MIN, NCLASS, ROOM_SHIFTS};
 use crate::map::AddressMap;
 
 /// A dump of the tree for assertion messages (test-only use).
@@ -57,7 +57,7 @@ fn recompute(
         seen.0[id as usize] = true;
         let l = t.leaf(id);
         let n = l.len as usize;
-        assert!(is_root || n >= MIN, "underfull leaf #{id}:\n{}", dump(t));
+        assert!(is_root || n >= LMIN, "underfull leaf #{id}:\n{}", dump(t));
         for i in 0..n {
             vmas.push((l.start[i], l.end[i]));
         }

@@ -3,9 +3,10 @@
 //! # Bounds
 //!
 //! `n` is the number of VMAs, `k` the number of VMAs an operation removes or
-//! splits. The tree is a B+tree (`btree.rs`) with 16 entries per node and
-//! every node but the root at least half full, so its height is at most
-//! `1 + log_8(n)` and the bounds are worst case:
+//! splits. The tree is a B+tree (`btree.rs`) with 32 VMAs per leaf, 16
+//! children per inner node and every node but the root at least half full,
+//! so its height is at most `1 + log_8(n / 16)` and the bounds are worst
+//! case:
 //!
 //! | operation | cost |
 //! | --- | --- |

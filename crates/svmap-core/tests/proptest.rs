@@ -576,6 +576,68 @@ fn heavy_unmap_splitting() {
     assert_floor(s.ops, 20_000);
 }
 
+/// Hundreds of mmaps (top-down and legacy, so that the tree grows from
+/// either end and gets three levels deep), then unmaps that remove most of
+/// them at once, with ends inside VMAs, then more mmaps into the holes.
+#[test]
+fn mass_mmap_then_wide_unmap() {
+    let strategy = (config(), prop::bool::ANY).prop_flat_map(|(cfg, legacy)| {
+        let cfg = MmConfig {
+            task_size: MmConfig::default().task_size,
+            layout: if legacy {
+                Layout::Legacy
+            } else {
+                Layout::TopDown
+            },
+            ..cfg
+        };
+        let sc = Scale {
+            base: 0x7fff_f7ff_f000 - (64 << 20),
+            gran: PAGE,
+        };
+        let fill = ops(sc, 5..9, |g, sc| {
+            let mut o = g.mmap(sc);
+            o.length = [PAGE, 0x20000, 0xa0_0000, g.len(sc)][g.weighted(&[4, 3, 1, 1])];
+            o.fixed = Fixed::No;
+            Op::MmapRepeat(o, 63)
+        });
+        let wide = ops(sc, 1..4, |g, _| Op::Unmap {
+            start: Addr::Near {
+                index: g.u64() as u16 % 32,
+                edge: if g.bool() { Edge::Start } else { Edge::End },
+                delta: g.irange(-2, 3) * 0x800,
+            },
+            extent: Extent::End(Addr::Near {
+                index: u16::MAX - g.u64() as u16 % 32,
+                edge: if g.bool() { Edge::Start } else { Edge::End },
+                delta: g.irange(-2, 3) * 0x800,
+            }),
+        });
+        let refill = ops(sc, 2..6, |g, sc| {
+            let mut o = g.mmap(sc);
+            o.fixed = Fixed::No;
+            Op::MmapRepeat(o, 32)
+        });
+        let lookups = ops(sc, 10..30, |g, sc| Op::Lookup {
+            addr: g.addr(sc),
+            extent: g.extent(sc),
+        });
+        (fill, wide, refill, lookups).prop_map(move |(mut ops, wide, refill, lookups)| {
+            ops.extend(wide);
+            ops.extend(refill);
+            ops.extend(lookups);
+            TestCase { cfg, ops }
+        })
+    });
+    let s = run_prop("mass_mmap_then_wide_unmap", 24, strategy, |_, _| Ok(()));
+    assert_floor(s.ops, 6_000);
+    assert!(
+        !default_counts() || s.max_vmas >= 300,
+        "only {} VMAs",
+        s.max_vmas
+    );
+}
+
 /// `find_vma`, `vma_at`, `prev_vma`, `next_vma`, `first_overlap`, `range`,
 /// `first` and `last` against the model's linear scans (inside `run`), on
 /// maps built from random inserts, at VMA edges and in between.
