@@ -33,7 +33,7 @@ use svmap_core::fuzzing::{
     self, Addr, Edge, Extent, FitOp, MmapOp, Op, RunStats, SearchOp, TestCase,
 };
 use svmap_core::linux::{
-    Errno, Fixed, Layout, Mm, MmConfig, DEFAULT_MAP_WINDOW, PAGE_SIZE, PMD_SIZE,
+    Errno, Fixed, Layout, Mm, MmConfig, DEFAULT_MAP_WINDOW, LEGACY_BASE, PAGE_SIZE, PMD_SIZE,
 };
 use svmap_core::model::ModelMap;
 use svmap_core::{
@@ -42,6 +42,8 @@ use svmap_core::{
 
 const PAGE: u64 = PAGE_SIZE;
 const GUARD: u64 = 0x10_0000;
+/// The default `mmap_base` (8 MiB stack rlimit).
+const MMAP_BASE: u64 = 0x7fff_f7ff_f000;
 
 // ----- running ------------------------------------------------------------
 
@@ -584,6 +586,7 @@ fn mass_mmap_then_wide_unmap() {
     let strategy = (config(), prop::bool::ANY).prop_flat_map(|(cfg, legacy)| {
         let cfg = MmConfig {
             task_size: MmConfig::default().task_size,
+            mmap_base: MMAP_BASE,
             layout: if legacy {
                 Layout::Legacy
             } else {
@@ -592,7 +595,7 @@ fn mass_mmap_then_wide_unmap() {
             ..cfg
         };
         let sc = Scale {
-            base: 0x7fff_f7ff_f000 - (64 << 20),
+            base: MMAP_BASE - (64 << 20),
             gran: PAGE,
         };
         let fill = ops(sc, 5..9, |g, sc| {
@@ -601,17 +604,20 @@ fn mass_mmap_then_wide_unmap() {
             o.fixed = Fixed::No;
             Op::MmapRepeat(o, 63)
         });
-        let wide = ops(sc, 1..4, |g, _| Op::Unmap {
-            start: Addr::Near {
-                index: g.u64() as u16 % 32,
-                edge: if g.bool() { Edge::Start } else { Edge::End },
-                delta: g.irange(-2, 3) * 0x800,
-            },
-            extent: Extent::End(Addr::Near {
-                index: u16::MAX - g.u64() as u16 % 32,
-                edge: if g.bool() { Edge::Start } else { Edge::End },
-                delta: g.irange(-2, 3) * 0x800,
-            }),
+        // Windows from far below (or above) the packed area to just inside
+        // it, ends at half pages so that VMAs are cut.
+        let wide = ops(legacy, 1..4, |g, legacy| {
+            let near = g.range(0, 1 << 13) * 0x800;
+            let far = g.range(1 << 13, 3 << 20) * 0x800;
+            let (start, end) = match (legacy, g.weighted(&[4, 1])) {
+                (_, 1) => (0x3be4_0000, DEFAULT_MAP_WINDOW - (64 << 20) - near),
+                (false, _) => (MMAP_BASE - far, MMAP_BASE - near),
+                (true, _) => (LEGACY_BASE + near, LEGACY_BASE + far),
+            };
+            Op::Unmap {
+                start: Addr::Abs(start),
+                extent: Extent::End(Addr::Abs(end)),
+            }
         });
         let refill = ops(sc, 2..6, |g, sc| {
             let mut o = g.mmap(sc);
@@ -629,10 +635,103 @@ fn mass_mmap_then_wide_unmap() {
             TestCase { cfg, ops }
         })
     });
-    let s = run_prop("mass_mmap_then_wide_unmap", 24, strategy, |_, _| Ok(()));
-    assert_floor(s.ops, 6_000);
+    let s = run_prop("mass_mmap_then_wide_unmap", 16, strategy, |_, _| Ok(()));
+    assert_floor(s.ops, 4_000);
     assert!(
         !default_counts() || s.max_vmas >= 300,
+        "only {} VMAs",
+        s.max_vmas
+    );
+}
+
+/// A tree three or four levels deep (a thousand VMAs, inserted in random
+/// runs up, down and shuffled), then unmaps of random widths, from a single
+/// VMA to nearly all of them, with ends inside VMAs, and refills: every
+/// borrow and merge of the range removal at every level.
+#[test]
+fn deep_tree_range_unmaps() {
+    let strategy = (prop::bool::ANY, 600u64..1400).prop_flat_map(|(gaps, n)| {
+        let step = if gaps { 2 * PAGE } else { PAGE };
+        let base = 1u64 << 40;
+        // A permutation of 0..n in runs: ascending, descending and strided.
+        let order = prop::collection::vec(any::<u64>(), 1..8).prop_map(move |seeds| {
+            let mut idx: Vec<u64> = (0..n).collect();
+            let runs = seeds.len() as u64;
+            let mut out = Vec::with_capacity(n as usize);
+            for (r, seed) in seeds.iter().enumerate() {
+                let lo = n * r as u64 / runs;
+                let hi = n * (r as u64 + 1) / runs;
+                let run = &mut idx[lo as usize..hi as usize];
+                match seed % 3 {
+                    0 => {}
+                    1 => run.reverse(),
+                    _ => {
+                        let mut g = Gen(*seed);
+                        for i in (1..run.len()).rev() {
+                            run.swap(i, g.range(0, i as u64 + 1) as usize);
+                        }
+                    }
+                }
+                out.extend_from_slice(run);
+            }
+            out
+        });
+        let work = ops((base, step, n), 150..300, |g, (base, step, n)| {
+            let at =
+                |g: &mut Gen, k: u64| base + k * step + [0, 0x800, PAGE][g.weighted(&[3, 1, 1])];
+            match g.weighted(&[3, 1, 1]) {
+                0 => {
+                    let width = [1, 8, 64, n / 2, n][g.weighted(&[1, 2, 2, 2, 1])];
+                    let k = g.range(0, n);
+                    let end = (k + g.range(1, width + 1)).min(n);
+                    Op::Unmap {
+                        start: Addr::Abs(at(g, k)),
+                        extent: Extent::End(Addr::Abs(at(g, end))),
+                    }
+                }
+                1 => Op::Insert {
+                    start: Addr::Abs(base + g.range(0, n) * step),
+                    extent: Extent::Len {
+                        len: g.range(1, 4) * PAGE,
+                        clip: false,
+                    },
+                    flags: g.flags(),
+                },
+                _ => Op::Lookup {
+                    addr: {
+                        let k = g.range(0, n);
+                        Addr::Abs(at(g, k))
+                    },
+                    extent: Extent::Len {
+                        len: g.range(1, 64) * step,
+                        clip: false,
+                    },
+                },
+            }
+        });
+        (order, work).prop_map(move |(order, work)| {
+            let mut ops: Vec<Op> = order
+                .into_iter()
+                .map(|k| Op::Insert {
+                    start: Addr::Abs(base + k * step),
+                    extent: Extent::Len {
+                        len: PAGE,
+                        clip: false,
+                    },
+                    flags: VmaFlags::NONE,
+                })
+                .collect();
+            ops.extend(work);
+            TestCase {
+                cfg: MmConfig::default(),
+                ops,
+            }
+        })
+    });
+    let s = run_prop("deep_tree_range_unmaps", 6, strategy, |_, _| Ok(()));
+    assert_floor(s.ops, 5_000);
+    assert!(
+        !default_counts() || s.max_vmas >= 1000,
         "only {} VMAs",
         s.max_vmas
     );
