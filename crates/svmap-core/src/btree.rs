@@ -154,9 +154,14 @@ pub(crate) fn room(gs: u64, ge: u64, shift: u32) -> u64 {
 /// Folds the hole `[gs, ge)` into the running maxima.
 #[inline]
 fn fold_hole(gap: &mut u64, rooms: &mut [u64; NCLASS], gs: u64, ge: u64) {
-    *gap = (*gap).max(ge - gs);
+    let g = ge - gs;
+    *gap = (*gap).max(g);
+    // A room never exceeds its hole: a hole no longer than the best room so
+    // far cannot raise it (most holes, once a large room is known).
     for c in 0..NCLASS {
-        rooms[c] = rooms[c].max(room(gs, ge, ROOM_SHIFTS[c]));
+        if g > rooms[c] {
+            rooms[c] = rooms[c].max(room(gs, ge, ROOM_SHIFTS[c]));
+        }
     }
 }
 
