@@ -205,7 +205,13 @@ impl<T> Out<T> {
     /// `p` is NULL or valid for an aligned write of a `T` for as long as the
     /// returned value lives (the out-parameter contract of the header).
     pub unsafe fn new(p: *mut T, what: &str) -> FfiResult<Out<T>> {
-        NonNull::new(p).map(Out).ok_or_else(|| Failure::null(what))
+        let p = NonNull::new(p).ok_or_else(|| Failure::null(what))?;
+        // A misaligned pointer is a caller bug that can be seen: an error,
+        // not a misaligned write.
+        if !p.is_aligned() {
+            return Err(Failure::inval(format!("{what} is not aligned")));
+        }
+        Ok(Out(p))
     }
 
     /// Writes `v` (without reading or dropping the old contents).
@@ -231,6 +237,24 @@ pub unsafe fn c_str<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
     let s = unsafe { CStr::from_ptr(p) };
     s.to_str()
         .map_err(|_| Failure::inval(format!("{what} is not valid UTF-8")))
+}
+
+/// The `bool` field `b` of an input struct that C filled in, read as its
+/// byte: 0 or 1, else `SVMAP_EINVAL` naming `what`. C code that fills a
+/// struct with `memset` or from another language can leave any byte there,
+/// and loading such a byte as a Rust `bool` would be undefined behaviour, so
+/// the byte is read as a `u8` and checked first.
+pub fn c_bool(b: &bool, what: &str) -> FfiResult<bool> {
+    // SAFETY: `b` is a live, aligned, 1-byte place; reading it as a u8 (which
+    // has no invalid values) never asserts that it holds a valid bool.
+    let v = unsafe { std::ptr::from_ref(b).cast::<u8>().read() };
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(Failure::inval(format!(
+            "{what} is {v}, not a bool (0 or 1)"
+        ))),
+    }
 }
 
 /// A handle argument named `what`, or `SVMAP_EINVAL` for NULL.

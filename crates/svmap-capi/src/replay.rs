@@ -46,12 +46,20 @@ impl Sink {
         match fd {
             -1 => Ok(Sink::Null),
             fd if fd < 0 => Err(Failure::inval(format!("{what} is {fd}"))),
-            // SAFETY: the caller passes an open descriptor that stays open
-            // while the sink lives; ManuallyDrop never closes it (the caller
-            // keeps owning it).
-            fd => Ok(Sink::Fd(ManuallyDrop::new(unsafe {
-                File::from_raw_fd(fd)
-            }))),
+            fd => {
+                // A closed or read-only descriptor is the caller's mistake
+                // that can be seen: say so instead of wrapping a File around
+                // a number that is not (or not writably) open.
+                svmap_linux::sys::check_writable_fd(fd).map_err(|e| {
+                    Failure::inval(format!("{what} {fd} is not open for writing: {e}"))
+                })?;
+                // SAFETY: `fd` is open for writing (checked) and, by the
+                // caller's contract, stays open while the sink lives;
+                // ManuallyDrop never closes it (the caller keeps owning it).
+                Ok(Sink::Fd(ManuallyDrop::new(unsafe {
+                    File::from_raw_fd(fd)
+                })))
+            }
         }
     }
 }
@@ -173,9 +181,15 @@ pub unsafe extern "C" fn svmap_replay_buffer(
             &[]
         } else if data.is_null() {
             return Err(Failure::null("data"));
+        } else if len > isize::MAX as usize {
+            // `slice::from_raw_parts` requires len <= isize::MAX.
+            return Err(Failure::inval(format!(
+                "len {len:#x} overflows the address space"
+            )));
         } else {
-            // SAFETY: non-null, and the caller guarantees `len` readable
-            // bytes that do not change during the call.
+            // SAFETY: non-null, `len` <= isize::MAX (checked), u8 needs no
+            // alignment, and the caller guarantees `len` readable bytes that
+            // do not change during the call.
             unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
         };
         run(bytes, check, out_fd, err_fd, out)

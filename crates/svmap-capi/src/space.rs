@@ -7,7 +7,7 @@ use svmap_core::linux::{Errno, Fixed, Layout, Mm, MmConfig, MmapRequest};
 use svmap_core::{FitError, FitRequest, MapError, SearchError, UnmappedAreaInfo, VmaFlags};
 
 use crate::svmap_status_t::{self, *};
-use crate::{ffi_status, ffi_value, handle, status_of_errno, Failure, FfiResult, Out};
+use crate::{c_bool, ffi_status, ffi_value, handle, status_of_errno, Failure, FfiResult, Out};
 
 /// A simulated address space: a map of VMAs with the Linux x86-64
 /// placement policy. Owned by the caller from `svmap_space_new` to
@@ -96,7 +96,7 @@ pub(crate) fn mm_config(cfg: Option<&svmap_space_config_t>) -> FfiResult<MmConfi
         stack_guard_gap: c.stack_guard_gap,
         layout,
         mmap_base: c.mmap_base,
-        thp_align: c.thp_align,
+        thp_align: c_bool(&c.thp_align, "cfg->thp_align")?,
     })
 }
 
@@ -197,8 +197,8 @@ pub(crate) fn mmap_request(r: &svmap_mmap_request_t) -> FfiResult<MmapRequest> {
         length: r.length,
         hint: r.hint,
         fixed,
-        growsdown: r.growsdown,
-        map32bit: r.map32bit,
+        growsdown: c_bool(&r.growsdown, "req->growsdown")?,
+        map32bit: c_bool(&r.map32bit, "req->map32bit")?,
     })
 }
 
@@ -358,8 +358,8 @@ pub unsafe extern "C" fn svmap_space_find_fit(
             high: r.high,
             align: r.align,
             align_offset: r.align_offset,
-            topdown: r.topdown,
-            respect_guard_gaps: r.respect_guard_gaps,
+            topdown: c_bool(&r.topdown, "req->topdown")?,
+            respect_guard_gaps: c_bool(&r.respect_guard_gaps, "req->respect_guard_gaps")?,
         };
         let addr =
             s.mm.space()

@@ -287,8 +287,19 @@ unsafe fn c_str_array<'a>(
     if p.is_null() {
         return Err(Failure::null(what));
     }
-    // SAFETY: non-null, and the caller guarantees `n` readable, aligned
-    // pointers that live for 'a.
+    // `slice::from_raw_parts` needs `n * size_of` <= isize::MAX and an
+    // aligned pointer: a hostile count or pointer is an error, not UB.
+    if n > isize::MAX as usize / std::mem::size_of::<*const c_char>() {
+        return Err(Failure::inval(format!(
+            "{n} entries of {what} overflow the address space"
+        )));
+    }
+    if !p.is_aligned() {
+        return Err(Failure::inval(format!("{what} is not aligned")));
+    }
+    // SAFETY: non-null and aligned (checked), `n` pointers span at most
+    // isize::MAX bytes (checked), and the caller guarantees that they are
+    // readable and live for 'a.
     let ptrs = unsafe { std::slice::from_raw_parts(p, n) };
     ptrs.iter()
         .enumerate()

@@ -175,6 +175,44 @@ fn c_test_program_under_valgrind() {
     );
 }
 
+fn hostile_program() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/test_hostile.c")
+}
+
+/// Hostile inputs (NULLs, overflowing lengths and counts, unknown enums,
+/// non-0/1 bools, misaligned out-parameters, closed descriptors, double
+/// deallocs) each come back as a clean error.
+#[test]
+fn c_hostile_inputs_are_refused() {
+    let exe = compile(&hostile_program(), "test_hostile_static", Link::Static);
+    let o = run_ok(&mut Command::new(&exe));
+    println!("{}", String::from_utf8_lossy(&o.stdout));
+}
+
+#[test]
+fn c_hostile_inputs_under_valgrind() {
+    if !have("valgrind") {
+        println!("SKIPPED: valgrind is not installed");
+        eprintln!("SKIPPED c_hostile_inputs_under_valgrind: valgrind is not installed");
+        return;
+    }
+    let exe = compile(&hostile_program(), "test_hostile_valgrind", Link::Static);
+    let o = run_ok(
+        Command::new("valgrind")
+            .args([
+                "--leak-check=full",
+                "--error-exitcode=1",
+                "--errors-for-leak-kinds=definite,indirect,possible",
+                "--quiet",
+            ])
+            .arg(&exe),
+    );
+    println!(
+        "valgrind: no errors, no leaks\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
 /// The install steps of examples/c/README.md, then the example built with
 /// nothing but `pkg-config --cflags --libs svmap`.
 #[test]

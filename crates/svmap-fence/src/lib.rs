@@ -37,6 +37,7 @@
 
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 const PAGE: u64 = 4096;
 /// The kernel's default `stack_guard_gap` (256 pages).
@@ -67,9 +68,25 @@ struct State {
 
 struct Global(UnsafeCell<State>);
 
-// SAFETY: the state is used only by the constructor, which the dynamic
-// loader runs once, on one thread, before `main`.
+// SAFETY: the state is reached only through `take_state`, which hands out
+// its one `&mut` at most once per process (guarded by `TAKEN`), so no two
+// threads, and no two calls, ever share it.
 unsafe impl Sync for Global {}
+
+/// Set by the first `take_state`. The loader runs the constructor once, on
+/// one thread, before `main`; but a program may also `dlopen` the library
+/// (after a `dlclose`, again), so "once" is enforced, not assumed.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The state, the first time only.
+fn take_state() -> Option<&'static mut State> {
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: `TAKEN` was false, so this is the only reference ever made to
+    // the state, and it lives in a static.
+    Some(unsafe { &mut *STATE.0.get() })
+}
 
 static STATE: Global = Global(UnsafeCell::new(State {
     buf: [0; MAPS_BUF],
@@ -142,7 +159,8 @@ impl Out {
 fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     // SAFETY: getenv with a NUL-terminated name; before main nobody calls
     // setenv concurrently. The result points into the environment block,
-    // which lives as long as the process unless modified.
+    // which lives as long as the process unless modified; the constructor
+    // uses it only while it runs.
     let p = unsafe { libc::getenv(name.as_ptr()) };
     if p.is_null() {
         return None;
@@ -345,9 +363,10 @@ fn run(bits: &[u8], out: &mut Out) {
         return;
     }
     let room = stack_rlimit();
-    // SAFETY: only the constructor uses the state, once, single-threaded
-    // (see `Global`); this is the only reference made to it.
-    let st = unsafe { &mut *STATE.0.get() };
+    let Some(st) = take_state() else {
+        out.line(format_args!("error: the fence already ran in this process"));
+        return;
+    };
     let (mut reserved, mut bytes, mut uncovered) = (0u64, 0u64, 0u64);
     for round in 0..ROUNDS {
         if !read_maps(st) {

@@ -1127,6 +1127,16 @@ impl<W: Write> Recorder<W> {
             self.full_ops += 1;
         }
         let Ok(addr) = result else {
+            if req.fixed == FixedKind::Fixed && result == Err(Errno::Nomem) {
+                // A failed MAP_FIXED may have unmapped the old pages before
+                // failing (mmap_region unmaps first): the range may now be a
+                // hole that malloc can take. Stop calling it ours, so that no
+                // later munmap or MAP_FIXED can reach someone else's memory
+                // there (at worst a PROT_NONE mapping of ours stays, unused).
+                let start = page_down(req.hint);
+                let end = start.saturating_add(page_up(req.length));
+                self.owned.remove(start, end);
+            }
             return Ok(());
         };
         let end = addr + page_up(req.length);
@@ -1161,7 +1171,13 @@ impl<W: Write> Recorder<W> {
     /// this recorder's own memory. Allocation-free: it runs between snapshot and call.
     fn fixed_target_is_ours(&self, req: &Request) -> bool {
         let start = page_down(req.hint);
-        let Some(end) = req.hint.checked_add(page_up(req.length)) else {
+        // `page_up` wraps to 0 for lengths above 2^64 - PAGE: such a request
+        // would cover nothing here, so refuse it rather than rely on the
+        // kernel's own PAGE_ALIGN wrap check.
+        let Some(len) = req.length.checked_add(PAGE - 1).map(page_down) else {
+            return false;
+        };
+        let Some(end) = req.hint.checked_add(len) else {
             return false;
         };
         for vma in self.smaps.vmas() {
@@ -1284,7 +1300,13 @@ impl<W: Write> Recorder<W> {
             let (s, e) = self.scratch[k];
             let flags = map_flags() | libc::MAP_FIXED_NOREPLACE;
             if let Ok(addr) = raw_mmap(s, e - s, flags) {
-                debug_assert_eq!(addr, s);
+                if addr != s {
+                    // A kernel before 4.17 took MAP_FIXED_NOREPLACE as a hint:
+                    // the mapping is ours but elsewhere. Undo it instead of
+                    // recording [s, e), which is not ours to unmap later.
+                    raw_munmap(addr, e - s)?;
+                    continue;
+                }
                 self.fillers.push((s, e));
                 self.owned.insert(s, e);
             }

@@ -149,7 +149,13 @@ fn read_file_into(path: &core::ffi::CStr, buf: &mut [u8], len: &mut usize) -> io
 /// The index of the first `byte` in `s`. `libc::memchr`, because this scans megabytes per
 /// snapshot and must stay fast in debug builds.
 fn find_byte(s: &[u8], byte: u8) -> Option<usize> {
-    // SAFETY: `s` is a live slice of `s.len()` readable bytes; memchr reads no further.
+    if s.is_empty() {
+        // An empty slice's pointer may be dangling (`&[]`); C wants a valid
+        // pointer even for a zero length.
+        return None;
+    }
+    // SAFETY: `s` is a live, non-empty slice of `s.len()` readable bytes;
+    // memchr reads no further, and a non-null result points into `s`.
     let p = unsafe { libc::memchr(s.as_ptr().cast(), i32::from(byte), s.len()) };
     if p.is_null() {
         None
@@ -332,6 +338,36 @@ VmFlags: rd wr mr mw me gd ac
             SmapsIter::new(orphan).next(),
             Some(Err(SmapsError::FieldBeforeHeader { offset: 0 }))
         );
+    }
+
+    #[test]
+    fn empty_and_unterminated_inputs() {
+        assert_eq!(find_byte(&[], b'\n'), None);
+        assert_eq!(find_byte(b"abc", b'\n'), None);
+        assert_eq!(find_byte(b"ab\n", b'\n'), Some(2));
+        assert_eq!(SmapsIter::new(b"").next(), None);
+        // A header cut before its end address ends the walk with an error.
+        assert_eq!(
+            SmapsIter::new(b"1000-").next(),
+            Some(Err(SmapsError::BadHeader { offset: 0 }))
+        );
+    }
+
+    #[test]
+    fn read_self_closes_its_descriptor() {
+        let count = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let mut snap = SmapsSnapshot::with_capacity(4096);
+        snap.read_self().unwrap();
+        let before = count();
+        for _ in 0..16 {
+            snap.read_self().unwrap();
+        }
+        // Other tests run on other threads and may hold descriptors for a
+        // moment; 16 leaked ones would show regardless.
+        assert!(count() < before + 16, "read_self leaks descriptors");
+        let mut buf = [0u8; 1];
+        let mut len = 0;
+        assert!(read_file_into(c"/nonexistent/smaps", &mut buf, &mut len).is_err());
     }
 
     #[test]

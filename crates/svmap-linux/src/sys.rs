@@ -145,9 +145,10 @@ impl OwnedRange {
     ) -> Result<(), Errno> {
         self.check_sub(addr, len)?;
         // SAFETY: [addr, addr + len) lies inside this OwnedRange (checked
-        // above), which svmap mapped and owns; the heap that calls this hands
-        // the range out only as a raw pointer after this returns, so no Rust
-        // reference to the replaced pages exists.
+        // above), which svmap mapped and owns, so MAP_FIXED replaces only
+        // svmap's own pages. The callers (`Heap::alloc`, `SharedWindow::map_fd`)
+        // hand the range out only as raw addresses after this returns, so no
+        // Rust reference to the replaced pages exists.
         let p = unsafe {
             libc::mmap(
                 addr as *mut libc::c_void,
@@ -159,10 +160,40 @@ impl OwnedRange {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(Errno::last());
+            let e = Errno::last();
+            self.recover_hole(addr, len);
+            return Err(e);
         }
         debug_assert_eq!(p as u64, addr);
         Ok(())
+    }
+
+    /// After a failed `MAP_FIXED` over `[addr, addr + len)` (checked to lie
+    /// inside this range): the kernel may have unmapped the old pages before
+    /// failing (`mmap_region` unmaps first, then can fail allocating the new
+    /// VMA), which would leave a hole in the reservation that an unrelated
+    /// `mmap` could take, and that this range's `Drop` would then unmap.
+    /// Puts a `PROT_NONE` reservation back with `MAP_FIXED_NOREPLACE`, which
+    /// fills the hole if there is one and changes nothing otherwise.
+    fn recover_hole(&self, addr: u64, len: u64) {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; a
+        // new mapping only fills a hole inside this OwnedRange, which is
+        // svmap's to fill.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len as usize,
+                libc::PROT_NONE,
+                RESERVE_FLAGS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED && p as u64 != addr {
+            // A kernel before 4.17 took the flag as a hint.
+            // SAFETY: `p` is the mapping this call just created.
+            unsafe { libc::munmap(p, len as usize) };
+        }
     }
 
     /// Puts a fresh `PROT_NONE | MAP_NORESERVE` anonymous mapping over
@@ -171,8 +202,9 @@ impl OwnedRange {
     pub(crate) fn reset(&self, addr: u64, len: u64) -> Result<(), Errno> {
         self.check_sub(addr, len)?;
         // SAFETY: the range is inside this OwnedRange (checked above); the
-        // caller (the heap's `free`) has taken the allocation out of its index,
-        // so by its contract nothing uses the pages any more.
+        // callers (`Heap::free`, `SharedWindow::unmap`) have taken the buffer
+        // out of their index first, and both hand buffers out only as raw
+        // addresses, so no Rust reference into the pages exists.
         let p = unsafe {
             libc::mmap(
                 addr as *mut libc::c_void,
@@ -184,7 +216,9 @@ impl OwnedRange {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(Errno::last());
+            let e = Errno::last();
+            self.recover_hole(addr, len);
+            return Err(e);
         }
         Ok(())
     }
@@ -240,6 +274,26 @@ pub fn get_seals(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
         Err(Errno::last())
     } else {
         Ok(r)
+    }
+}
+
+/// `EBADF` unless `raw` is an open descriptor, `EINVAL` unless it is open
+/// for writing (`F_GETFL`). For borrowing a descriptor number that a caller
+/// outside Rust passed in (the C ABI's output descriptors): a closed number
+/// becomes a clean error instead of an `OwnedFd`/`File` over nothing.
+pub fn check_writable_fd(raw: i32) -> Result<(), Errno> {
+    if raw < 0 {
+        return Err(Errno(libc::EBADF));
+    }
+    // SAFETY: fcntl(F_GETFL) on a descriptor number reads no memory; a
+    // number that is not open answers EBADF.
+    let fl = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    if fl < 0 {
+        return Err(Errno::last());
+    }
+    match fl & libc::O_ACCMODE {
+        libc::O_WRONLY | libc::O_RDWR => Ok(()),
+        _ => Err(Errno::EINVAL),
     }
 }
 
@@ -507,7 +561,7 @@ pub(crate) fn recv_packet(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                let n = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize)
                     / std::mem::size_of::<libc::c_int>();
                 let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
                 for i in 0..n {
@@ -585,6 +639,14 @@ impl SharedWindow {
         if (st.st_mode & libc::S_IFMT) != libc::S_IFREG || (st.st_size as u64) < len {
             return Err(Errno::EINVAL);
         }
+        // The size check above holds only if the sender cannot shrink the
+        // file later: an unsealed file truncated under the mapping would
+        // make the device's accesses die of SIGBUS. svmap's buffers are
+        // sealed (`memfd_sealed`); anything else is refused.
+        match get_seals(fd) {
+            Ok(seals) if seals & libc::F_SEAL_SHRINK != 0 => {}
+            _ => return Err(Errno::EINVAL),
+        }
         self.res.range().map_shared_fd(addr, len, fd)?;
         self.live.insert(addr, len);
         Ok(())
@@ -629,9 +691,12 @@ impl SharedWindow {
         if !self.inside(addr, out.len() as u64) {
             return Err(Errno(libc::EFAULT));
         }
-        // SAFETY: the source lies in one mapped buffer (checked); `out` is a
-        // distinct Rust buffer; u8 has no invalid values, so a concurrent
-        // write by the other process yields some bytes, never an invalid value.
+        // SAFETY: the source lies in one buffer mapped readable by `map_fd`
+        // and not reset since (checked); `out` is a distinct Rust buffer (the
+        // window is reached only through raw addresses, never a reference).
+        // The other process may write the source concurrently: that is outside
+        // Rust's memory model (another address space), and u8 has no invalid
+        // values, so the worst outcome is a torn copy, as on real hardware.
         unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), out.len()) };
         Ok(())
     }
@@ -641,8 +706,10 @@ impl SharedWindow {
         if !self.inside(addr, data.len() as u64) {
             return Err(Errno(libc::EFAULT));
         }
-        // SAFETY: the destination lies in one writable mapped buffer (checked)
-        // that no Rust reference points into; `data` is a distinct buffer.
+        // SAFETY: the destination lies in one buffer mapped readable and
+        // writable by `map_fd` and not reset since (checked), which no Rust
+        // reference points into; `data` is a distinct Rust buffer, so the two
+        // do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) };
         Ok(())
     }
@@ -711,5 +778,173 @@ fn heap_check(heap: &crate::heap::Heap, start: u64, addr: u64) -> Result<(), Err
         Ok(())
     } else {
         Err(Errno(libc::EFAULT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// Descriptors open in this process. Other tests run on other threads,
+    /// so callers compare with a margin below the number of iterations.
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    fn window(len: u64) -> SharedWindow {
+        let req = crate::reserve::ReserveRequest::below_bits(46, len).unwrap();
+        SharedWindow::new(crate::reserve::Reservation::reserve(&req).unwrap())
+    }
+
+    #[test]
+    fn shared_window_bounds_checks_every_access() {
+        let mut w = window(16 * PAGE);
+        let base = w.reservation().addr();
+        let fd = memfd_sealed(c"svmap-test", 2 * PAGE).unwrap();
+        let buf = base + 4 * PAGE;
+        w.map_fd(buf, 2 * PAGE, fd.as_fd()).unwrap();
+        let end = buf + 2 * PAGE;
+        // Inside: any alignment, up to the last 8 bytes.
+        w.write_bytes(buf, &[1, 2, 3]).unwrap();
+        assert_eq!(w.read_u64(buf).unwrap() & 0xff_ffff, 0x03_0201);
+        assert_eq!(w.read_u64(end - 8).unwrap(), 0);
+        assert_eq!(w.read_u64(buf + 1).unwrap(), 0x0302);
+        let mut out = [0u8; 16];
+        w.read_bytes(end - 16, &mut out).unwrap();
+        // Crossing or outside the buffer, or wrapping: EFAULT.
+        let efault = Err(Errno(libc::EFAULT));
+        assert_eq!(w.read_u64(end - 7), efault);
+        assert_eq!(w.read_u64(buf - 1), efault);
+        assert_eq!(w.read_u64(base), efault);
+        assert_eq!(w.read_u64(u64::MAX - 3), efault);
+        assert_eq!(w.read_bytes(end - 15, &mut out), Err(Errno(libc::EFAULT)));
+        assert_eq!(w.write_bytes(end, &[0]), Err(Errno(libc::EFAULT)));
+        assert_eq!(w.write_bytes(buf - 1, &[0, 0]), Err(Errno(libc::EFAULT)));
+        // Mapping outside the window, over a live buffer, or wrapping.
+        assert_eq!(w.map_fd(base - PAGE, PAGE, fd.as_fd()), Err(Errno::EINVAL));
+        assert_eq!(
+            w.map_fd(w.reservation().end(), PAGE, fd.as_fd()),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(w.map_fd(buf + PAGE, PAGE, fd.as_fd()), Err(Errno::EEXIST));
+        assert_eq!(
+            w.map_fd(u64::MAX - PAGE + 1, PAGE, fd.as_fd()),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(w.map_fd(buf + 3 * PAGE, 0, fd.as_fd()), Err(Errno::EINVAL));
+        // Longer than the file: it would SIGBUS past its end.
+        assert_eq!(
+            w.map_fd(base + 8 * PAGE, 3 * PAGE, fd.as_fd()),
+            Err(Errno::EINVAL)
+        );
+        // After the unmap nothing is reachable, and a second unmap is refused.
+        w.unmap(buf, 2 * PAGE).unwrap();
+        assert_eq!(w.read_u64(buf), efault);
+        assert_eq!(w.unmap(buf, 2 * PAGE), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn shared_window_refuses_files_that_can_shrink() {
+        let mut w = window(4 * PAGE);
+        let base = w.reservation().addr();
+        // A memfd of the right size but without F_SEAL_SHRINK: the sender
+        // could truncate it under the mapping.
+        // SAFETY: a NUL-terminated name.
+        let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: just created, owned here only.
+        let unsealed = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: a descriptor we own.
+        assert_eq!(
+            unsafe { libc::ftruncate(unsealed.as_raw_fd(), PAGE as i64) },
+            0
+        );
+        assert_eq!(w.map_fd(base, PAGE, unsealed.as_fd()), Err(Errno::EINVAL));
+        // Not a regular file at all.
+        let (a, _b) = socketpair_seqpacket().unwrap();
+        assert_eq!(w.map_fd(base, PAGE, a.as_fd()), Err(Errno::EINVAL));
+        // The refused ranges stay reserved, and a sealed buffer maps fine.
+        let sealed = memfd_sealed(c"sealed", PAGE).unwrap();
+        w.map_fd(base, PAGE, sealed.as_fd()).unwrap();
+    }
+
+    #[test]
+    fn owned_range_refuses_sub_ranges_outside_it() {
+        let r = OwnedRange::reserve_anywhere(0, 4 * PAGE).unwrap();
+        let fd = memfd_sealed(c"svmap-test", PAGE).unwrap();
+        let (a, l) = (r.addr(), r.len());
+        for (addr, len) in [
+            (a - PAGE, PAGE),
+            (a + l, PAGE),
+            (a + l - PAGE, 2 * PAGE),
+            (a + 1, PAGE),
+            (a, PAGE + 1),
+            (a, 0),
+            (u64::MAX - PAGE + 1, PAGE),
+        ] {
+            assert_eq!(r.map_shared_fd(addr, len, fd.as_fd()), Err(Errno::EINVAL));
+            assert_eq!(r.reset(addr, len), Err(Errno::EINVAL));
+        }
+        assert_eq!(
+            OwnedRange::reserve_at(a, u64::MAX - PAGE + 1).err(),
+            Some(Errno::EINVAL)
+        );
+        assert_eq!(
+            OwnedRange::reserve_at(a + 1, PAGE).err(),
+            Some(Errno::EINVAL)
+        );
+        assert_eq!(OwnedRange::reserve_at(a, PAGE).err(), Some(Errno::EEXIST));
+        r.map_shared_fd(a + PAGE, PAGE, fd.as_fd()).unwrap();
+        r.reset(a + PAGE, PAGE).unwrap();
+    }
+
+    #[test]
+    fn failing_calls_close_their_descriptors() {
+        let before = open_fds();
+        for _ in 0..64 {
+            // memfd_create succeeds, the size is refused: the memfd is closed.
+            assert_eq!(
+                memfd_sealed(c"too-big", u64::MAX).err(),
+                Some(Errno::EINVAL)
+            );
+            // EINVAL (ENOSYS under valgrind, which lacks the syscall).
+            assert!(pidfd_open(u32::MAX).is_err());
+        }
+        assert!(open_fds() < before + 32, "descriptors leaked");
+    }
+
+    #[test]
+    fn received_descriptors_are_owned_and_closed() {
+        let (a, b) = socketpair_seqpacket().unwrap();
+        let f = memfd_sealed(c"passed", PAGE).unwrap();
+        let before = open_fds();
+        for _ in 0..64 {
+            send_packet(a.as_fd(), b"x", &[f.as_fd(), f.as_fd()]).unwrap();
+            let mut buf = [0u8; 4];
+            let r = recv_packet(b.as_fd(), &mut buf).unwrap();
+            assert_eq!(
+                (r.len, r.fds.len(), r.truncated, r.truncated_fds),
+                (1, 2, false, false)
+            );
+        }
+        assert!(open_fds() < before + 32, "received descriptors leaked");
+        let too_many = [f.as_fd(); MAX_FDS + 1];
+        assert_eq!(send_packet(a.as_fd(), b"x", &too_many), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn writable_fd_check() {
+        let (a, _b) = socketpair_seqpacket().unwrap();
+        assert_eq!(check_writable_fd(a.as_raw_fd()), Ok(()));
+        let raw = a.as_raw_fd();
+        drop(a);
+        // Closed (unless another thread reused the number meanwhile: then it
+        // is open, and whatever it is, the check must not crash).
+        let _ = check_writable_fd(raw);
+        assert_eq!(check_writable_fd(-1), Err(Errno(libc::EBADF)));
+        assert_eq!(check_writable_fd(i32::MAX), Err(Errno(libc::EBADF)));
+        let ro = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(check_writable_fd(ro.as_raw_fd()), Err(Errno::EINVAL));
     }
 }
