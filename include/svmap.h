@@ -832,9 +832,11 @@ enum svmap_status_t svmap_space_unmapped_area(const struct svmap_space_t *space,
                                               uint64_t *out_addr);
 
 /**
- * The exact aligned fit `req` on this space (with its `mmap_min_addr` and
- * `stack_guard_gap`). `SVMAP_ENOMEM` if nothing fits, `SVMAP_EINVAL` for a
- * zero length or an alignment that is not a power of two.
+ * The exact aligned fit `req` on this space: `req->low` is raised to the
+ * space's `mmap_min_addr`, and with `respect_guard_gaps` the space's
+ * `stack_guard_gap` is kept free below grows-down VMAs. `SVMAP_ENOMEM` if
+ * nothing fits, `SVMAP_EINVAL` for a zero length or an alignment that is
+ * not a power of two.
  *
  * # Safety
  *

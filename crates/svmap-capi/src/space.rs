@@ -334,9 +334,11 @@ pub unsafe extern "C" fn svmap_space_unmapped_area(
     })
 }
 
-/// The exact aligned fit `req` on this space (with its `mmap_min_addr` and
-/// `stack_guard_gap`). `SVMAP_ENOMEM` if nothing fits, `SVMAP_EINVAL` for a
-/// zero length or an alignment that is not a power of two.
+/// The exact aligned fit `req` on this space: `req->low` is raised to the
+/// space's `mmap_min_addr`, and with `respect_guard_gaps` the space's
+/// `stack_guard_gap` is kept free below grows-down VMAs. `SVMAP_ENOMEM` if
+/// nothing fits, `SVMAP_EINVAL` for a zero length or an alignment that is
+/// not a power of two.
 ///
 /// # Safety
 ///
@@ -354,7 +356,7 @@ pub unsafe extern "C" fn svmap_space_find_fit(
         let r = handle(req, "req")?;
         let fit = FitRequest {
             length: r.length,
-            low: r.low,
+            low: r.low.max(s.mm.config().mmap_min_addr),
             high: r.high,
             align: r.align,
             align_offset: r.align_offset,
