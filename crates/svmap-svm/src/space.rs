@@ -863,7 +863,7 @@ impl<F: PtFormat> SvmSpace<F> {
         if start % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 {
             return Err(SvmError::Unaligned {
                 start,
-                end: start.wrapping_add(length),
+                end: start.saturating_add(length),
                 page_size: PAGE_SIZE,
             });
         }
@@ -910,7 +910,7 @@ impl<F: PtFormat> SvmSpace<F> {
         if start % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 {
             return Err(SvmError::Unaligned {
                 start,
-                end: start.wrapping_add(length),
+                end: start.saturating_add(length),
                 page_size: PAGE_SIZE,
             });
         }
