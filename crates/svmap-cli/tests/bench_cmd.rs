@@ -28,7 +28,7 @@ fn churn_json_has_the_fields_tools_read() {
     let bytes = v["bytes_per_range"].as_f64().expect("bytes_per_range");
     assert!(ns > 0.0 && ns.is_finite(), "{ns}");
     // The map of 1000 ranges holds at least their starts and ends.
-    assert!(bytes >= 16.0 && bytes < 1000.0, "{bytes}");
+    assert!((16.0..1000.0).contains(&bytes), "{bytes}");
     // Every 2 MiB-aligned search examines one candidate hole.
     assert_eq!(v["holes_per_search"].as_f64(), Some(1.0));
 }
