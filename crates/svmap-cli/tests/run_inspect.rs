@@ -222,6 +222,15 @@ fn inspect_self_json_lists_vmas() {
 
     // Text form, and another process by pid.
     let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+    // Wait until the child has finished execve (right after spawn its maps
+    // may still be the half-built image: only the stack).
+    let maps = format!("/proc/{}/maps", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !std::fs::read_to_string(&maps).is_ok_and(|m| m.contains("sleep"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let o = svmap()
         .args(["inspect", &child.id().to_string(), "--va-bits=47"])
         .output()
