@@ -23,7 +23,8 @@ Runs on any Linux machine, no GPU needed. It
   (g) writes an SVG picture of both address spaces.
 
 Options:
-  --va-bits N   the device's address bits, 20..=56 (default 40)
+  --va-bits N   the device's address bits, 30..=56 (default 40; the demo
+                reserves a 256 MiB window below 2^N)
   --buffers N   SVM buffers to spread the list over, 2..=256 (default 8)
   --svg PATH    where to write the picture (default ./svmap-demo.svg)
   --json        one JSON object instead of the text account
@@ -74,10 +75,10 @@ pub fn parse(args: &[String]) -> Result<DemoOptions, i32> {
             "--va-bits" => {
                 let v = value("a number of bits")?;
                 match v.parse::<u32>() {
-                    Ok(n) if (20..=56).contains(&n) => o.va_bits = n,
+                    Ok(n) if (30..=56).contains(&n) => o.va_bits = n,
                     _ => {
                         return Err(usage_error(&format!(
-                            "--va-bits {v:?}: expected a number of address bits in 20..=56"
+                            "--va-bits {v:?}: expected a number of address bits in 30..=56"
                         )))
                     }
                 }

@@ -227,10 +227,14 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
 /// own re-executed binary, as for [`Peer::spawn`]).
 pub fn run_with(opts: &DemoOptions, peer: Command) -> Result<DemoReport, DemoError> {
     let t0 = Instant::now();
-    if !(20..=56).contains(&opts.va_bits) {
+    // The demo reserves a 256 MiB window below 2^va_bits: at least 30 bits.
+    if !(30..=56).contains(&opts.va_bits) {
         return Err(DemoError {
             step: "options",
-            message: format!("--va-bits {} is not in 20..=56", opts.va_bits),
+            message: format!(
+                "--va-bits {} is not in 30..=56 (the demo reserves a 256 MiB window)",
+                opts.va_bits
+            ),
         });
     }
     if !(2..=256).contains(&opts.buffers) {
