@@ -3,9 +3,9 @@
 //! each with the reason it holds.
 //!
 //! Ownership rule: svmap may replace (`MAP_FIXED`) or unmap only ranges it
-//! created itself. Such a range is an [`OwnedRange`]; the only ways to get one
-//! are [`OwnedRange::reserve_at`] (`MAP_FIXED_NOREPLACE`, which fails rather
-//! than replace anything) and [`OwnedRange::reserve_anywhere`] (a non-fixed
+//! created itself. Such a range is an `OwnedRange`; the only ways to get one
+//! are `OwnedRange::reserve_at` (`MAP_FIXED_NOREPLACE`, which fails rather
+//! than replace anything) and `OwnedRange::reserve_anywhere` (a non-fixed
 //! `mmap`, which never replaces anything). Every `MAP_FIXED` below is on a
 //! sub-range of an `OwnedRange`, checked at run time.
 
