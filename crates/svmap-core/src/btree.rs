@@ -880,7 +880,20 @@ impl BTree {
     /// O(log n + k): subtrees entirely inside the range are released whole,
     /// and only the two boundary paths are rebalanced.
     pub fn remove_starts_in(&mut self, s: u64, e: u64) -> usize {
-        let (removed, _) = self.remove_rec(self.root, self.height, s, e, None);
+        self.remove_starts_in_if(s, e, None)
+    }
+
+    /// Removes the VMA `[start, end)` if the map holds exactly that VMA, in
+    /// one descent; returns false (changing nothing) otherwise. The common
+    /// case of an allocator's free.
+    pub fn remove_exact(&mut self, start: u64, end: u64) -> bool {
+        start < end && self.remove_starts_in_if(start, start + 1, Some(end)) == 1
+    }
+
+    /// [`Self::remove_starts_in`]; with `exact = Some(end)` only a single
+    /// VMA ending at `end` is removed (else nothing).
+    fn remove_starts_in_if(&mut self, s: u64, e: u64, exact: Option<u64>) -> usize {
+        let (removed, _) = self.remove_rec(self.root, self.height, s, e, None, exact);
         self.len -= removed;
         // Collapse a root with a single child.
         while self.height > 0 && self.inner(self.root).len <= 1 {
@@ -907,9 +920,10 @@ impl BTree {
         s: u64,
         e: u64,
         old: Option<Agg>,
+        exact: Option<u64>,
     ) -> (usize, Delta) {
         if level == 0 {
-            return self.remove_leaf(id, s, e, old);
+            return self.remove_leaf(id, s, e, old, exact);
         }
         let node = self.inner(id);
         let n = node.n();
@@ -925,7 +939,7 @@ impl BTree {
         for c in i0 + 1..i1 {
             removed += self.release_subtree(self.inner(id).child[c], level - 1);
         }
-        let (r0, d0) = self.remove_child(id, level, i0, s, e);
+        let (r0, d0) = self.remove_child(id, level, i0, s, e, exact);
         removed += r0;
         if i1 == i0 {
             // One child touched: report the change incrementally unless the
@@ -938,7 +952,7 @@ impl BTree {
             self.fix_child(id, level, i0);
             return (removed, Delta::Unknown);
         }
-        let (r1, d1) = self.remove_child(id, level, i1, s, e);
+        let (r1, d1) = self.remove_child(id, level, i1, s, e, exact);
         removed += r1;
         self.inners[id as usize].remove_run(i0 + 1, i1);
         // Refresh the touched children's aggregates, then restore their
@@ -953,15 +967,30 @@ impl BTree {
     }
 
     /// Removes the starts in `[s, e)` from child `c` of inner node `id`.
-    fn remove_child(&mut self, id: u32, level: u32, c: usize, s: u64, e: u64) -> (usize, Delta) {
+    fn remove_child(
+        &mut self,
+        id: u32,
+        level: u32,
+        c: usize,
+        s: u64,
+        e: u64,
+        exact: Option<u64>,
+    ) -> (usize, Delta) {
         let (child, old) = (self.inner(id).child[c], self.inner(id).get(c));
-        self.remove_rec(child, level - 1, s, e, Some(old))
+        self.remove_rec(child, level - 1, s, e, Some(old), exact)
     }
 
     /// Removes the run of entries of leaf `id` whose starts lie in
     /// `[s, e)`. With the old aggregate, removing one inner entry merges
     /// two holes into one, which is folded into the maxima in O(1).
-    fn remove_leaf(&mut self, id: u32, s: u64, e: u64, old: Option<Agg>) -> (usize, Delta) {
+    fn remove_leaf(
+        &mut self,
+        id: u32,
+        s: u64,
+        e: u64,
+        old: Option<Agg>,
+        exact: Option<u64>,
+    ) -> (usize, Delta) {
         let leaf = &mut self.leaves[id as usize];
         let n = leaf.n();
         let mut a = 0;
@@ -972,7 +1001,7 @@ impl BTree {
         while b < n && leaf.start[b] < e {
             b += 1;
         }
-        if a == b {
+        if a == b || exact.is_some_and(|x| b - a != 1 || leaf.end[a] != x) {
             return (0, Delta::Same);
         }
         leaf.remove_run(a, b);

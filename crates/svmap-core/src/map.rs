@@ -310,6 +310,10 @@ impl AddressMap {
         if end == start {
             return Ok(0);
         }
+        // An allocator's free: exactly one VMA, removed in one descent.
+        if self.t.remove_exact(start, end) {
+            return Ok(1);
+        }
         let Some(first) = self.first_overlap(start, end) else {
             return Ok(0);
         };
