@@ -22,6 +22,13 @@ and writes what the kernel answered as a trace (TRACE.md) with `expect` fields, 
   -h, --help   show this text
 
 A summary (counts of addresses, ENOMEM, EINVAL, EEXIST per request kind) goes to stderr.
+
+Examples:
+  svmap kernel-trace --layout 8m --seed 1 --ops 3000 -o kernel-8m-seed1.jsonl
+  svmap kernel-trace --layout legacy --seed 7 --ops 10000 | svmap replay --check -
+
+Exit status: 0 recorded; 1 the kernel refused the set-up (personality, rlimit) or a
+system call failed; 2 a usage error.
 ";
 
 /// Parsed command line.

@@ -16,6 +16,7 @@ pub fn run(args: &[String]) -> i32 {
                 "Usage: svmap device-peer\n\n\
                  The device peer of `svmap demo` (internal): serves the socket named in \
                  {} and exits when the CPU side shuts it down or goes away.\n\n\
+                 Example: started by `svmap demo`, or by svmap_linux::peer::Peer::spawn.\n\n\
                  Exit status: 0 shut down or the CPU side went away, 1 failure, 2 not started \
                  by svmap.",
                 svmap_linux::peer::PEER_FD_ENV
