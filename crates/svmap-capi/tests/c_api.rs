@@ -148,17 +148,19 @@ fn c_example_runs() {
     assert!(text.contains("below 2^40"), "{text}");
 }
 
-#[test]
-fn c_test_program_under_valgrind() {
+/// Compiles `source` statically and runs it under valgrind with leak
+/// checking (definite, indirect and possible leaks are errors). Prints that
+/// it skipped when valgrind is not installed (CI installs it).
+fn run_under_valgrind(test: &str, source: &Path, name: &str) {
     if !have("valgrind") {
         println!(
-            "SKIPPED: valgrind is not installed, so the C test program did not run under \
-             valgrind (install it: apt-get install valgrind)"
+            "SKIPPED: valgrind is not installed, so {name} did not run under valgrind \
+             (install it: apt-get install valgrind)"
         );
-        eprintln!("SKIPPED c_test_program_under_valgrind: valgrind is not installed");
+        eprintln!("SKIPPED {test}: valgrind is not installed");
         return;
     }
-    let exe = compile(&test_program(), "test_capi_valgrind", Link::Static);
+    let exe = compile(source, name, Link::Static);
     let o = run_ok(
         Command::new("valgrind")
             .args([
@@ -172,6 +174,15 @@ fn c_test_program_under_valgrind() {
     println!(
         "valgrind: no errors, no leaks\n{}",
         String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+#[test]
+fn c_test_program_under_valgrind() {
+    run_under_valgrind(
+        "c_test_program_under_valgrind",
+        &test_program(),
+        "test_capi_valgrind",
     );
 }
 
@@ -191,25 +202,10 @@ fn c_hostile_inputs_are_refused() {
 
 #[test]
 fn c_hostile_inputs_under_valgrind() {
-    if !have("valgrind") {
-        println!("SKIPPED: valgrind is not installed");
-        eprintln!("SKIPPED c_hostile_inputs_under_valgrind: valgrind is not installed");
-        return;
-    }
-    let exe = compile(&hostile_program(), "test_hostile_valgrind", Link::Static);
-    let o = run_ok(
-        Command::new("valgrind")
-            .args([
-                "--leak-check=full",
-                "--error-exitcode=1",
-                "--errors-for-leak-kinds=definite,indirect,possible",
-                "--quiet",
-            ])
-            .arg(&exe),
-    );
-    println!(
-        "valgrind: no errors, no leaks\n{}",
-        String::from_utf8_lossy(&o.stdout)
+    run_under_valgrind(
+        "c_hostile_inputs_under_valgrind",
+        &hostile_program(),
+        "test_hostile_valgrind",
     );
 }
 

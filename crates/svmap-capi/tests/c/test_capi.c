@@ -16,18 +16,8 @@
 #include <unistd.h>
 
 #include "svmap.h"
+#include "check.h"
 
-static int checks;
-
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        checks++;                                                                      \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: check failed: %s\n  last error: \"%s\"\n",         \
-                    __FILE__, __LINE__, #cond, svmap_last_error_message());            \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
 
 /* A call that must return `want`; a failure must leave a message, a success
  * an empty one. */

@@ -17,18 +17,8 @@
 #include <unistd.h>
 
 #include "svmap.h"
+#include "check.h"
 
-static int checks;
-
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        checks++;                                                                      \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "%s:%d: check failed: %s\n  last error: \"%s\"\n",         \
-                    __FILE__, __LINE__, #cond, svmap_last_error_message());            \
-            exit(1);                                                                   \
-        }                                                                              \
-    } while (0)
 
 /* A call that must fail with `want` and leave a non-empty message. */
 #define REFUSED(call, want)                                                            \
