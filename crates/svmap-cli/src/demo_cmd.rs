@@ -53,17 +53,9 @@ pub fn parse(args: &[String]) -> Result<DemoOptions, i32> {
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
-            _ => (a, None),
-        };
+        let (name, inline) = crate::args::split_option(a);
         let mut value = |what: &str| -> Result<String, i32> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            i += 1;
-            args.get(i)
-                .cloned()
+            crate::args::option_value(args, &mut i, inline)
                 .ok_or_else(|| usage_error(&format!("{name} needs {what}")))
         };
         match name {

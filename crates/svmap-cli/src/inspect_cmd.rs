@@ -51,38 +51,20 @@ pub fn run(args: &[String]) -> i32 {
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
-            _ => (a, None),
-        };
+        let (name, inline) = crate::args::split_option(a);
         match name {
             "-h" | "--help" => {
                 print!("{HELP}");
                 return 0;
             }
             "--json" if inline.is_none() => json = true,
-            "--svg" => {
-                svg = match inline {
-                    Some(v) => Some(v),
-                    None => {
-                        i += 1;
-                        match args.get(i) {
-                            Some(v) => Some(v.clone()),
-                            None => return usage_error("--svg needs a file name"),
-                        }
-                    }
-                };
-            }
+            "--svg" => match crate::args::option_value(args, &mut i, inline) {
+                Some(v) => svg = Some(v),
+                None => return usage_error("--svg needs a file name"),
+            },
             "--va-bits" => {
-                let v = match inline {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        match args.get(i) {
-                            Some(v) => v.clone(),
-                            None => return usage_error("--va-bits needs a number of bits"),
-                        }
-                    }
+                let Some(v) = crate::args::option_value(args, &mut i, inline) else {
+                    return usage_error("--va-bits needs a number of bits");
                 };
                 match v.parse::<u32>() {
                     Ok(n) if (12..=64).contains(&n) => va_bits = Some(n),

@@ -4,6 +4,7 @@
 //! subcommand module has `run(&[String]) -> i32` taking the arguments after
 //! its name and returning the exit status.
 
+mod args;
 mod bench_cmd;
 mod demo_cmd;
 mod inspect_cmd;
