@@ -369,7 +369,9 @@ pub unsafe extern "C" fn svmap_space_find_fit(
                 .map_err(|e| {
                     let st = match e {
                         FitError::ZeroLength | FitError::BadAlignment(_) => SVMAP_EINVAL,
-                        FitError::EmptyWindow { .. } | FitError::NoSpace => SVMAP_ENOMEM,
+                        FitError::EmptyWindow { .. }
+                        | FitError::NoSpace
+                        | FitError::TooManyVmas => SVMAP_ENOMEM,
                     };
                     Failure::new(st, format!("find_fit: {e}"))
                 })?;

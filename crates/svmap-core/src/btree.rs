@@ -385,13 +385,99 @@ impl Inner {
     /// The last child whose subtree starts at or below `key` (0 if none).
     #[inline]
     pub fn child_for(&self, key: u64) -> usize {
-        let n = self.n();
-        let mut i = 1;
-        while i < n && self.min_start[i] <= key {
-            i += 1;
-        }
-        i - 1
+        upper_bound(&self.min_start[..self.n()], key).saturating_sub(1)
     }
+}
+
+/// Longest root-to-leaf path a [`Path`] records. A tree of the largest
+/// allowed size is far lower (every node at least half full); a taller one
+/// would only take the general code paths.
+pub(crate) const MAX_PATH: usize = 16;
+
+/// The route a hole search took to the hole it offered last: the child
+/// taken at every inner level and, if the hole lies between two VMAs of one
+/// leaf, that leaf and the slot of the upper VMA. Lets the caller insert
+/// into the hole it was offered without a second descent
+/// ([`BTree::insert_at_path`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Path {
+    /// `at[level] = (inner node, child index)` for levels `1..=height`.
+    at: [(u32, u32); MAX_PATH],
+    /// The leaf of the last hole offered, or [`Path::NONE`] if that hole
+    /// was not inside one leaf.
+    leaf: u32,
+    /// The slot of the VMA just above that hole.
+    slot: u32,
+}
+
+impl Default for Path {
+    fn default() -> Self {
+        Path {
+            at: [(0, 0); MAX_PATH],
+            leaf: Path::NONE,
+            slot: 0,
+        }
+    }
+}
+
+impl Path {
+    const NONE: u32 = u32::MAX;
+
+    /// The search descends from inner node `id` at `level` into child `i`.
+    #[inline]
+    pub fn enter(&mut self, level: u32, id: u32, i: usize) {
+        if let Some(e) = self.at.get_mut(level as usize) {
+            *e = (id, i as u32);
+        }
+    }
+
+    /// The search offers the hole below slot `i` of leaf `id`.
+    #[inline]
+    pub fn offer_leaf_hole(&mut self, id: u32, i: usize) {
+        self.leaf = id;
+        self.slot = i as u32;
+    }
+
+    /// The search offers a hole between two subtrees or beyond every VMA.
+    #[inline]
+    pub fn offer_other_hole(&mut self) {
+        self.leaf = Path::NONE;
+    }
+}
+
+/// The index of the first of the sorted `a` that is `>= key` (`a.len()` if
+/// none), branch-free: the loop runs `log2(a.len())` times whatever the
+/// data, so a random key costs no mispredicted branch.
+#[inline]
+pub(crate) fn lower_bound(a: &[u64], key: u64) -> usize {
+    let mut size = a.len();
+    if size == 0 {
+        return 0;
+    }
+    let mut base = 0;
+    while size > 1 {
+        let half = size / 2;
+        base += usize::from(a[base + half - 1] < key) * half;
+        size -= half;
+    }
+    base + usize::from(a[base] < key)
+}
+
+/// The index of the first of the sorted `a` that is `> key` (`a.len()` if
+/// none), branch-free like [`lower_bound`].
+#[inline]
+pub(crate) fn upper_bound(a: &[u64], key: u64) -> usize {
+    let mut size = a.len();
+    if size == 0 {
+        return 0;
+    }
+    let mut base = 0;
+    while size > 1 {
+        let half = size / 2;
+        base += usize::from(a[base + half - 1] <= key) * half;
+        size -= half;
+    }
+    base + usize::from(a[base] <= key)
 }
 
 /// A position of one VMA: leaf id and slot.
@@ -887,7 +973,118 @@ impl BTree {
     /// one descent; returns false (changing nothing) otherwise. The common
     /// case of an allocator's free.
     pub fn remove_exact(&mut self, start: u64, end: u64) -> bool {
-        start < end && self.remove_starts_in_if(start, start + 1, Some(end)) == 1
+        if start >= end {
+            return false;
+        }
+        match self.remove_exact_fast(start, end) {
+            Some(found) => found,
+            None => self.remove_starts_in_if(start, start + 1, Some(end)) == 1,
+        }
+    }
+
+    /// [`Self::remove_exact`] without recursion, for the common case that
+    /// the leaf keeps at least `LMIN` entries: one descent that records its
+    /// path, the removal, and the aggregates fixed on the way back up.
+    /// `None` (nothing changed) if the leaf would need rebalancing.
+    fn remove_exact_fast(&mut self, start: u64, end: u64) -> Option<bool> {
+        let h = self.height as usize;
+        if h >= MAX_PATH {
+            return None;
+        }
+        let mut path = Path::default();
+        let mut id = self.root;
+        for level in (1..=h).rev() {
+            let node = self.inner(id);
+            let i = node.child_for(start);
+            path.at[level] = (id, i as u32);
+            id = node.child[i];
+        }
+        let leaf = self.leaf(id);
+        let n = leaf.n();
+        let a = lower_bound(&leaf.start[..n], start);
+        if a == n || leaf.start[a] != start || leaf.end[a] != end {
+            return Some(false);
+        }
+        if h > 0 && n <= LMIN {
+            return None;
+        }
+        let old = self.parent_view(&path, 1);
+        let leaf = &mut self.leaves[id as usize];
+        leaf.remove_run(a, a + 1);
+        let m = n - 1;
+        let delta = match old {
+            // An inner entry: its two holes merge into one, which can
+            // only raise the maxima.
+            Some(mut o) if a > 0 && a < m => {
+                o.fold(leaf.end[a - 1], leaf.start[a]);
+                Delta::New(o)
+            }
+            Some(_) => Delta::New(leaf.agg()),
+            None => Delta::Same,
+        };
+        self.propagate(&path, delta);
+        self.len -= 1;
+        Some(true)
+    }
+
+    /// The aggregate the parent at `level + 1` of the path stores for the
+    /// node the path passes at `level` (`None` above the root).
+    #[inline]
+    fn parent_view(&self, path: &Path, level: usize) -> Option<Agg> {
+        if level > self.height as usize {
+            return None;
+        }
+        let (p, c) = path.at[level];
+        Some(self.inner(p).get(c as usize))
+    }
+
+    /// Carries a leaf's `delta` up the recorded path (invariant 3), stopping
+    /// at the first level whose aggregate did not change.
+    fn propagate(&mut self, path: &Path, mut delta: Delta) {
+        let h = self.height as usize;
+        for level in 1..=h {
+            if let Delta::Same = delta {
+                return;
+            }
+            let (p, c) = path.at[level];
+            let old = self.parent_view(path, level + 1);
+            delta = self.update_child(p, level as u32, c as usize, delta, old);
+        }
+    }
+
+    /// Inserts `[start, end)` into the hole inside one leaf that the search
+    /// which filled `path` offered last, without a descent. The caller
+    /// guarantees the range lies in that hole (the search's answer does).
+    /// Returns false, changing nothing, if the last hole was not inside a
+    /// leaf or the leaf is full: then [`Self::insert`] must do it.
+    pub fn insert_at_path(&mut self, path: &Path, start: u64, end: u64, flags: u8) -> bool {
+        let h = self.height as usize;
+        if path.leaf == Path::NONE || h >= MAX_PATH {
+            return false;
+        }
+        let (id, i) = (path.leaf, path.slot as usize);
+        let leaf = self.leaf(id);
+        let n = leaf.n();
+        if n == LCAP {
+            return false;
+        }
+        debug_assert!(h == 0 || self.inner(path.at[1].0).child[path.at[1].1 as usize] == id);
+        debug_assert!(i > 0 && i < n, "not a hole inside the leaf");
+        debug_assert!(leaf.end[i - 1] <= start && start < end && end <= leaf.start[i]);
+        // The leaf's aggregate as its parent stores it: exact (invariant 3).
+        let old = self.parent_view(path, 1);
+        let leaf = &mut self.leaves[id as usize];
+        leaf.insert_at(i, start, end, flags);
+        // The hole [end[i-1], start[i+1]) was split in two: no maximum
+        // moves unless that hole held one.
+        let delta = match old {
+            Some(o) if o.survives_split_of(leaf.end[i - 1], leaf.start[i + 1]) => Delta::Same,
+            Some(_) => Delta::New(leaf.agg()),
+            None => Delta::Same,
+        };
+        self.propagate(path, delta);
+        self.len += 1;
+        true
     }
 
     /// [`Self::remove_starts_in`]; with `exact = Some(end)` only a single

@@ -148,6 +148,9 @@ pub enum Op {
     Search(SearchOp, SearchParams),
     /// [`AddressMap::find_fit`] with these parameters.
     Fit(FitOp, SearchParams),
+    /// [`AddressMap::allocate`] with these parameters (the model: its
+    /// `find_fit`, then `insert`).
+    Allocate(FitOp, SearchParams),
     /// [`Mm::mmap`].
     Mmap(MmapOp),
     /// [`Mm::mmap`] up to `count` times, stopping at the first error (fills
@@ -250,6 +253,18 @@ fn resolve(vmas: &[Vma], a: Addr) -> u64 {
 
 /// `[start, end)` in a map holding `vmas`, or `None` where a caller would
 /// not call at all (`start + len` passes 2^64 and is not clipped).
+fn fit_request(f: &FitOp, resolve: impl Fn(Addr) -> u64) -> FitRequest {
+    FitRequest {
+        length: f.length,
+        low: resolve(f.low),
+        high: resolve(f.high),
+        align: f.align,
+        align_offset: f.align_offset,
+        topdown: f.topdown,
+        respect_guard_gaps: f.respect_guard_gaps,
+    }
+}
+
 fn range_of(vmas: &[Vma], start: Addr, extent: Extent) -> Option<(u64, u64)> {
     let s = resolve(vmas, start);
     match extent {
@@ -377,15 +392,7 @@ impl Pair {
                 }
             }
             Op::Fit(ref f, ref p) => {
-                let req = FitRequest {
-                    length: f.length,
-                    low: self.resolve(f.low),
-                    high: self.resolve(f.high),
-                    align: f.align,
-                    align_offset: f.align_offset,
-                    topdown: f.topdown,
-                    respect_guard_gaps: f.respect_guard_gaps,
-                };
+                let req = fit_request(f, |a| self.resolve(a));
                 if KNOWN_FIT_TOPDOWN_UNDERFLOW
                     && req.topdown
                     && req.align.is_power_of_two()
@@ -406,6 +413,40 @@ impl Pair {
                     self.stats.found += 1;
                     check_fit_postconditions(self.a.space(), &req, p, addr);
                 }
+            }
+            Op::Allocate(ref f, ref p) => {
+                let req = fit_request(f, |a| self.resolve(a));
+                if KNOWN_FIT_TOPDOWN_UNDERFLOW
+                    && req.topdown
+                    && req.align.is_power_of_two()
+                    && req.align_offset & (req.align - 1) != 0
+                {
+                    return;
+                }
+                self.stats.ops += 1;
+                let rm = self.m.space().find_fit(&req, p);
+                if let Ok(addr) = rm {
+                    // Checked against the map before the insert.
+                    check_fit_postconditions(self.a.space(), &req, p, addr);
+                }
+                let ra = self.a.space_mut().allocate(&req, p, VmaFlags::NONE);
+                assert_eq!(
+                    ra,
+                    rm,
+                    "op #{i} allocate {req:#x?} {p:#x?}\ntree after:\n{}",
+                    dump(self.a.space())
+                );
+                if let Ok(addr) = rm {
+                    self.stats.found += 1;
+                    let ins = crate::linux::Space::insert(
+                        self.m.space_mut(),
+                        addr,
+                        addr + req.length,
+                        VmaFlags::NONE,
+                    );
+                    assert!(ins.is_ok(), "op #{i}: the model refused its own fit");
+                }
+                self.after_change(i, op, rm.is_ok());
             }
             Op::Mmap(ref o) => {
                 let req = self.mmap_request(o);
@@ -789,6 +830,14 @@ pub fn concretize(case: &TestCase) -> TestCase {
                 },
                 p,
             ),
+            Op::Allocate(f, p) => Op::Allocate(
+                FitOp {
+                    low: abs(f.low),
+                    high: abs(f.high),
+                    ..f
+                },
+                p,
+            ),
             Op::Mmap(o) => Op::Mmap(mm(o)),
             Op::MmapRepeat(o, n) => Op::MmapRepeat(mm(o), n),
             Op::Munmap { start, len } => Op::Munmap {
@@ -830,6 +879,17 @@ pub fn concretize(case: &TestCase) -> TestCase {
                 let s = resolve(v, start);
                 if !known_munmap_bug(m.config(), s, len) {
                     let _ = m.munmap(s, len);
+                }
+            }
+            Op::Allocate(f, p) => {
+                let req = fit_request(&f, |a| resolve(v, a));
+                if let Ok(a) = m.space().find_fit(&req, &p) {
+                    let _ = crate::linux::Space::insert(
+                        m.space_mut(),
+                        a,
+                        a + req.length,
+                        VmaFlags::NONE,
+                    );
                 }
             }
             Op::Search(..) | Op::Fit(..) | Op::Lookup { .. } => {}

@@ -28,7 +28,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::btree::{room, BTree, Inner, Pos, ROOM_SHIFTS};
+use crate::btree::{room, BTree, Inner, Path, Pos, ROOM_SHIFTS};
 
 /// Flags of a VMA. Only the guard-gap kinds affect the search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -175,6 +175,14 @@ impl Prune {
     fn admits_child(&self, node: &Inner, i: usize) -> bool {
         node.max_gap[i] >= self.size && self.class.is_none_or(|(c, l)| node.room[c][i] >= l)
     }
+}
+
+/// The fixed arguments of a hole walk: the window `[lo, hi]` (inclusive)
+/// and what prunes.
+struct Walk {
+    lo: u64,
+    hi: u64,
+    prune: Prune,
 }
 
 /// True if `[max(gs, lo), min(ge, hi)]` holds at least `size >= 1` indices.
@@ -388,6 +396,7 @@ impl AddressMap {
         lo: u64,
         hi: u64,
         prune: Prune,
+        path: &mut Path,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let size = prune.size;
@@ -396,21 +405,26 @@ impl AddressMap {
             if !clipped_fits(0, u64::MAX, lo, hi, size) {
                 return None;
             }
+            path.offer_other_hole();
             return f(self, self.hole_between(None, None));
         };
         if min_start > 0 && clipped_fits(0, min_start - 1, lo, hi, size) {
             let h = self.hole_between(None, t.leftmost(t.root, t.height));
+            path.offer_other_hole();
             if let Some(r) = f(self, h) {
                 return Some(r);
             }
         }
         if clipped_fits(min_start, max_end - 1, lo, hi, size) {
-            if let Some(r) = self.low_rec(t.root, t.height, lo, hi, prune, f) {
+            let w = Walk { lo, hi, prune };
+            let inside = lo <= min_start && max_end - 1 <= hi;
+            if let Some(r) = self.low_rec(t.root, t.height, &w, inside, path, f) {
                 return Some(r);
             }
         }
         if clipped_fits(max_end, u64::MAX, lo, hi, size) {
             let h = self.hole_between(t.rightmost(t.root, t.height), None);
+            path.offer_other_hole();
             return f(self, h);
         }
         None
@@ -420,15 +434,28 @@ impl AddressMap {
         &self,
         id: u32,
         level: u32,
-        lo: u64,
-        hi: u64,
-        prune: Prune,
+        w: &Walk,
+        inside: bool,
+        path: &mut Path,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
-        let size = prune.size;
+        let (lo, hi, prune, size) = (w.lo, w.hi, w.prune, w.prune.size);
         if level == 0 {
             let l = self.t.leaf(id);
-            for i in 1..l.len as usize {
+            let n = l.len as usize;
+            if inside && prune.class.is_none() {
+                // The whole leaf lies in the window and only the length
+                // matters: a hole fits iff it is long enough.
+                for i in 1..n {
+                    if l.start[i] - l.end[i - 1] >= size {
+                        if let Some(r) = self.offer_leaf_hole(id, i, path, f) {
+                            return Some(r);
+                        }
+                    }
+                }
+                return None;
+            }
+            for i in 1..n {
                 let (gs, next) = (l.end[i - 1], l.start[i]);
                 if gs > hi {
                     break;
@@ -437,17 +464,7 @@ impl AddressMap {
                     && clipped_fits(gs, next - 1, lo, hi, size)
                     && prune.admits_hole(gs, next - 1)
                 {
-                    let h = self.hole_between(
-                        Some(Pos {
-                            leaf: id,
-                            slot: i as u32 - 1,
-                        }),
-                        Some(Pos {
-                            leaf: id,
-                            slot: i as u32,
-                        }),
-                    );
-                    if let Some(r) = f(self, h) {
+                    if let Some(r) = self.offer_leaf_hole(id, i, path, f) {
                         return Some(r);
                     }
                 }
@@ -462,28 +479,71 @@ impl AddressMap {
                     break;
                 }
                 let next = node.min_start[i];
-                if gs < next
-                    && clipped_fits(gs, next - 1, lo, hi, size)
-                    && prune.admits_hole(gs, next - 1)
-                {
-                    let h = self.hole_between(
-                        self.t.rightmost(node.child[i - 1], level - 1),
-                        self.t.leftmost(node.child[i], level - 1),
-                    );
-                    if let Some(r) = f(self, h) {
+                let fits = if inside {
+                    next - gs >= size
+                } else {
+                    gs < next && clipped_fits(gs, next - 1, lo, hi, size)
+                };
+                if fits && prune.admits_hole(gs, next - 1) {
+                    if let Some(r) = self.offer_boundary_hole(node, i, level, path, f) {
                         return Some(r);
                     }
                 }
             }
-            if prune.admits_child(node, i)
-                && clipped_fits(node.min_start[i], node.max_end[i] - 1, lo, hi, size)
-            {
-                if let Some(r) = self.low_rec(node.child[i], level - 1, lo, hi, prune, f) {
+            if !prune.admits_child(node, i) {
+                continue;
+            }
+            let (cs, ce) = (node.min_start[i], node.max_end[i] - 1);
+            let child_inside = inside || (lo <= cs && ce <= hi);
+            if child_inside || clipped_fits(cs, ce, lo, hi, size) {
+                path.enter(level, id, i);
+                if let Some(r) = self.low_rec(node.child[i], level - 1, w, child_inside, path, f)
+                {
                     return Some(r);
                 }
             }
         }
         None
+    }
+
+    /// Offers `f` the hole below slot `i` of leaf `id`.
+    #[inline]
+    fn offer_leaf_hole<R>(
+        &self,
+        id: u32,
+        i: usize,
+        path: &mut Path,
+        f: &mut impl FnMut(&Self, Hole) -> Option<R>,
+    ) -> Option<R> {
+        let h = self.hole_between(
+            Some(Pos {
+                leaf: id,
+                slot: i as u32 - 1,
+            }),
+            Some(Pos {
+                leaf: id,
+                slot: i as u32,
+            }),
+        );
+        path.offer_leaf_hole(id, i);
+        f(self, h)
+    }
+
+    /// Offers `f` the hole between children `i - 1` and `i` of `node`.
+    fn offer_boundary_hole<R>(
+        &self,
+        node: &Inner,
+        i: usize,
+        level: u32,
+        path: &mut Path,
+        f: &mut impl FnMut(&Self, Hole) -> Option<R>,
+    ) -> Option<R> {
+        let h = self.hole_between(
+            self.t.rightmost(node.child[i - 1], level - 1),
+            self.t.leftmost(node.child[i], level - 1),
+        );
+        path.offer_other_hole();
+        f(self, h)
     }
 
     /// The mirror image of [`Self::walk_low`]: candidate holes from the
@@ -493,6 +553,7 @@ impl AddressMap {
         lo: u64,
         hi: u64,
         prune: Prune,
+        path: &mut Path,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let size = prune.size;
@@ -501,21 +562,26 @@ impl AddressMap {
             if !clipped_fits(0, u64::MAX, lo, hi, size) {
                 return None;
             }
+            path.offer_other_hole();
             return f(self, self.hole_between(None, None));
         };
         if clipped_fits(max_end, u64::MAX, lo, hi, size) {
             let h = self.hole_between(t.rightmost(t.root, t.height), None);
+            path.offer_other_hole();
             if let Some(r) = f(self, h) {
                 return Some(r);
             }
         }
         if clipped_fits(min_start, max_end - 1, lo, hi, size) {
-            if let Some(r) = self.high_rec(t.root, t.height, lo, hi, prune, f) {
+            let w = Walk { lo, hi, prune };
+            let inside = lo <= min_start && max_end - 1 <= hi;
+            if let Some(r) = self.high_rec(t.root, t.height, &w, inside, path, f) {
                 return Some(r);
             }
         }
         if min_start > 0 && clipped_fits(0, min_start - 1, lo, hi, size) {
             let h = self.hole_between(None, t.leftmost(t.root, t.height));
+            path.offer_other_hole();
             return f(self, h);
         }
         None
@@ -525,15 +591,26 @@ impl AddressMap {
         &self,
         id: u32,
         level: u32,
-        lo: u64,
-        hi: u64,
-        prune: Prune,
+        w: &Walk,
+        inside: bool,
+        path: &mut Path,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
-        let size = prune.size;
+        let (lo, hi, prune, size) = (w.lo, w.hi, w.prune, w.prune.size);
         if level == 0 {
             let l = self.t.leaf(id);
-            for i in (1..l.len as usize).rev() {
+            let n = l.len as usize;
+            if inside && prune.class.is_none() {
+                for i in (1..n).rev() {
+                    if l.start[i] - l.end[i - 1] >= size {
+                        if let Some(r) = self.offer_leaf_hole(id, i, path, f) {
+                            return Some(r);
+                        }
+                    }
+                }
+                return None;
+            }
+            for i in (1..n).rev() {
                 let (gs, next) = (l.end[i - 1], l.start[i]);
                 if next <= lo {
                     break;
@@ -542,17 +619,7 @@ impl AddressMap {
                     && clipped_fits(gs, next - 1, lo, hi, size)
                     && prune.admits_hole(gs, next - 1)
                 {
-                    let h = self.hole_between(
-                        Some(Pos {
-                            leaf: id,
-                            slot: i as u32 - 1,
-                        }),
-                        Some(Pos {
-                            leaf: id,
-                            slot: i as u32,
-                        }),
-                    );
-                    if let Some(r) = f(self, h) {
+                    if let Some(r) = self.offer_leaf_hole(id, i, path, f) {
                         return Some(r);
                     }
                 }
@@ -561,11 +628,16 @@ impl AddressMap {
         }
         let node = self.t.inner(id);
         for i in (0..node.len as usize).rev() {
-            if prune.admits_child(node, i)
-                && clipped_fits(node.min_start[i], node.max_end[i] - 1, lo, hi, size)
-            {
-                if let Some(r) = self.high_rec(node.child[i], level - 1, lo, hi, prune, f) {
-                    return Some(r);
+            if prune.admits_child(node, i) {
+                let (cs, ce) = (node.min_start[i], node.max_end[i] - 1);
+                let child_inside = inside || (lo <= cs && ce <= hi);
+                if child_inside || clipped_fits(cs, ce, lo, hi, size) {
+                    path.enter(level, id, i);
+                    if let Some(r) =
+                        self.high_rec(node.child[i], level - 1, w, child_inside, path, f)
+                    {
+                        return Some(r);
+                    }
                 }
             }
             if i > 0 {
@@ -574,15 +646,13 @@ impl AddressMap {
                     break;
                 }
                 let gs = node.max_end[i - 1];
-                if gs < next
-                    && clipped_fits(gs, next - 1, lo, hi, size)
-                    && prune.admits_hole(gs, next - 1)
-                {
-                    let h = self.hole_between(
-                        self.t.rightmost(node.child[i - 1], level - 1),
-                        self.t.leftmost(node.child[i], level - 1),
-                    );
-                    if let Some(r) = f(self, h) {
+                let fits = if inside {
+                    next - gs >= size
+                } else {
+                    gs < next && clipped_fits(gs, next - 1, lo, hi, size)
+                };
+                if fits && prune.admits_hole(gs, next - 1) {
+                    if let Some(r) = self.offer_boundary_hole(node, i, level, path, f) {
                         return Some(r);
                     }
                 }
@@ -634,7 +704,7 @@ impl AddressMap {
 }
 
 /// At most this many VMAs (node ids are `u32`).
-const MAX_VMAS: usize = (u32::MAX as usize / 2) * crate::btree::MIN;
+pub(crate) const MAX_VMAS: usize = (u32::MAX as usize / 2) * crate::btree::MIN;
 
 /// In-order iterator over the VMAs of an [`AddressMap`].
 pub struct Iter<'a> {

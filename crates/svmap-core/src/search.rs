@@ -10,8 +10,8 @@
 
 use core::fmt;
 
-use crate::btree::{NCLASS, ROOM_SHIFTS};
-use crate::map::{AddressMap, Prune, SearchParams};
+use crate::btree::{Path, NCLASS, ROOM_SHIFTS};
+use crate::map::{AddressMap, Prune, SearchParams, VmaFlags, MAX_VMAS};
 
 /// A gap-search request: the kernel's `struct vm_unmapped_area_info`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,6 +111,9 @@ pub enum FitError {
     },
     /// No aligned placement fits in the window.
     NoSpace,
+    /// [`AddressMap::allocate`] found the map already holding the maximum
+    /// number of VMAs.
+    TooManyVmas,
 }
 
 impl fmt::Display for FitError {
@@ -122,6 +125,7 @@ impl fmt::Display for FitError {
                 write!(f, "window [{low:#x}, {high:#x}) is empty or too short")
             }
             FitError::NoSpace => f.write_str("no aligned placement fits in the window"),
+            FitError::TooManyVmas => f.write_str("the map holds the maximum number of VMAs"),
         }
     }
 }
@@ -209,7 +213,13 @@ impl AddressMap {
                 return Err(SearchError::EmptyWindow);
             }
             let hole = self
-                .walk_low(low, max, Prune::size(length), &mut |_, h| Some(h))
+                .walk_low(
+                    low,
+                    max,
+                    Prune::size(length),
+                    &mut Path::default(),
+                    &mut |_, h| Some(h),
+                )
                 .ok_or(SearchError::NoSpace)?;
             stats.holes += 1;
             let index = hole.start.max(low);
@@ -266,7 +276,13 @@ impl AddressMap {
                 return Err(SearchError::EmptyWindow);
             }
             let hole = self
-                .walk_high(low, max, Prune::size(length), &mut |_, h| Some(h))
+                .walk_high(
+                    low,
+                    max,
+                    Prune::size(length),
+                    &mut Path::default(),
+                    &mut |_, h| Some(h),
+                )
                 .ok_or(SearchError::NoSpace)?;
             stats.holes += 1;
             let gap_end = hole.last.min(max).wrapping_add(1);
@@ -318,6 +334,54 @@ impl AddressMap {
         req: &FitRequest,
         params: &SearchParams,
         stats: &mut SearchStats,
+    ) -> Result<u64, FitError> {
+        self.find_fit_path(req, params, stats, &mut Path::default())
+    }
+
+    /// Finds a range as [`Self::find_fit`] does and maps it with `flags`:
+    /// an allocator's whole `alloc`. The search records its path to the
+    /// hole, so the insert usually needs no second descent (it takes one
+    /// only when the hole borders two leaves or the leaf must split).
+    /// Returns the start of the new VMA `[addr, addr + req.length)`.
+    pub fn allocate(
+        &mut self,
+        req: &FitRequest,
+        params: &SearchParams,
+        flags: VmaFlags,
+    ) -> Result<u64, FitError> {
+        self.allocate_stats(req, params, flags, &mut SearchStats::default())
+    }
+
+    /// [`Self::allocate`], counting examined holes into `stats`.
+    pub fn allocate_stats(
+        &mut self,
+        req: &FitRequest,
+        params: &SearchParams,
+        flags: VmaFlags,
+        stats: &mut SearchStats,
+    ) -> Result<u64, FitError> {
+        if self.t.len() >= MAX_VMAS {
+            return Err(FitError::TooManyVmas);
+        }
+        let mut path = Path::default();
+        let addr = self.find_fit_path(req, params, stats, &mut path)?;
+        // The search proved `[addr, addr + length)` free and inside the
+        // window, so neither the sum nor the insert can fail.
+        let end = addr + req.length;
+        if !self.t.insert_at_path(&path, addr, end, flags.0) {
+            self.t
+                .insert(addr, end, flags.0)
+                .expect("find_fit answered a range that is not free");
+        }
+        Ok(addr)
+    }
+
+    fn find_fit_path(
+        &self,
+        req: &FitRequest,
+        params: &SearchParams,
+        stats: &mut SearchStats,
+        path: &mut Path,
     ) -> Result<u64, FitError> {
         if req.length == 0 {
             return Err(FitError::ZeroLength);
@@ -379,9 +443,9 @@ impl AddressMap {
             class: class.map(|c| (c, req.length)),
         };
         let found = if req.topdown {
-            self.walk_high(lo, hi, prune, &mut fit)
+            self.walk_high(lo, hi, prune, path, &mut fit)
         } else {
-            self.walk_low(lo, hi, prune, &mut fit)
+            self.walk_low(lo, hi, prune, path, &mut fit)
         };
         let addr = found.ok_or(FitError::NoSpace)?;
         debug_assert!(addr >= req.low && addr + len_m1 <= hi);

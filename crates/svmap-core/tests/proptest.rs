@@ -376,7 +376,7 @@ impl Gen {
 
     /// Every kind of operation, the map-level ones weighted up.
     fn op(&mut self, sc: Scale) -> Op {
-        match self.weighted(&[5, 3, 4, 2, 2, 2, 1, 1]) {
+        match self.weighted(&[5, 3, 4, 2, 2, 2, 1, 1, 2]) {
             0 => Op::Insert {
                 start: self.addr(sc),
                 extent: self.extent(sc),
@@ -394,10 +394,11 @@ impl Gen {
             },
             5 => Op::Mmap(self.mmap(sc)),
             6 => Op::MmapRepeat(self.mmap(sc), self.range(0, 16) as u8),
-            _ => Op::Munmap {
+            7 => Op::Munmap {
                 start: self.addr(sc),
                 len: self.len(sc),
             },
+            _ => Op::Allocate(self.fit(sc), self.params()),
         }
     }
 }
@@ -877,6 +878,69 @@ fn find_fit_postconditions() {
         !default_counts() || s.found * 8 >= s.ops,
         "only {} fits found",
         s.found
+    );
+}
+
+/// An allocator's life, as the churn benchmark lives it but against the
+/// model: `allocate` (lowest or highest, page to 2 MiB alignment) and the
+/// exact free of a random live range, on maps of a few hundred to a few
+/// thousand VMAs, so that `allocate`'s insert into the hole its search
+/// recorded and the one-descent exact free run through trees two and three
+/// levels high, with their split, shift and rebalancing fallbacks.
+#[test]
+fn allocate_and_free_churn() {
+    fn fit(g: &mut Gen, base: u64) -> FitOp {
+        FitOp {
+            length: g.range(1, 512) * PAGE,
+            low: Addr::Abs(base),
+            high: Addr::Abs(base + (1 << 34)),
+            align: 1 << [12, 12, 12, 16, 21][g.range(0, 5) as usize],
+            align_offset: 0,
+            topdown: g.u64() % 4 == 0,
+            respect_guard_gaps: false,
+        }
+    }
+    fn free(g: &mut Gen) -> Op {
+        let index = g.u64() as u16;
+        let at = |edge| Addr::Near {
+            index,
+            edge,
+            delta: 0,
+        };
+        Op::Unmap {
+            start: at(Edge::Start),
+            extent: Extent::End(at(Edge::End)),
+        }
+    }
+    let strategy = (
+        prop_oneof![Just(1u64 << 32), Just(1u64 << 46)],
+        300..2000usize,
+    )
+        .prop_flat_map(|(base, fill)| {
+            let fill_ops = ops(base, fill..fill + 1, |g, base| {
+                Op::Allocate(fit(g, base), SearchParams::default())
+            });
+            let churn = ops(base, 1500..2500, |g, base| {
+                if g.bool() {
+                    free(g)
+                } else {
+                    Op::Allocate(fit(g, base), SearchParams::default())
+                }
+            });
+            (fill_ops, churn).prop_map(|(mut ops, churn)| {
+                ops.extend(churn);
+                TestCase {
+                    cfg: MmConfig::default(),
+                    ops,
+                }
+            })
+        });
+    let s = run_prop("allocate_and_free_churn", 8, strategy, |_, _| Ok(()));
+    assert_floor(s.ops, 20_000);
+    assert!(
+        !default_counts() || s.max_vmas >= 1000,
+        "the maps stayed small: {} VMAs at most",
+        s.max_vmas
     );
 }
 

@@ -323,10 +323,12 @@ fn fit_one(map: &AddressMap, low: u64, high: u64, q: Query) -> Result<u64, SvmEr
     };
     map.find_fit(&req, &SearchParams::default())
         .map_err(|e| match e {
-            FitError::NoSpace | FitError::EmptyWindow { .. } => SvmError::NoSpace {
-                length: q.len,
-                align: q.align,
-            },
+            FitError::NoSpace | FitError::EmptyWindow { .. } | FitError::TooManyVmas => {
+                SvmError::NoSpace {
+                    length: q.len,
+                    align: q.align,
+                }
+            }
             FitError::ZeroLength | FitError::BadAlignment(_) => {
                 unreachable!("checked by svm_alloc: {e}")
             }

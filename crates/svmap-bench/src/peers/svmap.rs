@@ -1,4 +1,5 @@
-//! svmap's [`AddressMap`]: allocate = `find_fit` + `insert`, free = `unmap`.
+//! svmap's [`AddressMap`]: allocate = [`AddressMap::allocate`] (`find_fit`
+//! and the insert into the hole it found), free = `unmap`.
 
 use svmap_core::{AddressMap, FitRequest, SearchParams, SearchStats, VmaFlags};
 
@@ -45,13 +46,10 @@ impl Churn for Svmap {
         let mut st = SearchStats::default();
         let a = self
             .map
-            .find_fit_stats(&req, &self.params, &mut st)
+            .allocate_stats(&req, &self.params, VmaFlags::NONE, &mut st)
             .expect("svmap: no space");
         self.stats.0 += 1;
         self.stats.1 += u64::from(st.holes);
-        self.map
-            .insert(a, a + bytes, VmaFlags::NONE)
-            .expect("svmap: insert");
         (a, a + bytes)
     }
 
