@@ -847,6 +847,22 @@ enum svmap_status_t svmap_space_find_fit(const struct svmap_space_t *space,
                                          uint64_t *out_addr);
 
 /**
+ * `svmap_space_find_fit`, then maps the range it found (no flags): an
+ * allocator's whole `alloc` in one call, and one descent of the tree where
+ * the two calls take two. Writes the start of the new VMA
+ * `[*out_addr, *out_addr + req->length)`; the same statuses as
+ * `svmap_space_find_fit` (nothing is mapped on an error). Free the range
+ * with `svmap_space_unmap`.
+ *
+ * # Safety
+ *
+ * `out_addr` is NULL (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
+ */
+enum svmap_status_t svmap_space_allocate(struct svmap_space_t *space,
+                                         const struct svmap_fit_request_t *req,
+                                         uint64_t *out_addr);
+
+/**
  * What an anonymous private `mmap(req)` does in this space under the
  * x86-64 policy (hint, `MAP_FIXED`, `MAP_FIXED_NOREPLACE`, `MAP_32BIT`,
  * layouts, THP alignment): maps it and writes its address, or returns the

@@ -334,6 +334,29 @@ pub unsafe extern "C" fn svmap_space_unmapped_area(
     })
 }
 
+/// The core request for the C request `r` on space `s`: `low` raised to
+/// the space's `mmap_min_addr`, the C booleans checked.
+fn fit_request(s: &svmap_space_t, r: &svmap_fit_request_t) -> Result<FitRequest, Failure> {
+    Ok(FitRequest {
+        length: r.length,
+        low: r.low.max(s.mm.config().mmap_min_addr),
+        high: r.high,
+        align: r.align,
+        align_offset: r.align_offset,
+        topdown: c_bool(&r.topdown, "req->topdown")?,
+        respect_guard_gaps: c_bool(&r.respect_guard_gaps, "req->respect_guard_gaps")?,
+    })
+}
+
+/// The status of a failed fit.
+fn fit_failure(what: &str, e: FitError) -> Failure {
+    let st = match e {
+        FitError::ZeroLength | FitError::BadAlignment(_) => SVMAP_EINVAL,
+        FitError::EmptyWindow { .. } | FitError::NoSpace | FitError::TooManyVmas => SVMAP_ENOMEM,
+    };
+    Failure::new(st, format!("{what}: {e}"))
+}
+
 /// The exact aligned fit `req` on this space: `req->low` is raised to the
 /// space's `mmap_min_addr`, and with `respect_guard_gaps` the space's
 /// `stack_guard_gap` is kept free below grows-down VMAs. `SVMAP_ENOMEM` if
@@ -353,28 +376,42 @@ pub unsafe extern "C" fn svmap_space_find_fit(
         // SAFETY: the caller's contract for `out_addr`.
         let out = unsafe { Out::new(out_addr, "out_addr") }?;
         let s = handle(space, "space")?;
-        let r = handle(req, "req")?;
-        let fit = FitRequest {
-            length: r.length,
-            low: r.low.max(s.mm.config().mmap_min_addr),
-            high: r.high,
-            align: r.align,
-            align_offset: r.align_offset,
-            topdown: c_bool(&r.topdown, "req->topdown")?,
-            respect_guard_gaps: c_bool(&r.respect_guard_gaps, "req->respect_guard_gaps")?,
-        };
+        let fit = fit_request(s, handle(req, "req")?)?;
         let addr =
             s.mm.space()
                 .find_fit(&fit, s.mm.search_params())
-                .map_err(|e| {
-                    let st = match e {
-                        FitError::ZeroLength | FitError::BadAlignment(_) => SVMAP_EINVAL,
-                        FitError::EmptyWindow { .. }
-                        | FitError::NoSpace
-                        | FitError::TooManyVmas => SVMAP_ENOMEM,
-                    };
-                    Failure::new(st, format!("find_fit: {e}"))
-                })?;
+                .map_err(|e| fit_failure("find_fit", e))?;
+        out.write(addr);
+        Ok(())
+    })
+}
+
+/// `svmap_space_find_fit`, then maps the range it found (no flags): an
+/// allocator's whole `alloc` in one call, and one descent of the tree where
+/// the two calls take two. Writes the start of the new VMA
+/// `[*out_addr, *out_addr + req->length)`; the same statuses as
+/// `svmap_space_find_fit` (nothing is mapped on an error). Free the range
+/// with `svmap_space_unmap`.
+///
+/// # Safety
+///
+/// `out_addr` is NULL (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn svmap_space_allocate(
+    space: Option<&mut svmap_space_t>,
+    req: Option<&svmap_fit_request_t>,
+    out_addr: *mut u64,
+) -> svmap_status_t {
+    ffi_status(|| {
+        // SAFETY: the caller's contract for `out_addr`.
+        let out = unsafe { Out::new(out_addr, "out_addr") }?;
+        let s = handle(space, "space")?;
+        let fit = fit_request(s, handle(req, "req")?)?;
+        let params = *s.mm.search_params();
+        let addr =
+            s.mm.space_mut()
+                .allocate(&fit, &params, VmaFlags::NONE)
+                .map_err(|e| fit_failure("allocate", e))?;
         out.write(addr);
         Ok(())
     })

@@ -50,6 +50,20 @@
 //!     &params,
 //! )?;
 //! assert_eq!(fit, 0x200000);
+//! // An allocator's alloc: the same search and the mapping, in one descent.
+//! let req = FitRequest {
+//!     length: 0x1000,
+//!     low: 0x10000,
+//!     high: 1 << 40,
+//!     align: 0x1000,
+//!     align_offset: 0,
+//!     topdown: false,
+//!     respect_guard_gaps: false,
+//! };
+//! let a = map.allocate(&req, &params, VmaFlags::NONE)?;
+//! assert_eq!(a, 0x200000);
+//! assert_eq!(map.vma_at(a).map(|v| v.end), Some(0x201000));
+//! map.unmap(a, a + 0x1000)?; // the allocator's free
 //! # Ok(())
 //! # }
 //! ```

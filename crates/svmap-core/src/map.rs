@@ -497,8 +497,7 @@ impl AddressMap {
             let child_inside = inside || (lo <= cs && ce <= hi);
             if child_inside || clipped_fits(cs, ce, lo, hi, size) {
                 path.enter(level, id, i);
-                if let Some(r) = self.low_rec(node.child[i], level - 1, w, child_inside, path, f)
-                {
+                if let Some(r) = self.low_rec(node.child[i], level - 1, w, child_inside, path, f) {
                     return Some(r);
                 }
             }

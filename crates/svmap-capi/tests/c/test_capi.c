@@ -141,6 +141,30 @@ static void test_space(void) {
     EXPECT(svmap_space_find_fit(s, &fit, &addr), SVMAP_ENOMEM);
     EXPECT(svmap_space_find_fit(s, NULL, &addr), SVMAP_EINVAL);
 
+    /* find_fit and map in one call */
+    fit.length = 0x1000;
+    fit.align = 0x100000;
+    fit.topdown = false;
+    size_t before = svmap_space_vma_count(s);
+    OK(svmap_space_allocate(s, &fit, &addr));
+    CHECK(addr == 0x200000);
+    CHECK(svmap_space_vma_count(s) == before + 1);
+    OK(svmap_space_find_vma(s, 0x200000, &v));
+    CHECK(v.start == 0x200000 && v.end == 0x201000);
+    addr = 42;
+    /* the only aligned slot in the window is taken now */
+    EXPECT(svmap_space_allocate(s, &fit, &addr), SVMAP_ENOMEM);
+    CHECK(addr == 42 && svmap_space_vma_count(s) == before + 1);
+    fit.align = 3;
+    EXPECT(svmap_space_allocate(s, &fit, &addr), SVMAP_EINVAL);
+    EXPECT(svmap_space_allocate(NULL, &fit, &addr), SVMAP_EINVAL);
+    EXPECT(svmap_space_allocate(s, NULL, &addr), SVMAP_EINVAL);
+    fit.align = 0x100000;
+    EXPECT(svmap_space_allocate(s, &fit, NULL), SVMAP_EINVAL);
+    CHECK(svmap_space_vma_count(s) == before + 1);
+    OK(svmap_space_unmap(s, 0x200000, 0x201000));
+    CHECK(svmap_space_vma_count(s) == before);
+
     /* the x86-64 mmap policy */
     svmap_mmap_request_t req = {0};
     req.length = 0x1000;

@@ -52,6 +52,7 @@ static void test_null_everywhere(void) {
     REFUSED(svmap_space_unmap(NULL, 0, 0), SVMAP_EINVAL);
     REFUSED(svmap_space_unmapped_area(NULL, NULL, NULL), SVMAP_EINVAL);
     REFUSED(svmap_space_find_fit(NULL, NULL, NULL), SVMAP_EINVAL);
+    REFUSED(svmap_space_allocate(NULL, NULL, NULL), SVMAP_EINVAL);
     REFUSED(svmap_space_mmap(NULL, NULL, NULL), SVMAP_EINVAL);
     REFUSED(svmap_space_munmap(NULL, 0, 0), SVMAP_EINVAL);
     REFUSED(svmap_space_find_vma(NULL, 0, NULL), SVMAP_EINVAL);
@@ -146,6 +147,7 @@ static void test_bad_enums_and_bools(void) {
     fit.high = UINT64_MAX;
     poke_bool(&fit.topdown, 7);
     REFUSED(svmap_space_find_fit(s, &fit, &addr), SVMAP_EINVAL);
+    REFUSED(svmap_space_allocate(s, &fit, &addr), SVMAP_EINVAL);
     fit.topdown = true;
     poke_bool(&fit.respect_guard_gaps, 7);
     REFUSED(svmap_space_find_fit(s, &fit, &addr), SVMAP_EINVAL);
