@@ -54,6 +54,8 @@ pub(crate) const MIN: usize = CAP / 2;
 /// Larger alignments prune with the 2 MiB class: still correct (a
 /// necessary condition), no longer exact.
 pub(crate) const ROOM_SHIFTS: [u32; NCLASS] = [16, 21];
+// `fold_hole` relies on the classes growing coarser.
+const _: () = assert!(ROOM_SHIFTS[0] < ROOM_SHIFTS[1]);
 /// Number of alignment classes.
 pub(crate) const NCLASS: usize = 2;
 
@@ -156,10 +158,14 @@ pub(crate) fn room(gs: u64, ge: u64, shift: u32) -> u64 {
 fn fold_hole(gap: &mut u64, rooms: &mut [u64; NCLASS], gs: u64, ge: u64) {
     let g = ge - gs;
     *gap = (*gap).max(g);
-    // A room never exceeds its hole: a hole no longer than the best room so
-    // far cannot raise it (most holes, once a large room is known).
-    for c in 0..NCLASS {
-        if g > rooms[c] {
+    // A room never exceeds its hole, so a hole no longer than the best room
+    // so far cannot raise it. The classes grow coarser with `c`, so every
+    // hole's (and every maximum's) room shrinks with `c`, and the last
+    // class has the smallest best room: one test decides for all classes,
+    // which are then folded without branches.
+    debug_assert!(rooms.windows(2).all(|w| w[0] >= w[1]), "rooms out of order");
+    if g > rooms[NCLASS - 1] {
+        for c in 0..NCLASS {
             rooms[c] = rooms[c].max(room(gs, ge, ROOM_SHIFTS[c]));
         }
     }
@@ -385,7 +391,7 @@ impl Inner {
     /// The last child whose subtree starts at or below `key` (0 if none).
     #[inline]
     pub fn child_for(&self, key: u64) -> usize {
-        upper_bound(&self.min_start[..self.n()], key).saturating_sub(1)
+        upper_bound(&self.min_start, self.n(), key).saturating_sub(1)
     }
 }
 
@@ -445,39 +451,38 @@ impl Path {
     }
 }
 
-/// The index of the first of the sorted `a` that is `>= key` (`a.len()` if
-/// none), branch-free: the loop runs `log2(a.len())` times whatever the
-/// data, so a random key costs no mispredicted branch.
-#[inline]
-pub(crate) fn lower_bound(a: &[u64], key: u64) -> usize {
-    let mut size = a.len();
-    if size == 0 {
-        return 0;
-    }
+/// The number of indices `i < n` for which the monotone predicate `pred`
+/// holds (`pred` true on a prefix of `0..n`, false after it), for `n <= N`,
+/// `N` a power of two: a binary search with a fixed number of steps,
+/// `log2(N) + 1`, whatever `n` and the data. Every step is a comparison
+/// turned into arithmetic, so a random key mispredicts no branch; indices
+/// at or past `n` count as false without being trusted (they are read, but
+/// masked into the array).
+#[inline(always)]
+fn count_prefix<const N: usize>(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    debug_assert!(N.is_power_of_two() && n <= N);
     let mut base = 0;
-    while size > 1 {
-        let half = size / 2;
-        base += usize::from(a[base + half - 1] < key) * half;
-        size -= half;
+    let mut half = N / 2;
+    while half > 0 {
+        let p = base + half - 1;
+        base += usize::from((p < n) & pred(p & (N - 1))) * half;
+        half /= 2;
     }
-    base + usize::from(a[base] < key)
+    base + usize::from((base < n) & pred(base & (N - 1)))
 }
 
-/// The index of the first of the sorted `a` that is `> key` (`a.len()` if
-/// none), branch-free like [`lower_bound`].
+/// The index of the first of the sorted `a[..n]` that is `>= key` (`n` if
+/// none).
 #[inline]
-pub(crate) fn upper_bound(a: &[u64], key: u64) -> usize {
-    let mut size = a.len();
-    if size == 0 {
-        return 0;
-    }
-    let mut base = 0;
-    while size > 1 {
-        let half = size / 2;
-        base += usize::from(a[base + half - 1] <= key) * half;
-        size -= half;
-    }
-    base + usize::from(a[base] <= key)
+pub(crate) fn lower_bound<const N: usize>(a: &[u64; N], n: usize, key: u64) -> usize {
+    count_prefix::<N>(n, |i| a[i] < key)
+}
+
+/// The index of the first of the sorted `a[..n]` that is `> key` (`n` if
+/// none).
+#[inline]
+pub(crate) fn upper_bound<const N: usize>(a: &[u64; N], n: usize, key: u64) -> usize {
+    count_prefix::<N>(n, |i| a[i] <= key)
 }
 
 /// A position of one VMA: leaf id and slot.
@@ -1001,7 +1006,7 @@ impl BTree {
         }
         let leaf = self.leaf(id);
         let n = leaf.n();
-        let a = lower_bound(&leaf.start[..n], start);
+        let a = lower_bound(&leaf.start, n, start);
         if a == n || leaf.start[a] != start || leaf.end[a] != end {
             return Some(false);
         }
@@ -1439,5 +1444,42 @@ fn rebalance_inners(x: &mut Inner, y: &mut Inner, want_x: usize) {
         });
         y.len += k as u32;
         x.len = want_x as u32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixed-step searches agree with a linear scan for every length,
+    /// every key around every value and runs of equal values (which only
+    /// the leaf's `start` never has, but the searches must not care).
+    #[test]
+    fn fixed_step_searches_match_a_linear_scan() {
+        let mut a = [0u64; 32];
+        for n in 0..=32usize {
+            for dup in [1u64, 3] {
+                for (i, x) in a.iter_mut().enumerate() {
+                    // Entries past `n` hold garbage below the keys, which
+                    // must not count.
+                    *x = if i < n { 10 + 10 * (i as u64 / dup) } else { 0 };
+                }
+                let mut keys = alloc::vec![0, 1, u64::MAX];
+                for x in &a[..n] {
+                    keys.extend([x - 1, *x, x + 1]);
+                }
+                for key in keys {
+                    let lt = a[..n].iter().filter(|&&x| x < key).count();
+                    let le = a[..n].iter().filter(|&&x| x <= key).count();
+                    assert_eq!(lower_bound(&a, n, key), lt, "n {n} key {key}");
+                    assert_eq!(upper_bound(&a, n, key), le, "n {n} key {key}");
+                    if n <= 16 {
+                        let b: &[u64; 16] = a[..16].try_into().unwrap();
+                        assert_eq!(lower_bound(b, n, key), lt, "16: n {n} key {key}");
+                        assert_eq!(upper_bound(b, n, key), le, "16: n {n} key {key}");
+                    }
+                }
+            }
+        }
     }
 }
