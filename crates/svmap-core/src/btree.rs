@@ -103,6 +103,46 @@ impl Agg {
     }
 }
 
+/// The maxima of an aggregate (largest hole, largest room per class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Maxima {
+    gap: u64,
+    room: [u64; NCLASS],
+}
+
+impl Maxima {
+    #[inline]
+    fn of_agg(a: &Agg) -> Self {
+        Maxima {
+            gap: a.max_gap,
+            room: a.room,
+        }
+    }
+
+    /// Child `i`'s stored maxima.
+    #[inline]
+    fn of_child(node: &Inner, i: usize) -> Self {
+        let mut room = [0; NCLASS];
+        for k in 0..NCLASS {
+            room[k] = node.room[k][i];
+        }
+        Maxima {
+            gap: node.max_gap[i],
+            room,
+        }
+    }
+
+    /// The componentwise maximum of `self` and `other`.
+    #[inline]
+    fn raised_by(mut self, other: &Maxima) -> Self {
+        self.gap = self.gap.max(other.gap);
+        for k in 0..NCLASS {
+            self.room[k] = self.room[k].max(other.room[k]);
+        }
+        self
+    }
+}
+
 /// How a child's aggregate moved, as a leaf reports it to its parent.
 #[derive(Clone, Copy, Debug)]
 enum Delta {
@@ -1017,17 +1057,19 @@ impl BTree {
         let leaf = &mut self.leaves[id as usize];
         leaf.remove_run(a, a + 1);
         let m = n - 1;
-        let delta = match old {
+        match old {
             // An inner entry: its two holes merge into one, which can
-            // only raise the maxima.
+            // only raise the maxima; the leaf's span stays.
             Some(mut o) if a > 0 && a < m => {
                 o.fold(leaf.end[a - 1], leaf.start[a]);
-                Delta::New(o)
+                self.propagate_maxima(&path, Maxima::of_agg(&o));
             }
-            Some(_) => Delta::New(leaf.agg()),
-            None => Delta::Same,
-        };
-        self.propagate(&path, delta);
+            Some(_) => {
+                let agg = leaf.agg();
+                self.propagate(&path, Delta::New(agg));
+            }
+            None => {}
+        }
         self.len -= 1;
         Some(true)
     }
@@ -1057,6 +1099,43 @@ impl BTree {
         }
     }
 
+    /// [`Self::propagate`] for a change inside one leaf that moved neither
+    /// its first nor its last VMA: no span and no hole between two children
+    /// changed anywhere on the path, only the leaf's maxima, now `m`. Per
+    /// level: store the child's maxima; if one of them was the node's
+    /// maximum and shrank, recompute the node's, else they are the old ones
+    /// (as the grandparent stores them) raised by `m`. Stops at the first
+    /// level where nothing changed.
+    fn propagate_maxima(&mut self, path: &Path, mut m: Maxima) {
+        let h = self.height as usize;
+        for level in 1..=h {
+            let (p, c) = path.at[level];
+            let (p, c) = (p as usize, c as usize);
+            let node = &mut self.inners[p];
+            let prev = Maxima::of_child(node, c);
+            if prev == m {
+                return;
+            }
+            node.max_gap[c] = m.gap;
+            for k in 0..NCLASS {
+                node.room[k][c] = m.room[k];
+            }
+            if level == h {
+                return;
+            }
+            let (gp, gc) = path.at[level + 1];
+            let o = Maxima::of_child(&self.inners[gp as usize], gc as usize);
+            let lost = |was: u64, now: u64, max: u64| now < was && was == max;
+            m = if lost(prev.gap, m.gap, o.gap)
+                || (0..NCLASS).any(|k| lost(prev.room[k], m.room[k], o.room[k]))
+            {
+                Maxima::of_agg(&self.inners[p].agg())
+            } else {
+                o.raised_by(&m)
+            };
+        }
+    }
+
     /// Inserts `[start, end)` into the hole inside one leaf that the search
     /// which filled `path` offered last, without a descent. The caller
     /// guarantees the range lies in that hole (the search's answer does).
@@ -1082,12 +1161,12 @@ impl BTree {
         leaf.insert_at(i, start, end, flags);
         // The hole [end[i-1], start[i+1]) was split in two: no maximum
         // moves unless that hole held one.
-        let delta = match old {
-            Some(o) if o.survives_split_of(leaf.end[i - 1], leaf.start[i + 1]) => Delta::Same,
-            Some(_) => Delta::New(leaf.agg()),
-            None => Delta::Same,
-        };
-        self.propagate(path, delta);
+        if let Some(o) = old {
+            if !o.survives_split_of(leaf.end[i - 1], leaf.start[i + 1]) {
+                let m = Maxima::of_agg(&leaf.agg());
+                self.propagate_maxima(path, m);
+            }
+        }
         self.len += 1;
         true
     }

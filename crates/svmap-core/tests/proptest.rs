@@ -141,11 +141,15 @@ fn run_case(case: &TestCase) -> Result<RunStats, TestCaseError> {
         .ok()
         .filter(|c| try_run(c).is_err_and(|e| same_failure(&e, &first)))
         .unwrap_or_else(|| case.clone());
+    // Shrinking is quadratic in the number of operations: a long case
+    // (thousands of operations in a debug build) is reported after at most
+    // this long, shrunk as far as it got.
+    let budget = Instant::now() + Duration::from_secs(20);
     let mut progress = true;
-    while progress {
+    while progress && Instant::now() < budget {
         progress = false;
         let mut i = 0;
-        while i < small.ops.len() {
+        while i < small.ops.len() && Instant::now() < budget {
             let mut c = small.clone();
             c.ops.remove(i);
             match try_run(&c) {
