@@ -468,27 +468,47 @@ impl Default for Path {
 
 impl Path {
     const NONE: u32 = u32::MAX;
+}
 
+/// What a hole search tells about its way to the holes it offers: a
+/// [`Path`] records it, `()` ignores it (so searches that insert nothing
+/// pay nothing for it).
+pub(crate) trait Track {
     /// The search descends from inner node `id` at `level` into child `i`.
+    fn enter(&mut self, level: u32, id: u32, i: usize);
+    /// The search offers the hole below slot `i` of leaf `id`.
+    fn offer_leaf_hole(&mut self, id: u32, i: usize);
+    /// The search offers a hole between two subtrees or beyond every VMA.
+    fn offer_other_hole(&mut self);
+}
+
+impl Track for Path {
     #[inline]
-    pub fn enter(&mut self, level: u32, id: u32, i: usize) {
+    fn enter(&mut self, level: u32, id: u32, i: usize) {
         if let Some(e) = self.at.get_mut(level as usize) {
             *e = (id, i as u32);
         }
     }
 
-    /// The search offers the hole below slot `i` of leaf `id`.
     #[inline]
-    pub fn offer_leaf_hole(&mut self, id: u32, i: usize) {
+    fn offer_leaf_hole(&mut self, id: u32, i: usize) {
         self.leaf = id;
         self.slot = i as u32;
     }
 
-    /// The search offers a hole between two subtrees or beyond every VMA.
     #[inline]
-    pub fn offer_other_hole(&mut self) {
+    fn offer_other_hole(&mut self) {
         self.leaf = Path::NONE;
     }
+}
+
+impl Track for () {
+    #[inline]
+    fn enter(&mut self, _: u32, _: u32, _: usize) {}
+    #[inline]
+    fn offer_leaf_hole(&mut self, _: u32, _: usize) {}
+    #[inline]
+    fn offer_other_hole(&mut self) {}
 }
 
 /// The number of indices `i < n` for which the monotone predicate `pred`

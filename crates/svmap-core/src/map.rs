@@ -28,7 +28,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::btree::{room, BTree, Inner, Path, Pos, ROOM_SHIFTS};
+use crate::btree::{room, BTree, Inner, Pos, Track, ROOM_SHIFTS};
 
 /// Flags of a VMA. Only the guard-gap kinds affect the search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -396,7 +396,7 @@ impl AddressMap {
         lo: u64,
         hi: u64,
         prune: Prune,
-        path: &mut Path,
+        path: &mut impl Track,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let size = prune.size;
@@ -436,7 +436,7 @@ impl AddressMap {
         level: u32,
         w: &Walk,
         inside: bool,
-        path: &mut Path,
+        path: &mut impl Track,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let (lo, hi, prune, size) = (w.lo, w.hi, w.prune, w.prune.size);
@@ -511,7 +511,7 @@ impl AddressMap {
         &self,
         id: u32,
         i: usize,
-        path: &mut Path,
+        path: &mut impl Track,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let h = self.hole_between(
@@ -534,7 +534,7 @@ impl AddressMap {
         node: &Inner,
         i: usize,
         level: u32,
-        path: &mut Path,
+        path: &mut impl Track,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let h = self.hole_between(
@@ -552,7 +552,7 @@ impl AddressMap {
         lo: u64,
         hi: u64,
         prune: Prune,
-        path: &mut Path,
+        path: &mut impl Track,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let size = prune.size;
@@ -592,7 +592,7 @@ impl AddressMap {
         level: u32,
         w: &Walk,
         inside: bool,
-        path: &mut Path,
+        path: &mut impl Track,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
         let (lo, hi, prune, size) = (w.lo, w.hi, w.prune, w.prune.size);

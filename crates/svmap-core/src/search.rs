@@ -10,7 +10,7 @@
 
 use core::fmt;
 
-use crate::btree::{Path, NCLASS, ROOM_SHIFTS};
+use crate::btree::{Path, Track, NCLASS, ROOM_SHIFTS};
 use crate::map::{AddressMap, Prune, SearchParams, VmaFlags, MAX_VMAS};
 
 /// A gap-search request: the kernel's `struct vm_unmapped_area_info`.
@@ -213,13 +213,7 @@ impl AddressMap {
                 return Err(SearchError::EmptyWindow);
             }
             let hole = self
-                .walk_low(
-                    low,
-                    max,
-                    Prune::size(length),
-                    &mut Path::default(),
-                    &mut |_, h| Some(h),
-                )
+                .walk_low(low, max, Prune::size(length), &mut (), &mut |_, h| Some(h))
                 .ok_or(SearchError::NoSpace)?;
             stats.holes += 1;
             let index = hole.start.max(low);
@@ -276,13 +270,7 @@ impl AddressMap {
                 return Err(SearchError::EmptyWindow);
             }
             let hole = self
-                .walk_high(
-                    low,
-                    max,
-                    Prune::size(length),
-                    &mut Path::default(),
-                    &mut |_, h| Some(h),
-                )
+                .walk_high(low, max, Prune::size(length), &mut (), &mut |_, h| Some(h))
                 .ok_or(SearchError::NoSpace)?;
             stats.holes += 1;
             let gap_end = hole.last.min(max).wrapping_add(1);
@@ -335,7 +323,7 @@ impl AddressMap {
         params: &SearchParams,
         stats: &mut SearchStats,
     ) -> Result<u64, FitError> {
-        self.find_fit_path(req, params, stats, &mut Path::default())
+        self.find_fit_path(req, params, stats, &mut ())
     }
 
     /// Finds a range as [`Self::find_fit`] does and maps it with `flags`:
@@ -381,7 +369,7 @@ impl AddressMap {
         req: &FitRequest,
         params: &SearchParams,
         stats: &mut SearchStats,
-        path: &mut Path,
+        path: &mut impl Track,
     ) -> Result<u64, FitError> {
         if req.length == 0 {
             return Err(FitError::ZeroLength);

@@ -109,9 +109,22 @@ struct Args {
     with_1e7: bool,
 }
 
+/// Reports a bad command line and exits with status 2.
+fn fail(msg: String) -> ! {
+    eprintln!("churn: {msg} (see --help)");
+    std::process::exit(2)
+}
+
 fn parse_n(s: &str) -> usize {
-    let v: f64 = s.parse().unwrap_or_else(|_| panic!("bad N {s:?}"));
-    v as usize
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=1e9).contains(&v) && v.fract() == 0.0 => v as usize,
+        _ => fail(format!("bad N {s:?}: a whole number from 1 to 1e9")),
+    }
+}
+
+fn number<T: std::str::FromStr>(s: &str, flag: &str) -> T {
+    s.parse()
+        .unwrap_or_else(|_| fail(format!("{flag} needs a number, not {s:?}")))
 }
 
 fn parse_args() -> Args {
@@ -129,7 +142,10 @@ fn parse_args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| fail(format!("{arg} needs a value")))
+        };
         match arg.as_str() {
             "--quick" => a.quick = true,
             "--json" => a.json = true,
@@ -140,13 +156,13 @@ fn parse_args() -> Args {
                 a.align = Some(match val().to_ascii_lowercase().as_str() {
                     "4k" | "4096" => K4,
                     "2m" | "2097152" => M2,
-                    other => panic!("--align 4k or 2m, not {other}"),
+                    other => fail(format!("--align 4k or 2m, not {other:?}")),
                 })
             }
             "--order" => a.order = Some(val()),
-            "--reps" => a.reps = Some(val().parse().expect("--reps")),
-            "--steps" => a.steps = Some(val().parse().expect("--steps")),
-            "--limit" => a.limit_s = val().parse().expect("--limit"),
+            "--reps" => a.reps = Some(number(&val(), "--reps")),
+            "--steps" => a.steps = Some(number(&val(), "--steps")),
+            "--limit" => a.limit_s = number(&val(), "--limit"),
             "--no-limit" => a.limit_s = f64::INFINITY,
             "--bench" => {} // passed by `cargo bench`
             "-h" | "--help" => {
@@ -158,7 +174,7 @@ fn parse_args() -> Args {
                 );
                 std::process::exit(0);
             }
-            other => panic!("unknown argument {other:?} (see --help)"),
+            other => fail(format!("unknown argument {other:?}")),
         }
     }
     a
