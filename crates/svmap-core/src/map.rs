@@ -16,6 +16,7 @@
 //! | one descent of the hole search | O(log n) |
 //! | [`AddressMap::unmapped_area`] | O(log n) per descent; one descent plus one per guard-gap retry, exactly where the kernel retries |
 //! | [`AddressMap::find_fit`] | O(log n) for page, 64 KiB and 2 MiB alignment (cached aligned rooms); otherwise O(log n) per candidate hole |
+//! | [`AddressMap::allocate`] | `find_fit`, then the insert into the leaf the search stopped in: no second descent unless the hole lies between two leaves or the leaf is full |
 //! | [`AddressMap::iter`] | O(1) amortised per VMA |
 //!
 //! Why one descent is O(log n): a subtree whose internal holes all lie inside
