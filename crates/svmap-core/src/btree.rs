@@ -1551,8 +1551,8 @@ mod tests {
     use super::*;
 
     /// The fixed-step searches agree with a linear scan for every length,
-    /// every key around every value and runs of equal values (which only
-    /// the leaf's `start` never has, but the searches must not care).
+    /// every key around every value, and runs of equal values (no column
+    /// they search holds any, but the searches must not depend on that).
     #[test]
     fn fixed_step_searches_match_a_linear_scan() {
         let mut a = [0u64; 32];
