@@ -79,7 +79,14 @@ pub trait Churn {
     fn holes_per_search(&self) -> Option<f64> {
         None
     }
-    /// Restarts the counters of [`Churn::holes_per_search`].
+    /// Allocations whose insert recomputed its leaf's maxima (the split
+    /// hole held one) per allocation, since the last [`Churn::reset_diag`],
+    /// if the implementation counts them.
+    fn rescans_per_alloc(&self) -> Option<f64> {
+        None
+    }
+    /// Restarts the counters of [`Churn::holes_per_search`] and
+    /// [`Churn::rescans_per_alloc`].
     fn reset_diag(&mut self) {}
 }
 
@@ -163,6 +170,8 @@ pub struct Measurement {
     pub reported_bytes_per_range: Option<f64>,
     /// Candidate holes examined per search in the timed part (svmap only).
     pub holes_per_search: Option<f64>,
+    /// Leaf rescans per allocation in the timed part (svmap only).
+    pub rescans_per_alloc: Option<f64>,
     /// Steps per repetition actually run.
     pub steps_per_rep: usize,
     /// Wall time of the whole measurement, setup included.
@@ -260,6 +269,7 @@ pub fn measure<C: Churn>(make: impl FnOnce() -> C, plan: &Plan) -> Measurement {
         reps_ns.push(t.as_nanos() as f64 / steps as f64);
     }
     let holes_per_search = c.holes_per_search();
+    let rescans_per_alloc = c.rescans_per_alloc();
     for h in live.iter().copied() {
         c.free(h);
     }
@@ -270,6 +280,7 @@ pub fn measure<C: Churn>(make: impl FnOnce() -> C, plan: &Plan) -> Measurement {
         warmup_ns_per_pair: warm_ns,
         steps_per_rep: steps,
         holes_per_search,
+        rescans_per_alloc,
         bytes_per_range,
         reported_bytes_per_range,
         wall: wall.elapsed(),

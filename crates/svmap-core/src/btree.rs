@@ -1159,18 +1159,19 @@ impl BTree {
     /// Inserts `[start, end)` into the hole inside one leaf that the search
     /// which filled `path` offered last, without a descent. The caller
     /// guarantees the range lies in that hole (the search's answer does).
-    /// Returns false, changing nothing, if the last hole was not inside a
-    /// leaf or the leaf is full: then [`Self::insert`] must do it.
-    pub fn insert_at_path(&mut self, path: &Path, start: u64, end: u64, flags: u8) -> bool {
+    /// Returns whether the leaf's maxima had to be recomputed (the split
+    /// hole held one), or `None`, changing nothing, if the last hole was not
+    /// inside a leaf or the leaf is full: then [`Self::insert`] must do it.
+    pub fn insert_at_path(&mut self, path: &Path, start: u64, end: u64, flags: u8) -> Option<bool> {
         let h = self.height as usize;
         if path.leaf == Path::NONE || h >= MAX_PATH {
-            return false;
+            return None;
         }
         let (id, i) = (path.leaf, path.slot as usize);
         let leaf = self.leaf(id);
         let n = leaf.n();
         if n == LCAP {
-            return false;
+            return None;
         }
         debug_assert!(h == 0 || self.inner(path.at[1].0).child[path.at[1].1 as usize] == id);
         debug_assert!(i > 0 && i < n, "not a hole inside the leaf");
@@ -1181,14 +1182,16 @@ impl BTree {
         leaf.insert_at(i, start, end, flags);
         // The hole [end[i-1], start[i+1]) was split in two: no maximum
         // moves unless that hole held one.
+        let mut rescanned = false;
         if let Some(o) = old {
             if !o.survives_split_of(leaf.end[i - 1], leaf.start[i + 1]) {
                 let m = Maxima::of_agg(&leaf.agg());
                 self.propagate_maxima(path, m);
+                rescanned = true;
             }
         }
         self.len += 1;
-        true
+        Some(rescanned)
     }
 
     /// [`Self::remove_starts_in`]; with `exact = Some(end)` only a single

@@ -70,6 +70,10 @@ pub struct SearchStats {
     pub descents: u32,
     /// Candidate holes examined (the exact fit may examine several).
     pub holes: u32,
+    /// [`AddressMap::allocate`] only: inserts that split a hole holding one
+    /// of its leaf's maxima (largest hole or aligned room), so the leaf's
+    /// maxima were recomputed and carried up the path.
+    pub rescans: u32,
 }
 
 /// An exact-fit request: the lowest (or highest) aligned `[addr, addr +
@@ -348,18 +352,20 @@ impl AddressMap {
         flags: VmaFlags,
         stats: &mut SearchStats,
     ) -> Result<u64, FitError> {
+        let mut path = Path::default();
+        let addr = self.find_fit_path(req, params, stats, &mut path)?;
         if self.t.len() >= MAX_VMAS {
             return Err(FitError::TooManyVmas);
         }
-        let mut path = Path::default();
-        let addr = self.find_fit_path(req, params, stats, &mut path)?;
         // The search proved `[addr, addr + length)` free and inside the
         // window, so neither the sum nor the insert can fail.
         let end = addr + req.length;
-        if !self.t.insert_at_path(&path, addr, end, flags.0) {
-            self.t
+        match self.t.insert_at_path(&path, addr, end, flags.0) {
+            Some(rescanned) => stats.rescans += u32::from(rescanned),
+            None => self
+                .t
                 .insert(addr, end, flags.0)
-                .expect("find_fit answered a range that is not free");
+                .expect("find_fit answered a range that is not free"),
         }
         Ok(addr)
     }

@@ -202,7 +202,8 @@ fn json(r: &Row) -> String {
         "{{\"bench\":\"churn\",\"impl\":\"{}\",\"n\":{},\"align\":{},\"order\":\"{}\",\
          \"status\":\"{}\",\"ns_per_pair\":{},\"bytes_per_range\":{},\
          \"reported_bytes_per_range\":{},\"warmup_ns_per_pair\":{},\"reps_ns\":{},\
-         \"holes_per_search\":{},\"reps\":{},\"steps_per_rep\":{},\"wall_s\":{}}}",
+         \"holes_per_search\":{},\"rescans_per_alloc\":{},\"reps\":{},\"steps_per_rep\":{},\
+         \"wall_s\":{}}}",
         r.imp,
         r.n,
         r.align,
@@ -214,6 +215,7 @@ fn json(r: &Row) -> String {
         num(m.map(|m| m.warmup_ns_per_pair)),
         reps,
         num(m.and_then(|m| m.holes_per_search)),
+        num(m.and_then(|m| m.rescans_per_alloc)),
         r.plan.map_or(0, |p| p.reps),
         m.map_or(0, |m| m.steps_per_rep),
         num(m.map(|m| m.wall.as_secs_f64())),

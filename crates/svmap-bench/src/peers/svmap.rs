@@ -11,8 +11,8 @@ pub struct Svmap {
     align: u64,
     topdown: bool,
     params: SearchParams,
-    /// (searches, candidate holes) since the last reset.
-    stats: (u64, u64),
+    /// (searches, candidate holes, leaf rescans) since the last reset.
+    stats: (u64, u64, u64),
 }
 
 impl Svmap {
@@ -24,7 +24,7 @@ impl Svmap {
             align,
             topdown,
             params: SearchParams::default(),
-            stats: (0, 0),
+            stats: (0, 0, 0),
         }
     }
 }
@@ -50,6 +50,7 @@ impl Churn for Svmap {
             .expect("svmap: no space");
         self.stats.0 += 1;
         self.stats.1 += u64::from(st.holes);
+        self.stats.2 += u64::from(st.rescans);
         (a, a + bytes)
     }
 
@@ -66,7 +67,11 @@ impl Churn for Svmap {
         Some(self.stats.1 as f64 / self.stats.0.max(1) as f64)
     }
 
+    fn rescans_per_alloc(&self) -> Option<f64> {
+        Some(self.stats.2 as f64 / self.stats.0.max(1) as f64)
+    }
+
     fn reset_diag(&mut self) {
-        self.stats = (0, 0);
+        self.stats = (0, 0, 0);
     }
 }

@@ -157,12 +157,22 @@ static void test_space(void) {
     CHECK(addr == 42 && svmap_space_vma_count(s) == before + 1);
     fit.align = 3;
     EXPECT(svmap_space_allocate(s, &fit, &addr), SVMAP_EINVAL);
+    fit.align = 0x1000;
+    fit.length = 0;
+    EXPECT(svmap_space_allocate(s, &fit, &addr), SVMAP_EINVAL);
+    fit.length = 0x1000;
     EXPECT(svmap_space_allocate(NULL, &fit, &addr), SVMAP_EINVAL);
     EXPECT(svmap_space_allocate(s, NULL, &addr), SVMAP_EINVAL);
     fit.align = 0x100000;
     EXPECT(svmap_space_allocate(s, &fit, NULL), SVMAP_EINVAL);
     CHECK(svmap_space_vma_count(s) == before + 1);
     OK(svmap_space_unmap(s, 0x200000, 0x201000));
+    CHECK(svmap_space_vma_count(s) == before);
+    fit.low = 0;
+    fit.align = 0x1000;
+    OK(svmap_space_allocate(s, &fit, &addr));
+    CHECK(addr == 0x10000); /* raised to mmap_min_addr */
+    OK(svmap_space_unmap(s, addr, addr + 0x1000));
     CHECK(svmap_space_vma_count(s) == before);
 
     /* the x86-64 mmap policy */

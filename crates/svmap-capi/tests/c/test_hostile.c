@@ -151,6 +151,7 @@ static void test_bad_enums_and_bools(void) {
     fit.topdown = true;
     poke_bool(&fit.respect_guard_gaps, 7);
     REFUSED(svmap_space_find_fit(s, &fit, &addr), SVMAP_EINVAL);
+    REFUSED(svmap_space_allocate(s, &fit, &addr), SVMAP_EINVAL);
     fit.respect_guard_gaps = false;
     fit.length = 0;
     REFUSED(svmap_space_find_fit(s, &fit, &addr), SVMAP_EINVAL);
