@@ -533,3 +533,50 @@ fn fuzz_regression_underfull_inner_after_grandchild_merge() {
         0xbc, 0x00, 0x00, 0x30, 0xfc, 0xfc, 0xfc, 0xfc, 0xfc, 0xfc, 0x24,
     ]);
 }
+
+/// `allocate` counts the inserts that split a hole holding one of its
+/// leaf's maxima (`SearchStats::rescans`, which the churn bench reports):
+/// a hole below every maximum is split without a rescan, the leaf's largest
+/// hole with one; and it maps exactly what `find_fit` answers.
+#[test]
+fn allocate_counts_rescans_of_leaf_maxima() {
+    let mut a = AddressMap::new();
+    a.insert(0, 0x1000, VmaFlags::NONE).unwrap();
+    a.insert(0x4000, 0x5000, VmaFlags::NONE).unwrap();
+    // The leaf's largest hole is [0x5000, 0x40000); then 62 VMAs with
+    // one-page holes, so that the tree has a level above the leaves.
+    for i in 0..62 {
+        let s = 0x40000 + i * 0x2000;
+        a.insert(s, s + 0x1000, VmaFlags::NONE).unwrap();
+    }
+    assert!(a.depth() >= 2, "the test needs an inner level");
+    let p = SearchParams::default();
+    let req = |length| FitRequest {
+        length,
+        low: 0x1000,
+        high: 1 << 40,
+        align: 0x1000,
+        align_offset: 0,
+        topdown: false,
+        respect_guard_gaps: false,
+    };
+    let mut st = svmap_core::SearchStats::default();
+    // Exactly the largest hole: the leaf's maxima are recomputed.
+    let want = a.find_fit(&req(0x3b000), &p).unwrap();
+    let got = a.allocate_stats(&req(0x3b000), &p, VmaFlags::NONE, &mut st);
+    assert_eq!((got, want), (Ok(0x5000), 0x5000));
+    assert_eq!(st.rescans, 1);
+    assert_eq!(
+        a.vma_at(0x5000).map(|v| (v.start, v.end)),
+        Some((0x5000, 0x40000))
+    );
+    a.check_invariants();
+    a.unmap(0x5000, 0x40000).unwrap();
+    // [0x1000, 0x4000): 12 KiB, no aligned room, below the largest hole:
+    // split without a rescan.
+    let got = a.allocate_stats(&req(0x1000), &p, VmaFlags::NONE, &mut st);
+    assert_eq!(got, Ok(0x1000));
+    assert_eq!(st.rescans, 1);
+    a.check_invariants();
+    assert_eq!(a.len(), 65);
+}
