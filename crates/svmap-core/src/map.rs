@@ -418,6 +418,8 @@ impl AddressMap {
         }
         if clipped_fits(min_start, max_end - 1, lo, hi, size) {
             let w = Walk { lo, hi, prune };
+            // The whole map inside the window (an allocator's usual case):
+            // no hole anywhere needs clipping.
             let inside = lo <= min_start && max_end - 1 <= hi;
             if let Some(r) = self.low_rec(t.root, t.height, &w, inside, path, f) {
                 return Some(r);
@@ -431,6 +433,8 @@ impl AddressMap {
         None
     }
 
+    /// The holes of subtree `id` at `level`, lowest first; `inside`: the
+    /// whole map lies inside the window, so no hole needs clipping.
     fn low_rec<R>(
         &self,
         id: u32,
@@ -495,10 +499,9 @@ impl AddressMap {
                 continue;
             }
             let (cs, ce) = (node.min_start[i], node.max_end[i] - 1);
-            let child_inside = inside || (lo <= cs && ce <= hi);
-            if child_inside || clipped_fits(cs, ce, lo, hi, size) {
+            if inside || clipped_fits(cs, ce, lo, hi, size) {
                 path.enter(level, id, i);
-                if let Some(r) = self.low_rec(node.child[i], level - 1, w, child_inside, path, f) {
+                if let Some(r) = self.low_rec(node.child[i], level - 1, w, inside, path, f) {
                     return Some(r);
                 }
             }
@@ -630,12 +633,9 @@ impl AddressMap {
         for i in (0..node.len as usize).rev() {
             if prune.admits_child(node, i) {
                 let (cs, ce) = (node.min_start[i], node.max_end[i] - 1);
-                let child_inside = inside || (lo <= cs && ce <= hi);
-                if child_inside || clipped_fits(cs, ce, lo, hi, size) {
+                if inside || clipped_fits(cs, ce, lo, hi, size) {
                     path.enter(level, id, i);
-                    if let Some(r) =
-                        self.high_rec(node.child[i], level - 1, w, child_inside, path, f)
-                    {
+                    if let Some(r) = self.high_rec(node.child[i], level - 1, w, inside, path, f) {
                         return Some(r);
                     }
                 }
