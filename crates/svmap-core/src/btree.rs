@@ -762,10 +762,7 @@ impl BTree {
     ) -> Result<(Delta, Option<u32>), ()> {
         let leaf = &self.leaves[id as usize];
         let n = leaf.n();
-        let mut i = 0;
-        while i < n && leaf.start[i] < start {
-            i += 1;
-        }
+        let i = lower_bound(&leaf.start, n, start);
         if (i > 0 && leaf.end[i - 1] > start) || (i < n && leaf.start[i] < end) {
             return Err(());
         }
@@ -897,10 +894,7 @@ impl BTree {
         while level > 0 {
             let node = self.inner(id);
             let n = node.n();
-            let mut i = 0;
-            while i < n && node.max_end[i] <= addr {
-                i += 1;
-            }
+            let i = upper_bound(&node.max_end, n, addr);
             if i == n {
                 return None;
             }
@@ -909,10 +903,7 @@ impl BTree {
         }
         let leaf = self.leaf(id);
         let n = leaf.n();
-        let mut i = 0;
-        while i < n && leaf.end[i] <= addr {
-            i += 1;
-        }
+        let i = upper_bound(&leaf.end, n, addr);
         (i < n).then_some(Pos {
             leaf: id,
             slot: i as u32,
@@ -927,19 +918,12 @@ impl BTree {
             if node.min_start[0] >= addr {
                 return None;
             }
-            let n = node.n();
-            let mut i = n;
-            while node.min_start[i - 1] >= addr {
-                i -= 1;
-            }
+            let i = lower_bound(&node.min_start, node.n(), addr);
             id = node.child[i - 1];
             level -= 1;
         }
         let leaf = self.leaf(id);
-        let mut i = leaf.n();
-        while i > 0 && leaf.start[i - 1] >= addr {
-            i -= 1;
-        }
+        let i = lower_bound(&leaf.start, leaf.n(), addr);
         (i > 0).then(|| Pos {
             leaf: id,
             slot: i as u32 - 1,
@@ -1005,12 +989,12 @@ impl BTree {
         if level == 0 {
             let leaf = &mut self.leaves[id as usize];
             let n = leaf.n();
-            let mut i = 0;
-            while i < n && leaf.start[i] != key {
-                i += 1;
-            }
-            debug_assert!(i < n, "set_bounds: no VMA starts at {key:#x}");
-            if i == n {
+            let i = lower_bound(&leaf.start, n, key);
+            debug_assert!(
+                i < n && leaf.start[i] == key,
+                "set_bounds: no VMA starts at {key:#x}"
+            );
+            if i == n || leaf.start[i] != key {
                 return false;
             }
             leaf.start[i] = start;
@@ -1297,14 +1281,8 @@ impl BTree {
     ) -> (usize, Delta) {
         let leaf = &mut self.leaves[id as usize];
         let n = leaf.n();
-        let mut a = 0;
-        while a < n && leaf.start[a] < s {
-            a += 1;
-        }
-        let mut b = a;
-        while b < n && leaf.start[b] < e {
-            b += 1;
-        }
+        let a = lower_bound(&leaf.start, n, s);
+        let b = lower_bound(&leaf.start, n, e).max(a);
         if a == b || exact.is_some_and(|x| b - a != 1 || leaf.end[a] != x) {
             return (0, Delta::Same);
         }
