@@ -79,25 +79,10 @@ fn replay(extra: &[&str], trace: &str) -> Run {
     finish(svmap().arg("replay").args(extra).arg("-"), Some(trace))
 }
 
-/// `/work/shared/examples`: `<workspace>/../shared/examples`.
-fn examples_dir() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let workspace = manifest
-        .ancestors()
-        .nth(2)
-        .expect("the crate lies two levels below the workspace");
-    let dir = workspace.join("../shared/examples");
-    assert!(
-        dir.is_dir(),
-        "the shared example traces are missing: expected the directory {} \
-         (<workspace>/../shared/examples, beside TRACE.md)",
-        dir.display()
-    );
-    dir
-}
-
+/// `<workspace>/tests/data/example-NAME`: the small example traces that
+/// `docs/trace-format.md` walks through.
 fn example(name: &str) -> PathBuf {
-    let path = examples_dir().join(name);
+    let path = data(&format!("example-{name}"));
     assert!(path.is_file(), "missing example trace {}", path.display());
     path
 }

@@ -1,5 +1,6 @@
-//! The library API of `svmap-trace`: every trace under `tests/data/` and the
-//! shared examples replay with no mismatch; the two executors agree on the
+//! The library API of `svmap-trace`: every trace under `tests/data/` (the
+//! kernel recordings, the SVM scenarios and the two examples of
+//! `docs/trace-format.md`) replays with no mismatch; the two executors agree on the
 //! address-space operations; exit statuses and messages.
 
 use std::path::{Path, PathBuf};
@@ -38,7 +39,9 @@ fn traces(prefix: &str) -> Vec<(String, String)> {
 }
 
 fn example(name: &str) -> String {
-    let p = workspace().join("../shared/examples").join(name);
+    let p = workspace()
+        .join("tests/data")
+        .join(format!("example-{name}"));
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -73,7 +76,7 @@ fn assert_clean(name: &str, s: Summary, out: &str, text: &str) {
 fn svm_traces_replay_with_no_mismatch_in_both_populate_modes() {
     let mut all = traces("svm-");
     assert!(all.len() >= 2, "tests/data/svm-*.jsonl: {all:?}");
-    all.push(("examples/svm.jsonl".into(), example("svm.jsonl")));
+    all.push(("example-svm.jsonl".into(), example("svm.jsonl")));
     for (name, text) in &all {
         for populate in [Populate::OnFault, Populate::AtAlloc] {
             // A tiny TLB so that evictions happen; every step checked.
@@ -91,7 +94,7 @@ fn kernel_traces_replay_with_no_mismatch_and_both_executors_agree() {
     let mut all = traces("kernel-");
     assert!(all.len() >= 4, "tests/data/kernel-*.jsonl");
     all.push((
-        "examples/address-space.jsonl".into(),
+        "example-address-space.jsonl".into(),
         example("address-space.jsonl"),
     ));
     for (name, text) in &all {
