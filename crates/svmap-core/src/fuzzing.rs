@@ -13,7 +13,7 @@
 //! `start + len` passes 2^64) are clipped or skipped here, exactly as a
 //! caller would do it.
 //!
-//! Known core bugs, each reproduced by an ignored `known_bug_*` test in
+//! Known core bugs, each reproduced by a `regression_*` test in
 //! `tests/proptest.rs`, are kept out of the random runs by the `KNOWN_*`
 //! constants below, so that the fuzzer goes on finding new ones; set a
 //! constant to `false` once its bug is fixed.
@@ -582,29 +582,29 @@ impl Pair {
     }
 }
 
-/// Known core bug, reported to the lead: `AddressMap::first_overlap(s, e)`
+/// A core bug, fixed (hence `false`): `AddressMap::first_overlap(s, e)`
 /// and `AddressMap::range(s, e)` with `e <= s` return the VMA that strictly
 /// contains `s` (when its start is below `e`), although an empty range
 /// intersects nothing (their doc comments; the kernel's
 /// `find_vma_intersection` returns NULL there). Set to `false` once fixed.
 pub const KNOWN_EMPTY_RANGE_LOOKUP: bool = false;
 
-/// Known core bug, reported to the lead: `unmapped_area` with `length == 0`
-/// but a non-zero `align_mask + start_gap` runs the search (TRACE.md says
-/// zero length is `ENOMEM`) and then trips the debug assertion in
+/// A core bug, fixed (hence `false`): `unmapped_area` with `length == 0`
+/// but a non-zero `align_mask + start_gap` runs the search (the trace format
+/// says zero length is `ENOMEM`) and then trips the debug assertion in
 /// `search.rs` (`info.length - 1` underflows). Set to `false` once fixed.
 pub const KNOWN_ZERO_LENGTH_SEARCH: bool = false;
 
-/// Known core bug, reported to the lead: a padding `length + align_mask +
+/// A core bug, fixed (hence `false`): a padding `length + align_mask +
 /// start_gap` that wraps past 2^64 without coming out below `length` (the
 /// kernel's one-sided test; e.g. `start_gap = u64::MAX`, `align_mask =
-/// 0xfff`) is not `ENOMEM` as TRACE.md and LINUX-SEMANTICS.md section 11
-/// say: both implementations answer an address, and a debug build of
-/// `AddressMap` may trip the "outside the found area" assertion in
+/// 0xfff`) is not `ENOMEM` as `docs/trace-format.md` and
+/// `docs/linux-semantics.md` say: both implementations answer an address,
+/// and a debug build of `AddressMap` may trip the "outside the found area" assertion in
 /// `search.rs`. Set to `false` once fixed.
 pub const KNOWN_PADDING_WRAP: bool = false;
 
-/// Known core bug, reported to the lead: `find_fit` top-down computes
+/// A core bug, fixed (hence `false`): `find_fit` top-down computes
 /// `top - ((top - align_offset) & mask)` without wrapping, which underflows
 /// (a debug-build panic; release wraps and answers correctly) when the
 /// aligned slot below `top` would be below 0, e.g. `length = 0x1000, low = 0,
@@ -612,7 +612,7 @@ pub const KNOWN_PADDING_WRAP: bool = false;
 /// `align_offset & (align - 1) != 0` can reach it. Set to `false` once fixed.
 pub const KNOWN_FIT_TOPDOWN_UNDERFLOW: bool = false;
 
-/// Known core bug, reported to the lead: `Mm::munmap(start, len)` computes
+/// A core bug, fixed (hence `false`): `Mm::munmap(start, len)` computes
 /// `start + page_align(len)` unchecked, which overflows (a panic in debug
 /// builds, a wrapped `unmap(start, 0)` answering `ENOMEM` in release) when
 /// `task_size` is within a page of 2^64, e.g. `task_size = u64::MAX - 0x77`,

@@ -1,5 +1,5 @@
-//! The x86-64 Linux `mmap` placement policy (`LINUX-SEMANTICS.md` sections
-//! 7 and 8) on top of an address-space map.
+//! The x86-64 Linux `mmap` placement policy (`docs/linux-semantics.md`,
+//! "x86-64 placement" and "mmap") on top of an address-space map.
 //!
 //! [`Mm::mmap`] does what an anonymous private `mmap()` does in a process
 //! with the given layout: `do_mmap()`'s argument checks, hint rounding,
@@ -177,8 +177,8 @@ pub enum Layout {
     Legacy,
 }
 
-/// The parameters of one process's address space (the `reset` of
-/// `TRACE.md`). Values are taken as given.
+/// The parameters of one process's address space (the `reset` of a
+/// trace). Values are taken as given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmConfig {
     /// `TASK_SIZE` (and `TASK_SIZE_MAX`): the end of user space.
@@ -312,7 +312,7 @@ impl<S: Space> Mm<S> {
     }
 
     /// The kernel's `vm_unmapped_area()` with this process's floor and
-    /// guard gap (the `find` operation of `TRACE.md`).
+    /// guard gap (the `find` operation of a trace).
     pub fn find(&self, info: &UnmappedAreaInfo) -> Result<u64, SearchError> {
         self.space.unmapped_area(info, &self.params)
     }

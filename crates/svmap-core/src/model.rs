@@ -3,7 +3,7 @@
 //! tests and the fuzz target run random operations on both and compare.
 //!
 //! The model's search enumerates every hole in address order and applies
-//! `LINUX-SEMANTICS.md` sections 3 to 5 literally.
+//! the rules of `docs/linux-semantics.md` literally.
 
 use alloc::vec::Vec;
 

@@ -1,7 +1,7 @@
 //! The gap searches: the kernel's `unmapped_area()` /
 //! `unmapped_area_topdown()` to the bit, and an exact aligned fit.
 //!
-//! The kernel-exact search follows `LINUX-SEMANTICS.md` sections 3 to 5 (the
+//! The kernel-exact search follows `docs/linux-semantics.md` (the
 //! maple-tree era, Linux 6.1 and later, with `start_gap` from 6.10): it pads
 //! the length by `align_mask + start_gap`, finds the lowest (highest) raw
 //! hole that holds the padded length inside the window, aligns inside it,
@@ -39,8 +39,8 @@ pub enum SearchError {
     /// `length + align_mask + start_gap` wrapped past 2^64.
     LengthOverflow,
     /// The window `[max(low_limit, mmap_min_addr), high_limit)` is empty or
-    /// shorter than the padded length, or the length is zero (TRACE.md: all
-    /// `ENOMEM`; the kernel is never asked for a zero length).
+    /// shorter than the padded length, or the length is zero (a trace's `find`
+    /// answers `ENOMEM` for all three; the kernel is never asked for a zero length).
     EmptyWindow,
     /// No hole in the window is large enough.
     NoSpace,
@@ -148,7 +148,7 @@ impl AddressMap {
     /// hole in which an aligned slot would have fitted: the hole must hold
     /// `length + align_mask + start_gap`.
     ///
-    /// One deliberate deviation, as `TRACE.md` specifies: `low_limit >=
+    /// One deliberate deviation (`docs/linux-semantics.md`): `low_limit >=
     /// high_limit` is [`SearchError::EmptyWindow`] even for `high_limit == 0`,
     /// which the kernel would read as 2^64 (`high_limit - 1` wraps). No
     /// kernel caller passes 0.
@@ -174,7 +174,7 @@ impl AddressMap {
         // after the sum, which catches every wrap its callers can produce
         // (start_gap is 0 or a page, align_mask far below 2^63); svmap
         // checks each addition, so a double wrap is an error too, as
-        // TRACE.md requires ("padding that wraps").
+        // the trace format requires ("padding that wraps").
         let length = info
             .length
             .checked_add(info.align_mask)

@@ -3,8 +3,8 @@
 //! through `svmap_core::fuzzing::run`, which asserts identical answers and
 //! VMA lists, calls `check_invariants()` after every change and checks the
 //! documented postconditions of every search result; plus the one-second
-//! run of the fuzz target's `check` on pseudo-random byte strings (the
-//! STYLE.md "one-second arbtest").
+//! run of the fuzz target's `check` on pseudo-random byte strings (a
+//! one-second arbtest).
 //!
 //! Every test counts the operations it ran and asserts a floor, so the
 //! whole file runs well over 100,000 operations per `cargo test` (the `ops`
@@ -998,10 +998,10 @@ fn regression_empty_range_lookup() {
 }
 
 /// `unmapped_area` with `length == 0` but a non-zero `align_mask` (or
-/// `start_gap`) must be `ENOMEM` (TRACE.md: "zero length ... is ENOMEM");
-/// instead the search runs, and a debug build panics on `info.length - 1`
-/// in the postcondition `debug_assert!` of `search.rs`. The model returns an
-/// address too (it must answer `EmptyWindow` as well).
+/// `start_gap`) must be `ENOMEM` (`docs/trace-format.md`, `find`); a
+/// search that ran anyway would trip the postcondition `debug_assert!` of
+/// `search.rs` (`info.length - 1` underflows). The model must answer
+/// `EmptyWindow` as well.
 #[test]
 fn regression_zero_length_search() {
     let info = UnmappedAreaInfo {
@@ -1017,7 +1017,7 @@ fn regression_zero_length_search() {
 }
 
 /// A padding `length + align_mask + start_gap` that wraps past 2^64 must be
-/// `ENOMEM` (TRACE.md: "padding that wraps"; LINUX-SEMANTICS.md section 11),
+/// `ENOMEM` (`docs/trace-format.md`, `find`; `docs/linux-semantics.md`),
 /// but the kernel-style test `padded < length` misses a sum that wraps and
 /// still comes out above `length`: the search runs, a debug build panics
 /// ("outside the found area"), a release build (and the model) answer an

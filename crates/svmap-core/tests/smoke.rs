@@ -1,5 +1,5 @@
 //! Deterministic checks of the core against hand-derived kernel answers
-//! (the `examples/address-space.jsonl` scenario of TRACE.md) and a quick
+//! (the scenario of `tests/data/example-address-space.jsonl`) and a quick
 //! differential run against the reference model.
 
 use svmap_core::linux::{mmap_base_for_stack_rlimit, Fixed, Mm, MmConfig, MmapRequest, Space};
@@ -72,7 +72,7 @@ fn example_trace_answers() {
 
 #[test]
 fn mmap_base_matches_the_running_kernel_table() {
-    // LINUX-SEMANTICS.md section 7, confirmed on 6.18.
+    // docs/linux-semantics.md, "x86-64 placement"; confirmed on Linux 6.18.
     assert_eq!(
         mmap_base_for_stack_rlimit(Some(8 << 20), 0x100000),
         0x7ffff7fff000
@@ -321,7 +321,7 @@ fn typed_errors_for_bad_requests() {
     );
     // A double wrap (1 + (2^64 - 1) + (2^64 - 1) comes out as 2^64 - 1,
     // above the length, so the kernel's single comparison would miss it) is
-    // an overflow too, as TRACE.md requires.
+    // an overflow too, as the trace format requires.
     assert_eq!(
         find(1, 0, 1 << 40, u64::MAX, u64::MAX),
         Err(SearchError::LengthOverflow)

@@ -2,8 +2,8 @@
 //!
 //! Every variant carries the values that were wrong; its doc comment is the
 //! message. [`SvmError::trace_errno`] maps a variant to the `err` result
-//! `TRACE.md` prints, or to `None` where `TRACE.md` calls the input a bad
-//! line.
+//! a trace prints (`docs/trace-format.md`), or to `None` where the trace
+//! format calls the input a bad line.
 
 use core::fmt;
 
@@ -155,8 +155,8 @@ pub enum SvmError {
 }
 
 impl SvmError {
-    /// The `err` result `TRACE.md` gives for this error, or `None` where
-    /// `TRACE.md` calls the input a bad line (replay stops with exit 2).
+    /// The `err` result a trace gives for this error, or `None` where the
+    /// trace format calls the input a bad line (replay stops with exit 2).
     pub fn trace_errno(&self) -> Option<Errno> {
         use SvmError::*;
         match self {
@@ -261,8 +261,8 @@ impl fmt::Display for SvmError {
 
 impl std::error::Error for SvmError {}
 
-/// What a device access that does not succeed reports (`TRACE.md` "What a
-/// device sees").
+/// What a device access that does not succeed reports (`docs/trace-format.md`,
+/// "What a device sees").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Fault {
     /// The address is at or above `2^va_bits` (never wraps).
@@ -274,7 +274,7 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// The name `TRACE.md` prints: `"out_of_range"`, `"unmapped"`,
+    /// The name a trace prints: `"out_of_range"`, `"unmapped"`,
     /// `"protection"`.
     pub fn name(self) -> &'static str {
         match self {

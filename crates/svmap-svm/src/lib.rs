@@ -1,14 +1,14 @@
 //! # svmap-svm
 //!
-//! Layers 3 and 4 of `DESIGN.md`: SVM address spaces and the device mirror
+//! Layers 3 and 4 of `docs/design.md`: SVM address spaces and the device mirror
 //! model. Pure logic, no system calls.
 //!
 //! - [`SvmSpace`]: one CPU address space (the core [`svmap_core::linux::Mm`]
 //!   with its Linux placement) and any number of named device spaces, each
 //!   with its VA width, base, page size, device-only regions and mirror
-//!   mode. It runs every SVM operation of `TRACE.md` with its exact rules,
-//!   and the CPU-side operations so that SVM ranges and devices stay in
-//!   step.
+//!   mode. It runs every SVM operation of the trace format
+//!   (`docs/trace-format.md`) with its exact rules, and the CPU-side
+//!   operations so that SVM ranges and devices stay in step.
 //! - [`mirror`]: a device MMU (multi-level radix page table, TLB with
 //!   shoot-down) kept in step with the CPU by the `mmu_interval_notifier`
 //!   protocol (invalidate with a sequence number; fault handler that
@@ -16,7 +16,7 @@
 //!
 //! # For a trace executor
 //!
-//! | `TRACE.md` op | call | result |
+//! | trace op | call | result |
 //! | --- | --- | --- |
 //! | `reset` | [`SvmSpace::reset`] | none |
 //! | `map` | [`SvmSpace::cpu_map`] | `Overlap` = `EEXIST`; other errors are bad lines |
@@ -30,8 +30,8 @@
 //! | `protect` | [`SvmSpace::protect`] | `NotMapped`/`RangeOverflow` = `ENOMEM`; `Unaligned`/`ZeroLength` are bad lines |
 //! | `device_access` | [`SvmSpace::device_access`] | `Ok(Ok(()))` = `ok`, `Ok(Err(fault))` = `fault: fault.name()` |
 //!
-//! [`SvmError::trace_errno`] is `None` for the errors `TRACE.md` calls bad
-//! lines (unknown device, `va_bits`, page size, alignment).
+//! [`SvmError::trace_errno`] is `None` for the errors the trace format calls
+//! bad lines (unknown device, `va_bits`, page size, alignment).
 //!
 //! # Beyond the trace format
 //!

@@ -112,7 +112,7 @@ pub enum Prot {
     ReadWrite,
 }
 
-/// A device's parameters (`TRACE.md` `device`, plus the mirror model's).
+/// A device's parameters (the trace op `device`, plus the mirror model's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// The name operations use.
@@ -132,7 +132,7 @@ pub struct DeviceConfig {
 }
 
 impl DeviceConfig {
-    /// A device with `TRACE.md`'s defaults: base 0, 4 KiB pages, buffer
+    /// A device with the trace format's defaults: base 0, 4 KiB pages, buffer
     /// mirroring, populate on fault, a 64-entry TLB.
     pub fn new(name: impl Into<String>, va_bits: u32) -> Self {
         DeviceConfig {
@@ -1042,8 +1042,8 @@ impl<F: PtFormat> SvmSpace<F> {
 
     /// `svm_alloc`: the highest (`topdown`) or lowest aligned range free on
     /// the CPU (guard gaps included) and on every listed device, inside the
-    /// common window, mapped read-write on all of them (`TRACE.md`'s exact
-    /// rule). `align` `None` means the page size; duplicate names count once.
+    /// common window, mapped read-write on all of them (the exact rule of
+    /// `docs/trace-format.md`). `align` `None` means the page size; duplicate names count once.
     /// Errors: `ZeroLength` (`EINVAL`); `NoSpace` / `NoCommonWindow` /
     /// `LengthOverflow` (`ENOMEM`); `BadAlignment` / `UnknownDevice` (bad
     /// lines in a trace).
@@ -1236,7 +1236,7 @@ impl<F: PtFormat> SvmSpace<F> {
         Ok(r.map(|_| ()))
     }
 
-    /// What `TRACE.md` says device `device` sees at `addr`, computed
+    /// What the trace format says device `device` sees at `addr`, computed
     /// directly from the rules (the oracle of the mirror model).
     pub fn access_rule(
         &self,

@@ -1,5 +1,6 @@
-//! The acceptance test: `TRACE.md`'s SVM example and the scenario traces
-//! under `tests/data/`, run through the library in both populate modes.
+//! The acceptance test: the SVM example of `docs/trace-format.md` and the
+//! scenario traces under `tests/data/`, run through the library in both
+//! populate modes.
 
 mod common;
 

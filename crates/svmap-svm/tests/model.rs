@@ -1,6 +1,6 @@
 //! Property tests: random operation sequences run through [`SvmSpace`] and
 //! through a deliberately simple model (lists and linear scans) of
-//! `TRACE.md`'s rules, comparing every result and calling
+//! the trace format's rules, comparing every result and calling
 //! `check_invariants()` (which also checks that every SVM range lies inside
 //! every listed device's window, is identical in every space and overlaps
 //! nothing) after every step. Both populate modes run.

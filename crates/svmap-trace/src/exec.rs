@@ -1,4 +1,4 @@
-//! The executors: [`SvmExecutor`] runs every `TRACE.md` operation on
+//! The executors: [`SvmExecutor`] runs every trace operation on
 //! [`svmap_svm::SvmSpace`]; [`CpuExecutor`] runs only the address-space
 //! operations on the core [`Mm`] and stops at the first SVM operation.
 
@@ -9,7 +9,7 @@ use svmap_svm::{CpuPolicy, DeviceConfig, MirrorMode, Populate, SvmError, SvmSpac
 use crate::replay::{ExecError, Executor};
 use crate::trace::{CpuAccess, Fault, Mirror, Op, OpKind, Outcome, Prot, SvmOp};
 
-/// The CPU address space of `TRACE.md` (`reset`, `map`, `unmap`, `find`,
+/// The CPU address space of a trace (`reset`, `map`, `unmap`, `find`,
 /// `mmap`) on [`Mm`]; it has no devices and answers every SVM operation
 /// with [`ExecError::NeedsSvm`]. Kept as the reference for the
 /// address-space operations and for throughput comparisons.
@@ -76,8 +76,8 @@ impl Executor for CpuExecutor {
     }
 }
 
-/// Every operation of `TRACE.md` on one [`SvmSpace`] (a CPU space and its
-/// devices), exactly as `TRACE.md` says; the executor of [`crate::replay`].
+/// Every trace operation on one [`SvmSpace`] (a CPU space and its
+/// devices), exactly as `docs/trace-format.md` says; the executor of [`crate::replay`].
 ///
 /// | op | call | result |
 /// | --- | --- | --- |
@@ -93,7 +93,7 @@ impl Executor for CpuExecutor {
 /// | `protect` | [`SvmSpace::protect`] | `ok`; `ENOMEM` |
 /// | `device_access` | [`SvmSpace::device_access`] | `ok` or `fault` |
 ///
-/// An error that `TRACE.md` calls a bad line ([`SvmError::trace_errno`] is
+/// An error that the trace format calls a bad line ([`SvmError::trace_errno`] is
 /// `None`, or an unaligned or empty range the parser already rejects) is
 /// [`ExecError::BadLine`].
 #[derive(Debug)]
@@ -287,7 +287,7 @@ impl SvmExecutor {
     }
 }
 
-/// The `err` result of `e`, or a bad line where `TRACE.md` calls it one.
+/// The `err` result of `e`, or a bad line where the trace format calls it one.
 fn err_result(kind: OpKind, e: &SvmError) -> Result<Outcome, ExecError> {
     match e.trace_errno() {
         Some(errno) => Ok(Outcome::Err(errno)),

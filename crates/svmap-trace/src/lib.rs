@@ -1,13 +1,13 @@
 //! # svmap-trace
 //!
-//! The trace format of `TRACE.md` and its replay, as a library that every
+//! The trace format (`docs/trace-format.md`) and its replay, as a library that every
 //! front end shares: the `svmap replay` command, the C ABI, tests.
 //!
 //! - [`trace`]: the strict parser of one line ([`trace::parse_line`]) into
 //!   an [`trace::Entry`] (an [`trace::Op`] and its optional `expect`).
 //! - [`replay_with`]: the streaming driver over any [`Executor`]; it owns
 //!   the output lines, `expect` checks, the summary and bad-line detection.
-//! - [`SvmExecutor`]: every `TRACE.md` operation (address-space and SVM) on
+//! - [`SvmExecutor`]: every trace operation (address-space and SVM) on
 //!   [`svmap_svm::SvmSpace`]; [`CpuExecutor`]: the address-space operations
 //!   only, on the core [`svmap_core::linux::Mm`].
 //! - [`replay`] and [`replay_status`]: the whole of `svmap replay` in one
@@ -38,7 +38,7 @@ pub use replay::{
     EXIT_OK,
 };
 
-/// Runs the trace `input` with a fresh [`SvmExecutor`] (every `TRACE.md`
+/// Runs the trace `input` with a fresh [`SvmExecutor`] (every trace
 /// operation), writing one JSON line per result and the summary line to
 /// `out` (buffer it; it is not flushed). With `check`, compares results
 /// with `expect` fields; mismatch notes for operations that printed no line

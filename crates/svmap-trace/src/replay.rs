@@ -42,7 +42,7 @@ impl Summary {
         }
     }
 
-    /// The summary line `TRACE.md` prints last (without a newline).
+    /// The summary line a replay prints last (without a newline).
     pub fn json_line(&self) -> String {
         format!(
             "{{\"summary\": {{\"ops\": {}, \"results\": {}, \"checked\": {}, \"mismatches\": {}}}}}",
@@ -55,7 +55,7 @@ impl Summary {
 /// exit status is [`EXIT_BAD`].
 #[derive(Debug)]
 pub enum ReplayError {
-    /// A bad line (`TRACE.md`), or an operation the executor cannot run.
+    /// A bad line (`docs/trace-format.md`), or an operation the executor cannot run.
     BadLine {
         /// The line number (from 1, counting every line).
         line: u64,
@@ -102,7 +102,7 @@ impl std::error::Error for ReplayError {
     }
 }
 
-/// The exit status `TRACE.md` gives a replay's result: 0, 1 (a mismatch
+/// The exit status of a replay's result: 0, 1 (a mismatch
 /// with `check`) or 2 (a bad line or an I/O error).
 pub fn exit_status(result: &Result<Summary, ReplayError>, check: bool) -> i32 {
     match result {
@@ -118,7 +118,7 @@ pub enum ExecError {
     /// The operation belongs to the SVM layer, which this executor lacks
     /// ([`crate::CpuExecutor`]).
     NeedsSvm(OpKind),
-    /// The input is what `TRACE.md` calls a bad line, found only when the
+    /// The input is what the trace format calls a bad line, found only when the
     /// operation ran (the parser catches every such case it can).
     BadLine(String),
 }

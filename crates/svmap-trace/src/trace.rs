@@ -1,4 +1,4 @@
-//! The trace format of `TRACE.md`: one JSON object per line, parsed into an
+//! The trace format (`docs/trace-format.md`): one JSON object per line, parsed into an
 //! [`Entry`] (the operation and its optional `expect`).
 //!
 //! Parsing checks the whole *form* of a line, for every operation (the

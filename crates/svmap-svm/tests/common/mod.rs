@@ -1,4 +1,4 @@
-//! A minimal trace executor for tests: runs the `TRACE.md` operations of a
+//! A minimal trace executor for tests: runs the trace operations of a
 //! JSON Lines text through [`SvmSpace`] and compares every `expect`.
 
 #![allow(dead_code)]
