@@ -17,13 +17,16 @@
  *                        reservation, shareable with another process.
  *   svmap_peer_t         a device peer process: SVM buffers at the same address in
  *                        both processes, reached by the peer through its device MMU.
- *   svmap_replay_*       trace replay (TRACE.md), from a file or a buffer.
+ *   svmap_replay_*       trace replay (docs/trace-format.md), from a file or a buffer.
  *
- * Naming: svmap_<object>_<verb>. Handles are opaque pointers.
+ * Naming: svmap_<object>_<verb>. Handles are opaque pointers. A handle's
+ * destructor is svmap_<object>_delete; a function that releases something
+ * inside a handle says what (svmap_heap_dealloc frees a buffer of the heap,
+ * svmap_svm_dealloc an SVM range), so "free" names no function.
  *
  * Ownership: svmap_<object>_new* returns an owned handle, or NULL on failure
- * (svmap_last_error_message() says why). svmap_<object>_free takes the handle
- * back and accepts NULL; use a handle not after freeing it. Strings passed in
+ * (svmap_last_error_message() says why). svmap_<object>_delete takes the handle
+ * back and accepts NULL; use a handle not after deleting it. Strings passed in
  * are borrowed for the call only and copied if kept. Strings returned are owned
  * by the library (see each function for how long they live).
  *
@@ -40,7 +43,7 @@
  *
  * Panics: no Rust panic crosses this boundary. A bug inside svmap returns
  * SVMAP_INTERNAL with the panic message; the handle involved should then only
- * be freed.
+ * be deleted.
  */
 
 
@@ -124,7 +127,7 @@ typedef enum svmap_status_t {
   SVMAP_EBADTRACE = 11,
   /**
    * A bug in svmap (a panic was caught at the boundary). The handle the
-   * call was given may be inconsistent: only free it.
+   * call was given may be inconsistent: only delete it.
    */
   SVMAP_INTERNAL = 99,
 } svmap_status_t;
@@ -132,7 +135,7 @@ typedef enum svmap_status_t {
 /**
  * An SVM heap: real memory below `2^N`, each buffer its own sealed memfd
  * so that another process can map it at the same address. Owned by the
- * caller from `svmap_heap_new*` to `svmap_heap_free`, which unmaps the
+ * caller from `svmap_heap_new*` to `svmap_heap_delete`, which unmaps the
  * whole window (every pointer into it then dangles); not thread-safe.
  */
 typedef struct svmap_heap_t svmap_heap_t;
@@ -141,7 +144,7 @@ typedef struct svmap_heap_t svmap_heap_t;
  * The CPU side of a device peer: the peer process, the window both agreed
  * on (free and reserved in both address spaces, below the device's
  * `2^va_bits`) and the SVM buffers in it. Owned by the caller from
- * `svmap_peer_spawn` to `svmap_peer_free`; not thread-safe.
+ * `svmap_peer_spawn` to `svmap_peer_delete`; not thread-safe.
  */
 typedef struct svmap_peer_t svmap_peer_t;
 
@@ -149,7 +152,7 @@ typedef struct svmap_peer_t svmap_peer_t;
  * A reserved window of this process's address space (one `PROT_NONE |
  * MAP_NORESERVE` mapping: no memory, and the kernel places nothing else
  * there). Owned by the caller from `svmap_reservation_new*` to
- * `svmap_reservation_free` (which unmaps it) or `svmap_heap_new_in`; not
+ * `svmap_reservation_delete` (which unmaps it) or `svmap_heap_new_in`; not
  * thread-safe.
  */
 typedef struct svmap_reservation_t svmap_reservation_t;
@@ -157,13 +160,13 @@ typedef struct svmap_reservation_t svmap_reservation_t;
 /**
  * A simulated address space: a map of VMAs with the Linux x86-64
  * placement policy. Owned by the caller from `svmap_space_new` to
- * `svmap_space_free`; not thread-safe.
+ * `svmap_space_delete`; not thread-safe.
  */
 typedef struct svmap_space_t svmap_space_t;
 
 /**
  * An SVM space: one simulated CPU address space and its devices. Owned by
- * the caller from `svmap_svm_new` to `svmap_svm_free`; not thread-safe.
+ * the caller from `svmap_svm_new` to `svmap_svm_delete`; not thread-safe.
  */
 typedef struct svmap_svm_t svmap_svm_t;
 
@@ -539,9 +542,9 @@ struct svmap_reservation_t *svmap_reservation_new(uint32_t va_bits, uint64_t len
 struct svmap_reservation_t *svmap_reservation_new_at(uint64_t addr, uint64_t length);
 
 /**
- * Unmaps and frees a reservation. Takes ownership; NULL is fine.
+ * Deletes a reservation: unmaps the window. Takes ownership; NULL is fine.
  */
-void svmap_reservation_free(struct svmap_reservation_t *res);
+void svmap_reservation_delete(struct svmap_reservation_t *res);
 
 /**
  * The first address of the reservation (0 for NULL).
@@ -556,22 +559,22 @@ uint64_t svmap_reservation_len(const struct svmap_reservation_t *res);
 /**
  * A heap over a new reservation of `length` bytes below `2^va_bits` (see
  * `svmap_reservation_new`). Returns an owned handle, or NULL with the last
- * error set. Free it with `svmap_heap_free`.
+ * error set. Free it with `svmap_heap_delete`.
  */
 struct svmap_heap_t *svmap_heap_new(uint32_t va_bits, uint64_t length);
 
 /**
  * A heap over the reservation `res`, whose ownership passes to the heap
- * (even on failure; do not free `res` afterwards). NULL `res`: NULL with
+ * (even on failure; do not delete `res` afterwards). NULL `res`: NULL with
  * `SVMAP_EINVAL`.
  */
 struct svmap_heap_t *svmap_heap_new_in(struct svmap_reservation_t *res);
 
 /**
- * Frees a heap: unmaps its window and closes every buffer's memfd (every
+ * Deletes a heap: unmaps its window and closes every buffer's memfd (every
  * pointer into it dangles). Takes ownership; NULL is fine.
  */
-void svmap_heap_free(struct svmap_heap_t *heap);
+void svmap_heap_delete(struct svmap_heap_t *heap);
 
 /**
  * Allocates `length` bytes (rounded up to pages) aligned to `align` (a
@@ -593,8 +596,8 @@ enum svmap_status_t svmap_heap_alloc(struct svmap_heap_t *heap,
 /**
  * Frees the buffer that starts at `ptr`: its pages go back to the system
  * and the range stays reserved (accesses fault). `SVMAP_EINVAL` if `ptr`
- * does not start a live buffer of this heap. (Named `dealloc` because
- * `svmap_heap_free` frees the handle.)
+ * does not start a live buffer of this heap. (`_dealloc` releases a
+ * buffer inside the handle; `svmap_heap_delete` destroys the handle.)
  */
 enum svmap_status_t svmap_heap_dealloc(struct svmap_heap_t *heap, void *ptr);
 
@@ -647,7 +650,7 @@ int svmap_peer_serve_from_env(void);
  * peer runs `exe` with the single argument `arg` (NULL: none), or, for a
  * NULL `exe`, this executable again with no arguments: its `main` must
  * begin with `svmap_peer_serve_from_env()`. Returns an owned handle, or
- * NULL with the last error set. Free it with `svmap_peer_free`.
+ * NULL with the last error set. Free it with `svmap_peer_delete`.
  *
  * # Safety
  *
@@ -659,10 +662,10 @@ struct svmap_peer_t *svmap_peer_spawn(const char *exe,
                                       uint64_t window_len);
 
 /**
- * Asks the peer to exit, reaps it (killing it after a timeout), and frees
- * every buffer and the window. Takes ownership; NULL is fine.
+ * Deletes the peer handle: asks the peer to exit, reaps it (killing it
+ * after a timeout), and releases every buffer and the window. Takes ownership; NULL is fine.
  */
-void svmap_peer_free(struct svmap_peer_t *peer);
+void svmap_peer_delete(struct svmap_peer_t *peer);
 
 /**
  * The peer's process id (0 for NULL).
@@ -738,12 +741,12 @@ enum svmap_status_t svmap_peer_sum_u64(struct svmap_peer_t *peer,
                                        uint64_t *out_sum);
 
 /**
- * Replays the trace file at `path` (`TRACE.md`) as `svmap replay [--check]
- * FILE` does, on a fresh SVM space: one JSON line per result and then the
- * summary line go to `out_fd`, notes about mismatches of operations that
- * print no line to `err_fd` (-1: discard; the descriptors stay open and
- * the caller's). With `check`, results are compared with the lines'
- * `expect` fields. Writes the counts and the exit status to `*out`.
+ * Replays the trace file at `path` (`docs/trace-format.md`) as `svmap
+ * replay [--check] FILE` does, on a fresh SVM space: one JSON line per
+ * result and then the summary line go to `out_fd`, notes about mismatches
+ * of operations that print no line to `err_fd` (-1: discard; the
+ * descriptors stay open and the caller's). With `check`, results are
+ * compared with the lines' `expect` fields. Writes the counts and the exit status to `*out`.
  * `SVMAP_EBADTRACE` for a bad line (the message is `line N: ...`; result
  * lines before it were written), `SVMAP_ENOENT` / `SVMAP_EPERM` /
  * `SVMAP_EIO` when the file cannot be read.
@@ -792,14 +795,14 @@ enum svmap_status_t svmap_space_config_default(struct svmap_space_config_t *out)
 /**
  * A new, empty address space with the configuration `cfg` (NULL: the
  * defaults). Returns an owned handle, or NULL (an unknown layout) with the
- * last error set. Free it with `svmap_space_free`.
+ * last error set. Free it with `svmap_space_delete`.
  */
 struct svmap_space_t *svmap_space_new(const struct svmap_space_config_t *cfg);
 
 /**
- * Frees an address space. Takes ownership; NULL is fine.
+ * Deletes an address space. Takes ownership; NULL is fine.
  */
-void svmap_space_free(struct svmap_space_t *space);
+void svmap_space_delete(struct svmap_space_t *space);
 
 /**
  * Maps the VMA `[start, end)` with `flags` (`SVMAP_VMA_*`), as the
@@ -918,14 +921,14 @@ enum svmap_status_t svmap_device_config_init(struct svmap_device_config_t *out,
 /**
  * A new SVM space whose CPU space has the configuration `cfg` (NULL: the
  * defaults) and no devices. Returns an owned handle, or NULL with the
- * last error set. Free it with `svmap_svm_free`.
+ * last error set. Free it with `svmap_svm_delete`.
  */
 struct svmap_svm_t *svmap_svm_new(const struct svmap_space_config_t *cfg);
 
 /**
- * Frees an SVM space and everything in it. Takes ownership; NULL is fine.
+ * Deletes an SVM space and everything in it. Takes ownership; NULL is fine.
  */
-void svmap_svm_free(struct svmap_svm_t *svm);
+void svmap_svm_delete(struct svmap_svm_t *svm);
 
 /**
  * Adds a device space. `SVMAP_EEXIST` for a name already used,
@@ -990,8 +993,8 @@ enum svmap_status_t svmap_svm_alloc(struct svmap_svm_t *svm,
  * Frees the SVM range that starts at `addr` (the trace's `svm_free`) on
  * the CPU and every device; every device is invalidated before this
  * returns, so its next access there faults. `SVMAP_EINVAL` if `addr` does
- * not start a live SVM range (nothing changes). (Named `dealloc` because
- * `svmap_svm_free` frees the handle.)
+ * not start a live SVM range (nothing changes). (`_dealloc` releases a
+ * range inside the handle; `svmap_svm_delete` destroys the handle.)
  */
 enum svmap_status_t svmap_svm_dealloc(struct svmap_svm_t *svm, uint64_t addr);
 

@@ -66,7 +66,7 @@ static void address_space(void) {
     /* Errors come back as a status and a message. */
     svmap_status_t st = svmap_space_map(space, 0x4ff000, 0x501000, 0);
     printf("map over a VMA: %s (%s)\n", svmap_status_name((int)st), svmap_last_error_message());
-    svmap_space_free(space);
+    svmap_space_delete(space);
 }
 
 static void svm_space(void) {
@@ -91,13 +91,13 @@ static void svm_space(void) {
     check(svmap_svm_device_access(svm, "gpu", buf + 100, true), "device_access");
     printf("device write at 0x%" PRIx64 ": ok\n", buf + 100);
 
-    check(svmap_svm_dealloc(svm, buf), "svm_free");
+    check(svmap_svm_dealloc(svm, buf), "svm_dealloc");
     svmap_status_t st = svmap_svm_device_access(svm, "gpu", buf + 100, false);
-    printf("after svm_free, device read: %s (%s)\n", svmap_status_name((int)st),
+    printf("after svm_dealloc, device read: %s (%s)\n", svmap_status_name((int)st),
            svmap_last_error_message());
     st = svmap_svm_device_access(svm, "gpu", 1ull << 40, false);
     printf("device read at 2^40: %s\n", svmap_status_name((int)st));
-    svmap_svm_free(svm);
+    svmap_svm_delete(svm);
 }
 
 struct node {
@@ -130,7 +130,7 @@ static void real_memory(void) {
     printf("buffer at %p (below 2^40: %s), list sum %d, memfd %d for a peer\n", p,
            (uint64_t)(uintptr_t)p + (1 << 20) <= (1ull << 40) ? "yes" : "no", sum, fd);
     check(svmap_heap_dealloc(heap, p), "heap_dealloc");
-    svmap_heap_free(heap);
+    svmap_heap_delete(heap);
 }
 
 int main(void) {

@@ -13,7 +13,7 @@
 //!   trace replay (`svmap_replay_file`, `svmap_replay_buffer`). Each is an
 //!   opaque handle; functions are named `svmap_<object>_<verb>`.
 //! - Ownership: `svmap_<object>_new*` returns an owned handle or NULL (then
-//!   [`svmap_last_error_message`] says why); `svmap_<object>_free` takes
+//!   [`svmap_last_error_message`] says why); `svmap_<object>_delete` takes
 //!   ownership back and accepts NULL.
 //! - Errors: every fallible function returns [`svmap_status_t`]; the
 //!   message of the last failure on the calling thread is
@@ -26,7 +26,7 @@
 //!
 //! # Rust types at the boundary
 //!
-//! A nullable owned return is `Option<Box<T>>` (NULL is `None`); `_free`
+//! A nullable owned return is `Option<Box<T>>` (NULL is `None`); `_delete`
 //! takes `Option<Box<T>>`. Handle and input-struct arguments are
 //! `Option<&T>` / `Option<&mut T>`: NULL is checked and reported as
 //! `SVMAP_EINVAL`, anything else must be a valid, unaliased pointer (the
@@ -93,7 +93,7 @@ pub enum svmap_status_t {
     /// build cannot run; the replay stopped there.
     SVMAP_EBADTRACE = 11,
     /// A bug in svmap (a panic was caught at the boundary). The handle the
-    /// call was given may be inconsistent: only free it.
+    /// call was given may be inconsistent: only delete it.
     SVMAP_INTERNAL = 99,
 }
 
@@ -161,7 +161,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 pub fn ffi_call<T>(f: impl FnOnce() -> FfiResult<T>) -> Result<T, svmap_status_t> {
     set_last_error("");
     // The closure may leave a handle half-updated when it panics; the
-    // SVMAP_INTERNAL documentation tells the caller to only free it.
+    // SVMAP_INTERNAL documentation tells the caller to only delete it.
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(fail)) => {

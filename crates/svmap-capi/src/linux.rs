@@ -17,7 +17,7 @@ use crate::{ffi_status, ffi_value, handle, status_of_errno, Failure, Out};
 /// A reserved window of this process's address space (one `PROT_NONE |
 /// MAP_NORESERVE` mapping: no memory, and the kernel places nothing else
 /// there). Owned by the caller from `svmap_reservation_new*` to
-/// `svmap_reservation_free` (which unmaps it) or `svmap_heap_new_in`; not
+/// `svmap_reservation_delete` (which unmaps it) or `svmap_heap_new_in`; not
 /// thread-safe.
 #[derive(Debug)]
 pub struct svmap_reservation_t {
@@ -26,7 +26,7 @@ pub struct svmap_reservation_t {
 
 /// An SVM heap: real memory below `2^N`, each buffer its own sealed memfd
 /// so that another process can map it at the same address. Owned by the
-/// caller from `svmap_heap_new*` to `svmap_heap_free`, which unmaps the
+/// caller from `svmap_heap_new*` to `svmap_heap_delete`, which unmaps the
 /// whole window (every pointer into it then dangles); not thread-safe.
 #[derive(Debug)]
 pub struct svmap_heap_t {
@@ -79,9 +79,9 @@ pub extern "C" fn svmap_reservation_new_at(
     })
 }
 
-/// Unmaps and frees a reservation. Takes ownership; NULL is fine.
+/// Deletes a reservation: unmaps the window. Takes ownership; NULL is fine.
 #[no_mangle]
-pub extern "C" fn svmap_reservation_free(res: Option<Box<svmap_reservation_t>>) {
+pub extern "C" fn svmap_reservation_delete(res: Option<Box<svmap_reservation_t>>) {
     ffi_value((), || {
         drop(res);
         Ok(())
@@ -102,7 +102,7 @@ pub extern "C" fn svmap_reservation_len(res: Option<&svmap_reservation_t>) -> u6
 
 /// A heap over a new reservation of `length` bytes below `2^va_bits` (see
 /// `svmap_reservation_new`). Returns an owned handle, or NULL with the last
-/// error set. Free it with `svmap_heap_free`.
+/// error set. Free it with `svmap_heap_delete`.
 #[no_mangle]
 pub extern "C" fn svmap_heap_new(va_bits: u32, length: u64) -> Option<Box<svmap_heap_t>> {
     ffi_value(None, || {
@@ -112,7 +112,7 @@ pub extern "C" fn svmap_heap_new(va_bits: u32, length: u64) -> Option<Box<svmap_
 }
 
 /// A heap over the reservation `res`, whose ownership passes to the heap
-/// (even on failure; do not free `res` afterwards). NULL `res`: NULL with
+/// (even on failure; do not delete `res` afterwards). NULL `res`: NULL with
 /// `SVMAP_EINVAL`.
 #[no_mangle]
 pub extern "C" fn svmap_heap_new_in(
@@ -126,10 +126,10 @@ pub extern "C" fn svmap_heap_new_in(
     })
 }
 
-/// Frees a heap: unmaps its window and closes every buffer's memfd (every
+/// Deletes a heap: unmaps its window and closes every buffer's memfd (every
 /// pointer into it dangles). Takes ownership; NULL is fine.
 #[no_mangle]
-pub extern "C" fn svmap_heap_free(heap: Option<Box<svmap_heap_t>>) {
+pub extern "C" fn svmap_heap_delete(heap: Option<Box<svmap_heap_t>>) {
     ffi_value((), || {
         drop(heap);
         Ok(())
@@ -170,8 +170,8 @@ fn buffer_ptr(ptr: *mut c_void) -> Result<NonNull<u8>, Failure> {
 
 /// Frees the buffer that starts at `ptr`: its pages go back to the system
 /// and the range stays reserved (accesses fault). `SVMAP_EINVAL` if `ptr`
-/// does not start a live buffer of this heap. (Named `dealloc` because
-/// `svmap_heap_free` frees the handle.)
+/// does not start a live buffer of this heap. (`_dealloc` releases a
+/// buffer inside the handle; `svmap_heap_delete` destroys the handle.)
 #[no_mangle]
 pub extern "C" fn svmap_heap_dealloc(
     heap: Option<&mut svmap_heap_t>,

@@ -15,7 +15,7 @@ use crate::{c_str, ffi_status, ffi_value, handle, status_of_errno, Failure, Out}
 /// The CPU side of a device peer: the peer process, the window both agreed
 /// on (free and reserved in both address spaces, below the device's
 /// `2^va_bits`) and the SVM buffers in it. Owned by the caller from
-/// `svmap_peer_spawn` to `svmap_peer_free`; not thread-safe.
+/// `svmap_peer_spawn` to `svmap_peer_delete`; not thread-safe.
 #[derive(Debug)]
 pub struct svmap_peer_t {
     peer: Peer,
@@ -70,7 +70,7 @@ pub extern "C" fn svmap_peer_serve_from_env() -> c_int {
 /// peer runs `exe` with the single argument `arg` (NULL: none), or, for a
 /// NULL `exe`, this executable again with no arguments: its `main` must
 /// begin with `svmap_peer_serve_from_env()`. Returns an owned handle, or
-/// NULL with the last error set. Free it with `svmap_peer_free`.
+/// NULL with the last error set. Free it with `svmap_peer_delete`.
 ///
 /// # Safety
 ///
@@ -100,10 +100,10 @@ pub unsafe extern "C" fn svmap_peer_spawn(
     })
 }
 
-/// Asks the peer to exit, reaps it (killing it after a timeout), and frees
-/// every buffer and the window. Takes ownership; NULL is fine.
+/// Deletes the peer handle: asks the peer to exit, reaps it (killing it
+/// after a timeout), and releases every buffer and the window. Takes ownership; NULL is fine.
 #[no_mangle]
-pub extern "C" fn svmap_peer_free(peer: Option<Box<svmap_peer_t>>) {
+pub extern "C" fn svmap_peer_delete(peer: Option<Box<svmap_peer_t>>) {
     ffi_value((), || {
         if let Some(p) = peer {
             let _ = p.peer.shutdown();

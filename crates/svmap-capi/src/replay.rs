@@ -1,5 +1,5 @@
-//! Trace replay (`TRACE.md`, the `svmap replay` command) from a file or a
-//! buffer, through [`svmap_trace::replay`].
+//! Trace replay (`docs/trace-format.md`, the `svmap replay` command) from
+//! a file or a buffer, through [`svmap_trace::replay`].
 
 use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::fs::File;
@@ -109,12 +109,12 @@ fn run(
     Ok(())
 }
 
-/// Replays the trace file at `path` (`TRACE.md`) as `svmap replay [--check]
-/// FILE` does, on a fresh SVM space: one JSON line per result and then the
-/// summary line go to `out_fd`, notes about mismatches of operations that
-/// print no line to `err_fd` (-1: discard; the descriptors stay open and
-/// the caller's). With `check`, results are compared with the lines'
-/// `expect` fields. Writes the counts and the exit status to `*out`.
+/// Replays the trace file at `path` (`docs/trace-format.md`) as `svmap
+/// replay [--check] FILE` does, on a fresh SVM space: one JSON line per
+/// result and then the summary line go to `out_fd`, notes about mismatches
+/// of operations that print no line to `err_fd` (-1: discard; the
+/// descriptors stay open and the caller's). With `check`, results are
+/// compared with the lines' `expect` fields. Writes the counts and the exit status to `*out`.
 /// `SVMAP_EBADTRACE` for a bad line (the message is `line N: ...`; result
 /// lines before it were written), `SVMAP_ENOENT` / `SVMAP_EPERM` /
 /// `SVMAP_EIO` when the file cannot be read.

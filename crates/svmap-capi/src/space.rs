@@ -11,7 +11,7 @@ use crate::{c_bool, ffi_status, ffi_value, handle, status_of_errno, Failure, Ffi
 
 /// A simulated address space: a map of VMAs with the Linux x86-64
 /// placement policy. Owned by the caller from `svmap_space_new` to
-/// `svmap_space_free`; not thread-safe.
+/// `svmap_space_delete`; not thread-safe.
 #[derive(Debug)]
 pub struct svmap_space_t {
     mm: Mm,
@@ -251,7 +251,7 @@ pub unsafe extern "C" fn svmap_space_config_default(
 
 /// A new, empty address space with the configuration `cfg` (NULL: the
 /// defaults). Returns an owned handle, or NULL (an unknown layout) with the
-/// last error set. Free it with `svmap_space_free`.
+/// last error set. Free it with `svmap_space_delete`.
 #[no_mangle]
 pub extern "C" fn svmap_space_new(
     cfg: Option<&svmap_space_config_t>,
@@ -263,9 +263,9 @@ pub extern "C" fn svmap_space_new(
     })
 }
 
-/// Frees an address space. Takes ownership; NULL is fine.
+/// Deletes an address space. Takes ownership; NULL is fine.
 #[no_mangle]
-pub extern "C" fn svmap_space_free(space: Option<Box<svmap_space_t>>) {
+pub extern "C" fn svmap_space_delete(space: Option<Box<svmap_space_t>>) {
     ffi_value((), || {
         drop(space);
         Ok(())

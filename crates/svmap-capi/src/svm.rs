@@ -15,7 +15,7 @@ use crate::svmap_status_t::{self, *};
 use crate::{c_str, ffi_status, ffi_value, handle, status_of_errno, Failure, FfiResult, Out};
 
 /// An SVM space: one simulated CPU address space and its devices. Owned by
-/// the caller from `svmap_svm_new` to `svmap_svm_free`; not thread-safe.
+/// the caller from `svmap_svm_new` to `svmap_svm_delete`; not thread-safe.
 #[derive(Debug)]
 pub struct svmap_svm_t {
     svm: SvmSpace,
@@ -128,7 +128,7 @@ pub unsafe extern "C" fn svmap_device_config_init(
 
 /// A new SVM space whose CPU space has the configuration `cfg` (NULL: the
 /// defaults) and no devices. Returns an owned handle, or NULL with the
-/// last error set. Free it with `svmap_svm_free`.
+/// last error set. Free it with `svmap_svm_delete`.
 #[no_mangle]
 pub extern "C" fn svmap_svm_new(cfg: Option<&svmap_space_config_t>) -> Option<Box<svmap_svm_t>> {
     ffi_value(None, || {
@@ -138,9 +138,9 @@ pub extern "C" fn svmap_svm_new(cfg: Option<&svmap_space_config_t>) -> Option<Bo
     })
 }
 
-/// Frees an SVM space and everything in it. Takes ownership; NULL is fine.
+/// Deletes an SVM space and everything in it. Takes ownership; NULL is fine.
 #[no_mangle]
-pub extern "C" fn svmap_svm_free(svm: Option<Box<svmap_svm_t>>) {
+pub extern "C" fn svmap_svm_delete(svm: Option<Box<svmap_svm_t>>) {
     ffi_value((), || {
         drop(svm);
         Ok(())
@@ -311,8 +311,8 @@ unsafe fn c_str_array<'a>(
 /// Frees the SVM range that starts at `addr` (the trace's `svm_free`) on
 /// the CPU and every device; every device is invalidated before this
 /// returns, so its next access there faults. `SVMAP_EINVAL` if `addr` does
-/// not start a live SVM range (nothing changes). (Named `dealloc` because
-/// `svmap_svm_free` frees the handle.)
+/// not start a live SVM range (nothing changes). (`_dealloc` releases a
+/// range inside the handle; `svmap_svm_delete` destroys the handle.)
 #[no_mangle]
 pub extern "C" fn svmap_svm_dealloc(svm: Option<&mut svmap_svm_t>, addr: u64) -> svmap_status_t {
     ffi_status(|| handle(svm, "svm")?.svm.svm_free(addr).map_err(svm_failure))

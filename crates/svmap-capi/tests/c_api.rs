@@ -135,7 +135,10 @@ fn c_test_program_static() {
 #[test]
 fn c_test_program_shared() {
     let exe = compile(&test_program(), "test_capi_shared", Link::Shared);
-    let o = run_ok(&mut Command::new(&exe));
+    // The LD_LIBRARY_PATH cargo sets names target/<profile>, which may hold
+    // an older libsvmap.so (cargo test does not refresh it), and the loader
+    // searches it before the runpath: point it at the library just built.
+    let o = run_ok(Command::new(&exe).env("LD_LIBRARY_PATH", lib_dir()));
     println!("{}", String::from_utf8_lossy(&o.stdout));
 }
 

@@ -198,8 +198,8 @@ static void test_space(void) {
     OK(svmap_space_munmap(s, a2, 0x2000));
     CHECK(svmap_space_vma_count(s) == 1);
 
-    svmap_space_free(s);
-    svmap_space_free(NULL);
+    svmap_space_delete(s);
+    svmap_space_delete(NULL);
 
     /* the legacy layout searches upwards */
     cfg.layout = SVMAP_LAYOUT_LEGACY;
@@ -210,10 +210,10 @@ static void test_space(void) {
     OK(svmap_space_mmap(s, &req, &a1));
     OK(svmap_space_mmap(s, &req, &a2));
     CHECK(a2 == a1 + 0x1000);
-    svmap_space_free(s);
+    svmap_space_delete(s);
     s = svmap_space_new(NULL);
     CHECK(s != NULL);
-    svmap_space_free(s);
+    svmap_space_delete(s);
 }
 
 static void test_svm(void) {
@@ -370,8 +370,8 @@ static void test_svm(void) {
 
     OK(svmap_svm_dealloc(svm, aligned));
     OK(svmap_svm_dealloc(svm, cpu_only));
-    svmap_svm_free(svm);
-    svmap_svm_free(NULL);
+    svmap_svm_delete(svm);
+    svmap_svm_delete(NULL);
 }
 
 static void test_linux(void) {
@@ -387,7 +387,7 @@ static void test_linux(void) {
     CHECK(svmap_reservation_new(70, 4096) == NULL);
     CHECK(contains(svmap_last_error_message(), "va_bits"));
     CHECK(svmap_reservation_new(40, 0) == NULL);
-    svmap_reservation_free(res);
+    svmap_reservation_delete(res);
     /* Freed: the exact range can be had again. */
     res = svmap_reservation_new_at(raddr, 1 << 20);
     CHECK(res != NULL && svmap_reservation_addr(res) == raddr);
@@ -427,9 +427,9 @@ static void test_linux(void) {
     EXPECT(svmap_heap_dealloc(heap, q), SVMAP_EINVAL);
     EXPECT(svmap_heap_dealloc(heap, NULL), SVMAP_EINVAL);
     CHECK(svmap_heap_live_count(heap) == 1);
-    svmap_heap_free(heap); /* also frees the buffer at p */
-    svmap_heap_free(NULL);
-    svmap_reservation_free(NULL);
+    svmap_heap_delete(heap); /* also frees the buffer at p */
+    svmap_heap_delete(NULL);
+    svmap_reservation_delete(NULL);
 
     heap = svmap_heap_new(40, 64 << 20);
     CHECK(heap != NULL);
@@ -437,7 +437,7 @@ static void test_linux(void) {
     CHECK((uint64_t)p + (1 << 20) <= (1ull << 40));
     ((volatile char *)p)[(1 << 20) - 1] = 1;
     CHECK(svmap_heap_new(12, 4096) == NULL);
-    svmap_heap_free(heap);
+    svmap_heap_delete(heap);
     CHECK(svmap_heap_live_count(NULL) == 0 && svmap_heap_live_bytes(NULL) == 0);
     CHECK(svmap_heap_addr(NULL) == 0 && svmap_heap_len(NULL) == 0);
 }
@@ -537,8 +537,8 @@ static void test_peer(void) {
     EXPECT(svmap_peer_dealloc(peer, p), SVMAP_EINVAL);
     EXPECT(svmap_peer_dealloc(NULL, p), SVMAP_EINVAL);
     CHECK(svmap_peer_pid(NULL) == 0);
-    svmap_peer_free(peer); /* also frees `ro` */
-    svmap_peer_free(NULL);
+    svmap_peer_delete(peer); /* also frees `ro` */
+    svmap_peer_delete(NULL);
 }
 
 int main(void) {

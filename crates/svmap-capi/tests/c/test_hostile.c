@@ -89,11 +89,11 @@ static void test_null_everywhere(void) {
     REFUSED(svmap_replay_buffer(NULL, 1, false, -1, -1, &sum), SVMAP_EINVAL);
 
     /* Frees and getters accept NULL. */
-    svmap_space_free(NULL);
-    svmap_svm_free(NULL);
-    svmap_reservation_free(NULL);
-    svmap_heap_free(NULL);
-    svmap_peer_free(NULL);
+    svmap_space_delete(NULL);
+    svmap_svm_delete(NULL);
+    svmap_reservation_delete(NULL);
+    svmap_heap_delete(NULL);
+    svmap_peer_delete(NULL);
     CHECK(svmap_heap_new_in(NULL) == NULL);
     CHECK(svmap_reservation_addr(NULL) == 0 && svmap_heap_len(NULL) == 0);
     CHECK(svmap_peer_pid(NULL) == 0);
@@ -183,7 +183,7 @@ static void test_bad_enums_and_bools(void) {
     REFUSED(svmap_space_unmapped_area(s, &info, misaligned), SVMAP_EINVAL);
     CHECK(contains(svmap_last_error_message(), "aligned"));
     CHECK(words[0] == 0 && words[1] == 0);
-    svmap_space_free(s);
+    svmap_space_delete(s);
 
     svmap_svm_t *svm = svmap_svm_new(NULL);
     CHECK(svm != NULL);
@@ -233,7 +233,7 @@ static void test_bad_enums_and_bools(void) {
     REFUSED(svmap_svm_dealloc(svm, UINT64_MAX), SVMAP_EINVAL);
     REFUSED(svmap_svm_device_access(svm, "gpu", UINT64_MAX, false), SVMAP_FAULT_OUT_OF_RANGE);
     REFUSED(svmap_svm_check_addressable(svm, "gpu", 0, UINT64_MAX), SVMAP_ABOVE_DEVICE_LIMIT);
-    svmap_svm_free(svm);
+    svmap_svm_delete(svm);
 }
 
 static void test_linux(void) {
@@ -269,7 +269,7 @@ static void test_linux(void) {
     REFUSED(svmap_heap_dealloc(heap, p), SVMAP_EINVAL);
     REFUSED(svmap_heap_memfd(heap, p, &fd), SVMAP_EINVAL);
     CHECK(svmap_heap_live_count(heap) == 0);
-    svmap_heap_free(heap);
+    svmap_heap_delete(heap);
 }
 
 static void test_replay(void) {
@@ -317,7 +317,7 @@ static void test_last_error_lifetime(void) {
     CHECK(strlen(svmap_last_error_message()) < 64);
     svmap_space_t *s = svmap_space_new(NULL);
     CHECK(s != NULL && svmap_last_error_message()[0] == '\0');
-    svmap_space_free(s);
+    svmap_space_delete(s);
 }
 
 /* Open descriptors of this process (the directory stream's own included). */
