@@ -254,3 +254,60 @@ fn results_of_every_svm_op_print_exactly() {
         )
     );
 }
+
+/// The fenced code blocks of `docs/trace-format.md`, in order.
+fn doc_blocks() -> Vec<(String, String)> {
+    let p = workspace().join("docs/trace-format.md");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut blocks = Vec::new();
+    let mut before = String::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        match (&mut cur, line.starts_with("```")) {
+            (None, true) => cur = Some(String::new()),
+            (Some(b), true) => {
+                blocks.push((before.clone(), std::mem::take(b)));
+                cur = None;
+            }
+            (Some(b), false) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            (None, false) if !line.trim().is_empty() => before = line.to_string(),
+            (None, false) => {}
+        }
+    }
+    assert!(cur.is_none(), "an unclosed code block in {}", p.display());
+    blocks
+}
+
+#[test]
+fn the_worked_example_of_the_format_document_prints_what_it_says() {
+    let blocks = doc_blocks();
+    let find = |intro: &str| {
+        blocks
+            .iter()
+            .find(|(b, _)| b.starts_with(intro))
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no code block after {intro:?} in docs/trace-format.md"))
+    };
+    let trace = find("A short trace and its output");
+    let printed = find("`svmap replay --check` prints");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let s = replay(trace.as_bytes(), &mut out, &mut err, true).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), printed);
+    assert!(err.is_empty());
+    assert!(s.checked > 0);
+}
+
+#[test]
+fn every_operation_line_of_the_format_document_parses() {
+    let mut n = 0;
+    for (_, block) in doc_blocks() {
+        for line in block.lines().filter(|l| l.starts_with("{\"op\"")) {
+            svmap_trace::trace::parse_line(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 20, "only {n} operation lines in docs/trace-format.md");
+}
