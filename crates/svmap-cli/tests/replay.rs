@@ -1,4 +1,4 @@
-//! `svmap replay`: the built binary against the trace format of `TRACE.md`.
+//! `svmap replay`: the built binary against the trace format of `docs/trace-format.md`.
 
 use std::io::Write;
 use std::path::PathBuf;
