@@ -17,10 +17,24 @@ pub enum SvmError {
         /// The value given.
         va_bits: u32,
     },
-    /// A device page size must be a power of two and at least 0x1000.
+    /// A device page size must be a power of two from 0x1000 to
+    /// [`crate::MAX_DEVICE_PAGE_SIZE`] (1 GiB).
     BadPageSize {
         /// The value given.
         page_size: u64,
+    },
+    /// A device page must not be larger than the device's whole address
+    /// space `2^va_bits`.
+    PageAboveLimit {
+        /// The page size given.
+        page_size: u64,
+        /// The device's `va_bits`.
+        va_bits: u32,
+    },
+    /// A device TLB must have 1..=[`crate::MAX_TLB_ENTRIES`] entries.
+    BadTlbEntries {
+        /// The value given.
+        tlb_entries: usize,
     },
     /// A device with this name is already defined.
     DuplicateDevice {
@@ -162,6 +176,8 @@ impl SvmError {
         match self {
             BadVaBits { .. }
             | BadPageSize { .. }
+            | PageAboveLimit { .. }
+            | BadTlbEntries { .. }
             | UnknownDevice { .. }
             | BadAlignment { .. }
             | AboveDeviceLimit { .. } => None,
@@ -191,10 +207,20 @@ impl fmt::Display for SvmError {
             BadVaBits { va_bits } => write!(f, "va_bits {va_bits} is outside 12..=64"),
             BadPageSize { page_size } => write!(
                 f,
-                "page size {page_size:#x} is not a power of two of at least 0x1000"
+                "page size {page_size:#x} is not a power of two from 0x1000 to {:#x}",
+                crate::MAX_DEVICE_PAGE_SIZE
             ),
-            DuplicateDevice { name } => write!(f, "device {name:?} is already defined"),
-            UnknownDevice { name } => write!(f, "no device named {name:?}"),
+            PageAboveLimit { page_size, va_bits } => write!(
+                f,
+                "page size {page_size:#x} is larger than the whole address space 2^{va_bits}"
+            ),
+            BadTlbEntries { tlb_entries } => write!(
+                f,
+                "{tlb_entries} TLB entries is outside 1..={}",
+                crate::MAX_TLB_ENTRIES
+            ),
+            DuplicateDevice { name } => write!(f, "device {} is already defined", Name(name)),
+            UnknownDevice { name } => write!(f, "no device named {}", Name(name)),
             BaseOutOfRange { base, va_bits } => {
                 write!(f, "base {base:#x} is not below 2^{va_bits}")
             }
@@ -253,13 +279,38 @@ impl fmt::Display for SvmError {
                 limit,
             } => write!(
                 f,
-                "CPU memory [{start:#x}, {end:#x}) lies above the limit {limit:#x} of device {device:?}"
+                "CPU memory [{start:#x}, {end:#x}) lies above the limit {limit:#x} of device {}",
+                Name(device)
             ),
         }
     }
 }
 
 impl std::error::Error for SvmError {}
+
+/// A device name in a message: quoted, and cut after
+/// [`Name::MAX_SHOWN`] bytes (with the full length) so that a huge name
+/// cannot make a huge message.
+struct Name<'a>(&'a str);
+
+impl Name<'_> {
+    /// The most bytes of a name a message shows.
+    const MAX_SHOWN: usize = 64;
+}
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        if s.len() <= Self::MAX_SHOWN {
+            return write!(f, "{s:?}");
+        }
+        let mut cut = Self::MAX_SHOWN;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        write!(f, "{:?}... ({} bytes)", &s[..cut], s.len())
+    }
+}
 
 /// What a device access that does not succeed reports (`docs/trace-format.md`,
 /// "What a device sees").

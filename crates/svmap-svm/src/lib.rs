@@ -31,7 +31,18 @@
 //! | `device_access` | [`SvmSpace::device_access`] | `Ok(Ok(()))` = `ok`, `Ok(Err(fault))` = `fault: fault.name()` |
 //!
 //! [`SvmError::trace_errno`] is `None` for the errors the trace format calls
-//! bad lines (unknown device, `va_bits`, page size, alignment).
+//! bad lines (unknown device, `va_bits`, page size, TLB size, alignment).
+//!
+//! # Bounded resources
+//!
+//! Every size a caller gives is checked with a typed error before anything
+//! is allocated: `va_bits` 12..=64, a device page size that is a power of
+//! two from 4 KiB to [`MAX_DEVICE_PAGE_SIZE`] and at most `2^va_bits`,
+//! 1..=[`MAX_TLB_ENTRIES`] TLB entries. Device page tables and TLBs hold
+//! only what is mapped (sparse tables, freed when they empty; a TLB that
+//! allocates as it fills), so their memory is O(live translations), and an
+//! invalidation visits only present entries whatever the width of its
+//! range.
 //!
 //! # Beyond the trace format
 //!
@@ -52,5 +63,5 @@ pub use error::{Fault, SvmError};
 pub use mirror::{DefaultFormat, Geometry, Mirror, PtFormat, StdSync, SyncFamily};
 pub use space::{
     CpuPolicy, Device, DeviceConfig, MirrorMode, Populate, Prot, SvmSpace, SvmStats,
-    WindowReservation, PREFAULT_MAX_PAGES,
+    WindowReservation, MAX_DEVICE_PAGE_SIZE, MAX_TLB_ENTRIES, PREFAULT_MAX_PAGES,
 };

@@ -38,6 +38,7 @@
 //! `std::sync` ([`StdSync`]) and, in tests, on `shuttle`'s primitives.
 
 use core::marker::PhantomData;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::Fault;
 
@@ -163,28 +164,45 @@ impl Geometry {
         self.level_bits[level + 1..].iter().sum()
     }
 
-    fn index(&self, vpn: u64, level: usize) -> usize {
+    fn index(&self, vpn: u64, level: usize) -> u64 {
         let shift = self.shift_below(level);
         let bits = self.level_bits[level];
-        ((vpn >> shift) & ((1u64 << bits) - 1)) as usize
+        (vpn >> shift) & ((1u64 << bits) - 1)
     }
 }
 
+/// One table of a [`PageTable`]: only its present entries, by index.
 #[derive(Clone, Debug)]
 enum Node {
-    /// Child table indices; 0 = absent (the root is never a child).
-    Dir(Vec<u32>),
-    /// Raw PTEs; 0 = invalid.
-    Leaf(Vec<u64>),
+    /// Present child tables.
+    Dir(BTreeMap<u64, Node>),
+    /// Valid PTEs.
+    Leaf(BTreeMap<u64, u64>),
 }
 
-/// A sparse multi-level radix page table. Tables are allocated on demand
-/// and kept when they empty (bounded by the peak population).
+impl Node {
+    fn is_empty(&self) -> bool {
+        match self {
+            Node::Dir(c) => c.is_empty(),
+            Node::Leaf(p) => p.is_empty(),
+        }
+    }
+}
+
+/// A sparse multi-level radix page table.
+///
+/// The levels and the index bits of each follow the [`Geometry`], as in a
+/// hardware table, but every table holds only its present entries (an
+/// ordered map from index to child table or PTE), and a table is freed as
+/// soon as its last entry goes. So memory is O(valid entries x levels)
+/// whatever the geometry (a top level of 2^30 entries costs nothing until
+/// it is used), and [`PageTable::clear`] visits only present entries.
 #[derive(Clone, Debug)]
 pub struct PageTable<F: PtFormat> {
     geo: Geometry,
-    nodes: Vec<Node>,
+    root: Node,
     valid: usize,
+    tables: usize,
     _f: PhantomData<F>,
 }
 
@@ -194,18 +212,18 @@ impl<F: PtFormat> PageTable<F> {
         let root = Self::node(&geo, 0);
         PageTable {
             geo,
-            nodes: vec![root],
+            root,
             valid: 0,
+            tables: 1,
             _f: PhantomData,
         }
     }
 
     fn node(geo: &Geometry, level: usize) -> Node {
-        let n = 1usize << geo.level_bits[level];
         if level + 1 == geo.levels() {
-            Node::Leaf(vec![0; n])
+            Node::Leaf(BTreeMap::new())
         } else {
-            Node::Dir(vec![0; n])
+            Node::Dir(BTreeMap::new())
         }
     }
 
@@ -214,143 +232,156 @@ impl<F: PtFormat> PageTable<F> {
         self.valid
     }
 
-    /// Number of tables allocated.
+    /// Number of tables allocated (the root, which always exists, and every
+    /// table that holds at least one entry).
     pub fn tables(&self) -> usize {
-        self.nodes.len()
+        self.tables
     }
 
     /// The leaf entry of page `vpn` (0 if none).
     pub fn get(&self, vpn: u64) -> u64 {
-        let mut t = 0usize;
+        let mut t = &self.root;
         for level in 0..self.geo.levels() {
             let i = self.geo.index(vpn, level);
-            match &self.nodes[t] {
-                Node::Dir(c) => {
-                    if c[i] == 0 {
-                        return 0;
-                    }
-                    t = c[i] as usize;
-                }
-                Node::Leaf(p) => return p[i],
+            match t {
+                Node::Dir(c) => match c.get(&i) {
+                    Some(child) => t = child,
+                    None => return 0,
+                },
+                Node::Leaf(p) => return p.get(&i).copied().unwrap_or(0),
             }
         }
         0
     }
 
-    /// Sets the leaf entry of page `vpn`, allocating tables on the way.
+    /// Sets the leaf entry of page `vpn`, allocating tables on the way. An
+    /// invalid `pte` clears the entry (and frees the tables it empties).
     pub fn set(&mut self, vpn: u64, pte: u64) {
-        let mut t = 0usize;
-        for level in 0..self.geo.levels() {
-            let i = self.geo.index(vpn, level);
-            let next = match &self.nodes[t] {
-                Node::Dir(c) => c[i],
-                Node::Leaf(_) => {
-                    let Node::Leaf(p) = &mut self.nodes[t] else {
-                        unreachable!()
-                    };
-                    let was = F::is_valid(p[i]);
-                    p[i] = pte;
-                    match (was, F::is_valid(pte)) {
-                        (false, true) => self.valid += 1,
-                        (true, false) => self.valid -= 1,
-                        _ => {}
+        if !F::is_valid(pte) {
+            self.clear(vpn, vpn);
+            return;
+        }
+        let geo = &self.geo;
+        let mut t = &mut self.root;
+        for level in 0..geo.levels() {
+            let i = geo.index(vpn, level);
+            match t {
+                Node::Dir(c) => {
+                    t = c.entry(i).or_insert_with(|| {
+                        self.tables += 1;
+                        Self::node(geo, level + 1)
+                    });
+                }
+                Node::Leaf(p) => {
+                    if p.insert(i, pte).is_none() {
+                        self.valid += 1;
                     }
                     return;
                 }
-            };
-            let next = if next == 0 {
-                let n = Self::node(&self.geo, level + 1);
-                self.nodes.push(n);
-                let idx = (self.nodes.len() - 1) as u32;
-                let Node::Dir(c) = &mut self.nodes[t] else {
-                    unreachable!()
-                };
-                c[i] = idx;
-                idx
-            } else {
-                next
-            };
-            t = next as usize;
+            }
         }
     }
 
     /// Clears every leaf entry of pages `[lo, hi]` (inclusive), visiting
-    /// only tables that exist. Returns the number of entries cleared.
+    /// only entries that are present, and frees every table this empties
+    /// (except the root). Returns the number of entries cleared.
     pub fn clear(&mut self, lo: u64, hi: u64) -> usize {
-        let n = self.clear_in(0, 0, 0, lo, hi);
+        if lo > hi {
+            return 0;
+        }
+        let mut freed = 0;
+        let n = Self::clear_in(&self.geo, &mut self.root, 0, 0, lo, hi, &mut freed);
         self.valid -= n;
+        self.tables -= freed;
         n
     }
 
-    fn clear_in(&mut self, t: usize, level: usize, base: u64, lo: u64, hi: u64) -> usize {
-        let shift = self.geo.shift_below(level);
-        let entries = 1u64 << self.geo.level_bits[level];
+    /// Clears `[lo, hi]` in table `t` of `level`, whose first page is
+    /// `base`; counts the tables below `t` it frees in `freed`.
+    fn clear_in(
+        geo: &Geometry,
+        t: &mut Node,
+        level: usize,
+        base: u64,
+        lo: u64,
+        hi: u64,
+        freed: &mut usize,
+    ) -> usize {
+        let shift = geo.shift_below(level);
+        let entries = 1u64 << geo.level_bits[level];
         // Entry i covers pages [base + i << shift, base + (i + 1) << shift).
-        let first = if lo > base { (lo - base) >> shift } else { 0 };
-        let last = ((hi - base) >> shift).min(entries - 1);
-        if hi < base || first > last {
+        if hi < base {
             return 0;
         }
-        let mut cleared = 0;
-        match &mut self.nodes[t] {
+        let first = if lo > base { (lo - base) >> shift } else { 0 };
+        let last = ((hi - base) >> shift).min(entries - 1);
+        if first > last {
+            return 0;
+        }
+        match t {
             Node::Leaf(p) => {
-                for e in &mut p[first as usize..=last as usize] {
-                    if F::is_valid(*e) {
-                        cleared += 1;
-                    }
-                    *e = 0;
+                let gone: Vec<u64> = p.range(first..=last).map(|(&i, _)| i).collect();
+                for i in &gone {
+                    p.remove(i);
                 }
+                gone.len()
             }
-            Node::Dir(_) => {
-                for i in first..=last {
-                    let Node::Dir(c) = &self.nodes[t] else {
-                        unreachable!()
-                    };
-                    let child = c[i as usize];
-                    if child != 0 {
-                        let b = base + (i << shift);
-                        cleared += self.clear_in(child as usize, level + 1, b, lo, hi);
+            Node::Dir(c) => {
+                let mut cleared = 0;
+                let mut empty = Vec::new();
+                for (&i, child) in c.range_mut(first..=last) {
+                    let b = base + (i << shift);
+                    cleared += Self::clear_in(geo, child, level + 1, b, lo, hi, freed);
+                    if child.is_empty() {
+                        empty.push(i);
                     }
                 }
+                for i in &empty {
+                    c.remove(i);
+                }
+                *freed += empty.len();
+                cleared
             }
         }
-        cleared
     }
 
-    /// Every valid leaf `(vpn, pte)` in order (O(tables); for checks).
+    /// Every valid leaf `(vpn, pte)` in order (O(entries); for checks).
     pub fn entries(&self) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        self.collect(0, 0, 0, &mut out);
+        let mut out = Vec::with_capacity(self.valid);
+        self.collect(&self.root, 0, 0, &mut out);
         out
     }
 
-    fn collect(&self, t: usize, level: usize, base: u64, out: &mut Vec<(u64, u64)>) {
+    fn collect(&self, t: &Node, level: usize, base: u64, out: &mut Vec<(u64, u64)>) {
         let shift = self.geo.shift_below(level);
-        match &self.nodes[t] {
-            Node::Leaf(p) => {
-                for (i, &e) in p.iter().enumerate() {
-                    if F::is_valid(e) {
-                        out.push((base + ((i as u64) << shift), e));
-                    }
-                }
-            }
+        match t {
+            Node::Leaf(p) => out.extend(p.iter().map(|(&i, &e)| (base + (i << shift), e))),
             Node::Dir(c) => {
-                for (i, &child) in c.iter().enumerate() {
-                    if child != 0 {
-                        let b = base + ((i as u64) << shift);
-                        self.collect(child as usize, level + 1, b, out);
-                    }
+                for (&i, child) in c {
+                    self.collect(child, level + 1, base + (i << shift), out);
                 }
             }
         }
     }
 }
 
-/// A fully associative TLB of `capacity` entries with FIFO replacement.
+/// A fully associative TLB of `capacity` entries with FIFO replacement:
+/// when it is full, a fill evicts the entry filled longest ago (entries
+/// shot down leave free room).
+///
+/// Lookups, fills and evictions are O(log n) in the number of cached
+/// entries n (an ordered map by page, plus a queue of fills); a shoot-down
+/// is O(log n + k) for the k entries it removes. Memory is O(n), never
+/// O(capacity): an empty TLB of any capacity holds nothing.
 #[derive(Clone, Debug)]
 pub struct Tlb {
-    slots: Vec<Option<(u64, u64)>>,
-    next: usize,
+    capacity: usize,
+    /// Cached entries: page -> (PTE, fill stamp).
+    map: BTreeMap<u64, (u64, u64)>,
+    /// `(page, fill stamp)` in fill order; a record whose stamp is no
+    /// longer the page's in `map` is stale and skipped.
+    fifo: VecDeque<(u64, u64)>,
+    stamp: u64,
     /// Lookups that hit.
     pub hits: u64,
     /// Lookups that missed.
@@ -360,25 +391,38 @@ pub struct Tlb {
 }
 
 impl Tlb {
-    /// A TLB of `capacity` (at least 1) entries.
+    /// A TLB of `capacity` (at least 1) entries. Nothing is allocated up
+    /// front.
     pub fn new(capacity: usize) -> Self {
         Tlb {
-            slots: vec![None; capacity.max(1)],
-            next: 0,
+            capacity: capacity.max(1),
+            map: BTreeMap::new(),
+            fifo: VecDeque::new(),
+            stamp: 0,
             hits: 0,
             misses: 0,
             shot_down: 0,
         }
     }
 
+    /// The number of entries it can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The number of entries it holds.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// The cached PTE of page `vpn`.
     pub fn lookup(&mut self, vpn: u64) -> Option<u64> {
-        let r = self
-            .slots
-            .iter()
-            .flatten()
-            .find(|(v, _)| *v == vpn)
-            .map(|&(_, p)| p);
+        let r = self.map.get(&vpn).map(|&(p, _)| p);
         if r.is_some() {
             self.hits += 1;
         } else {
@@ -387,30 +431,49 @@ impl Tlb {
         r
     }
 
-    /// Caches `pte` for page `vpn`, replacing an older entry of that page
-    /// or the oldest entry.
+    /// Caches `pte` for page `vpn`, replacing the entry of that page (which
+    /// keeps its place in the replacement order) or, when the TLB is full,
+    /// the entry filled longest ago.
     pub fn fill(&mut self, vpn: u64, pte: u64) {
-        if let Some(s) = self.slots.iter_mut().flatten().find(|(v, _)| *v == vpn) {
-            s.1 = pte;
+        if let Some(e) = self.map.get_mut(&vpn) {
+            e.0 = pte;
             return;
         }
-        self.slots[self.next] = Some((vpn, pte));
-        self.next = (self.next + 1) % self.slots.len();
+        while self.map.len() >= self.capacity {
+            let Some((v, s)) = self.fifo.pop_front() else {
+                break;
+            };
+            if self.map.get(&v).is_some_and(|&(_, st)| st == s) {
+                self.map.remove(&v);
+            }
+        }
+        self.stamp += 1;
+        self.map.insert(vpn, (pte, self.stamp));
+        self.fifo.push_back((vpn, self.stamp));
+        // Drop stale records once they are the majority: amortised O(1),
+        // and the queue stays O(entries).
+        if self.fifo.len() > 2 * self.map.len() + 16 {
+            let map = &self.map;
+            self.fifo
+                .retain(|(v, s)| map.get(v).is_some_and(|&(_, st)| st == *s));
+        }
     }
 
     /// Shoots down every entry of pages `[lo, hi]` (inclusive).
     pub fn shoot_down(&mut self, lo: u64, hi: u64) {
-        for s in &mut self.slots {
-            if matches!(s, Some((v, _)) if *v >= lo && *v <= hi) {
-                *s = None;
-                self.shot_down += 1;
-            }
+        if lo > hi {
+            return;
         }
+        let gone: Vec<u64> = self.map.range(lo..=hi).map(|(&v, _)| v).collect();
+        for v in &gone {
+            self.map.remove(v);
+        }
+        self.shot_down += gone.len() as u64;
     }
 
-    /// Every cached `(vpn, pte)`.
+    /// Every cached `(vpn, pte)`, by page.
     pub fn entries(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.slots.iter().flatten().copied()
+        self.map.iter().map(|(&v, &(p, _))| (v, p))
     }
 }
 
@@ -479,10 +542,19 @@ impl<F: PtFormat, S: SyncFamily> core::fmt::Debug for Mirror<F, S> {
 
 impl<F: PtFormat, S: SyncFamily> Mirror<F, S> {
     /// A device MMU for `va_bits` (12..=64) and pages of `page_size` (a
-    /// power of two) with a TLB of `tlb_entries`.
+    /// power of two of at least 4 KiB) with a TLB of `tlb_entries`.
+    ///
+    /// Never panics and allocates nothing sized by its arguments (the page
+    /// table and the TLB grow with what they hold): `va_bits` above 64 is
+    /// taken as 64, a `page_size` that is not a power of two as its lowest
+    /// set bit (at least 4 KiB, at most 2^63), `tlb_entries` 0 as 1.
+    /// [`crate::SvmSpace::add_device`] refuses such values with a typed
+    /// error instead, and also pages larger than 1 GiB
+    /// ([`crate::MAX_DEVICE_PAGE_SIZE`]), pages larger than the address
+    /// space and TLBs above [`crate::MAX_TLB_ENTRIES`].
     pub fn new(va_bits: u32, page_size: u64, tlb_entries: usize) -> Self {
-        debug_assert!(page_size.is_power_of_two());
-        let shift = page_size.trailing_zeros();
+        let va_bits = va_bits.min(64);
+        let shift = page_size.trailing_zeros().clamp(12, 63);
         let geo = Geometry::new(va_bits, shift, F::bits_per_level(shift));
         Mirror {
             limit: 1u128 << va_bits,
@@ -517,14 +589,28 @@ impl<F: PtFormat, S: SyncFamily> Mirror<F, S> {
         S::with(&self.tlb, |t| (t.hits, t.misses))
     }
 
-    /// Inclusive page range of `[start, end)` clipped to the device, or
-    /// `None` if it is empty or entirely above the limit.
+    /// The number of page-table tables allocated and of valid PTEs.
+    pub fn table_counts(&self) -> (usize, usize) {
+        S::with(&self.pt, |p| (p.table.tables(), p.table.valid_entries()))
+    }
+
+    /// The number of TLB entries cached.
+    pub fn tlb_len(&self) -> usize {
+        S::with(&self.tlb, |t| t.len())
+    }
+
+    /// Inclusive range of the device pages that `[start, end)` touches,
+    /// clipped to the pages that hold device addresses, or `None` if there
+    /// are none. (When a page is larger than the whole address space,
+    /// bytes above the limit still share page 0 with it.)
     fn pages(&self, start: u64, end: u64) -> Option<(u64, u64)> {
-        if start >= end || u128::from(start) >= self.limit {
+        if start >= end {
             return None;
         }
-        let last = u128::from(end - 1).min(self.limit - 1) as u64;
-        Some((start >> self.geo.page_shift, last >> self.geo.page_shift))
+        let shift = self.geo.page_shift;
+        let last_page = ((self.limit - 1) >> shift) as u64;
+        let (lo, hi) = (start >> shift, (end - 1) >> shift);
+        (lo <= last_page).then(|| (lo, hi.min(last_page)))
     }
 
     /// The start of an invalidation of `[start, end)`: marks it active,

@@ -100,6 +100,14 @@ pub enum Populate {
 /// The most pages [`Populate::AtAlloc`] installs per allocation.
 pub const PREFAULT_MAX_PAGES: u64 = 4096;
 
+/// The largest device page size [`SvmSpace::add_device`] accepts: 1 GiB
+/// (the largest page of x86-64 and of the usual GPU MMUs).
+pub const MAX_DEVICE_PAGE_SIZE: u64 = 1 << 30;
+
+/// The most TLB entries a device may have ([`DeviceConfig::tlb_entries`]):
+/// 65,536.
+pub const MAX_TLB_ENTRIES: usize = 1 << 16;
+
 /// CPU page protection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Prot {
@@ -121,13 +129,15 @@ pub struct DeviceConfig {
     pub va_bits: u32,
     /// SVM ranges are placed at or above this.
     pub base: u64,
-    /// The device page size: a power of two, at least 0x1000.
+    /// The device page size: a power of two from 0x1000 to
+    /// [`MAX_DEVICE_PAGE_SIZE`], and at most `2^va_bits`.
     pub page_size: u64,
     /// What it mirrors.
     pub mirror: MirrorMode,
     /// When its page table is filled.
     pub populate: Populate,
-    /// TLB entries.
+    /// TLB entries: 1..=[`MAX_TLB_ENTRIES`]. The TLB holds only what is
+    /// filled, so a large one costs memory only as it fills.
     pub tlb_entries: usize,
 }
 
@@ -946,17 +956,34 @@ impl<F: PtFormat> SvmSpace<F> {
     // ----- devices ------------------------------------------------------------
 
     /// `device`: adds a device space. Errors: `DuplicateDevice` (`EEXIST`),
-    /// `BaseOutOfRange` (`EINVAL`); `BadVaBits` / `BadPageSize` (bad lines
-    /// in a trace).
+    /// `BaseOutOfRange` (`EINVAL`); `BadVaBits` / `BadPageSize` /
+    /// `PageAboveLimit` / `BadTlbEntries` (bad lines in a trace).
+    ///
+    /// A device costs memory only for what its page table and TLB hold
+    /// (both grow with the pages accessed and free what is invalidated),
+    /// never for its address-space size, page size or TLB capacity.
     pub fn add_device(&mut self, cfg: DeviceConfig) -> Result<(), SvmError> {
         if !(12..=64).contains(&cfg.va_bits) {
             return Err(SvmError::BadVaBits {
                 va_bits: cfg.va_bits,
             });
         }
-        if !cfg.page_size.is_power_of_two() || cfg.page_size < PAGE_SIZE {
+        if !cfg.page_size.is_power_of_two()
+            || !(PAGE_SIZE..=MAX_DEVICE_PAGE_SIZE).contains(&cfg.page_size)
+        {
             return Err(SvmError::BadPageSize {
                 page_size: cfg.page_size,
+            });
+        }
+        if u128::from(cfg.page_size) > 1u128 << cfg.va_bits {
+            return Err(SvmError::PageAboveLimit {
+                page_size: cfg.page_size,
+                va_bits: cfg.va_bits,
+            });
+        }
+        if !(1..=MAX_TLB_ENTRIES).contains(&cfg.tlb_entries) {
+            return Err(SvmError::BadTlbEntries {
+                tlb_entries: cfg.tlb_entries,
             });
         }
         if self.names.contains_key(&cfg.name) {
