@@ -124,7 +124,9 @@ impl SvmExecutor {
         }
     }
 
-    /// Gives every device defined from now on a TLB of `entries` entries.
+    /// Gives every device defined from now on a TLB of `entries` entries:
+    /// 1..=[`svmap_svm::MAX_TLB_ENTRIES`], or every `device` line is a bad
+    /// line.
     pub fn with_tlb_entries(mut self, entries: usize) -> Self {
         self.tlb_entries = entries;
         self

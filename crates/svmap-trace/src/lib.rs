@@ -12,6 +12,17 @@
 //!   only, on the core [`svmap_core::linux::Mm`].
 //! - [`replay`] and [`replay_status`]: the whole of `svmap replay` in one
 //!   call, with [`SvmExecutor`].
+//! - [`fuzzing`]: the check the fuzz target and the random test run on
+//!   arbitrary bytes.
+//!
+//! # Bounds
+//!
+//! Hostile input gets a bad line (exit status 2), never unbounded time or
+//! memory: a line holds at most [`MAX_LINE_LEN`] bytes, and the driver
+//! never buffers more of one; parsing a line is linear in its length; a
+//! message quotes at most [`MAX_QUOTED`] bytes of any value; the device
+//! sizes a trace gives are checked (see [`svmap_svm`]'s bounds) and device
+//! page tables and TLBs cost memory only for what they hold.
 //!
 //! ```
 //! let trace = b"{\"op\": \"mmap\", \"length\": \"0x1000\", \"expect\": {\"addr\": \"0x7ffff7ffe000\"}}\n";
@@ -29,6 +40,7 @@
 use std::io::{BufRead, Write};
 
 mod exec;
+pub mod fuzzing;
 mod replay;
 pub mod trace;
 
@@ -37,6 +49,7 @@ pub use replay::{
     exit_status, replay_with, ExecError, Executor, ReplayError, Summary, EXIT_BAD, EXIT_MISMATCH,
     EXIT_OK,
 };
+pub use trace::{MAX_LINE_LEN, MAX_QUOTED};
 
 /// Runs the trace `input` with a fresh [`SvmExecutor`] (every trace
 /// operation), writing one JSON line per result and the summary line to

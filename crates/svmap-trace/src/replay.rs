@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io::{self, BufRead, Write};
 
-use crate::trace::{parse_line, Op, OpKind, Outcome};
+use crate::trace::{parse_line, quote, too_long, Op, OpKind, Outcome, MAX_LINE_LEN};
 
 /// Exit status: the trace ran and (with `check`) every checked result matched.
 pub const EXIT_OK: i32 = 0;
@@ -195,15 +195,15 @@ where
     let mut line: u64 = 0;
     loop {
         buf.clear();
-        if input
-            .read_until(b'\n', &mut buf)
-            .map_err(ReplayError::Read)?
-            == 0
-        {
+        let read = read_line(&mut input, &mut buf).map_err(ReplayError::Read)?;
+        if read == LineRead::Eof {
             break;
         }
         line += 1;
         let stop = |msg: String| ReplayError::BadLine { line, msg };
+        if read == LineRead::TooLong {
+            return Err(stop(too_long().0));
+        }
         let text = std::str::from_utf8(&buf)
             .map_err(|e| stop(format!("not valid UTF-8 (byte {})", e.valid_up_to() + 1)))?;
         // Blank lines and comments; a `#` after leading blanks counts too.
@@ -215,7 +215,7 @@ where
         if let Some(name) = entry.op.device_refs().iter().find(|n| !exec.has_device(n)) {
             return Err(stop(format!(
                 "device {} was never defined (since the last reset)",
-                serde_json::to_string(name).unwrap_or_default()
+                quote(name)
             )));
         }
         let result = exec.execute(&entry.op).map_err(|e| stop(e.to_string()))?;
@@ -257,4 +257,123 @@ where
     }
     writeln!(out, "{}", sum.json_line()).map_err(ReplayError::Write)?;
     Ok(sum)
+}
+
+/// What [`read_line`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LineRead {
+    /// The end of the input, with nothing read.
+    Eof,
+    /// A line (with its newline, unless it is the last one and has none).
+    Line,
+    /// A line of more than [`MAX_LINE_LEN`] bytes before its newline: `buf`
+    /// holds its first `MAX_LINE_LEN + 1` bytes, the rest is unread.
+    TooLong,
+}
+
+/// Reads one line into `buf` (which the caller cleared), but never more
+/// than [`MAX_LINE_LEN`] + 1 bytes of it: memory stays bounded whatever the
+/// input (`/dev/zero`, a file without newlines).
+fn read_line<R: BufRead + ?Sized>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<LineRead> {
+    loop {
+        let avail = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        // Bytes of the line (newline excluded) that may still come.
+        let room = MAX_LINE_LEN + 1 - buf.len();
+        match avail.iter().position(|&b| b == b'\n') {
+            Some(i) if i < room => {
+                buf.extend_from_slice(&avail[..=i]);
+                input.consume(i + 1);
+                return Ok(LineRead::Line);
+            }
+            _ => {
+                let take = avail.len().min(room);
+                buf.extend_from_slice(&avail[..take]);
+                input.consume(take);
+                if buf.len() > MAX_LINE_LEN {
+                    return Ok(LineRead::TooLong);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most `chunk` bytes per `fill_buf`.
+    struct Chunked<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl io::Read for Chunked<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = out.len().min(self.chunk).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Chunked<'_> {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            let n = self.chunk.min(self.data.len());
+            Ok(&self.data[..n])
+        }
+        fn consume(&mut self, n: usize) {
+            self.data = &self.data[n..];
+        }
+    }
+
+    fn lines(data: &[u8], chunk: usize) -> Vec<(LineRead, usize)> {
+        let mut r = Chunked { data, chunk };
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let k = read_line(&mut r, &mut buf).unwrap();
+            out.push((k, buf.len()));
+            if k != LineRead::Line {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn line_reading_is_bounded_and_exact() {
+        use LineRead::*;
+        let max = MAX_LINE_LEN;
+        for chunk in [1, 7, 4096, 1 << 20] {
+            // Lines of exactly the limit (with and without a newline) pass.
+            let mut d = vec![b'a'; max];
+            d.push(b'\n');
+            d.extend_from_slice(b"x\n");
+            d.extend(vec![b'b'; max]);
+            assert_eq!(
+                lines(&d, chunk),
+                [(Line, max + 1), (Line, 2), (Line, max), (Eof, 0)],
+                "chunk {chunk}"
+            );
+            // One byte more is too long, with or without a newline after.
+            let mut d = vec![b'a'; max + 1];
+            d.push(b'\n');
+            assert_eq!(lines(&d, chunk), [(TooLong, max + 1)], "chunk {chunk}");
+            let d = vec![0u8; 3 * max];
+            assert_eq!(lines(&d, chunk), [(TooLong, max + 1)], "chunk {chunk}");
+        }
+        assert_eq!(lines(b"", 3), [(Eof, 0)]);
+        assert_eq!(lines(b"\n\n", 3), [(Line, 1), (Line, 1), (Eof, 0)]);
+    }
 }

@@ -13,14 +13,22 @@
 //! than 2^53. Anything that does not fit in 64 bits is a bad line.
 //!
 //! The line is read with a small borrowing JSON visitor (no `Value` tree,
-//! no per-key allocation), which also rejects duplicate keys.
+//! no per-key allocation); duplicate keys are found with a hash set.
+//!
+//! # Bounds
+//!
+//! A line holds at most [`MAX_LINE_LEN`] bytes (without its newline); the
+//! work of parsing one is linear in its length. A message about a bad
+//! line quotes at most [`MAX_QUOTED`] bytes of any string it names.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use svmap_core::linux::{Errno, Fixed, Layout, MmConfig, MmapRequest, PAGE_SIZE};
 use svmap_core::{UnmappedAreaInfo, VmaFlags};
+use svmap_svm::MAX_DEVICE_PAGE_SIZE;
 
 /// A bad line: what is wrong with it (without the `line N: ` prefix).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +48,15 @@ fn bad<T>(msg: impl Into<String>) -> Res<T> {
 
 /// The largest plain JSON integer a trace may hold for a number.
 const MAX_JSON_INT: u64 = 1 << 53;
+
+/// The longest line a trace may hold: 65,536 bytes, not counting the
+/// newline that ends it. A longer line is a bad line.
+pub const MAX_LINE_LEN: usize = 1 << 16;
+
+/// The most bytes of a string value (a key, an op name, a device name, an
+/// errno name...) that a bad-line message quotes; a longer one is cut
+/// there and its length given.
+pub const MAX_QUOTED: usize = 64;
 
 /// One operation line: the operation and, if given, the result it expects.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,7 +268,8 @@ pub enum SvmOp {
         va_bits: u32,
         /// Lowest address for placement.
         base: u64,
-        /// Page size: a power of two, at least 0x1000.
+        /// Page size: a power of two from 0x1000 to
+        /// [`svmap_svm::MAX_DEVICE_PAGE_SIZE`], at most `2^va_bits`.
         page_size: u64,
         /// What it mirrors.
         mirror: Mirror,
@@ -366,7 +384,12 @@ impl fmt::Display for Outcome {
 }
 
 /// Parses one non-blank, non-comment line (a trailing newline is ignored).
+/// A line longer than [`MAX_LINE_LEN`] bytes is bad.
 pub fn parse_line(line: &str) -> Res<Entry> {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    if line.len() > MAX_LINE_LEN {
+        return Err(too_long());
+    }
     let line = line.trim_end_matches(['\n', '\r']);
     let json: Json<'_> = serde_json::from_str(line).map_err(json_error)?;
     let Json::Object(members) = json else {
@@ -563,9 +586,14 @@ fn parse_device(obj: &Obj<'_, '_>) -> Res<SvmOp> {
         }
     };
     let page_size = obj.num_or("page_size", PAGE_SIZE)?;
-    if !page_size.is_power_of_two() || page_size < PAGE_SIZE {
+    if !page_size.is_power_of_two() || !(PAGE_SIZE..=MAX_DEVICE_PAGE_SIZE).contains(&page_size) {
         return bad(format!(
-            "device \"page_size\" {page_size:#x} must be a power of two of at least {PAGE_SIZE:#x}"
+            "device \"page_size\" {page_size:#x} must be a power of two from {PAGE_SIZE:#x} to {MAX_DEVICE_PAGE_SIZE:#x}"
+        ));
+    }
+    if u128::from(page_size) > 1u128 << va_bits {
+        return bad(format!(
+            "device \"page_size\" {page_size:#x} is larger than the whole address space (\"va_bits\" {va_bits})"
         ));
     }
     Ok(SvmOp::Device {
@@ -602,7 +630,7 @@ fn parse_expect(v: &Json<'_>) -> Res<Outcome> {
     match key.as_ref() {
         "addr" => Ok(Outcome::Addr(obj.num("addr")?)),
         "err" => match value {
-            Json::Str(s) => match Errno::from_name(s) {
+            Json::Str(s) => match errno_from_name(s) {
                 Some(e) => Ok(Outcome::Err(e)),
                 None => bad(format!(
                     "\"expect\": \"err\" {} is not an errno name like \"ENOMEM\"",
@@ -636,9 +664,33 @@ fn parse_expect(v: &Json<'_>) -> Res<Outcome> {
     }
 }
 
-/// `s` as a JSON string literal, for messages.
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+/// The errno `s` names, exactly as results print it: a name such as
+/// `ENOMEM`, or `E` and the decimal number (no sign, no leading zero) of
+/// an errno that has no name. Anything else (`"E+12"`, `"E012"`, `"E12"`
+/// for the errno that is `ENOMEM`) is `None`.
+fn errno_from_name(s: &str) -> Option<Errno> {
+    Errno::from_name(s).filter(|e| e.name().to_string() == s)
+}
+
+/// The bad line of a line longer than [`MAX_LINE_LEN`].
+pub(crate) fn too_long() -> BadLine {
+    BadLine(format!(
+        "the line is longer than {MAX_LINE_LEN} bytes, the longest a trace line may be"
+    ))
+}
+
+/// `s` as a JSON string literal, for messages: at most [`MAX_QUOTED`]
+/// bytes of it (cut at a character boundary), then `...` and its length.
+pub(crate) fn quote(s: &str) -> String {
+    let json = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"));
+    if s.len() <= MAX_QUOTED {
+        return json(s);
+    }
+    let mut cut = MAX_QUOTED;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} bytes)", json(&s[..cut]), s.len())
 }
 
 /// The message of a JSON syntax error, with the position as a column (the
@@ -690,9 +742,14 @@ impl<'o, 'a> Obj<'o, 'a> {
         self.members.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// Rejects a key that appears twice: expected O(n) for n keys.
     fn check_duplicates(&self) -> Res<()> {
-        for (i, (k, _)) in self.members.iter().enumerate() {
-            if self.members[..i].iter().any(|(j, _)| j == k) {
+        if self.members.len() < 2 {
+            return Ok(());
+        }
+        let mut seen: HashSet<&str> = HashSet::with_capacity(self.members.len());
+        for (k, _) in self.members {
+            if !seen.insert(k) {
                 return bad(format!("field {} appears twice", quote(k)));
             }
         }
