@@ -474,6 +474,8 @@ impl Path {
 /// [`Path`] records it, `()` ignores it (so searches that insert nothing
 /// pay nothing for it).
 pub(crate) trait Track {
+    /// The search scans the entries of one node (inner node or leaf).
+    fn visit(&mut self);
     /// The search descends from inner node `id` at `level` into child `i`.
     fn enter(&mut self, level: u32, id: u32, i: usize);
     /// The search offers the hole below slot `i` of leaf `id`.
@@ -483,6 +485,9 @@ pub(crate) trait Track {
 }
 
 impl Track for Path {
+    #[inline]
+    fn visit(&mut self) {}
+
     #[inline]
     fn enter(&mut self, level: u32, id: u32, i: usize) {
         if let Some(e) = self.at.get_mut(level as usize) {
@@ -503,6 +508,8 @@ impl Track for Path {
 }
 
 impl Track for () {
+    #[inline]
+    fn visit(&mut self) {}
     #[inline]
     fn enter(&mut self, _: u32, _: u32, _: usize) {}
     #[inline]

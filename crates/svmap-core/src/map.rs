@@ -444,6 +444,7 @@ impl AddressMap {
         path: &mut impl Track,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
+        path.visit();
         let (lo, hi, prune, size) = (w.lo, w.hi, w.prune, w.prune.size);
         if level == 0 {
             let l = self.t.leaf(id);
@@ -599,6 +600,7 @@ impl AddressMap {
         path: &mut impl Track,
         f: &mut impl FnMut(&Self, Hole) -> Option<R>,
     ) -> Option<R> {
+        path.visit();
         let (lo, hi, prune, size) = (w.lo, w.hi, w.prune, w.prune.size);
         if level == 0 {
             let l = self.t.leaf(id);

@@ -70,6 +70,12 @@ pub struct SearchStats {
     pub descents: u32,
     /// Candidate holes examined (the exact fit may examine several).
     pub holes: u32,
+    /// Tree nodes (inner nodes and leaves) whose entries a descent scanned,
+    /// summed over the descents. A descent of [`AddressMap::unmapped_area`]
+    /// scans at most the nodes on the two root-to-leaf paths along the
+    /// window's edges and on the path to the answer, so this grows with the
+    /// tree's depth, not with the number of VMAs.
+    pub nodes: u32,
     /// [`AddressMap::allocate`] only: inserts that split a hole holding one
     /// of its leaf's maxima (largest hole or aligned room), so the leaf's
     /// maxima were recomputed and carried up the path.
@@ -93,9 +99,10 @@ pub struct FitRequest {
     pub align_offset: u64,
     /// Highest fit first.
     pub topdown: bool,
-    /// Keep out of the guard gaps of grows-down (and, with
-    /// [`SearchParams::growsup_guard`], grows-up) neighbours, as the
-    /// kernel's non-fixed placements do.
+    /// Keep out of the guard gap of the hole's upper neighbour if it grows
+    /// down (and, with [`SearchParams::growsup_guard`], of its lower
+    /// neighbour if it grows up), as the kernel's non-fixed placements do;
+    /// see [`AddressMap::find_fit`].
     pub respect_guard_gaps: bool,
 }
 
@@ -136,17 +143,71 @@ impl fmt::Display for FitError {
 
 impl core::error::Error for FitError {}
 
+/// A [`Track`] that counts the nodes a walk scans and passes everything on.
+struct CountNodes<'a, T> {
+    inner: &'a mut T,
+    nodes: u32,
+}
+
+impl<'a, T: Track> CountNodes<'a, T> {
+    fn new(inner: &'a mut T) -> Self {
+        CountNodes { inner, nodes: 0 }
+    }
+}
+
+impl<T: Track> Track for CountNodes<'_, T> {
+    #[inline]
+    fn visit(&mut self) {
+        self.nodes += 1;
+        self.inner.visit();
+    }
+    #[inline]
+    fn enter(&mut self, level: u32, id: u32, i: usize) {
+        self.inner.enter(level, id, i);
+    }
+    #[inline]
+    fn offer_leaf_hole(&mut self, id: u32, i: usize) {
+        self.inner.offer_leaf_hole(id, i);
+    }
+    #[inline]
+    fn offer_other_hole(&mut self) {
+        self.inner.offer_other_hole();
+    }
+}
+
 impl AddressMap {
     /// The kernel's `vm_unmapped_area(info)` over this map, to the bit.
     ///
     /// A successful result `addr` satisfies (for windows that do not wrap):
     /// `addr >= max(low_limit, mmap_min_addr)`, `addr + length <= high_limit`,
     /// `addr & align_mask == align_offset & align_mask`,
-    /// `[addr - start_gap, addr + length)` is free, and no grows-down VMA
-    /// above the hole has its guard gap below the end of the *padded* area
-    /// (bottom-up) or of the hole (top-down). Like the kernel it may skip a
-    /// hole in which an aligned slot would have fitted: the hole must hold
-    /// `length + align_mask + start_gap`.
+    /// and `[addr - start_gap, addr + length)` is free. Like the kernel it
+    /// may skip a hole in which an aligned slot would have fitted: the hole
+    /// must hold the padded length `padded = length + align_mask +
+    /// start_gap`.
+    ///
+    /// Guard gaps follow the kernel's rule, which looks only at the two
+    /// neighbours of the chosen hole: the VMA just above it when that VMA
+    /// grows down, otherwise the VMA just below it when that VMA grows up
+    /// (with [`SearchParams::growsup_guard`]). When the rule rejects the
+    /// hole, the search retries with the window narrowed past it.
+    ///
+    /// - Top-down, the result lies below the guard gap of a grows-down VMA
+    ///   above the hole: the gap starts at or above the end of the hole
+    ///   clipped to the window.
+    /// - Bottom-up, the kernel compares the guard gap's start `g` with the
+    ///   last byte of the *padded* area and accepts `g >= addr + padded - 1`.
+    ///   svmap keeps that comparison literally. With `align_mask` or
+    ///   `start_gap` non-zero, `padded - 1 >= length`, so the area
+    ///   `[addr, addr + length)` ends at or below `g`. With both zero, an area
+    ///   whose last byte is exactly `g` is accepted: it reaches one byte into
+    ///   the guard gap. That needs `addr + length - 1` to be a multiple of the
+    ///   page when the VMAs, the limits and `stack_guard_gap` are page
+    ///   aligned, so it never happens for page-multiple lengths (the only
+    ///   lengths the kernel searches for); svmap answers exactly what the
+    ///   kernel's code would for the others too.
+    /// - A grows-up VMA below the hole (checked only when the VMA above does
+    ///   not grow down) has its guard gap end at or below `addr`.
     ///
     /// One deliberate deviation (`docs/linux-semantics.md`): `low_limit >=
     /// high_limit` is [`SearchError::EmptyWindow`] even for `high_limit == 0`,
@@ -216,9 +277,13 @@ impl AddressMap {
             if !Self::window_ok(low, max, length) {
                 return Err(SearchError::EmptyWindow);
             }
-            let hole = self
-                .walk_low(low, max, Prune::size(length), &mut (), &mut |_, h| Some(h))
-                .ok_or(SearchError::NoSpace)?;
+            let mut no_path = ();
+            let mut count = CountNodes::new(&mut no_path);
+            let hole = self.walk_low(low, max, Prune::size(length), &mut count, &mut |_, h| {
+                Some(h)
+            });
+            stats.nodes += count.nodes;
+            let hole = hole.ok_or(SearchError::NoSpace)?;
             stats.holes += 1;
             let index = hole.start.max(low);
             let mut gap = index.wrapping_add(info.start_gap);
@@ -273,9 +338,13 @@ impl AddressMap {
             if !Self::window_ok(low, max, length) {
                 return Err(SearchError::EmptyWindow);
             }
-            let hole = self
-                .walk_high(low, max, Prune::size(length), &mut (), &mut |_, h| Some(h))
-                .ok_or(SearchError::NoSpace)?;
+            let mut no_path = ();
+            let mut count = CountNodes::new(&mut no_path);
+            let hole = self.walk_high(low, max, Prune::size(length), &mut count, &mut |_, h| {
+                Some(h)
+            });
+            stats.nodes += count.nodes;
+            let hole = hole.ok_or(SearchError::NoSpace)?;
             stats.holes += 1;
             let gap_end = hole.last.min(max).wrapping_add(1);
             let mut gap = gap_end.wrapping_sub(info.length);
@@ -303,7 +372,13 @@ impl AddressMap {
     /// The lowest (or, with `topdown`, highest) start `addr` such that
     /// `[addr, addr + length)` lies in `[low, high)`, is free, is congruent
     /// to `align_offset` modulo `align`, and (with `respect_guard_gaps`)
-    /// keeps out of the guard gap below every grows-down VMA. Unlike
+    /// keeps out of the guard gaps of the two VMAs around the hole it lies
+    /// in: below the VMA just above the hole if that VMA grows down, above
+    /// the VMA just below the hole if that VMA grows up (with
+    /// [`SearchParams::growsup_guard`]). Both neighbours are always checked,
+    /// and only they: like the kernel's placements, the fit ignores the guard
+    /// gap of a grows-down VMA further up even where `stack_guard_gap`
+    /// reaches down past the VMAs below it. Unlike
     /// [`Self::unmapped_area`] it needs no worst-case padding: a 2 MiB-aligned
     /// 2 MiB request fits in a 3 MiB hole that happens to contain an aligned
     /// 2 MiB slot, where the kernel requires a 4 MiB - 4 KiB hole.
@@ -436,11 +511,13 @@ impl AddressMap {
             size: req.length,
             class: class.map(|c| (c, req.length)),
         };
+        let mut count = CountNodes::new(path);
         let found = if req.topdown {
-            self.walk_high(lo, hi, prune, path, &mut fit)
+            self.walk_high(lo, hi, prune, &mut count, &mut fit)
         } else {
-            self.walk_low(lo, hi, prune, path, &mut fit)
+            self.walk_low(lo, hi, prune, &mut count, &mut fit)
         };
+        stats.nodes += count.nodes;
         let addr = found.ok_or(FitError::NoSpace)?;
         debug_assert!(addr >= req.low && addr + len_m1 <= hi);
         debug_assert!((addr.wrapping_sub(req.align_offset)) & mask == 0);
