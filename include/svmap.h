@@ -64,6 +64,16 @@
 #define SVMAP_VM_UNMAPPED_AREA_TOPDOWN 1
 
 /**
+ * The largest device page size `svmap_svm_add_device` accepts (1 GiB).
+ */
+#define SVMAP_MAX_DEVICE_PAGE_SIZE 1073741824ull
+
+/**
+ * The most TLB entries a device may have.
+ */
+#define SVMAP_MAX_TLB_ENTRIES 65536
+
+/**
  * The result of a call. `SVMAP_OK` is 0; every other value is a failure
  * (or, for `svmap_svm_device_access`, a device fault) and
  * `svmap_last_error_message()` describes it.
@@ -266,7 +276,8 @@ typedef struct svmap_unmapped_area_info_t {
    */
   uint64_t high_limit;
   /**
-   * Alignment mask (alignment - 1, or 0).
+   * Alignment mask: alignment - 1 (low bits only, or 0); any other
+   * mask is `SVMAP_EINVAL`.
    */
   uint64_t align_mask;
   /**
@@ -394,7 +405,9 @@ typedef struct svmap_device_config_t {
    */
   uint64_t base;
   /**
-   * The device page size: a power of two of at least 4096 (default 4096).
+   * The device page size: a power of two from 4096 to
+   * `SVMAP_MAX_DEVICE_PAGE_SIZE` (1 GiB), and at most `2^va_bits`
+   * (default 4096).
    */
   uint64_t page_size;
   /**
@@ -406,7 +419,7 @@ typedef struct svmap_device_config_t {
    */
   svmap_populate_t populate;
   /**
-   * TLB entries (default 64).
+   * TLB entries: 1 to `SVMAP_MAX_TLB_ENTRIES` (65536; default 64).
    */
   uint32_t tlb_entries;
 } svmap_device_config_t;
@@ -652,6 +665,11 @@ int svmap_peer_serve_from_env(void);
  * begin with `svmap_peer_serve_from_env()`. Returns an owned handle, or
  * NULL with the last error set. Free it with `svmap_peer_delete`.
  *
+ * A NULL `exe` in a process that was itself started as a peer
+ * (`SVMAP_PEER_FD` is set: its `main` did not call
+ * `svmap_peer_serve_from_env()` first) is refused with `SVMAP_EINVAL`:
+ * it would start peers of peers without end.
+ *
  * # Safety
  *
  * `exe` and `arg` are NULL or NUL-terminated strings.
@@ -730,6 +748,8 @@ enum svmap_status_t svmap_peer_walk_list(struct svmap_peer_t *peer,
 /**
  * The device sums the `uint64_t` words of `[addr, addr + length)`
  * (wrapping; `addr` 8-aligned, `length` a multiple of 8) through its MMU.
+ * `SVMAP_EINVAL` for an unaligned `addr` or `length` or a range that wraps
+ * past 2^64; the device fault (`SVMAP_FAULT_*`) if a load faults.
  *
  * # Safety
  *
@@ -749,7 +769,10 @@ enum svmap_status_t svmap_peer_sum_u64(struct svmap_peer_t *peer,
  * compared with the lines' `expect` fields. Writes the counts and the exit status to `*out`.
  * `SVMAP_EBADTRACE` for a bad line (the message is `line N: ...`; result
  * lines before it were written), `SVMAP_ENOENT` / `SVMAP_EPERM` /
- * `SVMAP_EIO` when the file cannot be read.
+ * `SVMAP_EIO` when the file cannot be read, `SVMAP_EIO` when a descriptor
+ * cannot be written (a pipe whose reader has gone: `SIGPIPE` is blocked
+ * in the calling thread during the call and the one the write raised is
+ * taken back, so the process lives on whatever its `SIGPIPE` action).
  *
  * # Safety
  *
@@ -824,7 +847,9 @@ enum svmap_status_t svmap_space_unmap(struct svmap_space_t *space, uint64_t star
 /**
  * The kernel's `vm_unmapped_area(info)` on this space, to the bit, with
  * the space's `mmap_min_addr` and `stack_guard_gap` (the trace's `find`).
- * Writes the address to `*out_addr`; `SVMAP_ENOMEM` if nothing fits.
+ * Writes the address to `*out_addr`; `SVMAP_ENOMEM` if nothing fits (as
+ * in the kernel, limits with `low_limit > high_limit` are a window nothing
+ * fits in, not an error).
  *
  * # Safety
  *
@@ -838,8 +863,8 @@ enum svmap_status_t svmap_space_unmapped_area(const struct svmap_space_t *space,
  * The exact aligned fit `req` on this space: `req->low` is raised to the
  * space's `mmap_min_addr`, and with `respect_guard_gaps` the space's
  * `stack_guard_gap` is kept free below grows-down VMAs. `SVMAP_ENOMEM` if
- * nothing fits, `SVMAP_EINVAL` for a zero length or an alignment that is
- * not a power of two.
+ * nothing fits, `SVMAP_EINVAL` for a zero length, an alignment that is
+ * not a power of two or an inverted window (`req->low > req->high`).
  *
  * # Safety
  *
@@ -932,8 +957,11 @@ void svmap_svm_delete(struct svmap_svm_t *svm);
 
 /**
  * Adds a device space. `SVMAP_EEXIST` for a name already used,
- * `SVMAP_EINVAL` for `va_bits` outside 12..=64, a bad page size, a base
- * at or above `2^va_bits` or an unknown enum value.
+ * `SVMAP_EINVAL` for `va_bits` outside 12..=64, a page size that is not a
+ * power of two from 4096 to `SVMAP_MAX_DEVICE_PAGE_SIZE` or that exceeds
+ * `2^va_bits`, a TLB size outside 1..=`SVMAP_MAX_TLB_ENTRIES`, a base at
+ * or above `2^va_bits` or an unknown enum value; the message names the
+ * field.
  *
  * # Safety
  *
@@ -1008,7 +1036,8 @@ size_t svmap_svm_range_count(const struct svmap_svm_t *svm);
  * Like `mprotect`: every CPU page of `[start, start + length)` gets
  * `prot` (`SVMAP_PROT_*`); every device is invalidated over the range
  * first. `SVMAP_ENOMEM` if a page is not mapped on the CPU (nothing
- * changes), `SVMAP_EINVAL` for an unaligned start or a zero length.
+ * changes), `SVMAP_EINVAL` for an unaligned start, a zero length or a
+ * range that wraps past 2^64.
  */
 enum svmap_status_t svmap_svm_protect(struct svmap_svm_t *svm,
                                       uint64_t start,
@@ -1044,7 +1073,8 @@ enum svmap_status_t svmap_svm_cpu_map(struct svmap_svm_t *svm,
 /**
  * Removes whatever the CPU maps in `[start, start + length)`, the trace's
  * `unmap`: SVM pieces there leave every device (invalidated first).
- * `SVMAP_EINVAL` for an unaligned start or a zero length.
+ * `SVMAP_EINVAL` for an unaligned start, a zero length or a range that
+ * wraps past 2^64.
  */
 enum svmap_status_t svmap_svm_cpu_unmap(struct svmap_svm_t *svm, uint64_t start, uint64_t length);
 
@@ -1063,7 +1093,8 @@ enum svmap_status_t svmap_svm_cpu_mmap(struct svmap_svm_t *svm,
 
 /**
  * The kernel's `vm_unmapped_area(info)` on the CPU space (the trace's
- * `find`); `SVMAP_ENOMEM` if nothing fits.
+ * `find`); `SVMAP_ENOMEM` if nothing fits (as in the kernel, limits with
+ * `low_limit > high_limit` are a window nothing fits in, not an error).
  *
  * # Safety
  *
@@ -1076,7 +1107,9 @@ enum svmap_status_t svmap_svm_find(const struct svmap_svm_t *svm,
 /**
  * Checks that CPU memory `[start, end)` can be handed to `device`:
  * `SVMAP_ABOVE_DEVICE_LIMIT` (the message names the range and the limit)
- * if any of it lies at or above the device's `2^va_bits`.
+ * if any of it lies at or above the device's `2^va_bits`. `SVMAP_EINVAL`
+ * for an inverted range (`start > end`); an empty one is addressable.
+ * `SVMAP_ENOENT` for an unknown device.
  *
  * # Safety
  *

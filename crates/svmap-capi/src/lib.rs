@@ -42,9 +42,12 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod linux;
 mod peer;
 mod replay;
+mod sigpipe;
 mod space;
 mod svm;
 
@@ -262,6 +265,28 @@ pub fn handle<T>(h: Option<T>, what: &str) -> FfiResult<T> {
     h.ok_or_else(|| Failure::null(what))
 }
 
+/// Checks a `[start, end)` argument: `SVMAP_EINVAL` when `start > end` (an
+/// inverted range). An empty range passes; the caller decides whether it
+/// is an error.
+pub fn check_range(start: u64, end: u64) -> FfiResult<()> {
+    if start > end {
+        return Err(Failure::inval(format!(
+            "inverted range [{start:#x}, {end:#x}): start is above end"
+        )));
+    }
+    Ok(())
+}
+
+/// The end of a `[start, start + length)` argument, or `SVMAP_EINVAL` when
+/// it wraps past 2^64 (which would make it an inverted range).
+pub fn range_end(start: u64, length: u64) -> FfiResult<u64> {
+    start.checked_add(length).ok_or_else(|| {
+        Failure::inval(format!(
+            "range [{start:#x}, +{length:#x}) wraps past the end of the address space"
+        ))
+    })
+}
+
 /// Maps a Linux errno number to a status.
 pub fn status_of_errno(errno: i32) -> svmap_status_t {
     match errno {
@@ -395,6 +420,41 @@ mod tests {
         assert_eq!(other, "", "each thread has its own message");
         assert_eq!(ffi_value(7, || Err(Failure::inval("x\0y"))), 7);
         assert_eq!(last(), "x\\0y");
+    }
+
+    #[test]
+    fn inverted_and_wrapping_ranges_are_invalid_arguments() {
+        assert_eq!(check_range(2, 1).unwrap_err().status, SVMAP_EINVAL);
+        assert!(check_range(1, 1).is_ok() && check_range(1, 2).is_ok());
+        assert_eq!(range_end(u64::MAX, 1).unwrap_err().status, SVMAP_EINVAL);
+        assert_eq!(range_end(u64::MAX - 1, 1), Ok(u64::MAX));
+
+        let mut svm = svmap_svm_new(None);
+        let mut dev = std::mem::MaybeUninit::uninit();
+        // SAFETY: a valid place for the configuration; a static name.
+        let st = unsafe { svmap_device_config_init(dev.as_mut_ptr(), c"gpu".as_ptr(), 40) };
+        assert_eq!(st, SVMAP_OK);
+        // SAFETY: initialised by the successful call.
+        let dev = unsafe { dev.assume_init() };
+        // SAFETY: `dev.name` is a static NUL-terminated string.
+        let st = unsafe { svmap_svm_add_device(svm.as_deref_mut(), Some(&dev)) };
+        assert_eq!(st, SVMAP_OK);
+        let check = |s, e| {
+            // SAFETY: a static NUL-terminated device name.
+            unsafe { svmap_svm_check_addressable(svm.as_deref(), c"gpu".as_ptr(), s, e) }
+        };
+        assert_eq!(check(0x2000, 0x1000), SVMAP_EINVAL);
+        assert!(last().contains("inverted"), "{}", last());
+        assert_eq!(check(0x1000, 0x1000), SVMAP_OK);
+        assert_eq!(check(0x1000, 1 << 41), SVMAP_ABOVE_DEVICE_LIMIT);
+        let h = svm.as_deref_mut();
+        assert_eq!(svmap_svm_cpu_unmap(h, 0x1000, !0xfff_u64), SVMAP_EINVAL);
+        let h = svm.as_deref_mut();
+        assert_eq!(
+            svmap_svm_protect(h, 0x1000, !0xfff_u64, SVMAP_PROT_READ),
+            SVMAP_EINVAL
+        );
+        svmap_svm_delete(svm);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use svmap_svm::Fault;
 
 use crate::linux::linux_failure;
 use crate::svmap_status_t::{self, *};
-use crate::{c_str, ffi_status, ffi_value, handle, status_of_errno, Failure, Out};
+use crate::{c_str, ffi_status, ffi_value, handle, range_end, status_of_errno, Failure, Out};
 
 /// The CPU side of a device peer: the peer process, the window both agreed
 /// on (free and reserved in both address spaces, below the device's
@@ -72,6 +72,11 @@ pub extern "C" fn svmap_peer_serve_from_env() -> c_int {
 /// begin with `svmap_peer_serve_from_env()`. Returns an owned handle, or
 /// NULL with the last error set. Free it with `svmap_peer_delete`.
 ///
+/// A NULL `exe` in a process that was itself started as a peer
+/// (`SVMAP_PEER_FD` is set: its `main` did not call
+/// `svmap_peer_serve_from_env()` first) is refused with `SVMAP_EINVAL`:
+/// it would start peers of peers without end.
+///
 /// # Safety
 ///
 /// `exe` and `arg` are NULL or NUL-terminated strings.
@@ -84,6 +89,13 @@ pub unsafe extern "C" fn svmap_peer_spawn(
 ) -> Option<Box<svmap_peer_t>> {
     ffi_value(None, || {
         let mut cmd = if exe.is_null() {
+            if std::env::var_os(PEER_FD_ENV).is_some() {
+                return Err(Failure::inval(format!(
+                    "svmap_peer_spawn(NULL exe) in a process started as a device peer \
+                     ({PEER_FD_ENV} is set) would start itself again without end: its main \
+                     must begin with svmap_peer_serve_from_env()"
+                )));
+            }
             let me = std::env::current_exe()
                 .map_err(|e| Failure::new(SVMAP_EIO, format!("this executable: {e}")))?;
             Command::new(me)
@@ -237,6 +249,8 @@ pub unsafe extern "C" fn svmap_peer_walk_list(
 
 /// The device sums the `uint64_t` words of `[addr, addr + length)`
 /// (wrapping; `addr` 8-aligned, `length` a multiple of 8) through its MMU.
+/// `SVMAP_EINVAL` for an unaligned `addr` or `length` or a range that wraps
+/// past 2^64; the device fault (`SVMAP_FAULT_*`) if a load faults.
 ///
 /// # Safety
 ///
@@ -252,7 +266,14 @@ pub unsafe extern "C" fn svmap_peer_sum_u64(
         // SAFETY: the caller's contract for `out_sum`.
         let out = unsafe { Out::new(out_sum, "out_sum") }?;
         let p = handle(peer, "peer")?;
-        out.write(p.peer.sum_u64(addr as u64, length).map_err(peer_failure)?);
+        let addr = addr as u64;
+        range_end(addr, length)?;
+        if addr % 8 != 0 || length % 8 != 0 {
+            return Err(Failure::inval(format!(
+                "sum of [{addr:#x}, +{length:#x}): not whole 8-byte words"
+            )));
+        }
+        out.write(p.peer.sum_u64(addr, length).map_err(peer_failure)?);
         Ok(())
     })
 }

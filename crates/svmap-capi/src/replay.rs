@@ -87,6 +87,10 @@ fn run(
     err_fd: c_int,
     out: Out<svmap_replay_summary_t>,
 ) -> FfiResult<()> {
+    // A reader that has gone makes the writes fail with EPIPE (SVMAP_EIO)
+    // instead of killing a host that keeps SIGPIPE's default action.
+    // Declared first, so that it is dropped after the writer's last flush.
+    let _sigpipe = crate::sigpipe::SigpipeBlocked::new();
     // SAFETY: the caller's contract for `out_fd` and `err_fd`.
     let (out_sink, mut err_sink) =
         unsafe { (Sink::new(out_fd, "out_fd")?, Sink::new(err_fd, "err_fd")?) };
@@ -117,7 +121,10 @@ fn run(
 /// compared with the lines' `expect` fields. Writes the counts and the exit status to `*out`.
 /// `SVMAP_EBADTRACE` for a bad line (the message is `line N: ...`; result
 /// lines before it were written), `SVMAP_ENOENT` / `SVMAP_EPERM` /
-/// `SVMAP_EIO` when the file cannot be read.
+/// `SVMAP_EIO` when the file cannot be read, `SVMAP_EIO` when a descriptor
+/// cannot be written (a pipe whose reader has gone: `SIGPIPE` is blocked
+/// in the calling thread during the call and the one the write raised is
+/// taken back, so the process lives on whatever its `SIGPIPE` action).
 ///
 /// # Safety
 ///

@@ -117,7 +117,8 @@ pub struct svmap_unmapped_area_info_t {
     pub low_limit: u64,
     /// The area ends at or below this (exclusive).
     pub high_limit: u64,
-    /// Alignment mask (alignment - 1, or 0).
+    /// Alignment mask: alignment - 1 (low bits only, or 0); any other
+    /// mask is `SVMAP_EINVAL`.
     pub align_mask: u64,
     /// The wanted value of `addr & align_mask`.
     pub align_offset: u64,
@@ -130,6 +131,14 @@ pub(crate) fn unmapped_area_info(i: &svmap_unmapped_area_info_t) -> FfiResult<Un
         return Err(Failure::inval(format!(
             "unknown unmapped_area flags {:#x}",
             i.flags
+        )));
+    }
+    // The kernel's formula aligns only with a mask of low bits (alignment
+    // - 1); another mask has no meaning and gives unaligned answers.
+    if i.align_mask & i.align_mask.wrapping_add(1) != 0 {
+        return Err(Failure::inval(format!(
+            "align_mask {:#x} is not an alignment - 1 (low bits only)",
+            i.align_mask
         )));
     }
     Ok(UnmappedAreaInfo {
@@ -313,7 +322,9 @@ pub extern "C" fn svmap_space_unmap(
 
 /// The kernel's `vm_unmapped_area(info)` on this space, to the bit, with
 /// the space's `mmap_min_addr` and `stack_guard_gap` (the trace's `find`).
-/// Writes the address to `*out_addr`; `SVMAP_ENOMEM` if nothing fits.
+/// Writes the address to `*out_addr`; `SVMAP_ENOMEM` if nothing fits (as
+/// in the kernel, limits with `low_limit > high_limit` are a window nothing
+/// fits in, not an error).
 ///
 /// # Safety
 ///
@@ -334,9 +345,16 @@ pub unsafe extern "C" fn svmap_space_unmapped_area(
     })
 }
 
-/// The core request for the C request `r` on space `s`: `low` raised to
-/// the space's `mmap_min_addr`, the C booleans checked.
+/// The core request for the C request `r` on space `s`: the window
+/// checked (`low > high` is an inverted range), `low` raised to the space's
+/// `mmap_min_addr`, the C booleans checked.
 fn fit_request(s: &svmap_space_t, r: &svmap_fit_request_t) -> Result<FitRequest, Failure> {
+    if r.low > r.high {
+        return Err(Failure::inval(format!(
+            "inverted window [{:#x}, {:#x}): req->low is above req->high",
+            r.low, r.high
+        )));
+    }
     Ok(FitRequest {
         length: r.length,
         low: r.low.max(s.mm.config().mmap_min_addr),
@@ -360,8 +378,8 @@ fn fit_failure(what: &str, e: FitError) -> Failure {
 /// The exact aligned fit `req` on this space: `req->low` is raised to the
 /// space's `mmap_min_addr`, and with `respect_guard_gaps` the space's
 /// `stack_guard_gap` is kept free below grows-down VMAs. `SVMAP_ENOMEM` if
-/// nothing fits, `SVMAP_EINVAL` for a zero length or an alignment that is
-/// not a power of two.
+/// nothing fits, `SVMAP_EINVAL` for a zero length, an alignment that is
+/// not a power of two or an inverted window (`req->low > req->high`).
 ///
 /// # Safety
 ///

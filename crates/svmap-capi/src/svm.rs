@@ -12,7 +12,10 @@ use crate::space::{
     svmap_space_config_t, svmap_unmapped_area_info_t, unmapped_area_info,
 };
 use crate::svmap_status_t::{self, *};
-use crate::{c_str, ffi_status, ffi_value, handle, status_of_errno, Failure, FfiResult, Out};
+use crate::{
+    c_str, check_range, ffi_status, ffi_value, handle, range_end, status_of_errno, Failure,
+    FfiResult, Out,
+};
 
 /// An SVM space: one simulated CPU address space and its devices. Owned by
 /// the caller from `svmap_svm_new` to `svmap_svm_delete`; not thread-safe.
@@ -64,15 +67,27 @@ pub struct svmap_device_config_t {
     pub va_bits: u32,
     /// SVM ranges are placed at or above this (default 0).
     pub base: u64,
-    /// The device page size: a power of two of at least 4096 (default 4096).
+    /// The device page size: a power of two from 4096 to
+    /// `SVMAP_MAX_DEVICE_PAGE_SIZE` (1 GiB), and at most `2^va_bits`
+    /// (default 4096).
     pub page_size: u64,
     /// `SVMAP_MIRROR_*` (default buffers).
     pub mirror: svmap_mirror_t,
     /// `SVMAP_POPULATE_*` (default on fault).
     pub populate: svmap_populate_t,
-    /// TLB entries (default 64).
+    /// TLB entries: 1 to `SVMAP_MAX_TLB_ENTRIES` (65536; default 64).
     pub tlb_entries: u32,
 }
+
+/// The largest device page size `svmap_svm_add_device` accepts (1 GiB).
+pub const SVMAP_MAX_DEVICE_PAGE_SIZE: u64 = 1_073_741_824u64;
+/// The most TLB entries a device may have.
+pub const SVMAP_MAX_TLB_ENTRIES: u32 = 65536;
+
+const _: () = {
+    assert!(SVMAP_MAX_DEVICE_PAGE_SIZE == svmap_svm::MAX_DEVICE_PAGE_SIZE);
+    assert!(SVMAP_MAX_TLB_ENTRIES as usize == svmap_svm::MAX_TLB_ENTRIES);
+};
 
 /// The status and message of an SVM-layer error.
 pub(crate) fn svm_failure(e: SvmError) -> Failure {
@@ -87,9 +102,14 @@ pub(crate) fn svm_failure(e: SvmError) -> Failure {
         | NotMapped { .. } => SVMAP_ENOMEM,
         Mmap(errno) => status_of_errno(i32::from(errno.0)),
         AboveDeviceLimit { .. } => SVMAP_ABOVE_DEVICE_LIMIT,
-        // BadVaBits, BadPageSize, BaseOutOfRange, EmptyRange, Unaligned,
-        // BeyondDeviceLimit, ZeroLength, BadAlignment, NotAnSvmRange, and
-        // anything added later.
+        // A device configuration out of bounds.
+        BadVaBits { .. }
+        | BadPageSize { .. }
+        | PageAboveLimit { .. }
+        | BadTlbEntries { .. }
+        | BaseOutOfRange { .. } => SVMAP_EINVAL,
+        // EmptyRange, Unaligned, BeyondDeviceLimit, ZeroLength,
+        // BadAlignment, NotAnSvmRange, and anything added later.
         _ => SVMAP_EINVAL,
     };
     Failure::new(status, e.to_string())
@@ -148,8 +168,11 @@ pub extern "C" fn svmap_svm_delete(svm: Option<Box<svmap_svm_t>>) {
 }
 
 /// Adds a device space. `SVMAP_EEXIST` for a name already used,
-/// `SVMAP_EINVAL` for `va_bits` outside 12..=64, a bad page size, a base
-/// at or above `2^va_bits` or an unknown enum value.
+/// `SVMAP_EINVAL` for `va_bits` outside 12..=64, a page size that is not a
+/// power of two from 4096 to `SVMAP_MAX_DEVICE_PAGE_SIZE` or that exceeds
+/// `2^va_bits`, a TLB size outside 1..=`SVMAP_MAX_TLB_ENTRIES`, a base at
+/// or above `2^va_bits` or an unknown enum value; the message names the
+/// field.
 ///
 /// # Safety
 ///
@@ -174,9 +197,6 @@ pub unsafe extern "C" fn svmap_svm_add_device(
             SVMAP_POPULATE_AT_ALLOC => Populate::AtAlloc,
             p => return Err(Failure::inval(format!("unknown populate mode {p}"))),
         };
-        if c.tlb_entries == 0 {
-            return Err(Failure::inval("tlb_entries is 0"));
-        }
         s.svm
             .add_device(DeviceConfig {
                 name: name.to_owned(),
@@ -328,7 +348,8 @@ pub extern "C" fn svmap_svm_range_count(svm: Option<&svmap_svm_t>) -> usize {
 /// Like `mprotect`: every CPU page of `[start, start + length)` gets
 /// `prot` (`SVMAP_PROT_*`); every device is invalidated over the range
 /// first. `SVMAP_ENOMEM` if a page is not mapped on the CPU (nothing
-/// changes), `SVMAP_EINVAL` for an unaligned start or a zero length.
+/// changes), `SVMAP_EINVAL` for an unaligned start, a zero length or a
+/// range that wraps past 2^64.
 #[no_mangle]
 pub extern "C" fn svmap_svm_protect(
     svm: Option<&mut svmap_svm_t>,
@@ -344,6 +365,7 @@ pub extern "C" fn svmap_svm_protect(
             SVMAP_PROT_READ_WRITE => Prot::ReadWrite,
             p => return Err(Failure::inval(format!("unknown protection {p}"))),
         };
+        range_end(start, length)?;
         s.svm.protect(start, length, prot).map_err(svm_failure)
     })
 }
@@ -405,7 +427,8 @@ pub extern "C" fn svmap_svm_cpu_map(
 
 /// Removes whatever the CPU maps in `[start, start + length)`, the trace's
 /// `unmap`: SVM pieces there leave every device (invalidated first).
-/// `SVMAP_EINVAL` for an unaligned start or a zero length.
+/// `SVMAP_EINVAL` for an unaligned start, a zero length or a range that
+/// wraps past 2^64.
 #[no_mangle]
 pub extern "C" fn svmap_svm_cpu_unmap(
     svm: Option<&mut svmap_svm_t>,
@@ -414,6 +437,7 @@ pub extern "C" fn svmap_svm_cpu_unmap(
 ) -> svmap_status_t {
     ffi_status(|| {
         let s = handle(svm, "svm")?;
+        range_end(start, length)?;
         s.svm.cpu_unmap(start, length).map_err(svm_failure)
     })
 }
@@ -446,7 +470,8 @@ pub unsafe extern "C" fn svmap_svm_cpu_mmap(
 }
 
 /// The kernel's `vm_unmapped_area(info)` on the CPU space (the trace's
-/// `find`); `SVMAP_ENOMEM` if nothing fits.
+/// `find`); `SVMAP_ENOMEM` if nothing fits (as in the kernel, limits with
+/// `low_limit > high_limit` are a window nothing fits in, not an error).
 ///
 /// # Safety
 ///
@@ -469,7 +494,9 @@ pub unsafe extern "C" fn svmap_svm_find(
 
 /// Checks that CPU memory `[start, end)` can be handed to `device`:
 /// `SVMAP_ABOVE_DEVICE_LIMIT` (the message names the range and the limit)
-/// if any of it lies at or above the device's `2^va_bits`.
+/// if any of it lies at or above the device's `2^va_bits`. `SVMAP_EINVAL`
+/// for an inverted range (`start > end`); an empty one is addressable.
+/// `SVMAP_ENOENT` for an unknown device.
 ///
 /// # Safety
 ///
@@ -485,6 +512,7 @@ pub unsafe extern "C" fn svmap_svm_check_addressable(
         let s = handle(svm, "svm")?;
         // SAFETY: the caller's contract for `device`.
         let device = unsafe { c_str(device, "device") }?;
+        check_range(start, end)?;
         s.svm
             .check_addressable(device, start, end)
             .map_err(svm_failure)

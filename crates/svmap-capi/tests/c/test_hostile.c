@@ -3,17 +3,22 @@
  * rule the header states in a way the library can see (NULL everywhere,
  * lengths and counts that overflow, unknown enum values, bool fields that
  * hold neither 0 nor 1, misaligned out-parameters, closed or read-only
- * descriptors, freeing a buffer twice through the API) and must come back
- * as a clean error with a message, never a crash. Run by tests/c_api.rs,
- * linked statically and under valgrind. Exits 0 when every check passes.
+ * descriptors, freeing a buffer twice through the API, inverted ranges, a
+ * pipe whose reader has gone, a peer that would start itself without end)
+ * and must come back as a clean error with a message, never a crash. Run
+ * by tests/c_api.rs, linked statically and under valgrind. Exits 0 when
+ * every check passes.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "svmap.h"
@@ -320,6 +325,185 @@ static void test_last_error_lifetime(void) {
     svmap_space_delete(s);
 }
 
+/* Every function that takes a range refuses an inverted one (start above
+ * end, or start + length past 2^64) with SVMAP_EINVAL, and changes
+ * nothing. */
+static void test_inverted_ranges(void) {
+    svmap_space_t *s = svmap_space_new(NULL);
+    CHECK(s != NULL);
+    OK(svmap_space_map(s, 0x100000, 0x200000, 0));
+    REFUSED(svmap_space_map(s, 0x400000, 0x300000, 0), SVMAP_EINVAL);
+    REFUSED(svmap_space_unmap(s, 0x200000, 0x100000), SVMAP_EINVAL);
+    REFUSED(svmap_space_munmap(s, 0x100000, UINT64_MAX & ~4095ull), SVMAP_EINVAL);
+    CHECK(svmap_space_vma_count(s) == 1);
+    uint64_t addr = 42;
+    svmap_fit_request_t fit;
+    memset(&fit, 0, sizeof fit);
+    fit.length = 4096;
+    fit.align = 4096;
+    fit.low = 0x300000;
+    fit.high = 0x200000;
+    REFUSED(svmap_space_find_fit(s, &fit, &addr), SVMAP_EINVAL);
+    CHECK(contains(svmap_last_error_message(), "inverted"));
+    REFUSED(svmap_space_allocate(s, &fit, &addr), SVMAP_EINVAL);
+    CHECK(addr == 42 && svmap_space_vma_count(s) == 1);
+    /* The kernel's search keeps the kernel's answer: nothing fits. */
+    svmap_unmapped_area_info_t info;
+    memset(&info, 0, sizeof info);
+    info.length = 4096;
+    info.low_limit = 0x300000;
+    info.high_limit = 0x200000;
+    REFUSED(svmap_space_unmapped_area(s, &info, &addr), SVMAP_ENOMEM);
+    CHECK(addr == 42);
+    svmap_space_delete(s);
+
+    svmap_svm_t *svm = svmap_svm_new(NULL);
+    CHECK(svm != NULL);
+    svmap_device_config_t dev;
+    OK(svmap_device_config_init(&dev, "gpu", 40));
+    OK(svmap_svm_add_device(svm, &dev));
+    OK(svmap_svm_check_addressable(svm, "gpu", 0x1000, 0x2000));
+    OK(svmap_svm_check_addressable(svm, "gpu", 0x1000, 0x1000)); /* empty */
+    REFUSED(svmap_svm_check_addressable(svm, "gpu", 0x2000, 0x1000), SVMAP_EINVAL);
+    CHECK(contains(svmap_last_error_message(), "inverted"));
+    REFUSED(svmap_svm_check_addressable(svm, "gpu", UINT64_MAX, 0), SVMAP_EINVAL);
+    REFUSED(svmap_svm_cpu_map(svm, 0x300000, 0x200000, false), SVMAP_EINVAL);
+    REFUSED(svmap_svm_device_map(svm, "gpu", 0x300000, 0x200000, SVMAP_CPU_FAULT), SVMAP_EINVAL);
+    OK(svmap_svm_cpu_map(svm, 0x200000, 0x300000, false));
+    /* start + length wraps past 2^64 (page-aligned, so only the wrap is wrong). */
+    REFUSED(svmap_svm_cpu_unmap(svm, 0x200000, UINT64_MAX & ~4095ull), SVMAP_EINVAL);
+    CHECK(contains(svmap_last_error_message(), "wraps"));
+    REFUSED(svmap_svm_protect(svm, 0x200000, UINT64_MAX & ~4095ull, SVMAP_PROT_READ),
+            SVMAP_EINVAL);
+    /* Nothing changed: the CPU mapping is still there. */
+    svmap_mmap_request_t req;
+    memset(&req, 0, sizeof req);
+    req.length = 4096;
+    req.hint = 0x200000;
+    req.fixed = SVMAP_MAP_FIXED_NOREPLACE;
+    REFUSED(svmap_svm_cpu_mmap(svm, &req, &addr), SVMAP_EEXIST);
+    info.low_limit = 0x300000;
+    info.high_limit = 0x200000;
+    REFUSED(svmap_svm_find(svm, &info, &addr), SVMAP_ENOMEM);
+    svmap_svm_delete(svm);
+
+    CHECK(svmap_reservation_new_at(0x100000, UINT64_MAX & ~4095ull) == NULL);
+    CHECK(contains(svmap_last_error_message(), "errno 22")); /* EINVAL */
+}
+
+/* Device parameters that would make the device model allocate without
+ * bound (a TLB of 2^32 entries, 16 GiB pages) are refused with
+ * SVMAP_EINVAL naming the field; the limits themselves are accepted. */
+static void test_device_bounds(void) {
+    svmap_svm_t *svm = svmap_svm_new(NULL);
+    CHECK(svm != NULL);
+    svmap_device_config_t dev;
+    OK(svmap_device_config_init(&dev, "gpu", 40));
+    dev.tlb_entries = UINT32_MAX;
+    REFUSED(svmap_svm_add_device(svm, &dev), SVMAP_EINVAL);
+    CHECK(contains(svmap_last_error_message(), "TLB"));
+    dev.tlb_entries = SVMAP_MAX_TLB_ENTRIES + 1;
+    REFUSED(svmap_svm_add_device(svm, &dev), SVMAP_EINVAL);
+    dev.tlb_entries = 0;
+    REFUSED(svmap_svm_add_device(svm, &dev), SVMAP_EINVAL);
+    dev.tlb_entries = 64;
+    dev.page_size = 1ull << 34;
+    REFUSED(svmap_svm_add_device(svm, &dev), SVMAP_EINVAL);
+    CHECK(contains(svmap_last_error_message(), "page size"));
+    dev.page_size = SVMAP_MAX_DEVICE_PAGE_SIZE * 2;
+    REFUSED(svmap_svm_add_device(svm, &dev), SVMAP_EINVAL);
+    dev.page_size = 1ull << 21;
+    dev.va_bits = 20; /* a page larger than the whole device */
+    REFUSED(svmap_svm_add_device(svm, &dev), SVMAP_EINVAL);
+    CHECK(svmap_svm_device_count(svm) == 0);
+
+    dev.va_bits = 40;
+    dev.page_size = SVMAP_MAX_DEVICE_PAGE_SIZE;
+    dev.tlb_entries = SVMAP_MAX_TLB_ENTRIES;
+    OK(svmap_svm_add_device(svm, &dev));
+    CHECK(svmap_svm_device_count(svm) == 1);
+    /* One 1 GiB page of the device backs a small allocation. */
+    const char *gpu[] = {"gpu"};
+    uint64_t buf = 0;
+    OK(svmap_svm_alloc(svm, 4096, 0, gpu, 1, false, &buf));
+    CHECK(buf % SVMAP_MAX_DEVICE_PAGE_SIZE == 0);
+    OK(svmap_svm_device_access(svm, "gpu", buf + 4095, true));
+    svmap_svm_delete(svm);
+}
+
+/* Replaying into a pipe whose reader has gone: SVMAP_EIO, and the process
+ * lives on with SIGPIPE's default action, its signal mask as before and no
+ * SIGPIPE left pending. */
+static void test_closed_pipe(void) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    CHECK(sigaction(SIGPIPE, &dfl, NULL) == 0); /* a write that raises it kills */
+    sigset_t before, after, pending;
+    CHECK(sigprocmask(SIG_BLOCK, NULL, &before) == 0);
+    CHECK(!sigismember(&before, SIGPIPE));
+
+    const char *trace =
+        "{\"op\": \"mmap\", \"length\": \"0x1000\"}\n"
+        "{\"op\": \"map\", \"start\": \"0x100000\", \"end\": \"0x200000\", "
+        "\"expect\": {\"err\": \"EEXIST\"}}\n";
+    svmap_replay_summary_t sum;
+    memset(&sum, 0, sizeof sum);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    close(fds[0]);
+    REFUSED(svmap_replay_buffer(trace, strlen(trace), true, fds[1], -1, &sum), SVMAP_EIO);
+    CHECK(contains(svmap_last_error_message(), "Broken pipe"));
+    CHECK(sum.ops == 0); /* not written by the failure */
+    /* The mismatch note of the map (which prints no result line) goes to
+     * err_fd, best effort: the replay runs to its end. */
+    OK(svmap_replay_buffer(trace, strlen(trace), true, -1, fds[1], &sum));
+    CHECK(sum.ops == 2 && sum.mismatches == 1);
+    close(fds[1]);
+    CHECK(sigprocmask(SIG_BLOCK, NULL, &after) == 0);
+    CHECK(!sigismember(&after, SIGPIPE));
+    CHECK(sigpending(&pending) == 0 && !sigismember(&pending, SIGPIPE));
+    struct sigaction now;
+    CHECK(sigaction(SIGPIPE, NULL, &now) == 0 && now.sa_handler == SIG_DFL);
+
+    /* A caller that blocks SIGPIPE itself keeps it blocked, and a SIGPIPE
+     * it already had pending stays pending for it. */
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    CHECK(sigprocmask(SIG_BLOCK, &pipe_only, NULL) == 0);
+    CHECK(raise(SIGPIPE) == 0);
+    CHECK(pipe(fds) == 0);
+    close(fds[0]);
+    REFUSED(svmap_replay_buffer(trace, strlen(trace), false, fds[1], -1, &sum), SVMAP_EIO);
+    close(fds[1]);
+    CHECK(sigprocmask(SIG_BLOCK, NULL, &after) == 0 && sigismember(&after, SIGPIPE));
+    CHECK(sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE));
+    int sig = 0;
+    CHECK(sigwait(&pipe_only, &sig) == 0 && sig == SIGPIPE);
+    CHECK(sigprocmask(SIG_SETMASK, &before, NULL) == 0);
+}
+
+/* A program started as a device peer whose main forgot
+ * svmap_peer_serve_from_env() and spawns "itself" (NULL exe) again would
+ * start peers without end: refused at once, and no process is started. */
+static void test_peer_inside_a_peer(void) {
+    CHECK(setenv("SVMAP_PEER_FD", "1000", 1) == 0);
+    CHECK(svmap_peer_spawn(NULL, NULL, 40, 1 << 20) == NULL);
+    CHECK(contains(svmap_last_error_message(), "svmap_peer_serve_from_env"));
+    CHECK(contains(svmap_last_error_message(), "SVMAP_PEER_FD"));
+    errno = 0;
+    CHECK(waitpid(-1, NULL, WNOHANG) == -1 && errno == ECHILD); /* no child */
+    /* An explicit program is not refused for that reason. */
+    CHECK(svmap_peer_spawn("/nonexistent/svmap-peer", NULL, 40, 1 << 20) == NULL);
+    CHECK(!contains(svmap_last_error_message(), "svmap_peer_serve_from_env"));
+    CHECK(unsetenv("SVMAP_PEER_FD") == 0);
+    /* Outside a peer the same NULL-exe call is not refused for it either
+     * (70 bits: refused for the width, before anything starts). */
+    CHECK(svmap_peer_spawn(NULL, NULL, 70, 1 << 20) == NULL);
+    CHECK(contains(svmap_last_error_message(), "va_bits"));
+}
+
 /* Open descriptors of this process (the directory stream's own included). */
 static int count_fds(void) {
     DIR *d = opendir("/proc/self/fd");
@@ -337,6 +521,10 @@ int main(void) {
     test_linux();
     test_replay();
     test_last_error_lifetime();
+    test_inverted_ranges();
+    test_device_bounds();
+    test_closed_pipe();
+    test_peer_inside_a_peer();
     /* No failing call above leaked a descriptor (memfds of failed allocs,
      * replay files, sinks). */
     CHECK(count_fds() == fds_before);
