@@ -1,8 +1,12 @@
 //! `svmap bench churn`: the churn workload of `docs/PERFORMANCE.md` on
 //! svmap's own map alone, for users and for tools that read its JSON line.
 
+use std::ffi::OsString;
+
 use svmap_bench::peers::svmap::Svmap;
 use svmap_bench::workload::{measure, Plan};
+
+use crate::args::{self, Arg, Stop};
 
 /// Help text of `svmap bench`.
 pub const HELP: &str = r#"svmap bench churn: measure svmap's own address map on the churn workload
@@ -66,41 +70,84 @@ fn usage_error(msg: &str) -> i32 {
     2
 }
 
+/// What `svmap bench churn` was asked for.
+struct Options {
+    live: usize,
+    align: u64,
+    highest: bool,
+    quick: bool,
+    json: bool,
+}
+
+/// The arguments after `bench churn`.
+fn parse_churn(p: &mut args::Parser) -> Result<Options, Stop> {
+    let (mut live, mut align, mut highest, mut quick, mut json) =
+        (None, 4096u64, false, false, false);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Arg::Long("live") => {
+                let v = p.value().ok().and_then(|v| v.into_string().ok());
+                match v.as_deref().and_then(parse_count) {
+                    Some(n) if n > 0 => live = Some(n),
+                    _ => return Err(Stop::Usage("--live needs a positive count".to_owned())),
+                }
+            }
+            Arg::Long("align") => {
+                let v = p.value().ok().and_then(|v| v.into_string().ok());
+                match v.as_deref().and_then(parse_bytes) {
+                    Some(b) if b.is_power_of_two() && b >= 4096 => align = b,
+                    _ => {
+                        return Err(Stop::Usage(
+                            "--align needs a power of two >= 4096".to_owned(),
+                        ))
+                    }
+                }
+            }
+            Arg::Long("highest") => highest = true,
+            Arg::Long("quick") => quick = true,
+            Arg::Long("json") => json = true,
+            Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
+            other => return Err(args::unknown(other)),
+        }
+    }
+    let live = live.ok_or_else(|| Stop::Usage("--live N is required".to_owned()))?;
+    Ok(Options {
+        live,
+        align,
+        highest,
+        quick,
+        json,
+    })
+}
+
 /// Runs `svmap bench` with the arguments after `bench`.
-pub fn run(args: &[String]) -> i32 {
-    let mut it = args.iter();
-    match it.next().map(String::as_str) {
-        Some("churn") => {}
-        Some("-h" | "--help") | None => {
+pub fn run(args: &[OsString]) -> i32 {
+    let mut p = args::parser(args);
+    match p.next() {
+        Ok(Some(Arg::Value(b))) if b == "churn" => {}
+        Ok(Some(Arg::Short('h') | Arg::Long("help"))) | Ok(None) => {
             print!("{HELP}");
             return if args.is_empty() { 2 } else { 0 };
         }
-        Some(other) => return usage_error(&format!("unknown benchmark {other:?} (try churn)")),
-    }
-    let (mut live, mut align, mut highest, mut quick, mut json) =
-        (None, 4096u64, false, false, false);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--live" => match it.next().and_then(|v| parse_count(v)) {
-                Some(n) if n > 0 => live = Some(n),
-                _ => return usage_error("--live needs a positive count"),
-            },
-            "--align" => match it.next().and_then(|v| parse_bytes(v)) {
-                Some(b) if b.is_power_of_two() && b >= 4096 => align = b,
-                _ => return usage_error("--align needs a power of two >= 4096"),
-            },
-            "--highest" => highest = true,
-            "--quick" => quick = true,
-            "--json" => json = true,
-            "-h" | "--help" => {
-                print!("{HELP}");
-                return 0;
-            }
-            other => return usage_error(&format!("unknown option {other:?}")),
+        Ok(Some(Arg::Value(other))) => {
+            return usage_error(&format!("unknown benchmark {other:?} (try churn)"))
         }
+        Ok(Some(other)) => return usage_error(&args::message(other.unexpected())),
+        Err(e) => return usage_error(&args::message(e)),
     }
-    let Some(n) = live else {
-        return usage_error("--live N is required");
+    let Options {
+        live: n,
+        align,
+        highest,
+        quick,
+        json,
+    } = match parse_churn(&mut p) {
+        Ok(o) => o,
+        Err(Stop::Help) => {
+            print!("{HELP}");
+            return 0;
+        }
+        Err(Stop::Usage(m)) => return usage_error(&m),
     };
     // The window holds N ranges of up to 2 MiB with room to spare.
     if n > 20_000_000 {

@@ -1,9 +1,12 @@
 //! `svmap demo [--va-bits N] [--buffers N] [--svg PATH] [--json]`: the whole
 //! SVM story on this machine ([`svmap_linux::demo`]).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use svmap_linux::demo::{self, DemoOptions};
+
+use crate::args::{self, Arg, Stop};
 
 /// Help text of `svmap demo`.
 pub const HELP: &str = r##"svmap demo: CPU and a device at identical addresses, in a few seconds
@@ -48,61 +51,48 @@ fn usage_error(msg: &str) -> i32 {
 
 /// Parses the arguments after `demo`: the options, or the exit status to
 /// return at once (help or a usage error).
-pub fn parse(args: &[String]) -> Result<DemoOptions, i32> {
+pub fn parse(args: &[OsString]) -> Result<DemoOptions, i32> {
+    match parse_options(args) {
+        Ok(o) => Ok(o),
+        Err(Stop::Help) => {
+            print!("{HELP}");
+            Err(0)
+        }
+        Err(Stop::Usage(m)) => Err(usage_error(&m)),
+    }
+}
+
+fn parse_options(args: &[OsString]) -> Result<DemoOptions, Stop> {
     let mut o = DemoOptions::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        let (name, inline) = crate::args::split_option(a);
-        let mut value = |what: &str| -> Result<String, i32> {
-            crate::args::option_value(args, &mut i, inline)
-                .ok_or_else(|| usage_error(&format!("{name} needs {what}")))
-        };
-        match name {
-            "-h" | "--help" => {
-                print!("{HELP}");
-                return Err(0);
+    let mut p = args::parser(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
+            Arg::Long("json") => o.json = true,
+            Arg::Long("va-bits") => {
+                let v = args::value(&mut p, "--va-bits", "a number of bits")?;
+                o.va_bits = args::number_in("--va-bits", v, 30..=56, "a number of address bits")?;
             }
-            "--json" if inline.is_none() => o.json = true,
-            "--va-bits" => {
-                let v = value("a number of bits")?;
-                match v.parse::<u32>() {
-                    Ok(n) if (30..=56).contains(&n) => o.va_bits = n,
-                    _ => {
-                        return Err(usage_error(&format!(
-                            "--va-bits {v:?}: expected a number of address bits in 30..=56"
-                        )))
-                    }
-                }
+            Arg::Long("buffers") => {
+                let v = args::value(&mut p, "--buffers", "a count")?;
+                o.buffers = args::number_in("--buffers", v, 2..=256, "a count")?;
             }
-            "--buffers" => {
-                let v = value("a count")?;
-                match v.parse::<u32>() {
-                    Ok(n) if (2..=256).contains(&n) => o.buffers = n,
-                    _ => {
-                        return Err(usage_error(&format!(
-                            "--buffers {v:?}: expected a count in 2..=256"
-                        )))
-                    }
-                }
-            }
-            "--svg" => {
-                let v = value("a path")?;
+            Arg::Long("svg") => {
+                let v = args::value(&mut p, "--svg", "a path")?;
                 if v.is_empty() {
-                    return Err(usage_error("--svg needs a non-empty path"));
+                    return Err(Stop::Usage("--svg needs a non-empty path".to_owned()));
                 }
                 o.svg = Some(PathBuf::from(v));
             }
-            _ => return Err(usage_error(&format!("unknown argument {a:?}"))),
+            other => return Err(args::unknown(other)),
         }
-        i += 1;
     }
     Ok(o)
 }
 
 /// Runs `svmap demo` with the arguments after `demo`; returns the exit
 /// status.
-pub fn run(args: &[String]) -> i32 {
+pub fn run(args: &[OsString]) -> i32 {
     let opts = match parse(args) {
         Ok(o) => o,
         Err(code) => return code,
@@ -135,8 +125,8 @@ pub fn run(args: &[String]) -> i32 {
 mod tests {
     use super::*;
 
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! `svmap inspect [PID|self] --va-bits N [--json]`: a process's address
 //! space as a device with N address bits sees it ([`svmap_linux::inspect`]).
 
+use std::ffi::OsString;
+use std::path::PathBuf;
+
 use svmap_linux::inspect;
 use svmap_linux::maps::Target;
+
+use crate::args::{self, Arg, Stop};
 
 /// Help text of `svmap inspect`.
 pub const HELP: &str = r##"svmap inspect: a process's address space as a device sees it
@@ -41,64 +46,83 @@ Examples:
   svmap inspect $(pidof my-gpu-app) --va-bits 47
 "##;
 
-/// Runs `svmap inspect` with the arguments after `inspect`; returns the exit
-/// status.
-pub fn run(args: &[String]) -> i32 {
+/// What `svmap inspect` was asked for.
+struct Options {
+    target: Target,
+    va_bits: u32,
+    json: bool,
+    svg: Option<PathBuf>,
+}
+
+/// The arguments after `inspect`.
+fn parse(args: &[OsString]) -> Result<Options, Stop> {
     let mut target: Option<Target> = None;
     let mut va_bits: Option<u32> = None;
     let mut json = false;
-    let mut svg: Option<String> = None;
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        let (name, inline) = crate::args::split_option(a);
-        match name {
-            "-h" | "--help" => {
-                print!("{HELP}");
-                return 0;
+    let mut svg: Option<PathBuf> = None;
+    let mut p = args::parser(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
+            Arg::Long("json") => json = true,
+            Arg::Long("svg") => svg = Some(args::value(&mut p, "--svg", "a file name")?.into()),
+            Arg::Long("va-bits") => {
+                let v = args::value(&mut p, "--va-bits", "a number of bits")?;
+                va_bits = Some(args::number_in(
+                    "--va-bits",
+                    v,
+                    12..=64,
+                    "a number of address bits",
+                )?);
             }
-            "--json" if inline.is_none() => json = true,
-            "--svg" => match crate::args::option_value(args, &mut i, inline) {
-                Some(v) => svg = Some(v),
-                None => return usage_error("--svg needs a file name"),
-            },
-            "--va-bits" => {
-                let Some(v) = crate::args::option_value(args, &mut i, inline) else {
-                    return usage_error("--va-bits needs a number of bits");
-                };
-                match v.parse::<u32>() {
-                    Ok(n) if (12..=64).contains(&n) => va_bits = Some(n),
-                    _ => {
-                        return usage_error(&format!(
-                            "--va-bits {v:?}: expected a number of address bits in 12..=64"
-                        ))
-                    }
-                }
-            }
-            _ if a.starts_with('-') => return usage_error(&format!("unknown option {a:?}")),
-            _ => {
+            Arg::Value(a) => {
                 if target.is_some() {
-                    return usage_error(&format!("one process at a time (extra argument {a:?})"));
+                    return Err(Stop::Usage(format!(
+                        "one process at a time (extra argument {a:?})"
+                    )));
                 }
-                target = Some(match a {
+                let not_a_pid = || {
+                    Stop::Usage(format!(
+                        "{a:?} is not a process id (a positive number) or \"self\""
+                    ))
+                };
+                target = Some(match a.to_str().ok_or_else(not_a_pid)? {
                     "self" => Target::SelfProcess,
                     p => match p.parse::<u32>() {
                         Ok(pid) if pid > 0 => Target::Pid(pid),
-                        _ => {
-                            return usage_error(&format!(
-                                "{p:?} is not a process id (a positive number) or \"self\""
-                            ))
-                        }
+                        _ => return Err(not_a_pid()),
                     },
                 });
             }
+            other => return Err(args::unknown(other)),
         }
-        i += 1;
     }
-    let Some(va_bits) = va_bits else {
-        return usage_error("missing --va-bits N");
+    let va_bits = va_bits.ok_or_else(|| Stop::Usage("missing --va-bits N".to_owned()))?;
+    Ok(Options {
+        target: target.unwrap_or(Target::SelfProcess),
+        va_bits,
+        json,
+        svg,
+    })
+}
+
+/// Runs `svmap inspect` with the arguments after `inspect`; returns the exit
+/// status.
+pub fn run(args: &[OsString]) -> i32 {
+    let Options {
+        target,
+        va_bits,
+        json,
+        svg,
+    } = match parse(args) {
+        Ok(o) => o,
+        Err(Stop::Help) => {
+            print!("{HELP}");
+            return 0;
+        }
+        Err(Stop::Usage(m)) => return usage_error(&m),
     };
-    match inspect::report(target.unwrap_or(Target::SelfProcess), va_bits) {
+    match inspect::report(target, va_bits) {
         Ok(r) => {
             if json {
                 println!("{}", r.to_json());
@@ -107,7 +131,10 @@ pub fn run(args: &[String]) -> i32 {
             }
             if let Some(path) = svg {
                 if let Err(e) = std::fs::write(&path, svmap_linux::demo::inspect_svg(&r)) {
-                    eprintln!("svmap inspect: cannot write the picture to {path}: {e}");
+                    eprintln!(
+                        "svmap inspect: cannot write the picture to {}: {e}",
+                        path.display()
+                    );
                     return 1;
                 }
             }

@@ -3,15 +3,18 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
+use std::path::PathBuf;
 
 use svmap_linux::kernel_trace::{self, Config, Layout};
+
+use crate::args::{self, Arg, Stop};
 
 const USAGE: &str = "\
 usage: svmap kernel-trace --layout {8m,1g,unlimited,legacy} --seed N --ops N [-o FILE]
 
 Runs a seeded random sequence of anonymous mmap/munmap calls in a fresh process without
 address randomisation (personality ADDR_NO_RANDOMIZE, plus ADDR_COMPAT_LAYOUT for legacy)
-and writes what the kernel answered as a trace (TRACE.md) with `expect` fields, for
+and writes what the kernel answered as a trace (docs/trace-format.md) with `expect` fields, for
 `svmap replay --check`. Linux x86-64 with 4-level paging only.
 
   --layout L   8m, 1g, unlimited: top-down with that RLIMIT_STACK;
@@ -34,43 +37,52 @@ system call failed; 2 a usage error.
 /// Parsed command line.
 struct Options {
     config: Config,
-    output: Option<String>,
+    output: Option<PathBuf>,
 }
 
 /// `Ok(None)` means help was asked for.
-fn parse(args: &[String]) -> Result<Option<Options>, String> {
+fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
+    match parse_options(args) {
+        Ok(o) => Ok(Some(o)),
+        Err(Stop::Help) => Ok(None),
+        Err(Stop::Usage(m)) => Err(m),
+    }
+}
+
+fn parse_options(args: &[OsString]) -> Result<Options, Stop> {
     let (mut layout, mut seed, mut ops, mut output) = (None, None, None, None);
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(None);
-        }
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "--layout" => {
-                let v = value("--layout")?;
+    let mut p = args::parser(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
+            Arg::Long("layout") => {
+                let v = args::text("--layout", args::value(&mut p, "--layout", "a value")?)?;
                 layout = Some(Layout::from_name(&v).ok_or_else(|| {
                     format!("unknown layout {v:?} (expected 8m, 1g, unlimited or legacy)")
                 })?);
             }
-            "--seed" => seed = Some(parse_number("--seed", &value("--seed")?)?),
-            "--ops" => ops = Some(parse_number("--ops", &value("--ops")?)?),
-            "-o" | "--output" => output = Some(value("-o")?),
-            other => return Err(format!("unexpected argument {other:?}")),
+            Arg::Long("seed") => {
+                let v = args::text("--seed", args::value(&mut p, "--seed", "a value")?)?;
+                seed = Some(parse_number("--seed", &v)?);
+            }
+            Arg::Long("ops") => {
+                let v = args::text("--ops", args::value(&mut p, "--ops", "a value")?)?;
+                ops = Some(parse_number("--ops", &v)?);
+            }
+            Arg::Short('o') | Arg::Long("output") => {
+                output = Some(PathBuf::from(args::value(&mut p, "-o", "a value")?));
+            }
+            other => return Err(args::unknown(other)),
         }
     }
-    Ok(Some(Options {
+    Ok(Options {
         config: Config {
-            layout: layout.ok_or("--layout is required")?,
-            seed: seed.ok_or("--seed is required")?,
-            ops: ops.ok_or("--ops is required")?,
+            layout: layout.ok_or("--layout is required".to_owned())?,
+            seed: seed.ok_or("--seed is required".to_owned())?,
+            ops: ops.ok_or("--ops is required".to_owned())?,
         },
         output,
-    }))
+    })
 }
 
 fn parse_number(name: &str, text: &str) -> Result<u64, String> {
@@ -86,7 +98,7 @@ fn parse_number(name: &str, text: &str) -> Result<u64, String> {
 ///
 /// The command re-executes itself (`/proc/self/exe kernel-trace ARGS`) in a process with the
 /// layout asked for, and that process records.
-pub fn run(args: &[String]) -> i32 {
+pub fn run(args: &[OsString]) -> i32 {
     let options = match parse(args) {
         Ok(Some(options)) => options,
         Ok(None) => {
@@ -101,9 +113,8 @@ pub fn run(args: &[String]) -> i32 {
     if kernel_trace::is_recorder_child() {
         return record(&options);
     }
-    let child_args: Vec<OsString> = std::iter::once("kernel-trace")
-        .chain(args.iter().map(String::as_str))
-        .map(OsString::from)
+    let child_args: Vec<OsString> = std::iter::once(OsString::from("kernel-trace"))
+        .chain(args.iter().cloned())
         .collect();
     match kernel_trace::spawn_recorder(options.config.layout, &child_args) {
         Ok(status) => status.code().unwrap_or_else(|| {
@@ -123,7 +134,7 @@ fn record(options: &Options) -> i32 {
         Some(path) => match File::create(path) {
             Ok(file) => Box::new(file),
             Err(e) => {
-                eprintln!("svmap kernel-trace: cannot create {path}: {e}");
+                eprintln!("svmap kernel-trace: cannot create {}: {e}", path.display());
                 return 1;
             }
         },
@@ -145,8 +156,8 @@ fn record(options: &Options) -> i32 {
 mod tests {
     use super::*;
 
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
+    fn strings(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
     }
 
     #[test]
@@ -158,7 +169,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.config.layout, Layout::Legacy);
         assert_eq!((o.config.seed, o.config.ops), (16, 5));
-        assert_eq!(o.output.as_deref(), Some("f"));
+        assert_eq!(o.output, Some(PathBuf::from("f")));
     }
 
     #[test]

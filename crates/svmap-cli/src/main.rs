@@ -1,8 +1,9 @@
 //! The svmap command-line tool.
 //!
 //! `main` collects the arguments and dispatches on the subcommand; each
-//! subcommand module has `run(&[String]) -> i32` taking the arguments after
-//! its name and returning the exit status.
+//! subcommand module has `run(&[OsString]) -> i32` taking the arguments
+//! after its name and returning the exit status. Arguments stay
+//! [`OsString`] until a subcommand needs text ([`args`]).
 
 mod args;
 mod bench_cmd;
@@ -14,7 +15,10 @@ mod progress;
 mod replay;
 mod run_cmd;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
+
+use args::Arg;
 
 /// Counts live heap bytes for `svmap bench` (an atomic add per allocation;
 /// otherwise the system allocator).
@@ -29,7 +33,7 @@ const COMMANDS: &[(&str, &str)] = &[
     ),
     (
         "replay",
-        "run an address-space trace (TRACE.md) and print its results",
+        "run an address-space trace (docs/trace-format.md) and print its results",
     ),
     (
         "run",
@@ -75,51 +79,69 @@ fn usage() -> String {
 }
 
 fn main() -> ExitCode {
-    let mut args = Vec::new();
-    for (i, a) in std::env::args_os().enumerate() {
-        match a.into_string() {
-            Ok(s) => args.push(s),
-            Err(a) => {
-                eprintln!("svmap: argument {i} is not valid UTF-8: {a:?}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let code = run(&args);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Dispatches on the subcommand; `args[0]` is the program name.
-fn run(args: &[String]) -> i32 {
-    let rest = args.get(2..).unwrap_or(&[]);
-    match args.get(1).map(String::as_str) {
-        Some("demo") => demo_cmd::run(rest),
-        Some("replay") => replay::run(rest),
-        Some("kernel-trace") => kernel_trace_cmd::run(rest),
-        Some("run") => run_cmd::run(rest),
-        Some("inspect") => inspect_cmd::run(rest),
-        Some("device-peer") => peer_cmd::run(rest),
-        Some("bench") => bench_cmd::run(rest),
-        Some("-h" | "--help" | "help") => match rest.first().map(String::as_str) {
-            Some(cmd) if COMMANDS.iter().any(|(n, _)| *n == cmd) => {
-                run(&[args[0].clone(), cmd.to_owned(), "--help".to_owned()])
+/// Dispatches on the subcommand; `args` are the arguments after the
+/// program name.
+fn run(args: &[OsString]) -> i32 {
+    let mut p = args::parser(args);
+    let first = match p.next() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            eprint!("{}", usage());
+            return 2;
+        }
+        Err(e) => return usage_error(&args::message(e)),
+    };
+    // Everything after the subcommand (or after --help), untouched.
+    let cmd = match first {
+        Arg::Value(cmd) => Some(cmd),
+        Arg::Short('h') | Arg::Long("help") => None,
+        Arg::Short('V') | Arg::Long("version") => {
+            if let Err(e) = p.raw_args() {
+                return usage_error(&args::message(e));
+            }
+            println!("svmap {}", env!("CARGO_PKG_VERSION"));
+            return 0;
+        }
+        other => return usage_error(&args::message(other.unexpected())),
+    };
+    let rest: Vec<OsString> = match p.raw_args() {
+        Ok(r) => r.collect(),
+        Err(e) => return usage_error(&args::message(e)),
+    };
+    match cmd.as_ref().map(|c| c.to_str()) {
+        Some(Some("demo")) => demo_cmd::run(&rest),
+        Some(Some("replay")) => replay::run(&rest),
+        Some(Some("kernel-trace")) => kernel_trace_cmd::run(&rest),
+        Some(Some("run")) => run_cmd::run(&rest),
+        Some(Some("inspect")) => inspect_cmd::run(&rest),
+        Some(Some("device-peer")) => peer_cmd::run(&rest),
+        Some(Some("bench")) => bench_cmd::run(&rest),
+        // `svmap help [COMMAND]`, `svmap --help [COMMAND]`.
+        None | Some(Some("help")) => match rest.first().and_then(|c| c.to_str()) {
+            Some(c) if COMMANDS.iter().any(|(n, _)| *n == c) => {
+                run(&[OsString::from(c), OsString::from("--help")])
             }
             _ => {
                 print!("{}", usage());
                 0
             }
         },
-        Some("-V" | "--version") => {
-            println!("svmap {}", env!("CARGO_PKG_VERSION"));
-            0
-        }
-        None => {
-            eprint!("{}", usage());
-            2
-        }
-        Some(other) => {
+        Some(_) => {
+            let other = cmd.unwrap_or_default();
             eprint!("svmap: unknown command {other:?}\n\n{}", usage());
             2
         }
     }
+}
+
+/// A usage error before the subcommand: the message and the usage text on
+/// standard error, exit status 2.
+fn usage_error(msg: &str) -> i32 {
+    eprint!("svmap: {msg}\n\n{}", usage());
+    2
 }

@@ -7,11 +7,16 @@
 //! addresses and serves device operations through its device MMU until the
 //! CPU side shuts it down or goes away. Not meant to be run by hand.
 
+use std::ffi::OsString;
+
+use crate::args::{self, Arg};
+
 /// Runs the peer; `args` are the arguments after `device-peer`.
-pub fn run(args: &[String]) -> i32 {
-    match args.first().map(String::as_str) {
-        None => svmap_linux::peer::device::serve_from_env(),
-        Some("-h" | "--help") => {
+pub fn run(args: &[OsString]) -> i32 {
+    let mut p = args::parser(args);
+    match p.next() {
+        Ok(None) => svmap_linux::peer::device::serve_from_env(),
+        Ok(Some(Arg::Short('h') | Arg::Long("help"))) => {
             println!(
                 "Usage: svmap device-peer\n\n\
                  The device peer of `svmap demo` (internal): serves the socket named in \
@@ -23,8 +28,16 @@ pub fn run(args: &[String]) -> i32 {
             );
             0
         }
-        Some(other) => {
-            eprintln!("svmap device-peer: unexpected argument {other:?} (this command takes none)");
+        Ok(Some(other)) => {
+            let m = args::message(other.unexpected());
+            eprintln!("svmap device-peer: {m} (this command takes none)");
+            2
+        }
+        Err(e) => {
+            eprintln!(
+                "svmap device-peer: {} (this command takes none)",
+                args::message(e)
+            );
             2
         }
     }

@@ -1,12 +1,15 @@
-//! `svmap replay [--check] FILE|-`: runs a trace (`TRACE.md`) and prints
+//! `svmap replay [--check] FILE|-`: runs a trace (`docs/trace-format.md`) and prints
 //! one JSON line per result, then a summary. A thin wrapper over
 //! [`svmap_trace::replay`], which streams the trace through an
 //! [`svmap_trace::SvmExecutor`] (every operation, address-space and SVM).
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 
 use svmap_trace::ReplayError;
+
+use crate::args::{self, Arg, Stop};
 
 /// Help text of `svmap replay`.
 pub const HELP: &str = r##"svmap replay: run an address-space trace
@@ -14,7 +17,7 @@ pub const HELP: &str = r##"svmap replay: run an address-space trace
 Usage: svmap replay [--check] FILE|-
 
 Reads the trace FILE (standard input for "-"): one JSON operation per line,
-in the trace format of TRACE.md. Runs it on a simulated x86-64 Linux address
+in the trace format of docs/trace-format.md. Runs it on a simulated x86-64 Linux address
 space and its SVM devices (every op: reset, map, unmap, find, mmap, device,
 device_map, svm_alloc, svm_free, protect, device_access) and prints, in
 input order, one JSON line for every operation that has a result, then a
@@ -50,39 +53,49 @@ Examples:
   echo '{"op": "mmap", "length": "0x1000"}' | svmap replay -
 "##;
 
-/// Runs `svmap replay` with the arguments after `replay`; returns the exit
-/// status.
-pub fn run(args: &[String]) -> i32 {
+/// The arguments after `replay`: `--check` and the trace FILE ("-" for
+/// standard input).
+fn parse(args: &[OsString]) -> Result<(bool, OsString), Stop> {
     let mut check = false;
-    let mut file: Option<&str> = None;
-    let mut options_done = false;
-    for arg in args {
-        match arg.as_str() {
-            "--check" if !options_done => check = true,
-            "-h" | "--help" if !options_done => {
-                print!("{HELP}");
-                return 0;
-            }
-            "--" if !options_done => options_done = true,
-            a if !options_done && a.starts_with('-') && a != "-" => {
-                return usage_error(&format!("unknown option {a:?}"));
-            }
-            a => {
-                if let Some(first) = file {
-                    return usage_error(&format!("one trace at a time: got {first:?} and {a:?}"));
+    let mut file: Option<OsString> = None;
+    let mut p = args::parser(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Arg::Long("check") => check = true,
+            Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
+            Arg::Value(a) => {
+                if let Some(first) = &file {
+                    return Err(Stop::Usage(format!(
+                        "one trace at a time: got {first:?} and {a:?}"
+                    )));
                 }
                 file = Some(a);
             }
+            other => return Err(args::unknown(other)),
         }
     }
-    let Some(file) = file else {
-        return usage_error("missing the trace FILE (or \"-\" for standard input)");
+    let file = file.ok_or_else(|| {
+        Stop::Usage("missing the trace FILE (or \"-\" for standard input)".to_owned())
+    })?;
+    Ok((check, file))
+}
+
+/// Runs `svmap replay` with the arguments after `replay`; returns the exit
+/// status.
+pub fn run(args: &[OsString]) -> i32 {
+    let (check, file) = match parse(args) {
+        Ok(v) => v,
+        Err(Stop::Help) => {
+            print!("{HELP}");
+            return 0;
+        }
+        Err(Stop::Usage(m)) => return usage_error(&m),
     };
 
     let (input, size): (Box<dyn BufRead>, Option<u64>) = if file == "-" {
         (Box::new(io::stdin().lock()), None)
     } else {
-        match File::open(file) {
+        match File::open(&file) {
             Ok(f) => {
                 let size = f.metadata().ok().map(|m| m.len());
                 (Box::new(BufReader::with_capacity(1 << 16, f)), size)
@@ -113,7 +126,11 @@ pub fn run(args: &[String]) -> i32 {
             e.exit_status()
         }
         (Err(ReplayError::Read(e)), _) => {
-            let name = if file == "-" { "standard input" } else { file };
+            let name = if file == "-" {
+                "standard input".into()
+            } else {
+                file.to_string_lossy()
+            };
             let _ = writeln!(err, "svmap replay: error reading {name}: {e}");
             svmap_trace::EXIT_BAD
         }

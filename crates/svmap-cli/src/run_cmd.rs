@@ -1,9 +1,13 @@
 //! `svmap run --va-bits N [--verbose] [--report FILE] -- CMD [ARGS...]`:
 //! runs an unmodified program behind the address-space fence
 //! ([`svmap_linux::fence`]), so that its later mappings land below `2^N`.
+//! CMD and its arguments reach the program byte for byte ([`OsString`]).
 
+use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::path::PathBuf;
+
+use crate::args::{self, Arg, Stop};
 
 use svmap_linux::error::Error;
 use svmap_linux::fence::{self, FenceOptions};
@@ -48,55 +52,55 @@ Examples:
   svmap run --va-bits 40 --report fence.log -- ./my-gpu-app --size 8G
 "##;
 
-/// Runs `svmap run` with the arguments after `run`; returns the exit status.
-pub fn run(args: &[String]) -> i32 {
+/// The arguments after `run`: the fence options (`va_bits` still 0 when
+/// `--va-bits` is missing), then CMD and its arguments, untouched.
+fn parse(args: &[OsString]) -> Result<(FenceOptions, Option<u32>, Vec<OsString>), Stop> {
     let mut opts = FenceOptions::new(0);
     let mut va_bits: Option<u32> = None;
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].as_str();
-        let (name, inline) = crate::args::split_option(a);
-        let mut value = |what: &str| -> Result<String, i32> {
-            crate::args::option_value(args, &mut i, inline)
-                .ok_or_else(|| usage_error(&format!("{name} needs {what}")))
-        };
-        match name {
-            "-h" | "--help" => {
-                print!("{HELP}");
-                return 0;
+    let mut command = Vec::new();
+    let mut p = args::parser(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
+            Arg::Long("va-bits") => {
+                let v = args::value(&mut p, "--va-bits", "a number of bits")?;
+                va_bits = Some(args::number_in(
+                    "--va-bits",
+                    v,
+                    20..=56,
+                    "a number of address bits",
+                )?);
             }
-            "--va-bits" => {
-                let v = match value("a number of bits") {
-                    Ok(v) => v,
-                    Err(code) => return code,
-                };
-                match v.parse::<u32>() {
-                    Ok(n) if (20..=56).contains(&n) => va_bits = Some(n),
-                    _ => {
-                        return usage_error(&format!(
-                            "--va-bits {v:?}: expected a number of address bits in 20..=56"
-                        ))
-                    }
-                }
+            Arg::Long("verbose") => opts.verbose = true,
+            Arg::Long("report") => {
+                opts.report = Some(PathBuf::from(args::value(&mut p, "--report", "a FILE")?));
             }
-            "--verbose" if inline.is_none() => opts.verbose = true,
-            "--report" => match value("a FILE") {
-                Ok(v) => opts.report = Some(PathBuf::from(v)),
-                Err(code) => return code,
-            },
-            "--fence-lib" => match value("a PATH") {
-                Ok(v) => opts.library = Some(PathBuf::from(v)),
-                Err(code) => return code,
-            },
-            "--" => {
-                i += 1;
+            Arg::Long("fence-lib") => {
+                opts.library = Some(PathBuf::from(args::value(&mut p, "--fence-lib", "a PATH")?));
+            }
+            // The first argument that is not an option (or the one after
+            // `--`) is CMD; what follows is its own.
+            Arg::Value(cmd) => {
+                command.push(cmd);
+                command.extend(p.raw_args()?);
                 break;
             }
-            _ if a.starts_with('-') => return usage_error(&format!("unknown option {a:?}")),
-            _ => break,
+            other => return Err(args::unknown(other)),
         }
-        i += 1;
     }
+    Ok((opts, va_bits, command))
+}
+
+/// Runs `svmap run` with the arguments after `run`; returns the exit status.
+pub fn run(args: &[OsString]) -> i32 {
+    let (mut opts, va_bits, command) = match parse(args) {
+        Ok(v) => v,
+        Err(Stop::Help) => {
+            print!("{HELP}");
+            return 0;
+        }
+        Err(Stop::Usage(m)) => return usage_error(&m),
+    };
     let Some(va_bits) = va_bits else {
         return usage_error("missing --va-bits N");
     };
@@ -119,7 +123,7 @@ pub fn run(args: &[String]) -> i32 {
             .and_then(|e| Some(e.parent()?.join("deps").join(fence::LIB_NAME)));
         opts.library = deps.filter(|p| p.is_file());
     }
-    let Some((cmd, cmd_args)) = args.get(i..).and_then(|r| r.split_first()) else {
+    let Some((cmd, cmd_args)) = command.split_first() else {
         return usage_error("missing the command to run (after --)");
     };
     match fence::run_with(&opts, cmd, cmd_args) {
