@@ -95,7 +95,7 @@ pub trait Churn {
 pub struct Plan {
     /// Number of live ranges.
     pub n: usize,
-    /// Warm-up steps after the initial fill (issue 3: 2N).
+    /// Warm-up steps after the initial fill (2N in the standard plan).
     pub warmup: usize,
     /// Timed repetitions.
     pub reps: usize,

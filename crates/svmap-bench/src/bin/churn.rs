@@ -1,4 +1,4 @@
-//! The "churn" benchmark of issue 3.
+//! The "churn" benchmark.
 //!
 //! ```text
 //! cargo run --release -p svmap-bench --bin churn -- [--quick] [--json]
@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use svmap_bench::count_alloc::Counting;
 use svmap_bench::peers::{
-    gaptree::GapTree, holelist::HoleList, kernel, kernel::Kernel, offsetalloc::OffsetAlloc,
-    rangealloc::RangeAlloc, svmap::Svmap, vmalloc::VmAlloc, Order,
+    gaptree::GapTree, holelist::HoleList, holetree::HoleTree, kernel, kernel::Kernel,
+    offsetalloc::OffsetAlloc, rangealloc::RangeAlloc, svmap::Svmap, vmalloc::VmAlloc, Order,
 };
 use svmap_bench::workload::{measure, Measurement, Plan};
 
@@ -33,7 +33,8 @@ const M2: u64 = 2 << 20;
 const IMPLS: &[&str] = &[
     "svmap",
     "offset-allocator",
-    "augmented-rbtree",
+    "gap-tree",
+    "gap-tree-exact",
     "vm-allocator",
     "range-alloc",
     "hole-list",
@@ -87,7 +88,8 @@ fn run(imp: &str, n: usize, align: u64, order: Order, plan: &Plan) -> Measuremen
     match imp {
         "svmap" => measure(|| Svmap::new(align, top), plan),
         "offset-allocator" => measure(|| OffsetAlloc::new(n), plan),
-        "augmented-rbtree" => measure(|| GapTree::new(align, top), plan),
+        "gap-tree" => measure(|| HoleTree::new(align, top), plan),
+        "gap-tree-exact" => measure(|| GapTree::new(align, top), plan),
         "vm-allocator" => measure(|| VmAlloc::new(align, top), plan),
         "range-alloc" => measure(|| RangeAlloc::new(align), plan),
         "hole-list" => measure(|| HoleList::new(align, top), plan),

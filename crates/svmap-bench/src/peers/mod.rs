@@ -4,6 +4,8 @@
 #[cfg(feature = "peers")]
 pub mod gaptree;
 pub mod holelist;
+#[cfg(feature = "peers")]
+pub mod holetree;
 pub mod kernel;
 #[cfg(feature = "peers")]
 pub mod offsetalloc;
