@@ -15,7 +15,8 @@ import sys
 COLORS = {
     "svmap": "#d62728",
     "offset-allocator": "#7f7f7f",
-    "augmented-rbtree": "#1f77b4",
+    "gap-tree": "#1f77b4",
+    "gap-tree-exact": "#17becf",
     "vm-allocator": "#2ca02c",
     "range-alloc": "#9467bd",
     "hole-list": "#ff7f0e",
@@ -71,7 +72,7 @@ def panel(out, rows, x0, y0, w, h, title):
         series.setdefault((r["impl"], r["order"]), []).append((r["n"], r["ns_per_pair"]))
     for (imp, order), pts in sorted(series.items()):
         pts.sort()
-        color = COLORS.get(imp, "#17becf")
+        color = COLORS.get(imp, "#8c564b")
         d = " ".join(f"{px(n):.1f},{py(t):.1f}" for n, t in pts)
         dash = DASH.get(order, "")
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
@@ -100,13 +101,13 @@ def main():
     lx, ly = 880, 50
     for k, (imp, order) in enumerate(sorted(all_series)):
         y = ly + k * 18
-        color = COLORS.get(imp, "#17becf")
+        color = COLORS.get(imp, "#8c564b")
         dash = DASH.get(order, "")
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         out.append(f'<line x1="{lx}" y1="{y}" x2="{lx + 28}" y2="{y}" stroke="{color}" stroke-width="2"{dash_attr}/>')
         out.append(f'<text x="{lx + 34}" y="{y + 4}" font-size="11">{imp} ({order})</text>')
     out.append(f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle" font-size="11">'
-               f'churn benchmark (issue 3): median of the repetitions; missing points are n/a or skipped</text>')
+               f'churn benchmark: median of the repetitions; missing points are n/a or skipped</text>')
     out.append("</svg>")
     with open(sys.argv[2], "w") as f:
         f.write("\n".join(out) + "\n")
