@@ -193,9 +193,11 @@ fn hostile_program() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/test_hostile.c")
 }
 
-/// Hostile inputs (NULLs, overflowing lengths and counts, unknown enums,
-/// non-0/1 bools, misaligned out-parameters, closed descriptors, double
-/// deallocs) each come back as a clean error.
+/// Hostile inputs (NULLs, overflowing lengths and counts, inverted ranges,
+/// unknown enums, non-0/1 bools, misaligned out-parameters, closed
+/// descriptors, double deallocs, device sizes without bound, a pipe whose
+/// reader has gone with SIGPIPE at its default action, a NULL-exe peer
+/// spawn inside a peer) each come back as a clean error.
 #[test]
 fn c_hostile_inputs_are_refused() {
     let exe = compile(&hostile_program(), "test_hostile_static", Link::Static);
