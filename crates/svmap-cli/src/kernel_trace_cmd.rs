@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use svmap_linux::kernel_trace::{self, Config, Layout};
+use svmap_ktrace::kernel_trace::{self, Config, Layout};
 
 use crate::args::{self, Arg, Stop};
 

@@ -13,25 +13,19 @@
 //! - [`inspect`]: `svmap inspect`, what a device with N address bits can see.
 //! - [`demo`]: `svmap demo`, the whole SVM story with a device peer, and
 //!   pictures of address spaces ([`svmap_viz`]).
-//! - [`kernel_trace`]: the running kernel as the test oracle: records
-//!   `mmap` answers as TRACE.md traces (with the allocation-free [`smaps`]
-//!   reader).
 //!
-//! System calls live in [`sys`] (safe wrappers), [`kernel_trace`] and
-//! [`smaps`]; those three modules are the only ones allowed `unsafe`, with
-//! a `// SAFETY:` comment on every block.
+//! System calls live in [`sys`] (safe wrappers), the only module allowed
+//! `unsafe`, with a `// SAFETY:` comment on every block. The kernel-trace
+//! recorder, the test oracle, is its own crate (`svmap-ktrace`) so that it
+//! shares no code with what it checks.
 
 pub mod demo;
 pub mod error;
 pub mod fence;
 pub mod heap;
 pub mod inspect;
-#[allow(unsafe_code)]
-pub mod kernel_trace;
 pub mod maps;
 pub mod peer;
 pub mod probe;
 pub mod reserve;
-#[allow(unsafe_code)]
-pub mod smaps;
 pub mod sys; // #![allow(unsafe_code)] inside

@@ -1,4 +1,4 @@
-//! Records the running kernel's answers to anonymous `mmap` as a `TRACE.md` trace.
+//! Records the running kernel's answers to anonymous `mmap` as a trace (`docs/trace-format.md`).
 //!
 //! The recorder runs in a fresh process whose layout is fixed at `execve`:
 //! [`spawn_recorder`] sets `personality(ADDR_NO_RANDOMIZE)` (plus `ADDR_COMPAT_LAYOUT` for
@@ -24,8 +24,10 @@
 //! replace anything.
 
 use crate::smaps::{SmapsError, SmapsSnapshot, SmapsVma};
-use core::ffi::c_void;
+use crate::sys::{self, ADDR_COMPAT_LAYOUT, ADDR_NO_RANDOMIZE, MAP_32BIT, RLIM_INFINITY};
 use core::fmt;
+use rustix::io::Errno as RawErrno;
+use rustix::mm::MapFlags;
 use std::ffi::OsString;
 use std::io::{self, BufWriter, Write};
 use std::process::{Command, ExitStatus};
@@ -108,7 +110,7 @@ impl Layout {
         match self {
             Layout::Stack8M | Layout::Legacy => 8 * MIB,
             Layout::Stack1G => GIB,
-            Layout::StackUnlimited => libc::RLIM_INFINITY,
+            Layout::StackUnlimited => RLIM_INFINITY,
         }
     }
 
@@ -119,9 +121,9 @@ impl Layout {
 
     /// The personality bits this layout needs set.
     fn personality_bits(self) -> u64 {
-        let mut bits = libc::ADDR_NO_RANDOMIZE as u64;
+        let mut bits = ADDR_NO_RANDOMIZE;
         if self.is_legacy() {
-            bits |= libc::ADDR_COMPAT_LAYOUT as u64;
+            bits |= ADDR_COMPAT_LAYOUT;
         }
         bits
     }
@@ -308,8 +310,7 @@ pub fn is_recorder_child() -> bool {
 /// at `execve`, so the child starts with the layout asked for. The calling process only waits.
 pub fn spawn_recorder(layout: Layout, args: &[OsString]) -> Result<ExitStatus, Error> {
     let current = read_personality()?;
-    let compat = libc::ADDR_COMPAT_LAYOUT as u64;
-    let requested = (current & !compat) | layout.personality_bits();
+    let requested = (current & !ADDR_COMPAT_LAYOUT) | layout.personality_bits();
     set_personality(requested)?;
     check_personality(layout, requested)?;
     set_stack_rlimit(layout.stack_rlimit())?;
@@ -322,35 +323,24 @@ pub fn spawn_recorder(layout: Layout, args: &[OsString]) -> Result<ExitStatus, E
 }
 
 fn read_personality() -> Result<u64, Error> {
-    // SAFETY: personality(0xffffffff) only reads the current persona.
-    let p = unsafe { libc::personality(0xffff_ffff) };
-    if p < 0 {
-        return Err(Error::Personality {
-            requested: 0xffff_ffff,
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(p as u64)
+    sys::personality(0xffff_ffff).map_err(|source| Error::Personality {
+        requested: 0xffff_ffff,
+        source,
+    })
 }
 
 fn set_personality(persona: u64) -> Result<(), Error> {
-    // SAFETY: changing the persona affects only later execve()s of this process (and the
-    // layout bits only those); no memory is touched.
-    let r = unsafe { libc::personality(persona as libc::c_ulong) };
-    if r < 0 {
-        return Err(Error::Personality {
-            requested: persona,
-            source: io::Error::last_os_error(),
-        });
-    }
+    sys::personality(persona).map_err(|source| Error::Personality {
+        requested: persona,
+        source,
+    })?;
     Ok(())
 }
 
 fn check_personality(layout: Layout, requested: u64) -> Result<(), Error> {
     let actual = read_personality()?;
     let need = layout.personality_bits();
-    let compat = libc::ADDR_COMPAT_LAYOUT as u64;
-    let wrong_compat = !layout.is_legacy() && actual & compat != 0;
+    let wrong_compat = !layout.is_legacy() && actual & ADDR_COMPAT_LAYOUT != 0;
     if actual & need != need || wrong_compat {
         return Err(Error::PersonalityNotApplied { requested, actual });
     }
@@ -358,49 +348,16 @@ fn check_personality(layout: Layout, requested: u64) -> Result<(), Error> {
 }
 
 fn set_stack_rlimit(cur: u64) -> Result<(), Error> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut lim) } != 0 {
-        return Err(Error::StackRlimit {
-            requested: cur,
-            source: io::Error::last_os_error(),
-        });
-    }
-    lim.rlim_cur = cur;
-    if lim.rlim_max != libc::RLIM_INFINITY && lim.rlim_max < cur {
-        lim.rlim_max = cur;
-    }
-    // SAFETY: `lim` is a valid rlimit; RLIMIT_STACK only affects this process's stack growth
-    // and the layout of later execve()s.
-    if unsafe { libc::setrlimit(libc::RLIMIT_STACK, &lim) } != 0 {
-        return Err(Error::StackRlimit {
-            requested: cur,
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    sys::set_stack_rlimit(cur).map_err(|source| Error::StackRlimit {
+        requested: cur,
+        source,
+    })
 }
 
 fn check_stack_rlimit(requested: u64) -> Result<(), Error> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut lim) } != 0 {
-        return Err(Error::StackRlimit {
-            requested,
-            source: io::Error::last_os_error(),
-        });
-    }
-    if lim.rlim_cur != requested {
-        return Err(Error::StackRlimitNotApplied {
-            requested,
-            actual: lim.rlim_cur,
-        });
+    let actual = sys::stack_rlimit();
+    if actual != requested {
+        return Err(Error::StackRlimitNotApplied { requested, actual });
     }
     Ok(())
 }
@@ -785,68 +742,47 @@ impl Request {
         }
     }
 
-    fn flags(&self) -> libc::c_int {
-        let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    fn flags(&self) -> MapFlags {
+        let mut flags = map_flags();
         flags |= match self.fixed {
-            FixedKind::No => 0,
-            FixedKind::Fixed => libc::MAP_FIXED,
-            FixedKind::NoReplace => libc::MAP_FIXED_NOREPLACE,
+            FixedKind::No => MapFlags::empty(),
+            FixedKind::Fixed => MapFlags::FIXED,
+            FixedKind::NoReplace => MapFlags::FIXED_NOREPLACE,
         };
         if self.growsdown {
-            flags |= libc::MAP_GROWSDOWN;
+            flags |= MapFlags::GROWSDOWN;
         }
         if self.map32bit {
-            flags |= libc::MAP_32BIT;
+            flags |= MAP_32BIT;
         }
         flags
     }
 }
 
 /// `mmap(hint, length, PROT_NONE, flags, -1, 0)`, as an address or an errno.
-fn raw_mmap(hint: u64, length: u64, flags: libc::c_int) -> Result<u64, io::Error> {
-    // SAFETY: an anonymous PROT_NONE mapping creates no Rust-visible memory. Callers pass
-    // MAP_FIXED only for ranges that this recorder mapped itself and nothing else uses (or
-    // free ranges), so no memory that Rust code or libc uses is replaced.
-    let p = unsafe {
-        libc::mmap(
-            hint as usize as *mut c_void,
-            length as usize,
-            libc::PROT_NONE,
-            flags,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(p as usize as u64)
-    }
+///
+/// `MAP_FIXED` only for ranges this recorder mapped itself (the `owned` set) or free ones.
+fn raw_mmap(hint: u64, length: u64, flags: MapFlags) -> Result<u64, io::Error> {
+    sys::mmap_none(hint, length, flags)
 }
 
-/// `munmap(start, length)`.
+/// `munmap(start, length)`, only ever of ranges this recorder mapped itself.
 fn raw_munmap(start: u64, length: u64) -> Result<(), Error> {
-    // SAFETY: callers pass only ranges that this recorder mapped itself (PROT_NONE, never
-    // referenced by Rust code or libc).
-    let r = unsafe { libc::munmap(start as usize as *mut c_void, length as usize) };
-    if r != 0 {
-        return Err(Error::Munmap {
-            start,
-            length,
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    sys::munmap(start, length).map_err(|source| Error::Munmap {
+        start,
+        length,
+        source,
+    })
 }
 
 /// The program break (`sbrk(0)`).
 fn program_break() -> u64 {
-    // SAFETY: sbrk(0) only reads the current break.
-    unsafe { libc::sbrk(0) as usize as u64 }
+    sys::program_break()
 }
 
-fn map_flags() -> libc::c_int {
-    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE
+fn map_flags() -> MapFlags {
+    // MAP_ANONYMOUS is implied by `sys::mmap_none`.
+    MapFlags::PRIVATE | MapFlags::NORESERVE
 }
 
 /// The mmap_min_addr floor: where a non-fixed hint of 0x1000 lands (`round_hint_to_min`
@@ -884,7 +820,7 @@ fn probe_low_fixed(floor: u64) -> Result<u64, Error> {
         if candidate >= floor {
             break;
         }
-        let flags = map_flags() | libc::MAP_FIXED_NOREPLACE;
+        let flags = map_flags() | MapFlags::FIXED_NOREPLACE;
         if let Ok(addr) = raw_mmap(candidate, PAGE, flags) {
             raw_munmap(addr, PAGE)?;
             if addr == candidate {
@@ -998,7 +934,7 @@ impl<W: Write> Recorder<W> {
                 ""
             },
             match self.layout.stack_rlimit() {
-                libc::RLIM_INFINITY => "unlimited".to_string(),
+                RLIM_INFINITY => "unlimited".to_string(),
                 r => format!("{r:#x}"),
             },
             self.floor,
@@ -1105,14 +1041,14 @@ impl<W: Write> Recorder<W> {
         // From here on anything goes.
         let result = match answer {
             Ok(addr) => Ok(addr),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOMEM) => Err(Errno::Nomem),
-                Some(libc::EINVAL) => Err(Errno::Inval),
-                Some(libc::EEXIST) => Err(Errno::Exist),
+            Err(e) => match e.raw_os_error().map(RawErrno::from_raw_os_error) {
+                Some(RawErrno::NOMEM) => Err(Errno::Nomem),
+                Some(RawErrno::INVAL) => Err(Errno::Inval),
+                Some(RawErrno::EXIST) => Err(Errno::Exist),
                 other => {
                     return Err(Error::UnexpectedErrno {
                         op,
-                        errno: other.unwrap_or(0),
+                        errno: other.map_or(0, RawErrno::raw_os_error),
                     })
                 }
             },
@@ -1298,7 +1234,7 @@ impl<W: Write> Recorder<W> {
         }
         for k in 0..self.scratch.len() {
             let (s, e) = self.scratch[k];
-            let flags = map_flags() | libc::MAP_FIXED_NOREPLACE;
+            let flags = map_flags() | MapFlags::FIXED_NOREPLACE;
             if let Ok(addr) = raw_mmap(s, e - s, flags) {
                 if addr != s {
                     // A kernel before 4.17 took MAP_FIXED_NOREPLACE as a hint:
@@ -1378,7 +1314,10 @@ impl<W: Write> Recorder<W> {
         req
     }
 
-    /// A length from the general mix (section 12 of LINUX-SEMANTICS.md).
+    /// A length from the general mix: page multiples, PMD multiples and one page either side
+    /// (the THP path), unaligned lengths, huge `PROT_NONE` sizes up to 256 TiB, and values
+    /// around `TASK_SIZE` and 2^64 (the mix that "How it is checked" in
+    /// `docs/linux-semantics.md` describes).
     fn length(&mut self) -> u64 {
         let rng = &mut self.rng;
         if self.full && rng.percent(45) {
@@ -1723,7 +1662,7 @@ mod tests {
     fn mmap_base_matches_the_kernel() {
         assert_eq!(mmap_base(8 * MIB), 0x7fff_f7ff_f000);
         assert_eq!(mmap_base(GIB), 0x7fff_bfef_f000);
-        assert_eq!(mmap_base(libc::RLIM_INFINITY), 0x1555_5555_6000);
+        assert_eq!(mmap_base(RLIM_INFINITY), 0x1555_5555_6000);
         assert_eq!(mmap_base(0), 0x7fff_f7ff_f000);
     }
 

@@ -18,6 +18,7 @@
 //! A header line starts with a lowercase hex digit; every field line starts with an uppercase
 //! letter. `gd` in `VmFlags` marks a `VM_GROWSDOWN` mapping.
 
+use crate::sys::{find_byte, read_file_into};
 use core::fmt;
 use std::io;
 
@@ -109,58 +110,6 @@ impl SmapsSnapshot {
     /// The VMAs of the last read, in address order.
     pub fn vmas(&self) -> SmapsIter<'_> {
         SmapsIter::new(self.text())
-    }
-}
-
-/// Reads the whole file at `path` into `buf`, setting `*len`. Returns `Ok(false)` when the
-/// file did not fit. Makes no heap allocation.
-fn read_file_into(path: &core::ffi::CStr, buf: &mut [u8], len: &mut usize) -> io::Result<bool> {
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut filled = 0;
-    let result = loop {
-        if filled == buf.len() {
-            break Ok(false);
-        }
-        let rest = &mut buf[filled..];
-        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes and `fd` is open.
-        let n = unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break Err(err);
-        }
-        if n == 0 {
-            break Ok(true);
-        }
-        filled += n as usize;
-    };
-    // SAFETY: `fd` was opened above and is closed exactly once.
-    unsafe { libc::close(fd) };
-    *len = filled;
-    result
-}
-
-/// The index of the first `byte` in `s`. `libc::memchr`, because this scans megabytes per
-/// snapshot and must stay fast in debug builds.
-fn find_byte(s: &[u8], byte: u8) -> Option<usize> {
-    if s.is_empty() {
-        // An empty slice's pointer may be dangling (`&[]`); C wants a valid
-        // pointer even for a zero length.
-        return None;
-    }
-    // SAFETY: `s` is a live, non-empty slice of `s.len()` readable bytes;
-    // memchr reads no further, and a non-null result points into `s`.
-    let p = unsafe { libc::memchr(s.as_ptr().cast(), i32::from(byte), s.len()) };
-    if p.is_null() {
-        None
-    } else {
-        Some(p as usize - s.as_ptr() as usize)
     }
 }
 
