@@ -283,3 +283,94 @@ fn exact_counters_on_a_small_map() {
     assert_eq!(m.find_fit_stats(&r, &p, &mut st), Err(FitError::NoSpace));
     assert_eq!((st.descents, st.holes, st.nodes), (1, 0, 1));
 }
+
+/// The one search that makes no progress: top-down, with no floor, below a
+/// stack whose guard gap reaches address 0. The retry sets `high` to 0,
+/// which (as in the kernel) wraps to the whole address space, and the same
+/// hole comes back. svmap gives up after `len + 2` descents.
+#[test]
+fn retry_limit_after_len_plus_two_descents() {
+    let p = SearchParams {
+        mmap_min_addr: 0,
+        ..SearchParams::default()
+    };
+    let mut m = AddressMap::new();
+    m.insert(0x1000, 0x2000, VmaFlags::GROWSDOWN).unwrap();
+    m.insert(0x2000, u64::MAX, VmaFlags::NONE).unwrap();
+    let i = UnmappedAreaInfo {
+        topdown: true,
+        length: PAGE,
+        low_limit: 0,
+        high_limit: 0x1000,
+        ..Default::default()
+    };
+    let mut st = SearchStats::default();
+    assert_eq!(
+        m.unmapped_area_stats(&i, &p, &mut st),
+        Err(SearchError::RetryLimit)
+    );
+    // Four descents find the hole [0, 0x1000) and retry; the fifth stops.
+    // The first window ends below the VMAs, so only the three wrapped ones
+    // scan the tree (its one leaf).
+    assert_eq!((st.descents, st.holes, st.nodes), (5, 4, 3));
+    assert_eq!(
+        svmap_core::model::ModelMap::unmapped_area(&model_of(&m), &i, &p),
+        Err(SearchError::RetryLimit)
+    );
+}
+
+fn model_of(m: &AddressMap) -> svmap_core::model::ModelMap {
+    use svmap_core::linux::Space;
+    let mut model = svmap_core::model::ModelMap::new();
+    for v in m.iter() {
+        model.insert(v.start, v.end, v.flags).unwrap();
+    }
+    model
+}
+
+/// An aligned fit whose alignment and offset are multiples of a cached
+/// class (64 KiB, 2 MiB) never offers a hole that is long enough but holds
+/// no class-aligned range of the length; an offset that is not a multiple
+/// prunes on the length only and offers it.
+#[test]
+fn class_prune_skips_holes_without_aligned_room() {
+    let p = SearchParams::default();
+    for class in [0x10000u64, 0x200000] {
+        let mut m = AddressMap::new();
+        // Hole [class + 0x1000, 2 class + 0x2000): longer than `class`, but
+        // its class-aligned part [2 class, 2 class + 0x2000) is short.
+        m.insert(0x10000, class + 0x1000, VmaFlags::NONE).unwrap();
+        m.insert(2 * class + 0x2000, 4 * class, VmaFlags::NONE)
+            .unwrap();
+        m.insert(6 * class, 7 * class, VmaFlags::NONE).unwrap();
+        let r = FitRequest {
+            length: class,
+            low: 0x10000,
+            high: 1 << 47,
+            align: class,
+            align_offset: 0,
+            topdown: false,
+            respect_guard_gaps: true,
+        };
+        let mut st = SearchStats::default();
+        assert_eq!(m.find_fit_stats(&r, &p, &mut st), Ok(4 * class));
+        assert_eq!((st.descents, st.holes, st.nodes), (1, 1, 1), "{class:#x}");
+        // Offset 0x1000: the first hole holds [class + 0x1000, 2 class +
+        // 0x1000), which no class prune may skip.
+        let r = FitRequest {
+            align_offset: 0x1000,
+            ..r
+        };
+        let mut st = SearchStats::default();
+        assert_eq!(m.find_fit_stats(&r, &p, &mut st), Ok(class + 0x1000));
+        assert_eq!((st.descents, st.holes, st.nodes), (1, 1, 1), "{class:#x}");
+        // Offset 0x3000: offered, too short after aligning, then the next.
+        let r = FitRequest {
+            align_offset: 0x3000,
+            ..r
+        };
+        let mut st = SearchStats::default();
+        assert_eq!(m.find_fit_stats(&r, &p, &mut st), Ok(4 * class + 0x3000));
+        assert_eq!((st.descents, st.holes, st.nodes), (1, 2, 1), "{class:#x}");
+    }
+}

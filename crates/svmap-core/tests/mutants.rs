@@ -550,3 +550,55 @@ fn fit_checks_the_neighbours_guard_gaps_only() {
     assert_eq!(fit(&m, &model, &r, &up), Ok(0x111000));
     assert_eq!(fit(&m, &model, &r, &p), Ok(0x11000));
 }
+
+/// `allocate` inserts where `find_fit` answers, through the path its search
+/// recorded, also when the search rejected holes inside leaves before
+/// accepting one between subtrees or beyond every VMA (guard gaps, odd
+/// offsets): the map stays equal to the model plus the same inserts, and
+/// every cached aggregate stays exact.
+#[test]
+fn allocate_inserts_where_the_model_fits() {
+    let mut rng = Rng(0xa110_c47e_0000_0005);
+    let vmas = class_map(&mut rng);
+    let (mut m, mut model) = maps(&vmas);
+    let p = SearchParams {
+        stack_guard_gap: 0x20000,
+        ..SearchParams::default()
+    };
+    let top = vmas.last().unwrap().1;
+    let mut placed = 0;
+    for step in 0..2500 {
+        let align = rng.pick(&[1, 0x1000, 0x8000, 0x10000, 0x200000]);
+        let (a, b) = (rng.below(top + 0x400000), rng.below(top + 0x400000));
+        let r = FitRequest {
+            length: rng.pick(&[1, 0x1000, 0x3000, 0xffff, 0x10000, 0x10001]),
+            low: a.min(b),
+            high: a.max(b) + 1,
+            align,
+            align_offset: rng.pick(&[0, 1, 0x1000, 0xffff, align - 1]),
+            topdown: rng.below(2) == 0,
+            respect_guard_gaps: rng.below(4) != 0,
+        };
+        let want = model.find_fit(&r, &p);
+        let got = m.allocate(&r, &p, NONE);
+        assert_eq!(got, want, "step {step}: {r:?}");
+        if let Ok(addr) = got {
+            placed += 1;
+            Space::insert(&mut model, addr, addr + r.length, NONE).unwrap();
+        }
+        // Free a random VMA now and then, so that holes open up again.
+        if step % 3 == 0 {
+            let vs = model.vmas();
+            let v = vs[rng.below(vs.len() as u64) as usize];
+            assert_eq!(m.unmap(v.start, v.end), Ok(1));
+            Space::unmap(&mut model, v.start, v.end).unwrap();
+        }
+        if step % 100 == 0 {
+            m.check_invariants();
+            assert!(m.iter().eq(model.vmas().iter().copied()), "step {step}");
+        }
+    }
+    m.check_invariants();
+    assert!(m.iter().eq(model.vmas().iter().copied()));
+    assert!(placed > 500, "{placed}");
+}
