@@ -67,7 +67,6 @@ fn public_types_are_send_and_sync() {
     // A compile-time check: this file does not build if one is not.
     send_sync::<svmap_core::AddressMap>();
     send_sync::<svmap_core::linux::Mm>();
-    send_sync::<svmap_core::model::ModelMap>();
     send_sync::<svmap_linux::reserve::Reservation>();
     send_sync::<svmap_linux::heap::Heap>();
     send_sync::<svmap_linux::peer::Peer>();

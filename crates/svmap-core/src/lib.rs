@@ -1,6 +1,6 @@
 //! # svmap-core
 //!
-//! The pure layers of svmap (layers 1 and 2 of `DESIGN.md`): no system
+//! The pure layers of svmap (layers 1 and 2 of `docs/design.md`): no system
 //! calls, `no_std` + `alloc`, so it runs in unit tests, fuzzing and Miri.
 //!
 //! - [`AddressMap`]: an ordered map of VMAs `[start, end)` whose search tree
@@ -12,8 +12,13 @@
 //!   ([`linux::Mm::mmap`]): hints, `MAP_FIXED`, `MAP_FIXED_NOREPLACE`,
 //!   `MAP_32BIT`, `MAP_GROWSDOWN`, top-down and legacy layouts, the
 //!   transparent-huge-page alignment.
-//! - [`model`]: a deliberately simple reference model (a sorted `Vec` with
-//!   linear scans) of the same semantics, for property tests and fuzzing.
+//! - [`fence_plan`]: which holes above a device limit a fence reserves and
+//!   what room it leaves a grows-down stack (allocation free, shared by the
+//!   preload library and the Linux backend).
+//! - `model` and `fuzzing` (with the `fuzzing` cargo feature only): a
+//!   deliberately simple reference model (a sorted `Vec` with linear scans)
+//!   of the same semantics and the differential driver that compares the
+//!   two, for property tests and the fuzz target.
 //!
 //! ```
 //! use svmap_core::{AddressMap, FitRequest, SearchParams, UnmappedAreaInfo, VmaFlags};
@@ -74,10 +79,13 @@ extern crate alloc;
 
 mod btree;
 mod check;
+pub mod fence_plan;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod linux;
 mod map;
+#[cfg(feature = "fuzzing")]
 pub mod model;
 mod search;
 

@@ -10,7 +10,8 @@
 //! insertion of the new VMA.
 //!
 //! The policy is generic over [`Space`], so the same code runs on the fast
-//! [`AddressMap`] and on the reference [`crate::model::ModelMap`].
+//! [`AddressMap`] and on the reference model `ModelMap` (the `model`
+//! module, built with the `fuzzing` feature).
 
 use core::fmt;
 
@@ -132,7 +133,8 @@ const NAMES: [&str; 41] = [
 ];
 
 /// What the policy needs from an address-space map. Implemented by the
-/// fast [`AddressMap`] and by the reference [`crate::model::ModelMap`].
+/// fast [`AddressMap`] and by the reference model `ModelMap` (the `model`
+/// module, built with the `fuzzing` feature).
 pub trait Space {
     /// Inserts `[start, end)`; error on overlap.
     fn insert(&mut self, start: u64, end: u64, flags: VmaFlags) -> Result<(), MapError>;
