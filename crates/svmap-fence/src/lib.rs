@@ -21,7 +21,10 @@
 //! 3. reports everything already above `2^N` (program, libraries, vDSO,
 //!    stack, an existing `[heap]`): that memory cannot be moved;
 //! 4. reserves every free hole in `[2^N, TASK_SIZE)` except the stack's room
-//!    to grow. That includes the space after the program break, so `brk`
+//!    to grow (`RLIMIT_STACK` plus the guard gap below the start of
+//!    `[stack]`: the rule of `svmap_core::fence_plan`, shared with
+//!    `svmap_linux::fence::Fence`, which computes it without allocating).
+//!    That includes the space after the program break, so `brk`
 //!    fails and glibc's malloc falls back to `mmap`, which the kernel now
 //!    places below `2^N`. `MAP_FIXED_NOREPLACE` never replaces a mapping;
 //!    a hole that changed meanwhile (`EEXIST`) is retried on a fresh read;
@@ -38,6 +41,8 @@
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
+
+use svmap_core::fence_plan::{self, FenceParams, FenceStep, FenceVma};
 
 const PAGE: u64 = 4096;
 /// The kernel's default `stack_guard_gap` (256 pages).
@@ -362,7 +367,13 @@ fn run(bits: &[u8], out: &mut Out) {
         out.line(format_args!("done reserved=0 bytes=0x0 uncovered=0"));
         return;
     }
-    let room = stack_rlimit();
+    let params = FenceParams {
+        limit,
+        top,
+        stack_rlimit: stack_rlimit(),
+        stack_guard_gap: STACK_GUARD_GAP,
+        page_size: PAGE,
+    };
     let Some(st) = take_state() else {
         out.line(format_args!("error: the fence already ran in this process"));
         return;
@@ -390,63 +401,45 @@ fn run(bits: &[u8], out: &mut Out) {
             }
         }
         let mut raced = false;
-        let mut prev_end = 0u64;
-        let n = st.n;
-        for i in 0..=n {
-            let (next_start, next) = if i < n {
-                (st.vmas[i].start.min(top), Some(st.vmas[i]))
-            } else {
-                (top, None)
-            };
-            let mut hole_end = next_start;
-            if let Some(v) = next.filter(|v| v.stack) {
-                // Leave the stack room to grow: it may reach down to
-                // end - RLIMIT_STACK, and the kernel keeps the guard gap
-                // below that free for non-fixed placements.
-                let lowest = match room {
-                    Some(r) => {
-                        v.end.saturating_sub(r).saturating_sub(STACK_GUARD_GAP) & !(PAGE - 1)
+        let vmas = st.vmas[..st.n].iter().map(|v| FenceVma {
+            start: v.start,
+            end: v.end,
+            grows_down: v.stack,
+        });
+        for step in fence_plan::plan(vmas, params) {
+            let (hole_start, hole_end) = match step {
+                FenceStep::StackRoom { start, end } => {
+                    if round == 0 {
+                        out.line(format_args!(
+                            "stack-room {}-{} left free for the main stack to grow",
+                            Hex(start),
+                            Hex(end)
+                        ));
                     }
-                    None => prev_end, // unlimited: leave the whole hole
-                };
-                if round == 0 && lowest < v.start {
+                    continue;
+                }
+                FenceStep::Reserve { start, end } => (start, end),
+            };
+            let len = hole_end - hole_start;
+            match reserve(hole_start, len) {
+                0 => {
+                    reserved += 1;
+                    bytes += len;
                     out.line(format_args!(
-                        "stack-room {}-{} left free for the main stack to grow",
-                        Hex(lowest.max(prev_end)),
-                        Hex(v.start)
+                        "reserved {}-{}",
+                        Hex(hole_start),
+                        Hex(hole_end)
                     ));
                 }
-                hole_end = hole_end.min(lowest.max(prev_end));
-            }
-            let hole_start = prev_end.max(limit);
-            if hole_end > hole_start {
-                let len = hole_end - hole_start;
-                match reserve(hole_start, len) {
-                    0 => {
-                        reserved += 1;
-                        bytes += len;
-                        out.line(format_args!(
-                            "reserved {}-{}",
-                            Hex(hole_start),
-                            Hex(hole_end)
-                        ));
-                    }
-                    libc::EEXIST if round + 1 < ROUNDS => raced = true,
-                    e => {
-                        uncovered += 1;
-                        out.line(format_args!(
-                            "uncovered {}-{} errno={e}",
-                            Hex(hole_start),
-                            Hex(hole_end)
-                        ));
-                    }
+                libc::EEXIST if round + 1 < ROUNDS => raced = true,
+                e => {
+                    uncovered += 1;
+                    out.line(format_args!(
+                        "uncovered {}-{} errno={e}",
+                        Hex(hole_start),
+                        Hex(hole_end)
+                    ));
                 }
-            }
-            if let Some(v) = next {
-                prev_end = prev_end.max(v.end);
-            }
-            if prev_end >= top {
-                break;
             }
         }
         if !raced {

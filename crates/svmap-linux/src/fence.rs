@@ -218,8 +218,9 @@ fn range(s: &str) -> Option<(u64, u64)> {
 /// above `2^va_bits` (`PROT_NONE | MAP_NORESERVE | MAP_FIXED_NOREPLACE`, no
 /// memory used), so that the kernel's own placement of later anonymous
 /// mappings, `malloc`'s included, falls below the limit. Like the preload
-/// library it leaves the main stack its room to grow (`RLIMIT_STACK` plus
-/// the guard gap below `[stack]`) and covers the space after the program
+/// library it leaves every grows-down VMA (the main stack) its room to grow
+/// (`RLIMIT_STACK` plus the guard gap below its start; the rule is
+/// [`svmap_core::fence_plan`], shared with the preload library) and covers the space after the program
 /// break, so `brk` fails and `malloc` falls back to `mmap`. Dropping the
 /// `Fence` removes it.
 #[derive(Debug)]
@@ -242,9 +243,9 @@ impl Fence {
     /// or above the top of the user address space fences nothing.
     pub fn install(va_bits: u32) -> Result<Fence, Error> {
         use crate::maps::{read_view, Kind, Target};
-        use crate::reserve::{window_high, Reservation};
-        const PAGE: u64 = 4096;
-        const STACK_GUARD_GAP: u64 = 256 * PAGE;
+        use crate::reserve::{window_high, Reservation, STACK_GUARD_GAP};
+        use crate::sys::PAGE;
+        use svmap_core::fence_plan::{self, FenceParams, FenceStep, FenceVma};
         let limit = window_high(va_bits)?;
         let top = (1u64 << crate::probe::user_va_bits()) - PAGE;
         let mut fence = Fence {
@@ -257,9 +258,13 @@ impl Fence {
         if limit >= top {
             return Ok(fence);
         }
-        let room = crate::sys::stack_rlimit()
-            .unwrap_or(u64::MAX)
-            .saturating_add(STACK_GUARD_GAP);
+        let params = FenceParams {
+            limit,
+            top,
+            stack_rlimit: crate::sys::stack_rlimit(),
+            stack_guard_gap: STACK_GUARD_GAP,
+            page_size: PAGE,
+        };
         // Another thread may map into a hole between the snapshot and the
         // reservation (EEXIST): take a fresh snapshot and go again.
         for round in 0..4 {
@@ -272,35 +277,30 @@ impl Fence {
                     .map(|e| (e.start, e.end, e.name_lossy()))
                     .collect();
             }
-            let mut holes = Vec::new();
-            let mut prev_end = limit;
-            for e in view
+            let main_stack = view
                 .entries
                 .iter()
-                .filter(|e| e.end > limit && e.start < top)
-            {
-                let mut hole_end = e.start;
-                if e.kind() == Kind::Stack || e.growsdown {
-                    let floor = e.start.saturating_sub(room) & !(PAGE - 1);
-                    let floor = floor.max(prev_end);
-                    if e.kind() == Kind::Stack {
-                        fence.stack_room = Some((floor, e.start));
-                    }
-                    hole_end = floor;
-                }
-                if hole_end > prev_end {
-                    holes.push((prev_end, hole_end));
-                }
-                prev_end = prev_end.max(e.end);
-            }
-            if top > prev_end {
-                holes.push((prev_end, top));
-            }
+                .find(|e| e.kind() == Kind::Stack)
+                .map(|e| e.start);
+            let vmas = view.entries.iter().map(|e| FenceVma {
+                start: e.start,
+                end: e.end,
+                grows_down: e.kind() == Kind::Stack || e.growsdown,
+            });
             let mut raced = Vec::new();
-            for (s, e) in holes {
-                match Reservation::at(s, e - s) {
-                    Ok(r) => fence.pieces.push(r),
-                    Err(_) => raced.push((s, e)),
+            for step in fence_plan::plan(vmas, params) {
+                match step {
+                    FenceStep::StackRoom { start, end } => {
+                        if Some(end) == main_stack {
+                            fence.stack_room = Some((start, end));
+                        }
+                    }
+                    FenceStep::Reserve { start, end } => {
+                        match Reservation::at(start, end - start) {
+                            Ok(r) => fence.pieces.push(r),
+                            Err(_) => raced.push((start, end)),
+                        }
+                    }
                 }
             }
             if raced.is_empty() {
