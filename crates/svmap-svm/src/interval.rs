@@ -7,6 +7,10 @@
 //!   occupancy of several spaces at once), whose union sits in an
 //!   [`AddressMap`] so that [`AddressMap::find_fit`] searches it in
 //!   O(log n).
+//! - [`union_of`] and [`union_map`]: the one-shot union of a list of
+//!   possibly overlapping ranges, as a list or as an [`AddressMap`] to
+//!   search for the holes free in every input (the device peer's window
+//!   agreement between two processes uses it).
 
 use std::collections::BTreeMap;
 
@@ -225,8 +229,9 @@ impl CoverMap {
     }
 }
 
-/// Merges a list of ranges into their union (sorted, disjoint, adjacent
-/// ranges joined). For checks.
+/// Merges a list of ranges into their union: sorted, disjoint, with
+/// overlapping and adjacent ranges joined; empty ranges (`start >= end`)
+/// are dropped. O(n log n).
 pub fn union_of(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     v.retain(|r| r.0 < r.1);
     v.sort_unstable();
@@ -238,4 +243,52 @@ pub fn union_of(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+/// The union of `ranges` ([`union_of`]) as an [`AddressMap`], one VMA
+/// (flags [`VmaFlags::NONE`]) per maximal range: its holes are exactly the
+/// addresses no input range covers, so [`AddressMap::find_fit`] on it finds
+/// a range free in every input at once. O(n log n).
+pub fn union_map(ranges: impl IntoIterator<Item = (u64, u64)>) -> AddressMap {
+    let mut map = AddressMap::new();
+    for (s, e) in union_of(ranges.into_iter().collect()) {
+        // The merged ranges are disjoint and non-empty, so this cannot fail.
+        let r = map.insert(s, e, VmaFlags::NONE);
+        debug_assert!(r.is_ok(), "union ranges overlap: {r:?}");
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn union_of_merges_overlapping_and_adjacent_ranges() {
+        let u = union_of(vec![
+            (0x50, 0x60),
+            (0x10, 0x20),
+            (0x18, 0x30),
+            (0x30, 0x40),
+            (0x70, 0x70),
+            (0x90, 0x80),
+        ]);
+        assert_eq!(u, [(0x10, 0x40), (0x50, 0x60)]);
+        assert_eq!(union_of(Vec::new()), []);
+    }
+
+    #[test]
+    fn union_map_holes_are_free_in_every_input() {
+        let m = union_map([(0x1000, 0x3000), (0x2000, 0x5000), (0x8000, 0x9000)]);
+        let got: Vec<(u64, u64)> = m.iter().map(|v| (v.start, v.end)).collect();
+        assert_eq!(got, [(0x1000, 0x5000), (0x8000, 0x9000)]);
+        m.check_invariants();
+        // The same union as a CoverMap built range by range.
+        let mut c = CoverMap::new();
+        for (s, e) in [(0x1000, 0x3000), (0x2000, 0x5000), (0x8000, 0x9000)] {
+            c.add(s, e);
+        }
+        assert_eq!(c.union(), got);
+        assert!(union_map([]).is_empty());
+    }
 }
