@@ -1,11 +1,11 @@
 //! `svmap_peer_t`: a device peer process that maps SVM buffers at the same
 //! addresses as this process and reaches them through its own device MMU
-//! ([`svmap_linux::peer`]).
+//! ([`svmap_peer`]).
 
 use std::ffi::{c_char, c_int, c_void};
 use std::process::Command;
 
-use svmap_linux::peer::{device, DeviceAccess, Peer, PeerConfig, PeerError, PEER_FD_ENV};
+use svmap_peer::{device, DeviceAccess, Peer, PeerConfig, PeerError, PEER_FD_ENV};
 use svmap_svm::Fault;
 
 use crate::linux::linux_failure;

@@ -1,10 +1,10 @@
 //! `svmap demo [--va-bits N] [--buffers N] [--svg PATH] [--json]`: the whole
-//! SVM story on this machine ([`svmap_linux::demo`]).
+//! SVM story on this machine ([`svmap_cli::demo`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use svmap_linux::demo::{self, DemoOptions};
+use svmap_cli::demo::{self, DemoOptions};
 
 use crate::args::{self, Arg, Stop};
 
@@ -112,8 +112,10 @@ pub fn run(args: &[OsString]) -> i32 {
         }
         Err(e) => {
             if opts.json {
-                let esc = e.to_string().replace('\\', "\\\\").replace('"', "\\\"");
-                println!("{{\"ok\":false,\"error\":\"{esc}\"}}");
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": e.to_string()})
+                );
             }
             eprintln!("svmap demo: {e}");
             1

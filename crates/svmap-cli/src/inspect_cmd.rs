@@ -1,9 +1,11 @@
 //! `svmap inspect [PID|self] --va-bits N [--json]`: a process's address
-//! space as a device with N address bits sees it ([`svmap_linux::inspect`]).
+//! space as a device with N address bits sees it ([`svmap_linux::inspect`]
+//! builds the report; [`svmap_cli::render`] and [`svmap_cli::demo`] show it).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use svmap_cli::{demo, render};
 use svmap_linux::inspect;
 use svmap_linux::maps::Target;
 
@@ -125,12 +127,12 @@ pub fn run(args: &[OsString]) -> i32 {
     match inspect::report(target, va_bits) {
         Ok(r) => {
             if json {
-                println!("{}", r.to_json());
+                println!("{}", render::inspect_json(&r));
             } else {
-                print!("{r}");
+                print!("{}", render::inspect_text(&r));
             }
             if let Some(path) = svg {
-                if let Err(e) = std::fs::write(&path, svmap_linux::demo::inspect_svg(&r)) {
+                if let Err(e) = std::fs::write(&path, demo::inspect_svg(&r)) {
                     eprintln!(
                         "svmap inspect: cannot write the picture to {}: {e}",
                         path.display()

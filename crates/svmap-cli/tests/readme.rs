@@ -69,7 +69,7 @@ fn public_types_are_send_and_sync() {
     send_sync::<svmap_core::linux::Mm>();
     send_sync::<svmap_linux::reserve::Reservation>();
     send_sync::<svmap_linux::heap::Heap>();
-    send_sync::<svmap_linux::peer::Peer>();
+    send_sync::<svmap_peer::Peer>();
     send_sync::<svmap_linux::fence::Fence>();
     send_sync::<svmap_linux::maps::View>();
     send_sync::<svmap_linux::error::Error>();

@@ -1,7 +1,6 @@
 //! `svmap inspect`: a process's address space as a device with `va_bits`
-//! address bits sees it.
-
-use std::fmt;
+//! address bits sees it. This module builds the report as data; the
+//! `svmap` command renders it as text, JSON or a picture.
 
 use crate::error::Error;
 use crate::maps::{self, Target};
@@ -155,104 +154,4 @@ pub fn report(target: Target, va_bits: u32) -> Result<Report, Error> {
             1.0 - largest as f64 / free_bytes as f64
         },
     })
-}
-
-fn json_str(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-impl Report {
-    /// The report as one JSON object (addresses as `"0x..."` strings, since
-    /// they exceed 2^53).
-    pub fn to_json(&self) -> String {
-        let mut o = String::new();
-        o.push_str(&format!(
-            "{{\"pid\":{},\"va_bits\":{},\"limit\":\"{:#x}\",\"floor\":\"{:#x}\",\"free_bytes\":{},\"free_holes\":{},\"mapped_above_bytes\":{},\"fragmentation\":{:.6},\"largest_free\":[",
-            self.pid, self.va_bits, self.limit, self.floor, self.free_bytes, self.free_holes, self.mapped_above_bytes, self.fragmentation
-        ));
-        for (i, (s, e)) in self.largest_free.iter().enumerate() {
-            if i > 0 {
-                o.push(',');
-            }
-            o.push_str(&format!(
-                "{{\"start\":\"{s:#x}\",\"end\":\"{e:#x}\",\"bytes\":{}}}",
-                e - s
-            ));
-        }
-        for (key, list) in [("vmas", &self.vmas), ("beyond_user", &self.beyond_user)] {
-            o.push_str(&format!("],\"{key}\":["));
-            for (i, v) in list.iter().enumerate() {
-                if i > 0 {
-                    o.push(',');
-                }
-                o.push_str(&format!(
-                    "{{\"start\":\"{:#x}\",\"end\":\"{:#x}\",\"perms\":\"{}\",\"growsdown\":{},\"visibility\":\"{}\",\"name\":",
-                    v.start, v.end, v.perms, v.growsdown, v.visibility.name()
-                ));
-                json_str(&v.name, &mut o);
-                o.push('}');
-            }
-        }
-        o.push_str("]}");
-        o
-    }
-}
-
-fn human(b: u64) -> String {
-    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", U[i])
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "process {}: {} VMAs; device window [{:#x}, {:#x}) ({} bits)",
-            self.pid,
-            self.vmas.len(),
-            self.floor,
-            self.limit,
-            self.va_bits
-        )?;
-        for v in self.vmas.iter().chain(&self.beyond_user) {
-            writeln!(
-                f,
-                "  {:>16x}-{:<16x} {} {:<9} {}{}",
-                v.start,
-                v.end,
-                v.perms,
-                v.visibility.name(),
-                v.name,
-                if v.growsdown { " (grows down)" } else { "" }
-            )?;
-        }
-        writeln!(
-            f,
-            "free below the limit: {} in {} holes; mapped above it: {}; fragmentation {:.1}%",
-            human(self.free_bytes),
-            self.free_holes,
-            human(self.mapped_above_bytes),
-            self.fragmentation * 100.0
-        )?;
-        writeln!(f, "largest free windows:")?;
-        for (s, e) in &self.largest_free {
-            writeln!(f, "  {s:#x}-{e:#x} {}", human(e - s))?;
-        }
-        Ok(())
-    }
 }

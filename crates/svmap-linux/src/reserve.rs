@@ -17,6 +17,8 @@
 //! chosen range between the read of the view and the call: the view is read
 //! again and the search repeated, up to `max_tries` times.
 
+use std::os::fd::BorrowedFd;
+
 use svmap_core::{FitError, FitRequest, SearchParams, VmaFlags};
 
 use crate::error::{Errno, Error};
@@ -83,8 +85,9 @@ pub struct Reservation {
     tries: u32,
 }
 
-/// Search parameters for the live process.
-pub(crate) fn live_params() -> Result<SearchParams, Error> {
+/// Search parameters for the live process: its effective `mmap_min_addr`,
+/// the default stack guard gap and 4 KiB pages.
+pub fn live_params() -> Result<SearchParams, Error> {
     Ok(SearchParams {
         mmap_min_addr: probe::mmap_floor()?,
         stack_guard_gap: STACK_GUARD_GAP,
@@ -289,6 +292,24 @@ impl Reservation {
 
     pub(crate) fn range(&self) -> &OwnedRange {
         &self.range
+    }
+
+    /// Maps `len` bytes of `fd` (from offset 0) at `addr`, read and write,
+    /// shared (`MAP_SHARED | MAP_FIXED`), over this reservation's own pages.
+    /// `EINVAL` unless `[addr, addr + len)` is a non-empty page-aligned
+    /// part of the reservation; errors of `mmap` pass through, and the
+    /// range stays reserved after a failure. Only the owner of the
+    /// reservation (`&mut`) can change what is mapped in it; a
+    /// [`Heap`](crate::heap::Heap) keeps its reservation to itself.
+    pub fn map_shared_fd(&mut self, addr: u64, len: u64, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+        self.range.map_shared_fd(addr, len, fd)
+    }
+
+    /// Puts a fresh `PROT_NONE` reservation back over `[addr, addr + len)`
+    /// (a part of this reservation, as for [`Reservation::map_shared_fd`]):
+    /// whatever was mapped there is released.
+    pub fn reset(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+        self.range.reset(addr, len)
     }
 }
 

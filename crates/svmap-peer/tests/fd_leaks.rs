@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use svmap_linux::heap::Heap;
-use svmap_linux::peer::{Peer, PeerConfig};
+use svmap_peer::{Peer, PeerConfig};
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

@@ -1,14 +1,15 @@
-//! `svmap demo` as a library call: every step's outcome, the time, and the
-//! picture. The device peer is this test binary itself, re-executed to run
-//! only `peer_role` (as in `tests/peer.rs`).
+//! `svmap demo` as a library call (`svmap_cli::demo`): every step's
+//! outcome, the time, and the picture. The device peer is this test binary
+//! itself, re-executed to run only `peer_role` (as in the `svmap-peer`
+//! crate's `tests/peer.rs`).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use svmap_linux::demo::{self, DemoOptions, LIST_NODES};
+use svmap_cli::demo::{self, DemoOptions, LIST_NODES};
 use svmap_linux::inspect;
 use svmap_linux::maps::Target;
-use svmap_linux::peer::{device, FAILPOINT_ENV, PEER_FD_ENV};
+use svmap_peer::{device, FAILPOINT_ENV, PEER_FD_ENV};
 use svmap_svm::Fault;
 use svmap_viz::{hex, xml};
 
@@ -111,8 +112,13 @@ fn the_whole_story_in_under_ten_seconds() {
 
     // The JSON is one object with the outcome.
     let j = r.to_json();
-    assert!(j.starts_with("{\"ok\":true,") && j.ends_with('}'), "{j}");
-    assert!(j.contains("\"fault\":\"unmapped\""), "{j}");
+    let text = j.to_string();
+    assert!(text.starts_with("{\"ok\":true,"), "{text}");
+    assert_eq!(j["free"]["fault"], "unmapped", "{text}");
+    assert_eq!(j["free"]["addr"], format!("{:#x}", r.free.buffer.addr));
+    assert_eq!(j["buffers"]["count"], 8);
+    assert_eq!(j["list"]["device_count"], LIST_NODES);
+    assert_eq!(j["peer_exit"], "exit code 0");
 
     if let Some(keep) = std::env::var_os("SVMAP_DEMO_KEEP") {
         std::fs::copy(&svg_path, std::path::Path::new(&keep).join("demo.svg")).unwrap();

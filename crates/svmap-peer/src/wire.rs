@@ -206,7 +206,7 @@ pub enum Msg {
     Stats,
     /// Peer -> CPU: the device counters.
     StatsReply {
-        /// See [`crate::peer::DeviceStats`], in field order.
+        /// See [`crate::DeviceStats`], in field order.
         words: [u64; 9],
     },
     /// CPU -> peer: exit now (no answer).

@@ -1,4 +1,8 @@
-//! A second process at identical addresses: the device peer.
+//! # svmap-peer
+//!
+//! A second process at identical addresses: the device peer (layer 5 of
+//! `docs/design.md`, on top of `svmap-linux` and the SVM layer's device
+//! mirror).
 //!
 //! [`Peer::spawn`] starts a peer process (this executable re-executed in a
 //! peer role, or `svmap device-peer`) connected over a Unix
@@ -34,6 +38,7 @@
 //! device operations report [`PeerError::PeerExited`].
 
 pub mod device;
+mod sys;
 pub mod wire;
 
 use core::fmt;
@@ -44,14 +49,14 @@ use std::process::{Child, Command, Stdio};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
-use svmap_core::{AddressMap, FitError, FitRequest, SearchParams, VmaFlags};
+use svmap_core::{FitError, FitRequest, SearchParams, VmaFlags};
+use svmap_linux::error::{Errno, Error};
+use svmap_linux::heap::Heap;
+use svmap_linux::maps::{self, Target, View};
+use svmap_linux::reserve::{self, Reservation, STACK_GUARD_GAP};
+use svmap_linux::sys::PAGE;
+use svmap_svm::interval::union_map;
 use svmap_svm::Fault;
-
-use crate::error::{Errno, Error};
-use crate::heap::Heap;
-use crate::maps::{self, Target, View};
-use crate::reserve::{self, Reservation, STACK_GUARD_GAP};
-use crate::sys::{self, PAGE};
 use wire::{Msg, Reserved, WireError};
 
 /// The environment variable that tells a peer which descriptor is its socket.
@@ -419,38 +424,17 @@ pub struct WindowRequest {
 /// either side whatever lies next to it in the other. Deterministic: both
 /// sides get the same answer from the same two lists.
 pub fn common_window(a: &[Occupied], b: &[Occupied], req: &WindowRequest) -> Result<u64, FitError> {
-    let mut all: Vec<(u64, u64)> = a
-        .iter()
-        .chain(b)
-        .map(|&(s, e, gd)| {
-            let s = if gd {
-                s.saturating_sub(STACK_GUARD_GAP) & !(PAGE - 1)
-            } else {
-                s
-            };
-            (s, e)
-        })
-        .filter(|&(s, e)| s < e)
-        .collect();
-    all.sort_unstable();
-    let mut map = AddressMap::new();
-    let mut cur: Option<(u64, u64)> = None;
-    for (s, e) in all {
-        match &mut cur {
-            Some((_, ce)) if s <= *ce => *ce = (*ce).max(e),
-            _ => {
-                if let Some((cs, ce)) = cur.take() {
-                    map.insert(cs, ce, VmaFlags::NONE)
-                        .expect("merged ranges are disjoint");
-                }
-                cur = Some((s, e));
-            }
-        }
-    }
-    if let Some((cs, ce)) = cur {
-        map.insert(cs, ce, VmaFlags::NONE)
-            .expect("merged ranges are disjoint");
-    }
+    let taken = a.iter().chain(b).map(|&(s, e, gd)| {
+        let s = if gd {
+            s.saturating_sub(STACK_GUARD_GAP) & !(PAGE - 1)
+        } else {
+            s
+        };
+        (s, e)
+    });
+    // The SVM layer's union: one VMA per maximal occupied range, so the
+    // holes of `map` are free in both processes.
+    let map = union_map(taken);
     map.find_fit(
         &FitRequest {
             length: req.len,

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use svmap_linux::maps::{self, Kind, Target};
-use svmap_linux::peer::{
+use svmap_peer::{
     checksum_step, device, DeviceAccess, Peer, PeerConfig, PeerError, SvmBuf, CHECKSUM_INIT,
     FAILPOINT_ENV, NODE_NEXT, NODE_SIZE, NODE_VALUE, PEER_FD_ENV,
 };

@@ -35,10 +35,12 @@ use super::{
     checksum_step, common_window, occupied, own_view, send_vmas, ChanError, Channel, DeviceStats,
     PeerError, WindowRequest, CHECKSUM_INIT, FAILPOINT_ENV, NODE_NEXT, NODE_VALUE, PEER_FD_ENV,
 };
-use crate::error::{Errno, Error};
-use crate::probe;
-use crate::reserve::{self, Reservation};
-use crate::sys::{self, SharedWindow, PAGE};
+use svmap_linux::error::{Errno, Error};
+use svmap_linux::probe;
+use svmap_linux::reserve::{self, Reservation};
+use svmap_linux::sys::PAGE;
+
+use crate::sys::{self, SharedWindow};
 
 /// Fault injection, for tests of the CPU side's failure handling (from
 /// `SVMAP_PEER_FAILPOINT`).

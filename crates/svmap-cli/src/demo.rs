@@ -21,14 +21,15 @@ use std::time::{Duration, Instant};
 use svmap_svm::{DeviceConfig, Fault, SvmSpace};
 use svmap_viz::{hex, human, Kind, Picture, Space};
 
-use crate::inspect::{self, Visibility};
-use crate::maps::{self, MapsEntry, Target};
-use crate::peer::{
+use serde_json::{json, Value};
+use svmap_linux::inspect::{self, Visibility};
+use svmap_linux::maps::{self, MapsEntry, Target};
+use svmap_linux::probe;
+use svmap_linux::sys::PAGE;
+use svmap_peer::{
     checksum_step, device_peer_command, Peer, PeerConfig, PeerError, SvmBuf, CHECKSUM_INIT,
     NODE_NEXT, NODE_SIZE, NODE_VALUE,
 };
-use crate::probe;
-use crate::sys::PAGE;
 
 /// Nodes of the demo's linked list.
 pub const LIST_NODES: u64 = 100_000;
@@ -660,20 +661,6 @@ fn us(d: Duration) -> String {
     format!("{:.0} us", d.as_secs_f64() * 1e6)
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 impl DemoReport {
     /// Every step had the expected outcome: the list matched, the freed
     /// buffer faulted `unmapped` at its address, the early allocation was
@@ -688,86 +675,76 @@ impl DemoReport {
 
     /// The report as one JSON object (addresses as `"0x..."` strings,
     /// times in seconds).
-    pub fn to_json(&self) -> String {
-        let h = |v: u64| format!("\"{v:#x}\"");
-        let bufs: Vec<String> = self
+    pub fn to_json(&self) -> Value {
+        let h = |v: u64| Value::String(format!("{v:#x}"));
+        let bufs: Vec<Value> = self
             .buffers
             .buffers
             .iter()
-            .map(|b| {
-                format!(
-                    "{{\"addr\":{},\"len\":{},\"id\":{}}}",
-                    h(b.addr),
-                    b.len,
-                    b.id
-                )
-            })
+            .map(|b| json!({"addr": h(b.addr), "len": b.len, "id": b.id}))
             .collect();
         let (fault_kind, fault_addr) = match self.free.fault {
-            Some((f, a)) => (json_str(&f.to_string()), h(a)),
-            None => ("null".to_owned(), "null".to_owned()),
+            Some((f, a)) => (Value::String(f.to_string()), h(a)),
+            None => (Value::Null, Value::Null),
         };
-        format!(
-            concat!(
-                "{{\"ok\":{},\"pid\":{},\"va_bits\":{},\"limit\":{},\"total_s\":{:.6},",
-                "\"inspect\":{{\"vmas\":{},\"vmas_above\":{},\"mapped_above_bytes\":{},\"free_below_bytes\":{},",
-                "\"largest_free\":{{\"start\":{},\"end\":{}}},\"time_s\":{:.6}}},",
-                "\"peer\":{{\"pid\":{},\"window\":{{\"start\":{},\"end\":{}}},\"tries\":{},\"time_s\":{:.6}}},",
-                "\"buffers\":{{\"count\":{},\"identical_in_peer\":{},\"per_alloc_s\":{:.6},\"list\":[{}]}},",
-                "\"list\":{{\"nodes\":{},\"cpu_checksum\":{},\"device_count\":{},\"device_checksum\":{},",
-                "\"matches\":{},\"build_s\":{:.6},\"walk_s\":{:.6},\"tlb_hits\":{},\"tlb_misses\":{},",
-                "\"page_walks\":{},\"device_faults\":{}}},",
-                "\"free\":{{\"addr\":{},\"len\":{},\"time_s\":{:.6},\"fault\":{},\"fault_addr\":{},\"invalidations\":{}}},",
-                "\"above\":{{\"start\":{},\"end\":{},\"refused\":{},\"vmas_above\":{}}},",
-                "\"svg\":{},\"peer_exit\":{}}}"
-            ),
-            self.ok(),
-            self.pid,
-            self.va_bits,
-            h(self.limit),
-            self.total.as_secs_f64(),
-            self.inspect.vmas,
-            self.inspect.vmas_above,
-            self.inspect.mapped_above_bytes,
-            self.inspect.free_below_bytes,
-            h(self.inspect.largest_free.0),
-            h(self.inspect.largest_free.1),
-            self.inspect.time.as_secs_f64(),
-            self.peer.pid,
-            h(self.peer.window.0),
-            h(self.peer.window.1),
-            self.peer.tries,
-            self.peer.time.as_secs_f64(),
-            self.buffers.buffers.len(),
-            self.buffers.identical_in_peer,
-            self.buffers.per_alloc.as_secs_f64(),
-            bufs.join(","),
-            self.list.nodes,
-            h(self.list.cpu_checksum),
-            self.list.device_count,
-            h(self.list.device_checksum),
-            self.list.matches(),
-            self.list.build.as_secs_f64(),
-            self.list.walk.as_secs_f64(),
-            self.list.tlb_hits,
-            self.list.tlb_misses,
-            self.list.page_walks,
-            self.list.device_faults,
-            h(self.free.buffer.addr),
-            self.free.buffer.len,
-            self.free.free_time.as_secs_f64(),
-            fault_kind,
-            fault_addr,
-            self.free.invalidations,
-            h(self.above.range.0),
-            h(self.above.range.1),
-            self.above.refused.as_deref().map_or("null".to_owned(), json_str),
-            self.above.vmas_above,
-            self.svg
-                .as_ref()
-                .map_or("null".to_owned(), |(p, _)| json_str(&p.display().to_string())),
-            json_str(&self.peer_exit),
-        )
+        let i = &self.inspect;
+        let l = &self.list;
+        json!({
+            "ok": self.ok(),
+            "pid": self.pid,
+            "va_bits": self.va_bits,
+            "limit": h(self.limit),
+            "total_s": self.total.as_secs_f64(),
+            "inspect": {
+                "vmas": i.vmas,
+                "vmas_above": i.vmas_above,
+                "mapped_above_bytes": i.mapped_above_bytes,
+                "free_below_bytes": i.free_below_bytes,
+                "largest_free": {"start": h(i.largest_free.0), "end": h(i.largest_free.1)},
+                "time_s": i.time.as_secs_f64(),
+            },
+            "peer": {
+                "pid": self.peer.pid,
+                "window": {"start": h(self.peer.window.0), "end": h(self.peer.window.1)},
+                "tries": self.peer.tries,
+                "time_s": self.peer.time.as_secs_f64(),
+            },
+            "buffers": {
+                "count": self.buffers.buffers.len(),
+                "identical_in_peer": self.buffers.identical_in_peer,
+                "per_alloc_s": self.buffers.per_alloc.as_secs_f64(),
+                "list": bufs,
+            },
+            "list": {
+                "nodes": l.nodes,
+                "cpu_checksum": h(l.cpu_checksum),
+                "device_count": l.device_count,
+                "device_checksum": h(l.device_checksum),
+                "matches": l.matches(),
+                "build_s": l.build.as_secs_f64(),
+                "walk_s": l.walk.as_secs_f64(),
+                "tlb_hits": l.tlb_hits,
+                "tlb_misses": l.tlb_misses,
+                "page_walks": l.page_walks,
+                "device_faults": l.device_faults,
+            },
+            "free": {
+                "addr": h(self.free.buffer.addr),
+                "len": self.free.buffer.len,
+                "time_s": self.free.free_time.as_secs_f64(),
+                "fault": fault_kind,
+                "fault_addr": fault_addr,
+                "invalidations": self.free.invalidations,
+            },
+            "above": {
+                "start": h(self.above.range.0),
+                "end": h(self.above.range.1),
+                "refused": self.above.refused,
+                "vmas_above": self.above.vmas_above,
+            },
+            "svg": self.svg.as_ref().map(|(p, _)| p.display().to_string()),
+            "peer_exit": self.peer_exit,
+        })
     }
 }
 
