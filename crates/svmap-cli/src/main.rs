@@ -20,11 +20,6 @@ use std::process::ExitCode;
 
 use args::Arg;
 
-/// Counts live heap bytes for `svmap bench` (an atomic add per allocation;
-/// otherwise the system allocator).
-#[global_allocator]
-static ALLOC: svmap_bench::count_alloc::Counting = svmap_bench::count_alloc::Counting;
-
 /// The subcommands and their one-line summaries, for the usage text.
 const COMMANDS: &[(&str, &str)] = &[
     (
