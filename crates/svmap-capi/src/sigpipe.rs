@@ -107,10 +107,8 @@ mod tests {
     fn blocked() -> bool {
         let mut cur = MaybeUninit::<libc::sigset_t>::uninit();
         // SAFETY: a NULL new set only reads the mask into `cur`.
-        assert_eq!(
-            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, ptr::null(), cur.as_mut_ptr()) },
-            0
-        );
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, ptr::null(), cur.as_mut_ptr()) };
+        assert_eq!(r, 0);
         // SAFETY: initialised by the call above.
         unsafe { libc::sigismember(cur.as_ptr(), libc::SIGPIPE) == 1 }
     }

@@ -9,7 +9,7 @@ use crate::sys::{self, OwnedRange, PAGE};
 pub struct Probe {
     /// The effective floor of non-fixed placement: the kernel-internal
     /// `mmap_min_addr` (0x10000 here although the sysctl says 4096; see
-    /// `LINUX-SEMANTICS.md` section 13).
+    /// `docs/linux-semantics.md`, "`mmap_min_addr`").
     pub mmap_min_addr: u64,
     /// The sysctl `vm.mmap_min_addr` (what the `EPERM` check uses), if readable.
     pub sysctl_mmap_min_addr: Option<u64>,
