@@ -59,13 +59,28 @@ impl Errno {
         ErrnoName(self)
     }
 
-    /// Parses a symbolic name produced by [`Errno::name`].
+    /// Parses exactly what [`Errno::name`] prints for an errno in
+    /// `1..=4095`: a symbolic name (`"ENOMEM"`), or `"E"` and the decimal
+    /// number, without sign or leading zeros, for a number that has no name
+    /// here (`"E4095"`). `"E12"` (printed as `"ENOMEM"`), `"E+99"`,
+    /// `"E099"` and `"E0"` are refused.
     pub fn from_name(s: &str) -> Option<Errno> {
+        if s.is_empty() {
+            return None;
+        }
         if let Some(i) = NAMES.iter().position(|n| *n == s) {
             return Some(Errno(i as u16));
         }
-        let n: u16 = s.strip_prefix('E')?.parse().ok()?;
-        (1..=MAX_ERRNO as u16).contains(&n).then_some(Errno(n))
+        let digits = s.strip_prefix('E')?;
+        if digits.is_empty()
+            || digits.starts_with('0')
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let n: u16 = digits.parse().ok()?;
+        let named = NAMES.get(usize::from(n)).is_some_and(|x| !x.is_empty());
+        ((1..=MAX_ERRNO as u16).contains(&n) && !named).then_some(Errno(n))
     }
 }
 

@@ -24,12 +24,26 @@ pub struct UnmappedAreaInfo {
     pub low_limit: u64,
     /// The mapping must end at or below this address (exclusive).
     pub high_limit: u64,
-    /// The result satisfies `addr & align_mask == align_offset & align_mask`.
+    /// With a contiguous mask (`2^k - 1`, what every kernel caller
+    /// passes), the result satisfies `addr & align_mask == align_offset &
+    /// align_mask`. Any other mask is accepted, as the kernel accepts it,
+    /// and the result is what the kernel's arithmetic gives (bottom-up
+    /// `gap + ((align_offset - gap) & align_mask)`, top-down
+    /// `gap - ((gap - align_offset) & align_mask)`, both wrapping), which
+    /// need not satisfy the congruence; the hole must still hold the
+    /// padded length `length + align_mask + start_gap`.
     pub align_mask: u64,
     /// See `align_mask`.
     pub align_offset: u64,
     /// A guard the new mapping leaves below itself (shadow stacks).
     pub start_gap: u64,
+}
+
+/// True if `mask` is `2^k - 1` for some `k` (0 included): an alignment
+/// minus one, for which the search's result satisfies the congruence of
+/// [`UnmappedAreaInfo::align_mask`].
+pub(crate) const fn mask_is_contiguous(mask: u64) -> bool {
+    mask & mask.wrapping_add(1) == 0
 }
 
 /// Why a search found nothing. The kernel answers all of these with
@@ -301,8 +315,12 @@ impl AddressMap {
                     continue;
                 }
             }
+            // The congruence holds for a contiguous mask (`2^k - 1`); for
+            // any other mask the kernel's arithmetic, kept here, need not
+            // produce it.
             debug_assert!(
-                gap & info.align_mask == info.align_offset & info.align_mask,
+                !mask_is_contiguous(info.align_mask)
+                    || gap & info.align_mask == info.align_offset & info.align_mask,
                 "unaligned result {gap:#x}"
             );
             debug_assert!(
@@ -362,7 +380,8 @@ impl AddressMap {
                 }
             }
             debug_assert!(
-                gap & info.align_mask == info.align_offset & info.align_mask,
+                !mask_is_contiguous(info.align_mask)
+                    || gap & info.align_mask == info.align_offset & info.align_mask,
                 "unaligned result {gap:#x}"
             );
             return Ok(gap);
