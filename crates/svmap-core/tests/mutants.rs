@@ -602,3 +602,144 @@ fn allocate_inserts_where_the_model_fits() {
     assert!(m.iter().eq(model.vmas().iter().copied()));
     assert!(placed > 500, "{placed}");
 }
+
+/// One-byte VMAs separated by one-byte holes, deep enough that many holes
+/// lie between two leaves or two subtrees: every hole, wherever it sits in
+/// the tree, is found through a one-byte window that ends on its first
+/// byte, and none is taken for longer than it is.
+#[test]
+fn one_byte_holes_at_every_node_boundary() {
+    const N: u64 = 2000;
+    let vmas: Vec<_> = (0..N).map(|k| (2 * k, 2 * k + 1, NONE)).collect();
+    let (m, model) = maps(&vmas);
+    assert!(m.depth() >= 3, "depth {}", m.depth());
+    let p = bytes(0, false);
+    for k in 0..N {
+        let hole = 2 * k + 1;
+        for topdown in [false, true] {
+            let i = UnmappedAreaInfo {
+                topdown,
+                ..info(1, hole, hole + 1)
+            };
+            assert_eq!(m.unmapped_area(&i, &p), Ok(hole), "{i:?}");
+            let r = FitRequest {
+                topdown,
+                ..req(1, hole, hole + 1, 1, 0)
+            };
+            assert_eq!(m.find_fit(&r, &p), Ok(hole), "{r:?}");
+        }
+    }
+    // Two bytes fit only above the last VMA; windows that do not hold the
+    // whole map start at every 97th hole.
+    let top = 2 * N - 1;
+    for k in (0..N).step_by(97) {
+        for topdown in [false, true] {
+            let i = UnmappedAreaInfo {
+                topdown,
+                ..info(2, 2 * k + 1, top + 4)
+            };
+            let want = if topdown { top + 2 } else { top };
+            assert_eq!(area(&m, &model, &i, &p), Ok(want), "{i:?}");
+            let r = FitRequest {
+                topdown,
+                ..req(2, 2 * k + 1, top + 4, 1, 0)
+            };
+            assert_eq!(fit(&m, &model, &r, &p), Ok(want), "{r:?}");
+            // Below the top hole there is no room for two bytes.
+            let i = UnmappedAreaInfo {
+                topdown,
+                ..info(2, 2 * k + 1, top)
+            };
+            assert_eq!(area(&m, &model, &i, &p), Err(SearchError::NoSpace));
+            let r = FitRequest {
+                topdown,
+                ..req(2, 2 * k + 1, top, 1, 0)
+            };
+            assert_eq!(fit(&m, &model, &r, &p), Err(FitError::NoSpace));
+        }
+    }
+}
+
+/// A deep map whose last VMA ends at 2^64 - 1, the highest end there is:
+/// no search computes past it.
+#[test]
+fn a_vma_ending_at_the_top_of_the_address_space() {
+    let mut vmas: Vec<_> = (0..1000u64)
+        .map(|k| (0x100000 + k * 0x3000, 0x101000 + k * 0x3000, NONE))
+        .collect();
+    let last_end = vmas.last().unwrap().1;
+    vmas.push((last_end + 0x2000, u64::MAX, NONE));
+    let (m, model) = maps(&vmas);
+    assert!(m.depth() >= 2);
+    let p = SearchParams::default();
+    for (low, high) in [(0, u64::MAX), (0x10000, 1 << 47), (0x100001, u64::MAX)] {
+        for length in [0x1000, 0x2000, 0x3000] {
+            for topdown in [false, true] {
+                let i = UnmappedAreaInfo {
+                    topdown,
+                    ..info(length, low, high)
+                };
+                let got = area(&m, &model, &i, &p);
+                // Above the first VMA only the two-page holes are free.
+                let fits = low < 0x100000 || length <= 0x2000;
+                assert_eq!(got.is_ok(), fits, "{i:?} -> {got:?}");
+                let r = FitRequest {
+                    topdown,
+                    ..req(length, low, high, 0x1000, 0)
+                };
+                let got = fit(&m, &model, &r, &p);
+                assert_eq!(got.is_ok(), fits, "{r:?} -> {got:?}");
+            }
+        }
+    }
+}
+
+/// `vm_end_gap()` of a grows-up VMA (with `growsup_guard`): the end plus
+/// the guard, clamped to the last page when the sum wraps, and the end
+/// itself when the guard is 0.
+#[test]
+fn grows_up_guard_gap_clamps_at_the_top() {
+    let up = SearchParams {
+        growsup_guard: true,
+        ..SearchParams::default()
+    };
+    // The guard of [2^64 - 1 MiB, 2^64 - 512 KiB) wraps: everything above
+    // the VMA up to the last page is its guard, and the last page is one
+    // byte too short for a page inside a window ending at 2^64 - 1.
+    let low = 0u64.wrapping_sub(0x100000);
+    let (m, model) = maps(&[(low, low + 0x80000, UP)]);
+    for topdown in [false, true] {
+        // Bottom-up the guard moves the window to the last page; top-down
+        // the retry moves it below the VMA: nothing is left either way.
+        let i = UnmappedAreaInfo {
+            topdown,
+            ..info(0x1000, low + 0x80000, u64::MAX)
+        };
+        assert_eq!(area(&m, &model, &i, &up), Err(SearchError::EmptyWindow));
+        let r = FitRequest {
+            topdown,
+            respect_guard_gaps: true,
+            ..req(0x1000, low + 0x80000, u64::MAX, 0x1000, 0)
+        };
+        assert_eq!(fit(&m, &model, &r, &up), Err(FitError::NoSpace));
+    }
+    // A guard of 0 leaves the end where it is.
+    let zero = SearchParams {
+        stack_guard_gap: 0,
+        ..up
+    };
+    let (m, model) = maps(&[(0x10000, 0x20000, UP)]);
+    for topdown in [false, true] {
+        let i = UnmappedAreaInfo {
+            topdown,
+            ..info(0x1000, 0x20000, 0x21000)
+        };
+        assert_eq!(area(&m, &model, &i, &zero), Ok(0x20000));
+        let r = FitRequest {
+            topdown,
+            respect_guard_gaps: true,
+            ..req(0x1000, 0x20000, 0x21000, 0x1000, 0)
+        };
+        assert_eq!(fit(&m, &model, &r, &zero), Ok(0x20000));
+    }
+}
