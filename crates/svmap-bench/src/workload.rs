@@ -12,6 +12,32 @@ pub const MAX_PAGES: u64 = 512;
 /// The address window every address-ordered implementation manages:
 /// `[0, 2^47)`, the x86-64 user half with 4-level paging.
 pub const WINDOW: u64 = 1 << 47;
+/// The most live ranges a measurement is built for: the step stream draws
+/// victims with 32-bit indices, and the live-range array and the maps stay
+/// within a few GiB.
+pub const MAX_LIVE: usize = 20_000_000;
+
+/// The largest alignment with which `n` live ranges always fit in
+/// [`WINDOW`], whatever the churn did to the free space: `None` if `n` is 0
+/// or above [`MAX_LIVE`].
+///
+/// Before each allocation `n - 1` ranges of at most `MAX_PAGES * PAGE`
+/// bytes are live and split the free space into at most `n` holes; a hole
+/// of `size + align - PAGE` bytes holds an aligned fit. If no hole were that
+/// large the free space would be below `n * (max + align)`, so
+/// `n * (2 * max + align) <= WINDOW` guarantees a fit at every step. The
+/// bound is a power of two, at most 2^46, and at least 2 MiB for every `n`
+/// up to [`MAX_LIVE`].
+pub fn max_align(n: usize) -> Option<u64> {
+    if n == 0 || n > MAX_LIVE {
+        return None;
+    }
+    let max = MAX_PAGES * PAGE;
+    let room = (WINDOW / n as u64).checked_sub(2 * max)?;
+    // The largest power of two at most `room` (room >= 2 MiB here).
+    Some(1u64 << (63 - room.leading_zeros()))
+}
+
 /// The fixed seed of the step sequence.
 pub const SEED: u64 = 0x5eed_c0de_2026_0003;
 

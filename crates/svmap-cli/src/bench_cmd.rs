@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 
 use svmap_bench::peers::svmap::Svmap;
-use svmap_bench::workload::{measure, Plan};
+use svmap_bench::workload::{max_align, measure, Plan, MAX_LIVE};
 
 use crate::args::{self, Arg, Stop};
 
@@ -24,9 +24,12 @@ come from `cargo run --release -p svmap-bench --bin churn`
 (docs/PERFORMANCE.md).
 
 Options:
-  --live N        live ranges (e.g. 1000, 1e6; required)
-  --align BYTES   alignment of every allocation (power of two >= 4096;
-                  default 4096; suffixes k, m, g allowed: 2m)
+  --live N        live ranges, 1..=2e7 (e.g. 1000, 1e6; required)
+  --align BYTES   alignment of every allocation: a power of two from 4096
+                  up to the largest with which N ranges always fit in the
+                  window, N * (4 MiB + align) <= 2^47 (2 MiB for N = 2e7,
+                  128 MiB for N = 1e6, 2^46 for N = 1); default 4096;
+                  suffixes k, m, g allowed: 2m
   --highest       highest address first (default: lowest)
   --quick         fewer, shorter repetitions
   --json          one JSON line: impl, n, align, order, ns_per_pair,
@@ -54,6 +57,9 @@ fn parse_count(s: &str) -> Option<usize> {
 }
 
 fn parse_bytes(s: &str) -> Option<u64> {
+    if !s.is_ascii() {
+        return None;
+    }
     let (num, mul) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 1u64 << 10),
         b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
@@ -85,24 +91,28 @@ struct Options {
 /// The arguments after `bench churn`.
 fn parse_churn(p: &mut args::Parser) -> Result<Options, Stop> {
     let (mut live, mut align, mut highest, mut quick, mut json) =
-        (None, 4096u64, false, false, false);
+        (None, None::<u64>, false, false, false);
     while let Some(arg) = p.next()? {
         match arg {
             Arg::Long("live") => {
-                let v = p.value().ok().and_then(|v| v.into_string().ok());
-                match v.as_deref().and_then(parse_count) {
-                    Some(n) if n > 0 => live = Some(n),
-                    _ => return Err(Stop::Usage("--live needs a positive count".to_owned())),
+                let v = args::text("--live", args::value(p, "--live", "a count")?)?;
+                match parse_count(&v) {
+                    Some(n) if (1..=MAX_LIVE).contains(&n) => live = Some(n),
+                    _ => {
+                        return Err(Stop::Usage(format!(
+                            "--live {v:?} is not a count in 1..=2e7 (e.g. 1000, 1e6)"
+                        )))
+                    }
                 }
             }
             Arg::Long("align") => {
-                let v = p.value().ok().and_then(|v| v.into_string().ok());
-                match v.as_deref().and_then(parse_bytes) {
-                    Some(b) if b.is_power_of_two() && b >= 4096 => align = b,
+                let v = args::text("--align", args::value(p, "--align", "a byte count")?)?;
+                match parse_bytes(&v) {
+                    Some(b) if b.is_power_of_two() && b >= 4096 => align = Some(b),
                     _ => {
-                        return Err(Stop::Usage(
-                            "--align needs a power of two >= 4096".to_owned(),
-                        ))
+                        return Err(Stop::Usage(format!(
+                            "--align {v:?} is not a power of two >= 4096 (e.g. 4096, 64k, 2m)"
+                        )))
                     }
                 }
             }
@@ -114,6 +124,16 @@ fn parse_churn(p: &mut args::Parser) -> Result<Options, Stop> {
         }
     }
     let live = live.ok_or_else(|| Stop::Usage("--live N is required".to_owned()))?;
+    let align = align.unwrap_or(4096);
+    // `live` is in 1..=MAX_LIVE, where the bound exists.
+    let most = max_align(live).unwrap_or(4096);
+    if align > most {
+        return Err(Stop::Usage(format!(
+            "--align {align:#x} is too large for --live {live}: {live} ranges of up to 2 MiB \
+             aligned to A fit in the 2^47-byte window at every step only if \
+             {live} * (4 MiB + A) <= 2^47, so A is at most {most:#x}"
+        )));
+    }
     Ok(Options {
         live,
         align,
@@ -152,10 +172,6 @@ pub fn run(args: &[OsString]) -> i32 {
         }
         Err(Stop::Usage(m)) => return usage_error(&m),
     };
-    // The window holds N ranges of up to 2 MiB with room to spare.
-    if n > 20_000_000 {
-        return usage_error("--live is limited to 2e7 (the window is 2^47 bytes)");
-    }
     let plan = if quick {
         Plan::quick(n)
     } else {
@@ -229,5 +245,57 @@ mod tests {
         assert_eq!(parse_bytes("0x1000"), Some(4096));
         assert_eq!(parse_bytes("4k"), Some(4096));
         assert_eq!(parse_bytes("x"), None);
+        assert_eq!(parse_bytes("\u{e9}k"), None);
+        assert_eq!(parse_bytes("0xffffffffffffffffk"), None);
+    }
+
+    fn churn(a: &[&str]) -> Result<Options, Stop> {
+        let args: Vec<OsString> = a.iter().map(OsString::from).collect();
+        parse_churn(&mut args::parser(&args))
+    }
+
+    #[test]
+    fn alignment_is_bounded_by_what_the_window_holds() {
+        // 2^45 for 1000 ranges: only four aligned slots in 2^47 bytes.
+        let m = match churn(&["--live", "1000", "--align", "35184372088832"]) {
+            Err(Stop::Usage(m)) => m,
+            other => panic!("{:?}", other.map(|o| o.align)),
+        };
+        assert!(
+            m.contains("too large for --live 1000") && m.contains("0x2000000000"),
+            "{m}"
+        );
+        // The largest accepted alignment is the workload's bound.
+        let most = max_align(1000).unwrap();
+        assert_eq!(
+            churn(&["--live", "1000", "--align", &most.to_string()]).map(|o| o.align),
+            Ok(most)
+        );
+        assert!(churn(&["--live", "1000", "--align", &(2 * most).to_string()]).is_err());
+        assert_eq!(
+            churn(&["--live", "1", "--align", "0x400000000000"]).map(|o| o.align),
+            Ok(1 << 46)
+        );
+        assert_eq!(
+            churn(&["--live", "2e7", "--align", "2m"]).map(|o| o.live),
+            Ok(20_000_000)
+        );
+        for bad in [
+            &["--live", "2e7", "--align", "4m"][..],
+            &["--live", "20000001"],
+            &["--live", "0"],
+            &["--live", "-1"],
+            &["--live", "1e30"],
+            &["--live", ""],
+            &["--live"],
+            &["--live", "10", "--align", "0"],
+            &["--live", "10", "--align", "2048"],
+            &["--live", "10", "--align", "12k"],
+            &["--live", "10", "--align", "0x8000000000000000"],
+            &["--live", "10", "--align", "99999999999999999999"],
+            &["--live", "10", "--align"],
+        ] {
+            assert!(matches!(churn(bad), Err(Stop::Usage(_))), "{bad:?}");
+        }
     }
 }

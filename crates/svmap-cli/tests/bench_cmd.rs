@@ -39,12 +39,31 @@ fn churn_refuses_bad_arguments() {
         &["bench", "churn"][..],
         &["bench", "churn", "--live", "0"],
         &["bench", "churn", "--live", "10", "--align", "3000"],
+        &[
+            "bench",
+            "churn",
+            "--live",
+            "1000",
+            "--align",
+            "35184372088832",
+        ],
+        &["bench", "churn", "--live", "1", "--align", "0x800000000000"],
+        &["bench", "churn", "--live", "2e7", "--align", "4m"],
+        &["bench", "churn", "--live", "1e8"],
+        &["bench", "churn", "--live", "1e40"],
         &["bench", "nope"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_svmap"))
             .args(args)
             .output()
             .expect("run svmap bench");
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("svmap bench: "), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        // The message names the option at fault.
+        if let Some(opt) = args.iter().rev().find(|a| a.starts_with("--")) {
+            assert!(err.contains(opt), "{args:?}: {err}");
+        }
     }
 }
