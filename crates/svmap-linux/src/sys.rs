@@ -2,6 +2,16 @@
 //! system calls. Everything it exports is safe: the unsafe blocks are here,
 //! each with the reason it holds.
 //!
+//! Calls go through `rustix`. `libc` remains for one call only:
+//!
+//! - `fcntl(raw, F_GETFL)` in [`check_writable_fd`]: the descriptor number
+//!   comes from outside Rust and may not be open. rustix's calls take a
+//!   `BorrowedFd`, whose contract is an open descriptor, so asking the
+//!   kernel whether the number is open at all has to go through libc.
+//!
+//! (The errno constants of [`Errno`] also come from `libc`: constants, not
+//! calls.)
+//!
 //! Ownership rule: svmap may replace (`MAP_FIXED`) or unmap only ranges it
 //! created itself. Such a range is an `OwnedRange`; the only ways to get one
 //! are `OwnedRange::reserve_at` (`MAP_FIXED_NOREPLACE`, which fails rather
@@ -11,30 +21,60 @@
 
 #![allow(unsafe_code)]
 
+use core::ffi::c_void;
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::process::{Pid, PidfdFlags, Resource};
 
 use crate::error::Errno;
 
-/// The page size svmap assumes (x86-64, arm64 with 4 KiB pages). Checked
-/// against `sysconf(_SC_PAGESIZE)` by [`page_size`].
-pub const PAGE: u64 = 4096;
-
-/// `sysconf(_SC_PAGESIZE)`.
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let r = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if r <= 0 {
-        PAGE
-    } else {
-        r as u64
+impl From<rustix::io::Errno> for Errno {
+    /// The same errno, as rustix reported it.
+    fn from(e: rustix::io::Errno) -> Errno {
+        Errno(e.raw_os_error())
     }
 }
 
-/// Flags of every reservation: no access, private, anonymous, and no swap or
-/// commit accounting (`MAP_NORESERVE`), so reserving a terabyte costs one
-/// VMA and no memory.
-const RESERVE_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+/// The page size svmap assumes (x86-64, arm64 with 4 KiB pages). Checked
+/// against the kernel's page size by [`page_size`].
+pub const PAGE: u64 = 4096;
+
+/// The kernel's page size (`AT_PAGESZ`, what `sysconf(_SC_PAGESIZE)`
+/// answers).
+pub fn page_size() -> u64 {
+    rustix::param::page_size() as u64
+}
+
+/// Flags of every reservation: no access, private, anonymous (added by
+/// `mmap_anonymous`), and no swap or commit accounting (`MAP_NORESERVE`),
+/// so reserving a terabyte costs one VMA and no memory.
+const RESERVE_FLAGS: MapFlags = MapFlags::PRIVATE.union(MapFlags::NORESERVE);
+
+/// `mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+/// extra, -1, 0)`: the address the kernel answered, or its errno.
+///
+/// # Safety
+///
+/// With `MAP_FIXED` in `extra`, `[addr, addr + len)` holds only memory of an
+/// [`OwnedRange`] that no Rust reference points into.
+unsafe fn mmap_reserve(addr: u64, len: u64, extra: MapFlags) -> Result<u64, Errno> {
+    // SAFETY: an anonymous PROT_NONE mapping creates no memory that Rust code
+    // can reach; it replaces existing memory only with MAP_FIXED, which the
+    // caller's contract limits to svmap's own unreferenced pages.
+    let p = unsafe {
+        rustix::mm::mmap_anonymous(
+            addr as usize as *mut c_void,
+            len as usize,
+            ProtFlags::empty(),
+            RESERVE_FLAGS | extra,
+        )
+    }?;
+    Ok(p as usize as u64)
+}
 
 /// A page-aligned range `[addr, addr + len)` of this process's address space
 /// that svmap mapped itself and therefore may `MAP_FIXED` over and unmap.
@@ -55,28 +95,18 @@ impl OwnedRange {
     /// unknown flag as a hint; a result at another address is unmapped again
     /// and reported as `EEXIST`.
     pub(crate) fn reserve_at(addr: u64, len: u64) -> Result<OwnedRange, Errno> {
-        if len == 0 || addr % PAGE != 0 || len % PAGE != 0 || addr.checked_add(len).is_none() {
+        if len == 0
+            || !addr.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+            || addr.checked_add(len).is_none()
+        {
             return Err(Errno::EINVAL);
         }
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
-        // no memory anyone uses changes; the result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len as usize,
-                libc::PROT_NONE,
-                RESERVE_FLAGS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
-        let got = OwnedRange {
-            addr: p as u64,
-            len,
-        };
+        // SAFETY: no MAP_FIXED: MAP_FIXED_NOREPLACE never replaces an
+        // existing mapping, so no memory anyone uses changes; the result is
+        // checked below.
+        let p = unsafe { mmap_reserve(addr, len, MapFlags::FIXED_NOREPLACE) }?;
+        let got = OwnedRange { addr: p, len };
         if got.addr != addr {
             drop(got); // a fresh mapping of ours: unmapping it is fine
             return Err(Errno::EEXIST);
@@ -87,27 +117,13 @@ impl OwnedRange {
     /// A non-fixed `PROT_NONE` reservation of `len` bytes with the hint
     /// `hint` (0: none): the kernel picks a free range.
     pub(crate) fn reserve_anywhere(hint: u64, len: u64) -> Result<OwnedRange, Errno> {
-        if len == 0 || len % PAGE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE) {
             return Err(Errno::EINVAL);
         }
-        // SAFETY: a non-fixed mmap never replaces an existing mapping.
-        let p = unsafe {
-            libc::mmap(
-                hint as *mut libc::c_void,
-                len as usize,
-                libc::PROT_NONE,
-                RESERVE_FLAGS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
-        Ok(OwnedRange {
-            addr: p as u64,
-            len,
-        })
+        // SAFETY: no MAP_FIXED: a non-fixed mmap never replaces an existing
+        // mapping.
+        let p = unsafe { mmap_reserve(hint, len, MapFlags::empty()) }?;
+        Ok(OwnedRange { addr: p, len })
     }
 
     /// First address.
@@ -122,8 +138,8 @@ impl OwnedRange {
 
     fn check_sub(&self, addr: u64, len: u64) -> Result<(), Errno> {
         let inside = len > 0
-            && addr % PAGE == 0
-            && len % PAGE == 0
+            && addr.is_multiple_of(PAGE)
+            && len.is_multiple_of(PAGE)
             && addr >= self.addr
             && addr
                 .checked_add(len)
@@ -144,30 +160,35 @@ impl OwnedRange {
         fd: BorrowedFd<'_>,
     ) -> Result<(), Errno> {
         self.check_sub(addr, len)?;
-        // SAFETY: [addr, addr + len) lies inside this OwnedRange (checked
-        // above), which svmap mapped and owns, so MAP_FIXED replaces only
-        // svmap's own pages. The callers (`Heap::alloc`, `SharedWindow::map_fd`)
-        // hand the range out only as raw addresses after this returns, so no
-        // Rust reference to the replaced pages exists. (`Reservation::
-        // map_shared_fd` needs the reservation by `&mut`; a reservation's
-        // pages are only ever handed out as raw addresses too.)
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
+        // SAFETY:
+        // 1. [addr, addr + len) lies inside this OwnedRange (checked above),
+        //    which svmap mapped and owns, so MAP_FIXED replaces only svmap's
+        //    own pages.
+        // 2. No Rust reference to the replaced pages exists: the callers
+        //    (`Heap::alloc`, `SharedWindow::map_fd`) hand the range out only
+        //    as raw addresses after this returns, and `Reservation::
+        //    map_shared_fd` needs the reservation by `&mut` (a reservation's
+        //    pages are only ever handed out as raw addresses too).
+        let r = unsafe {
+            rustix::mm::mmap(
+                addr as usize as *mut c_void,
                 len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED,
-                fd.as_raw_fd(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
                 0,
             )
         };
-        if p == libc::MAP_FAILED {
-            let e = Errno::last();
-            self.recover_hole(addr, len);
-            return Err(e);
+        match r {
+            Ok(p) => {
+                debug_assert_eq!(p as usize as u64, addr);
+                Ok(())
+            }
+            Err(e) => {
+                self.recover_hole(addr, len);
+                Err(e.into())
+            }
         }
-        debug_assert_eq!(p as u64, addr);
-        Ok(())
     }
 
     /// After a failed `MAP_FIXED` over `[addr, addr + len)` (checked to lie
@@ -178,23 +199,17 @@ impl OwnedRange {
     /// Puts a `PROT_NONE` reservation back with `MAP_FIXED_NOREPLACE`, which
     /// fills the hole if there is one and changes nothing otherwise.
     fn recover_hole(&self, addr: u64, len: u64) {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; a
-        // new mapping only fills a hole inside this OwnedRange, which is
-        // svmap's to fill.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len as usize,
-                libc::PROT_NONE,
-                RESERVE_FLAGS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p != libc::MAP_FAILED && p as u64 != addr {
-            // A kernel before 4.17 took the flag as a hint.
-            // SAFETY: `p` is the mapping this call just created.
-            unsafe { libc::munmap(p, len as usize) };
+        // SAFETY: no MAP_FIXED: MAP_FIXED_NOREPLACE never replaces an
+        // existing mapping; a new mapping only fills a hole inside this
+        // OwnedRange, which is svmap's to fill.
+        let r = unsafe { mmap_reserve(addr, len, MapFlags::FIXED_NOREPLACE) };
+        if let Ok(p) = r {
+            if p != addr {
+                // A kernel before 4.17 took the flag as a hint.
+                // SAFETY: `p` is the mapping this call just created, which
+                // nothing else knows about.
+                let _ = unsafe { rustix::mm::munmap(p as usize as *mut c_void, len as usize) };
+            }
         }
     }
 
@@ -203,23 +218,15 @@ impl OwnedRange {
     /// released and the range stays reserved.
     pub(crate) fn reset(&self, addr: u64, len: u64) -> Result<(), Errno> {
         self.check_sub(addr, len)?;
-        // SAFETY: the range is inside this OwnedRange (checked above); the
-        // callers (`Heap::free`, `Reservation::reset` for the peer's shared
-        // window) have taken the buffer
-        // out of their index first, and both hand buffers out only as raw
-        // addresses, so no Rust reference into the pages exists.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len as usize,
-                libc::PROT_NONE,
-                RESERVE_FLAGS | libc::MAP_FIXED,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let e = Errno::last();
+        // SAFETY:
+        // 1. The range is inside this OwnedRange (checked above), so
+        //    MAP_FIXED replaces only svmap's own pages.
+        // 2. No Rust reference points into them: the callers (`Heap::free`,
+        //    `Reservation::reset` for the peer's shared window) have taken
+        //    the buffer out of their index first, and both hand buffers out
+        //    only as raw addresses.
+        let r = unsafe { mmap_reserve(addr, len, MapFlags::FIXED) };
+        if let Err(e) = r {
             self.recover_hole(addr, len);
             return Err(e);
         }
@@ -232,8 +239,8 @@ impl Drop for OwnedRange {
         // SAFETY: the range was mapped by svmap (see the type's invariant) and
         // is handed out only as raw pointers; unmapping it cannot invalidate a
         // Rust reference.
-        let r = unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len as usize) };
-        debug_assert_eq!(r, 0, "munmap of an owned range failed");
+        let r = unsafe { rustix::mm::munmap(self.addr as usize as *mut c_void, self.len as usize) };
+        debug_assert!(r.is_ok(), "munmap of an owned range failed: {r:?}");
     }
 }
 
@@ -242,42 +249,19 @@ impl Drop for OwnedRange {
 /// process or a peer it is passed to) can truncate it under a mapping (which
 /// would make accesses fault with SIGBUS) or grow it.
 pub fn memfd_sealed(name: &CStr, len_bytes: u64) -> Result<OwnedFd, Errno> {
-    // SAFETY: `name` is a valid NUL-terminated string for the call.
-    let fd =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if fd < 0 {
-        return Err(Errno::last());
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    // ftruncate takes a signed `off_t`: larger sizes are EINVAL.
+    if i64::try_from(len_bytes).is_err() {
+        return Err(Errno::EINVAL);
     }
-    // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = libc::off_t::try_from(len_bytes).map_err(|_| Errno::EINVAL)?;
-    // SAFETY: plain syscall on a descriptor we own.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: plain syscall on a descriptor we own.
-    let r = unsafe {
-        libc::fcntl(
-            fd.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
-        )
-    };
-    if r != 0 {
-        return Err(Errno::last());
-    }
+    rustix::fs::ftruncate(&fd, len_bytes)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)?;
     Ok(fd)
 }
 
-/// The seals of a file descriptor (`F_GET_SEALS`).
+/// The seals of a file descriptor (`F_GET_SEALS`), as the `F_SEAL_*` bits.
 pub fn get_seals(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
-    // SAFETY: plain syscall on a live descriptor.
-    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r)
-    }
+    Ok(rustix::fs::fcntl_get_seals(fd)?.bits() as i32)
 }
 
 /// `EBADF` unless `raw` is an open descriptor, `EINVAL` unless it is open
@@ -289,7 +273,8 @@ pub fn check_writable_fd(raw: i32) -> Result<(), Errno> {
         return Err(Errno(libc::EBADF));
     }
     // SAFETY: fcntl(F_GETFL) on a descriptor number reads no memory; a
-    // number that is not open answers EBADF.
+    // number that is not open answers EBADF. (libc, not rustix: see the
+    // module header.)
     let fl = unsafe { libc::fcntl(raw, libc::F_GETFL) };
     if fl < 0 {
         return Err(Errno::last());
@@ -300,49 +285,37 @@ pub fn check_writable_fd(raw: i32) -> Result<(), Errno> {
     }
 }
 
-/// `pidfd_open(pid, 0)`.
+/// `pidfd_open(pid, 0)`. A pid that is not positive as a `pid_t` is
+/// `EINVAL`, as the kernel answers for it.
 pub(crate) fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes two integers and returns a new descriptor.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
-    if r < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or(Errno::EINVAL)?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// True if the process behind a pidfd has exited (the pidfd polls readable
 /// once it has, zombie or reaped).
 pub(crate) fn pidfd_exited(fd: BorrowedFd<'_>) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+    let mut p = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: one valid pollfd, count 1, no wait.
-    let r = unsafe { libc::poll(&mut p, 1, 0) };
-    r > 0 && p.revents & libc::POLLIN != 0
+    let r = rustix::event::poll(&mut p, Some(&zero));
+    matches!(r, Ok(n) if n > 0) && p[0].revents().contains(PollFlags::IN)
 }
 
 /// `RLIMIT_STACK` soft limit in bytes; `None` if unlimited.
 pub fn stack_rlimit() -> Option<u64> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit through a valid pointer.
-    let r = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
-    if r != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
-        None
-    } else {
-        Some(rl.rlim_cur)
-    }
+    rustix::process::getrlimit(Resource::Stack).current
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
     /// Descriptors open in this process. Other tests run on other threads,
     /// so callers compare with a margin below the number of iterations.

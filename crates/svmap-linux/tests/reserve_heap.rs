@@ -267,7 +267,7 @@ fn heap_alloc_free_returns_memory() {
     {
         let p = heap.alloc(len, align).unwrap();
         let a = p.as_ptr() as u64;
-        assert!(a >= res.0 && a + len <= res.1 && a % align.max(PAGE) == 0);
+        assert!(a >= res.0 && a + len <= res.1 && a.is_multiple_of(align.max(PAGE)));
         fill(p, len.max(PAGE), i as u8);
         let seals = svmap_linux::sys::get_seals(heap.memfd(p).unwrap()).unwrap();
         assert_eq!(
