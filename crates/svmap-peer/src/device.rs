@@ -460,7 +460,7 @@ impl Device {
     fn map(&mut self, addr: u64, len: u64, writable: bool, mut fds: Vec<OwnedFd>) -> Msg {
         let fd = fds.pop().expect("the channel checks that a map has one fd");
         let (ws, we) = (self.win.reservation().addr(), self.win.reservation().end());
-        let aligned = addr % self.page == 0 && len % self.page == 0 && len > 0;
+        let aligned = addr.is_multiple_of(self.page) && len.is_multiple_of(self.page) && len > 0;
         if !aligned || addr < ws || addr.checked_add(len).is_none_or(|e| e > we) {
             return bad_range(format!(
                 "buffer [{addr:#x}, +{len:#x}) is not whole device pages inside the window \
@@ -632,7 +632,7 @@ impl Device {
     }
 
     fn sum(&mut self, addr: u64, len: u64) -> Msg {
-        if addr % 8 != 0 || len % 8 != 0 || addr.checked_add(len).is_none() {
+        if !addr.is_multiple_of(8) || !len.is_multiple_of(8) || addr.checked_add(len).is_none() {
             return Msg::Error {
                 code: code::BAD_REQUEST,
                 message: format!("sum of [{addr:#x}, +{len:#x}): not 8-byte words"),

@@ -49,6 +49,8 @@ use std::process::{Child, Command, Stdio};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use rustix::event::PollFlags;
+
 use svmap_core::{FitError, FitRequest, SearchParams, VmaFlags};
 use svmap_linux::error::{Errno, Error};
 use svmap_linux::heap::Heap;
@@ -532,9 +534,9 @@ impl Channel {
                 Ok(_) => return Ok(()),
                 Err(e) if e.0 == libc::EAGAIN => {
                     let ms = Self::remaining_ms(deadline)?;
-                    let rev = sys::poll_one(self.fd.as_fd(), libc::POLLOUT, ms)
+                    let rev = sys::poll_one(self.fd.as_fd(), PollFlags::OUT, ms)
                         .map_err(|e| ChanError::Sys("poll", e))?;
-                    if rev & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    if rev.intersects(PollFlags::HUP | PollFlags::ERR) {
                         return Err(ChanError::Closed);
                     }
                 }
@@ -581,7 +583,7 @@ impl Channel {
                 }
                 Err(e) if e.0 == libc::EAGAIN => {
                     let ms = Self::remaining_ms(deadline)?;
-                    sys::poll_one(self.fd.as_fd(), libc::POLLIN, ms)
+                    sys::poll_one(self.fd.as_fd(), PollFlags::IN, ms)
                         .map_err(|e| ChanError::Sys("poll", e))?;
                 }
                 Err(e) if e.0 == libc::EINTR => {}

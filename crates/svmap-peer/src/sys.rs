@@ -5,9 +5,28 @@
 //! its reason in a `// SAFETY:` comment, and everything exported is safe.
 //! Reservations and memfds come from `svmap_linux` (its `sys` module owns
 //! those calls).
+//!
+//! Calls go through `rustix`. `libc` remains for one call only:
+//!
+//! - `getsockopt(raw, SOL_SOCKET, SO_TYPE)` in [`take_inherited_socket`]:
+//!   the descriptor number comes from the environment and may not be open.
+//!   rustix's calls take a `BorrowedFd`, whose contract is an open
+//!   descriptor, so the first look at the number has to go through libc.
+//!
+//! (Errno constants such as `libc::EFAULT` are constants, not calls.)
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use core::mem::MaybeUninit;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{FileType, SealFlags};
+use rustix::io::FdFlags;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 
 use svmap_linux::error::Errno;
 use svmap_linux::heap::Heap;
@@ -17,23 +36,12 @@ use svmap_linux::sys::get_seals;
 /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: message boundaries
 /// are kept, and neither end leaks into programs other threads start.
 pub(crate) fn socketpair_seqpacket() -> Result<(OwnedFd, OwnedFd), Errno> {
-    let mut fds = [-1 as libc::c_int; 2];
-    // SAFETY: socketpair writes two descriptors through a valid pointer to
-    // an array of two.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: the kernel just returned these two descriptors; nothing else
-    // owns them.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Makes `fd` (open in this process, number kept by `fork`) survive the
@@ -41,20 +49,23 @@ pub(crate) fn socketpair_seqpacket() -> Result<(OwnedFd, OwnedFd), Errno> {
 /// copy between `fork` and `exec`. The caller keeps `fd` open until the
 /// child has been spawned.
 pub(crate) fn inherit_fd_in_child(cmd: &mut std::process::Command, fd: BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let raw = fd.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec; it only
-    // calls fcntl (async-signal-safe) and builds an io::Error from errno,
-    // which does not allocate. `raw` is open in the child because it is
-    // open in the parent while `spawn` runs (the caller's contract).
+    let clear_cloexec = move || -> std::io::Result<()> {
+        // SAFETY: `raw` is open in the child because it is open in the parent
+        // while `spawn` runs (the caller's contract), and it stays open until
+        // exec, after this borrow ends.
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+        rustix::io::fcntl_setfd(fd, FdFlags::empty())?;
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec. It makes one
+    // fcntl system call (async-signal-safe; rustix issues it directly) and
+    // turns a failure into an io::Error from the raw errno, which does not
+    // allocate.
     unsafe {
-        cmd.pre_exec(move || {
-            // SAFETY: fcntl on a descriptor number; no memory is involved.
-            if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(clear_cloexec);
     }
 }
 
@@ -72,7 +83,9 @@ pub(crate) fn take_inherited_socket(raw: i32) -> Result<OwnedFd, Errno> {
     }
     let mut ty: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `ty`, an int.
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`, an int; a
+    // number that is not open answers EBADF. (libc, not rustix: see the
+    // module header.)
     let r = unsafe {
         libc::getsockopt(
             raw,
@@ -91,31 +104,33 @@ pub(crate) fn take_inherited_socket(raw: i32) -> Result<OwnedFd, Errno> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(Errno(libc::EBUSY));
     }
-    // SAFETY: fcntl on a descriptor number; no memory is involved.
-    if unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
-        return Err(Errno::last());
-    }
-    // SAFETY: `raw` is an open socket (checked above) that the parent handed
-    // to this process for the peer protocol alone; the once-guard makes this
-    // the only OwnedFd ever created for it here.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    // SAFETY:
+    // 1. `raw` is an open socket (checked above).
+    // 2. The parent handed it to this process for the peer protocol alone,
+    //    and the once-guard makes this the only OwnedFd ever created for it
+    //    here.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&fd, FdFlags::CLOEXEC)?;
+    Ok(fd)
 }
 
 /// `poll` on one descriptor for `events`, waiting at most `timeout_ms`
-/// (negative: forever). Returns the `revents` (0 on timeout or `EINTR`).
-pub(crate) fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> Result<i16, Errno> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, count 1.
-    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    if r < 0 {
-        let e = Errno::last();
-        return if e.0 == libc::EINTR { Ok(0) } else { Err(e) };
+/// (negative: forever). Returns the `revents` (empty on timeout or `EINTR`).
+pub(crate) fn poll_one(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    timeout_ms: i32,
+) -> Result<PollFlags, Errno> {
+    let mut p = [PollFd::new(&fd, events)];
+    let timeout = u64::try_from(timeout_ms).ok().map(|ms| Timespec {
+        tv_sec: (ms / 1000) as i64,
+        tv_nsec: ((ms % 1000) * 1_000_000) as i64,
+    });
+    match rustix::event::poll(&mut p, timeout.as_ref()) {
+        Ok(0) | Err(rustix::io::Errno::INTR) => Ok(PollFlags::empty()),
+        Ok(_) => Ok(p[0].revents()),
+        Err(e) => Err(e.into()),
     }
-    Ok(if r == 0 { 0 } else { p.revents })
 }
 
 /// Most descriptors accepted in one received packet (more are closed and
@@ -133,52 +148,18 @@ pub(crate) fn send_packet(
     if fds.len() > MAX_FDS {
         return Err(Errno::EINVAL);
     }
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // u64 words keep the control buffer aligned for cmsghdr.
-    let mut cbuf = [0u64; 8];
-    // SAFETY: an all-zero msghdr is a valid value (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let payload = (fds.len() * std::mem::size_of::<libc::c_int>()) as u32;
-        // SAFETY: CMSG_SPACE is arithmetic.
-        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-        debug_assert!(space <= std::mem::size_of_val(&cbuf));
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points to `space` zeroed, aligned bytes, room
-        // for one cmsghdr with `payload` bytes of data; CMSG_FIRSTHDR returns
-        // a pointer into that buffer (non-null since controllen >= a header)
-        // and CMSG_DATA the start of its data, which has room for the fds.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
-            let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-            for (i, f) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(f.as_raw_fd());
-            }
-        }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    // The buffer has room for MAX_FDS descriptors, so the push cannot fail.
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Errno::EINVAL);
     }
-    // SAFETY: msg points to a valid iovec over `bytes` (only read by
-    // sendmsg) and a valid control buffer that outlives the call.
-    let r = unsafe {
-        libc::sendmsg(
-            fd.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if r < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(r as usize)
-    }
+    Ok(rustix::net::sendmsg(
+        fd,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?)
 }
 
 /// One received packet.
@@ -188,9 +169,12 @@ pub(crate) struct Received {
     pub(crate) len: usize,
     /// The packet was longer than the buffer (`MSG_TRUNC`).
     pub(crate) truncated: bool,
-    /// Descriptors were dropped by the kernel (`MSG_CTRUNC`).
+    /// The packet carried more than [`MAX_FDS`] descriptors: the kernel
+    /// dropped some (`MSG_CTRUNC`) or the ones beyond [`MAX_FDS`] were
+    /// closed here.
     pub(crate) truncated_fds: bool,
-    /// The descriptors that came with it (close-on-exec).
+    /// The descriptors that came with it (close-on-exec), at most
+    /// [`MAX_FDS`].
     pub(crate) fds: Vec<OwnedFd>,
 }
 
@@ -198,66 +182,41 @@ pub(crate) struct Received {
 /// queued), taking up to [`MAX_FDS`] passed descriptors with
 /// `MSG_CMSG_CLOEXEC`.
 pub(crate) fn recv_packet(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received, Errno> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = [0u64; 8];
-    // SAFETY: CMSG_SPACE is arithmetic.
-    let space =
-        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<libc::c_int>()) as u32) } as usize;
-    debug_assert!(space <= std::mem::size_of_val(&cbuf));
-    // SAFETY: an all-zero msghdr is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: the iovec covers `buf` (writable, outlives the call) and the
-    // control buffer has `space` writable bytes.
-    let r = unsafe {
-        libc::recvmsg(
-            fd.as_raw_fd(),
-            &mut msg,
-            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    if r < 0 {
-        return Err(Errno::last());
-    }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let r = rustix::net::recvmsg(
+        fd,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    // The buffer has room for MAX_FDS descriptors plus alignment slack, so
+    // the kernel may install a few more than MAX_FDS: those are closed here
+    // (dropped) and the packet counts as truncated, as with MSG_CTRUNC.
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_FIRSTHDR and
-    // CMSG_NXTHDR walk only within it, and every SCM_RIGHTS payload holds
-    // `(cmsg_len - CMSG_LEN(0)) / sizeof(int)` descriptors that the kernel
-    // just installed in this process and that nothing else owns.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let n = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize)
-                    / std::mem::size_of::<libc::c_int>();
-                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
-                for i in 0..n {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+    let mut extra_fds = false;
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = msg {
+            for f in rights {
+                if fds.len() < MAX_FDS {
+                    fds.push(f);
+                } else {
+                    extra_fds = true;
                 }
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
     Ok(Received {
-        len: r as usize,
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-        truncated_fds: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        len: r.bytes,
+        truncated: r.flags.contains(ReturnFlags::TRUNC),
+        truncated_fds: extra_fds || r.flags.contains(ReturnFlags::CTRUNC),
         fds,
     })
 }
 
 /// Sends `SIGKILL` to this process (the peer's fault injection).
 pub(crate) fn kill_self() -> ! {
-    // SAFETY: kill and getpid have no memory-safety preconditions.
-    unsafe {
-        libc::kill(libc::getpid(), libc::SIGKILL);
-    }
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     // SIGKILL cannot be caught; this is not reached.
     std::process::abort()
 }
@@ -303,13 +262,9 @@ impl SharedWindow {
                 return Err(Errno::EEXIST);
             }
         }
-        // SAFETY: an all-zero stat is a valid value; fstat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat writes one stat through a valid pointer.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(Errno::last());
-        }
-        if (st.st_mode & libc::S_IFMT) != libc::S_IFREG || (st.st_size as u64) < len {
+        let st = rustix::fs::fstat(fd)?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || size < len {
             return Err(Errno::EINVAL);
         }
         // The size check above holds only if the sender cannot shrink the
@@ -317,7 +272,7 @@ impl SharedWindow {
         // make the device's accesses die of SIGBUS. svmap's buffers are
         // sealed (`memfd_sealed`); anything else is refused.
         match get_seals(fd) {
-            Ok(seals) if seals & libc::F_SEAL_SHRINK != 0 => {}
+            Ok(seals) if SealFlags::from_bits_retain(seals as u32).contains(SealFlags::SHRINK) => {}
             _ => return Err(Errno::EINVAL),
         }
         self.res.map_shared_fd(addr, len, fd)?;
@@ -393,7 +348,7 @@ impl SharedWindow {
 /// # Safety
 /// `[addr, addr + 8)` is mapped readable.
 unsafe fn read_volatile_u64(addr: u64) -> u64 {
-    if addr % 8 == 0 {
+    if addr.is_multiple_of(8) {
         // SAFETY: aligned and readable (the caller's contract).
         unsafe { std::ptr::read_volatile(addr as *const u64) }
     } else {
@@ -409,7 +364,7 @@ unsafe fn read_volatile_u64(addr: u64) -> u64 {
 /// # Safety
 /// `[addr, addr + 8)` is mapped writable and not borrowed by Rust code.
 unsafe fn write_volatile_u64(addr: u64, v: u64) {
-    if addr % 8 == 0 {
+    if addr.is_multiple_of(8) {
         // SAFETY: aligned and writable (the caller's contract).
         unsafe { std::ptr::write_volatile(addr as *mut u64, v) }
     } else {
@@ -524,14 +479,9 @@ mod tests {
         let base = w.reservation().addr();
         // A memfd of the right size but without F_SEAL_SHRINK: the sender
         // could truncate it under the mapping.
-        // SAFETY: a NUL-terminated name.
-        let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(raw >= 0);
-        // SAFETY: just created, owned here only.
-        let unsealed = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: ftruncate on a descriptor we own; no memory is involved.
-        let r = unsafe { libc::ftruncate(unsealed.as_raw_fd(), PAGE as i64) };
-        assert_eq!(r, 0);
+        let unsealed =
+            rustix::fs::memfd_create(c"unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&unsealed, PAGE).unwrap();
         assert_eq!(w.map_fd(base, PAGE, unsealed.as_fd()), Err(Errno::EINVAL));
         // Not a regular file at all.
         let (a, _b) = socketpair_seqpacket().unwrap();
@@ -558,5 +508,30 @@ mod tests {
         assert!(open_fds() < before + 32, "received descriptors leaked");
         let too_many = [f.as_fd(); MAX_FDS + 1];
         assert_eq!(send_packet(a.as_fd(), b"x", &too_many), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn descriptors_beyond_max_fds_are_closed_and_reported() {
+        let (a, b) = socketpair_seqpacket().unwrap();
+        let f = memfd_sealed(c"passed", PAGE).unwrap();
+        let before = open_fds();
+        for n in [MAX_FDS + 1, MAX_FDS + 2, 3 * MAX_FDS] {
+            for _ in 0..16 {
+                // send_packet refuses more than MAX_FDS: send them raw.
+                let fds = vec![f.as_fd(); n];
+                let mut space =
+                    vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(n))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+                rustix::net::sendmsg(&a, &[IoSlice::new(b"x")], &mut control, SendFlags::empty())
+                    .unwrap();
+                let mut buf = [0u8; 4];
+                let r = recv_packet(b.as_fd(), &mut buf).unwrap();
+                assert_eq!(r.len, 1);
+                assert!(r.truncated_fds, "{n} descriptors not reported");
+                assert!(r.fds.len() <= MAX_FDS, "{} descriptors kept", r.fds.len());
+            }
+        }
+        assert!(open_fds() < before + 32, "extra descriptors leaked");
     }
 }

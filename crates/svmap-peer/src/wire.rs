@@ -435,7 +435,7 @@ impl Msg {
         let kind = p[5];
         let id = u64::from_le_bytes(p[8..16].try_into().expect("8 bytes"));
         let body = &p[HEADER..];
-        if body.len() % 8 != 0 {
+        if !body.len().is_multiple_of(8) {
             return bad(format!("body of {} bytes is not whole words", body.len()));
         }
         let mut r = Reader { b: body, i: 0 };
