@@ -36,11 +36,24 @@
 //! `stack-room A-B`, `reserved A-B`, `uncovered A-B errno=E`, and a final
 //! `done reserved=N bytes=B uncovered=U`. The variables are inherited, so
 //! every program the command execs is fenced and reports too.
+//!
+//! System calls go through `rustix`, whose calls here (`open`, `read`,
+//! `write`, `mmap`, `munmap`, `getrlimit`, `getpid`) allocate nothing: a
+//! path is a `&CStr`, passed through as it is, and an errno is a number,
+//! printed as one. `libc` remains for `getenv` alone: reading the
+//! environment is not a system call, and rustix has no allocation-free way
+//! to do it (`std::env::var_os` allocates).
 #![allow(unsafe_code)]
 
 use core::cell::UnsafeCell;
+use core::ffi::{c_void, CStr};
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
 
 use svmap_core::fence_plan::{self, FenceParams, FenceStep, FenceVma};
 
@@ -110,13 +123,13 @@ static STATE: Global = Global(UnsafeCell::new(State {
 static FENCE_INIT: extern "C" fn() = fence_init;
 
 /// A line writer over a stack buffer, sent to up to two file descriptors.
-struct Out {
-    fds: [i32; 2],
+struct Out<'a> {
+    fds: [Option<BorrowedFd<'a>>; 2],
     buf: [u8; 512],
     len: usize,
 }
 
-impl Write for Out {
+impl Write for Out<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for &b in s.as_bytes() {
             if self.len == self.buf.len() {
@@ -129,19 +142,16 @@ impl Write for Out {
     }
 }
 
-impl Out {
+impl Out<'_> {
     fn flush(&mut self) {
-        for &fd in &self.fds {
-            if fd >= 0 {
-                let mut off = 0;
-                while off < self.len {
-                    // SAFETY: writes initialised bytes of our own buffer.
-                    let r =
-                        unsafe { libc::write(fd, self.buf[off..].as_ptr().cast(), self.len - off) };
-                    if r <= 0 {
-                        break;
-                    }
-                    off += r as usize;
+        for fd in self.fds.iter().flatten() {
+            let mut off = 0;
+            while off < self.len {
+                match rustix::io::write(fd, &self.buf[off..self.len]) {
+                    Ok(0) => break,
+                    Ok(n) => off += n,
+                    Err(Errno::INTR) => {}
+                    Err(_) => break,
                 }
             }
         }
@@ -149,11 +159,10 @@ impl Out {
     }
 
     fn line(&mut self, args: fmt::Arguments<'_>) {
-        if self.fds == [-1, -1] {
+        if self.fds.iter().all(Option::is_none) {
             return;
         }
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
+        let pid = rustix::process::getpid().as_raw_nonzero();
         let _ = write!(self, "svmap-fence[{pid}]: ");
         let _ = self.write_fmt(args);
         let _ = self.write_str("\n");
@@ -161,7 +170,8 @@ impl Out {
     }
 }
 
-fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+/// `getenv(name)` (libc: see the crate header).
+fn env(name: &CStr) -> Option<&'static CStr> {
     // SAFETY: getenv with a NUL-terminated name; before main nobody calls
     // setenv concurrently. The result points into the environment block,
     // which lives as long as the process unless modified; the constructor
@@ -170,8 +180,9 @@ fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     if p.is_null() {
         return None;
     }
-    // SAFETY: getenv returned a valid NUL-terminated string.
-    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+    // SAFETY: getenv returned a valid NUL-terminated string, which lives in
+    // the environment block (see above).
+    Some(unsafe { CStr::from_ptr(p) })
 }
 
 fn parse_dec(s: &[u8]) -> Option<u64> {
@@ -204,30 +215,22 @@ fn parse_hex(s: &[u8]) -> Option<u64> {
 fn read_maps(st: &mut State) -> bool {
     st.len = 0;
     st.n = 0;
-    // SAFETY: NUL-terminated path; returns a descriptor or -1.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
+    let Ok(fd) = rustix::fs::open(
+        c"/proc/self/maps",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
         return false;
-    }
-    loop {
-        let room = MAPS_BUF - st.len;
-        if room == 0 {
-            break;
+    };
+    while st.len < MAPS_BUF {
+        match rustix::io::read(&fd, &mut st.buf[st.len..]) {
+            Ok(0) => break,
+            Ok(n) => st.len += n,
+            Err(Errno::INTR) => {}
+            Err(_) => break,
         }
-        // SAFETY: reads at most `room` bytes into the free tail of our buffer.
-        let r = unsafe { libc::read(fd, st.buf[st.len..].as_mut_ptr().cast(), room) };
-        if r <= 0 {
-            break;
-        }
-        st.len += r as usize;
     }
-    // SAFETY: closes the descriptor opened above.
-    unsafe { libc::close(fd) };
+    drop(fd);
     let mut pos = 0;
     while pos < st.len && st.n < MAX_VMAS {
         let Some(nl) = st.buf[pos..st.len].iter().position(|&c| c == b'\n') else {
@@ -253,57 +256,45 @@ fn read_maps(st: &mut State) -> bool {
 }
 
 /// `mmap(addr, len, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE|
-/// MAP_FIXED_NOREPLACE)`; 0 or the errno.
-fn reserve(addr: u64, len: u64) -> i32 {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+/// MAP_FIXED_NOREPLACE)`; a result at another address (a kernel before 4.17
+/// takes the flag as a hint) is unmapped again and reported as `EEXIST`.
+fn reserve(addr: u64, len: u64) -> Result<(), Errno> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, and a
+    // new PROT_NONE mapping is memory that no code can touch.
     let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
+        rustix::mm::mmap_anonymous(
+            addr as usize as *mut c_void,
             len as usize,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_NORESERVE
-                | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
         )
-    };
-    if p == libc::MAP_FAILED {
-        // SAFETY: reads this thread's errno.
-        return unsafe { *libc::__errno_location() };
+    }?;
+    if p as usize as u64 != addr {
+        // SAFETY: `p` is the mapping just created by this call, known to
+        // nothing else.
+        let _ = unsafe { rustix::mm::munmap(p, len as usize) };
+        return Err(Errno::EXIST);
     }
-    if p as u64 != addr {
-        // A kernel before 4.17 took the flag as a hint: undo our own mapping.
-        // SAFETY: `p` is the mapping just created by this call.
-        unsafe { libc::munmap(p, len as usize) };
-        return libc::EEXIST;
-    }
-    0
+    Ok(())
 }
 
 /// The top of the user range: `2^56 - PAGE` with 5-level paging, else
 /// `2^47 - PAGE` (a fixed map at `2^47` is `ENOMEM` beyond `TASK_SIZE`).
 fn task_size() -> u64 {
     match reserve(1 << 47, PAGE) {
-        0 => {
-            // SAFETY: the page was just mapped by us.
-            unsafe { libc::munmap((1u64 << 47) as *mut libc::c_void, PAGE as usize) };
+        Ok(()) => {
+            // SAFETY: the page was just mapped by us, PROT_NONE and unused.
+            let _ = unsafe { rustix::mm::munmap((1usize << 47) as *mut c_void, PAGE as usize) };
             (1 << 56) - PAGE
         }
-        libc::EEXIST => (1 << 56) - PAGE,
-        _ => (1 << 47) - PAGE,
+        Err(Errno::EXIST) => (1 << 56) - PAGE,
+        Err(_) => (1 << 47) - PAGE,
     }
 }
 
+/// The soft `RLIMIT_STACK`; `None` if unlimited.
 fn stack_rlimit() -> Option<u64> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: writes one rlimit through a valid pointer.
-    let r = unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut rl) };
-    (r == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
+    rustix::process::getrlimit(rustix::process::Resource::Stack).current
 }
 
 struct Hex(u64);
@@ -317,40 +308,37 @@ extern "C" fn fence_init() {
     let Some(bits) = env(c"SVMAP_FENCE_VA_BITS") else {
         return;
     };
-    let verbose = env(c"SVMAP_FENCE_VERBOSE") == Some(b"1");
-    let report_fd = match env(c"SVMAP_FENCE_REPORT") {
-        // SAFETY: the environment value is NUL-terminated right after the
-        // slice (it came from getenv).
-        Some(p) if !p.is_empty() => unsafe {
-            libc::open(
-                p.as_ptr().cast(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
-                0o644,
-            )
-        },
-        _ => -1,
+    let verbose = env(c"SVMAP_FENCE_VERBOSE").map(CStr::to_bytes) == Some(b"1");
+    let report_fd: Option<OwnedFd> = match env(c"SVMAP_FENCE_REPORT") {
+        Some(path) if !path.is_empty() => rustix::fs::open(
+            path,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .ok(),
+        _ => None,
     };
     let mut out = Out {
-        fds: [if verbose { 2 } else { -1 }, report_fd],
+        fds: [
+            verbose.then(rustix::stdio::stderr),
+            report_fd.as_ref().map(|fd| fd.as_fd()),
+        ],
         buf: [0; 512],
         len: 0,
     };
-    run(bits, &mut out);
-    if report_fd >= 0 {
-        // SAFETY: closes the descriptor opened above.
-        unsafe { libc::close(report_fd) };
-    }
+    run(bits.to_bytes(), &mut out);
+    // The report descriptor closes when `report_fd` drops.
 }
 
-fn run(bits: &[u8], out: &mut Out) {
+fn run(bits: &[u8], out: &mut Out<'_>) {
     let bits = match parse_dec(bits) {
         Some(b @ 20..=56) => b as u32,
         _ => {
-            out.line(format_args!(
+            out.loud(format_args!(
                 "error: SVMAP_FENCE_VA_BITS={:?} is not a number in 20..=56; no fence",
                 core::str::from_utf8(bits).unwrap_or("?")
             ));
-            return;
+            return false;
         }
     };
     let limit = 1u64 << bits;
@@ -365,7 +353,7 @@ fn run(bits: &[u8], out: &mut Out) {
             "nothing to fence: the limit is above the user range"
         ));
         out.line(format_args!("done reserved=0 bytes=0x0 uncovered=0"));
-        return;
+        return true;
     }
     let params = FenceParams {
         limit,
@@ -376,16 +364,16 @@ fn run(bits: &[u8], out: &mut Out) {
     };
     let Some(st) = take_state() else {
         out.line(format_args!("error: the fence already ran in this process"));
-        return;
+        return true;
     };
     let (mut reserved, mut bytes, mut uncovered) = (0u64, 0u64, 0u64);
     for round in 0..ROUNDS {
         if !read_maps(st) {
-            out.line(format_args!("error: cannot read /proc/self/maps; no fence"));
-            return;
+            out.loud(format_args!("error: cannot read /proc/self/maps; no fence"));
+            return false;
         }
         if st.len == MAPS_BUF || st.n == MAX_VMAS {
-            out.line(format_args!(
+            out.loud(format_args!(
                 "warning: /proc/self/maps larger than the buffer; fencing what was read"
             ));
         }
@@ -422,7 +410,7 @@ fn run(bits: &[u8], out: &mut Out) {
             };
             let len = hole_end - hole_start;
             match reserve(hole_start, len) {
-                0 => {
+                Ok(()) => {
                     reserved += 1;
                     bytes += len;
                     out.line(format_args!(
@@ -431,10 +419,11 @@ fn run(bits: &[u8], out: &mut Out) {
                         Hex(hole_end)
                     ));
                 }
-                libc::EEXIST if round + 1 < ROUNDS => raced = true,
-                e => {
+                Err(Errno::EXIST) if round + 1 < ROUNDS => raced = true,
+                Err(e) => {
+                    let e = e.raw_os_error();
                     uncovered += 1;
-                    out.line(format_args!(
+                    out.loud(format_args!(
                         "uncovered {}-{} errno={e}",
                         Hex(hole_start),
                         Hex(hole_end)
@@ -450,4 +439,5 @@ fn run(bits: &[u8], out: &mut Out) {
         "done reserved={reserved} bytes={} uncovered={uncovered}",
         Hex(bytes)
     ));
+    uncovered == 0
 }
