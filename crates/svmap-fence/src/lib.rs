@@ -28,7 +28,10 @@
 //!    fails and glibc's malloc falls back to `mmap`, which the kernel now
 //!    places below `2^N`. `MAP_FIXED_NOREPLACE` never replaces a mapping;
 //!    a hole that changed meanwhile (`EEXIST`) is retried on a fresh read;
-//! 5. reports what it could not cover.
+//! 5. reports what it could not cover. A fence that is not complete is
+//!    never silent: its `uncovered` and `error` lines always reach stderr,
+//!    and the process exits with status 125 before `main` unless
+//!    `SVMAP_FENCE_ALLOW_PARTIAL=1` (then a warning, and the program runs).
 //!
 //! The report goes to stderr when `SVMAP_FENCE_VERBOSE=1` and is appended to
 //! the file named by `SVMAP_FENCE_REPORT` if that is set, one
@@ -40,9 +43,10 @@
 //! System calls go through `rustix`, whose calls here (`open`, `read`,
 //! `write`, `mmap`, `munmap`, `getrlimit`, `getpid`) allocate nothing: a
 //! path is a `&CStr`, passed through as it is, and an errno is a number,
-//! printed as one. `libc` remains for `getenv` alone: reading the
+//! printed as one. `libc` remains for `getenv`: reading the
 //! environment is not a system call, and rustix has no allocation-free way
-//! to do it (`std::env::var_os` allocates).
+//! to do it (`std::env::var_os` allocates); and for `_exit` when the fence
+//! is incomplete (rustix has it only in its experimental runtime module).
 #![allow(unsafe_code)]
 
 use core::cell::UnsafeCell;
@@ -159,6 +163,19 @@ impl Out<'_> {
     }
 
     fn line(&mut self, args: fmt::Arguments<'_>) {
+        self.emit(args);
+    }
+
+    /// A line that reaches standard error even when not verbose: a failure
+    /// to fence is never silent.
+    fn loud(&mut self, args: fmt::Arguments<'_>) {
+        let saved = self.fds[0];
+        self.fds[0] = Some(rustix::stdio::stderr());
+        self.emit(args);
+        self.fds[0] = saved;
+    }
+
+    fn emit(&mut self, args: fmt::Arguments<'_>) {
         if self.fds.iter().all(Option::is_none) {
             return;
         }
@@ -326,11 +343,29 @@ extern "C" fn fence_init() {
         buf: [0; 512],
         len: 0,
     };
-    run(bits.to_bytes(), &mut out);
+    let ok = run(bits.to_bytes(), &mut out);
+    let allow_partial = env(c"SVMAP_FENCE_ALLOW_PARTIAL").map(CStr::to_bytes) == Some(b"1");
+    if !ok {
+        if allow_partial {
+            out.loud(format_args!(
+                "warning: the fence is incomplete; running on (partial fences allowed)"
+            ));
+        } else {
+            out.loud(format_args!(
+                "error: the fence is incomplete; exiting with status 125 \
+                 (svmap run --allow-partial, or SVMAP_FENCE_ALLOW_PARTIAL=1, runs on)"
+            ));
+            drop(report_fd);
+            // SAFETY: _exit ends the process at once, before main; nothing
+            // of the program has run that would need its exit handlers.
+            unsafe { libc::_exit(125) };
+        }
+    }
     // The report descriptor closes when `report_fd` drops.
 }
 
-fn run(bits: &[u8], out: &mut Out<'_>) {
+/// Fences this process; false if some part could not be fenced.
+fn run(bits: &[u8], out: &mut Out<'_>) -> bool {
     let bits = match parse_dec(bits) {
         Some(b @ 20..=56) => b as u32,
         _ => {
