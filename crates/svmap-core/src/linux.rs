@@ -372,7 +372,7 @@ impl<S: Space> Mm<S> {
     /// rounded up to a page.
     pub fn munmap(&mut self, start: u64, len: u64) -> Result<(), Errno> {
         let ts = self.cfg.task_size;
-        if start % PAGE_SIZE != 0 || start > ts || len > ts - start {
+        if !start.is_multiple_of(PAGE_SIZE) || start > ts || len > ts - start {
             return Err(Errno::EINVAL);
         }
         let len = page_align(len);
@@ -413,7 +413,7 @@ impl<S: Space> Mm<S> {
             fixed,
             map32bit: req.map32bit,
         };
-        let addr = if self.cfg.thp_align && addr == 0 && len % PMD_SIZE == 0 {
+        let addr = if self.cfg.thp_align && addr == 0 && len.is_multiple_of(PMD_SIZE) {
             self.thp_get_unmapped_area(addr, len, f)?
         } else {
             self.arch_get_unmapped_area(addr, len, f)?
