@@ -113,15 +113,31 @@ pub enum Error {
         /// The errno.
         errno: Errno,
     },
-    /// `mmap` failed with `ENOMEM` while mapping a new VMA: almost always the
-    /// per-process limit on the number of mappings, `vm.max_map_count`.
+    /// `mmap` failed with `ENOMEM` and the process is at the per-process
+    /// limit on the number of mappings, `vm.max_map_count`: its VMA count
+    /// (lines of `/proc/self/maps`) is within 2 of the limit, the most one
+    /// call can add.
     MapCountLimit {
         /// The call that failed.
         call: &'static str,
-        /// Number of VMAs the process has (from `/proc/self/maps`, 0 if unknown).
+        /// Number of VMAs the process has (from `/proc/self/maps`).
         vmas: usize,
-        /// The current `vm.max_map_count` (0 if unreadable).
+        /// The current `vm.max_map_count`.
         max_map_count: u64,
+    },
+    /// `mmap` failed with `ENOMEM` and the new mapping would take the
+    /// process's address space (`VmSize` of `/proc/self/status`) past its
+    /// `RLIMIT_AS` (`ulimit -v`). Reservations count in full although they
+    /// use no memory.
+    AddressSpaceLimit {
+        /// The call that failed.
+        call: &'static str,
+        /// Bytes the call would have added to the address space.
+        len: u64,
+        /// The process's address space before the call, in bytes.
+        vm_size: u64,
+        /// The soft `RLIMIT_AS`, in bytes.
+        limit: u64,
     },
     /// The window has no free range of the minimum length.
     WindowFull {
@@ -211,6 +227,18 @@ impl fmt::Display for Error {
                 "{call} failed with ENOMEM: the process has {vmas} mappings and \
                  vm.max_map_count is {max_map_count}; every backed SVM buffer is its own \
                  mapping, so free buffers or raise vm.max_map_count"
+            ),
+            Error::AddressSpaceLimit {
+                call,
+                len,
+                vm_size,
+                limit,
+            } => write!(
+                f,
+                "{call} failed with ENOMEM: the process's address-space limit RLIMIT_AS \
+                 (ulimit -v) is {limit:#x} bytes and it already maps {vm_size:#x} bytes \
+                 (VmSize), so {len:#x} more do not fit; reservations count in full although \
+                 they use no memory: raise the limit or reserve less"
             ),
             Error::WindowFull {
                 low,

@@ -20,8 +20,12 @@
 //! exact fit, O(log n)) plus a `BTreeMap` from address to memfd. Every
 //! backed buffer is one VMA (distinct files never merge), so the kernel's
 //! `vm.max_map_count` (65530 by default), and `RLIMIT_NOFILE` for the kept
-//! memfds, bound how many are live at once; `ENOMEM` from `mmap` becomes
-//! [`Error::MapCountLimit`].
+//! memfds, bound how many are live at once; `ENOMEM` from `mmap` at that
+//! limit becomes [`Error::MapCountLimit`].
+//!
+//! Address 0 is never a buffer: a reservation that starts at 0 (possible
+//! with `CAP_SYS_RAWIO`, which lowers the `mmap_min_addr` floor) keeps its
+//! first page reserved and unused, so every buffer is a non-null pointer.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -80,7 +84,8 @@ impl Heap {
 
     /// Allocates `len` bytes (rounded up to pages) aligned to `align` (a
     /// power of two; below a page means a page), zero-filled, readable and
-    /// writable, at the lowest free address of the reservation.
+    /// writable, at the lowest free address of the reservation (never
+    /// address 0: the first page of a reservation at 0 stays unused).
     ///
     /// Four system calls: `memfd_create`, `ftruncate`, `fcntl(F_ADD_SEALS)`,
     /// `mmap(MAP_SHARED | MAP_FIXED)`.
@@ -104,7 +109,7 @@ impl Heap {
         let addr = match self.index.find_fit(
             &FitRequest {
                 length: len,
-                low: self.res.addr(),
+                low: self.res.addr().max(PAGE),
                 high: self.res.end(),
                 align,
                 align_offset: 0,
@@ -123,6 +128,10 @@ impl Heap {
                 })
             }
         };
+        // Never null: the window starts at a page or above.
+        let Some(ptr) = NonNull::new(addr as *mut u8) else {
+            return Err(Error::HeapFull { len, align });
+        };
         let fd = sys::memfd_sealed(c"svmap-svm", len).map_err(|errno| Error::Sys {
             call: "memfd_create/ftruncate/F_ADD_SEALS",
             addr: 0,
@@ -133,20 +142,27 @@ impl Heap {
             .range()
             .map_shared_fd(addr, len, fd.as_fd())
             .map_err(|errno| {
+                // Over the reservation's own pages: the address space does
+                // not grow.
                 map_err(
                     "mmap(MAP_SHARED|MAP_FIXED) of an SVM buffer",
                     addr,
                     len,
+                    0,
                     errno,
                 )
             })?;
-        self.index
-            .insert(addr, addr + len, VmaFlags::NONE)
-            .expect("the fit is free in the index");
+        // The fit came from this index, so the insert succeeds; were it to
+        // fail, the buffer is taken back and the failure reported.
+        if let Err(e) = self.index.insert(addr, addr + len, VmaFlags::NONE) {
+            let _ = self.res.range().reset(addr, len);
+            return Err(Error::InvalidArgument {
+                what: format!("heap index: {e}"),
+            });
+        }
         self.bufs.insert(addr, (len, fd));
         self.live_bytes += len;
-        debug_assert!(addr >= self.res.addr() && addr + len <= self.res.end());
-        Ok(NonNull::new(addr as *mut u8).expect("the reservation is above the mmap floor"))
+        Ok(ptr)
     }
 
     /// Frees the buffer starting at `ptr`: its pages are replaced by a fresh
@@ -164,15 +180,15 @@ impl Heap {
                 "mmap(PROT_NONE|MAP_FIXED) over a freed SVM buffer",
                 addr,
                 len,
+                0,
                 errno,
             )
         })?;
-        let (_, fd) = self.bufs.remove(&addr).expect("checked above");
-        self.index
-            .unmap(addr, addr + len)
-            .expect("a live buffer is in the index");
-        self.live_bytes -= len;
-        drop(fd);
+        // Closing the memfd drops the last reference to its pages.
+        drop(self.bufs.remove(&addr));
+        self.live_bytes = self.live_bytes.saturating_sub(len);
+        // A live buffer's range is non-empty, so unmap cannot fail.
+        let _ = self.index.unmap(addr, addr + len);
         Ok(())
     }
 

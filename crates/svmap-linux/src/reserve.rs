@@ -154,7 +154,7 @@ impl Reservation {
     /// gap check.
     pub fn at(addr: u64, len: u64) -> Result<Reservation, Error> {
         let range = OwnedRange::reserve_at(addr, len)
-            .map_err(|errno| map_err("mmap(MAP_FIXED_NOREPLACE)", addr, len, errno))?;
+            .map_err(|errno| map_err("mmap(MAP_FIXED_NOREPLACE)", addr, len, len, errno))?;
         Ok(Reservation {
             range,
             requested: len,
@@ -249,7 +249,15 @@ impl Reservation {
                 }
                 // Another thread got there first: refresh and retry.
                 Err(Errno::EEXIST) => continue,
-                Err(errno) => return Err(map_err("mmap(MAP_FIXED_NOREPLACE)", addr, size, errno)),
+                Err(errno) => {
+                    return Err(map_err(
+                        "mmap(MAP_FIXED_NOREPLACE)",
+                        addr,
+                        size,
+                        size,
+                        errno,
+                    ))
+                }
             }
         }
         Err(Error::RetriesExhausted { tries })
@@ -313,31 +321,108 @@ impl Reservation {
     }
 }
 
-/// Turns an mmap errno into the layer's error; `ENOMEM` on a fresh mapping
-/// is the map-count limit.
-pub(crate) fn map_err(call: &'static str, addr: u64, len: u64, errno: Errno) -> Error {
-    let task_size = (1u64 << probe::user_va_bits()) - PAGE;
-    // ENOMEM also means "beyond TASK_SIZE"; only below it is it the count.
-    if errno == Errno::ENOMEM && addr.saturating_add(len) <= task_size {
-        Error::MapCountLimit {
-            call,
-            vmas: count_vmas(),
-            max_map_count: probe::max_map_count().unwrap_or(0),
-        }
-    } else {
-        Error::Sys {
+/// Turns an mmap errno into the layer's error. `ENOMEM` has several causes
+/// the kernel does not tell apart; they are told apart by the process's
+/// own numbers, read just after the failure:
+///
+/// - the address-space limit: `grows` (the bytes the call adds to the
+///   address space; 0 for a mapping over svmap's own reserved pages) would
+///   take `VmSize` (`/proc/self/status`) past the soft `RLIMIT_AS`
+///   (`/proc/self/limits`): [`Error::AddressSpaceLimit`];
+/// - the map count: the process's VMAs (`/proc/self/maps`) are within 2
+///   of `vm.max_map_count` (a call adds at most 2, splitting a
+///   reservation): [`Error::MapCountLimit`];
+/// - anything else (a range beyond `TASK_SIZE`, checked first; kernel
+///   memory): [`Error::Sys`] with the errno.
+///
+/// "No room" never reaches here: the searches report it before any call
+/// ([`Error::WindowFull`], [`Error::HeapFull`]).
+pub(crate) fn map_err(call: &'static str, addr: u64, len: u64, grows: u64, errno: Errno) -> Error {
+    if errno != Errno::ENOMEM {
+        return Error::Sys {
             call,
             addr,
             len,
             errno,
+        };
+    }
+    // Beyond TASK_SIZE the kernel refuses before any limit is looked at.
+    let task_size = (1u64 << probe::user_va_bits()) - PAGE;
+    if addr.saturating_add(len) > task_size {
+        return Error::Sys {
+            call,
+            addr,
+            len,
+            errno,
+        };
+    }
+    if grows > 0 {
+        if let (Some(limit), Some(vm_size)) = (rlimit_as(), vm_size()) {
+            if vm_size.saturating_add(grows) > limit {
+                return Error::AddressSpaceLimit {
+                    call,
+                    len: grows,
+                    vm_size,
+                    limit,
+                };
+            }
         }
+    }
+    if let (Some(vmas), Some(max)) = (count_vmas(), probe::max_map_count()) {
+        if vmas as u64 + 2 >= max {
+            return Error::MapCountLimit {
+                call,
+                vmas,
+                max_map_count: max,
+            };
+        }
+    }
+    Error::Sys {
+        call,
+        addr,
+        len,
+        errno,
     }
 }
 
-/// Number of lines of `/proc/self/maps` (0 if unreadable).
-pub(crate) fn count_vmas() -> usize {
+/// Number of lines of `/proc/self/maps`, one per VMA.
+pub(crate) fn count_vmas() -> Option<usize> {
     use std::io::BufRead;
-    std::fs::File::open("/proc/self/maps")
-        .map(|f| std::io::BufReader::new(f).split(b'\n').count())
-        .unwrap_or(0)
+    let f = std::fs::File::open("/proc/self/maps").ok()?;
+    let mut n = 0;
+    for line in std::io::BufReader::new(f).split(b'\n') {
+        line.ok()?;
+        n += 1;
+    }
+    Some(n)
+}
+
+/// The soft `RLIMIT_AS` in bytes from `/proc/self/limits` (`None` if
+/// unlimited or unreadable).
+pub fn rlimit_as() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_rlimit_as(&text)
+}
+
+/// The soft limit of the `Max address space` line of a `/proc/PID/limits`
+/// text (`None` if unlimited or absent).
+pub fn parse_rlimit_as(limits: &str) -> Option<u64> {
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max address space"))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// The process's address-space size in bytes (`VmSize` of
+/// `/proc/self/status`).
+pub fn vm_size() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_size(&text)
+}
+
+/// `VmSize` of a `/proc/PID/status` text, in bytes.
+pub fn parse_vm_size(status: &str) -> Option<u64> {
+    let rest = status.lines().find_map(|l| l.strip_prefix("VmSize:"))?;
+    let kib: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
