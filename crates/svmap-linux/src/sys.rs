@@ -54,17 +54,29 @@ pub fn page_size() -> u64 {
 /// so reserving a terabyte costs one VMA and no memory.
 const RESERVE_FLAGS: MapFlags = MapFlags::PRIVATE.union(MapFlags::NORESERVE);
 
-/// `mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
-/// extra, -1, 0)`: the address the kernel answered, or its errno.
-///
-/// # Safety
-///
-/// With `MAP_FIXED` in `extra`, `[addr, addr + len)` holds only memory of an
-/// [`OwnedRange`] that no Rust reference points into.
-unsafe fn mmap_reserve(addr: u64, len: u64, extra: MapFlags) -> Result<u64, Errno> {
-    // SAFETY: an anonymous PROT_NONE mapping creates no memory that Rust code
-    // can reach; it replaces existing memory only with MAP_FIXED, which the
-    // caller's contract limits to svmap's own unreferenced pages.
+/// Where a new reservation goes: it never replaces an existing mapping.
+#[derive(Clone, Copy)]
+enum Place {
+    /// Exactly at the address (`MAP_FIXED_NOREPLACE`), else `EEXIST`.
+    Exactly,
+    /// Where the kernel likes, the address being only a hint.
+    Anywhere,
+}
+
+/// `mmap(addr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+/// [| MAP_FIXED_NOREPLACE], -1, 0)`: the address the kernel answered, or
+/// its errno. A kernel older than 4.17 takes `MAP_FIXED_NOREPLACE` as a
+/// hint: the caller compares the address.
+fn mmap_new_reservation(addr: u64, len: u64, place: Place) -> Result<u64, Errno> {
+    let extra = match place {
+        Place::Exactly => MapFlags::FIXED_NOREPLACE,
+        Place::Anywhere => MapFlags::empty(),
+    };
+    // SAFETY:
+    // 1. Neither flag set replaces an existing mapping: without MAP_FIXED
+    //    the kernel only creates a new one, so no memory anyone uses changes.
+    // 2. The new mapping is PROT_NONE, so no code can touch it; the address
+    //    is handed out only as a number.
     let p = unsafe {
         rustix::mm::mmap_anonymous(
             addr as usize as *mut c_void,
@@ -102,10 +114,7 @@ impl OwnedRange {
         {
             return Err(Errno::EINVAL);
         }
-        // SAFETY: no MAP_FIXED: MAP_FIXED_NOREPLACE never replaces an
-        // existing mapping, so no memory anyone uses changes; the result is
-        // checked below.
-        let p = unsafe { mmap_reserve(addr, len, MapFlags::FIXED_NOREPLACE) }?;
+        let p = mmap_new_reservation(addr, len, Place::Exactly)?;
         let got = OwnedRange { addr: p, len };
         if got.addr != addr {
             drop(got); // a fresh mapping of ours: unmapping it is fine
@@ -120,9 +129,7 @@ impl OwnedRange {
         if len == 0 || !len.is_multiple_of(PAGE) {
             return Err(Errno::EINVAL);
         }
-        // SAFETY: no MAP_FIXED: a non-fixed mmap never replaces an existing
-        // mapping.
-        let p = unsafe { mmap_reserve(hint, len, MapFlags::empty()) }?;
+        let p = mmap_new_reservation(hint, len, Place::Anywhere)?;
         Ok(OwnedRange { addr: p, len })
     }
 
@@ -199,16 +206,13 @@ impl OwnedRange {
     /// Puts a `PROT_NONE` reservation back with `MAP_FIXED_NOREPLACE`, which
     /// fills the hole if there is one and changes nothing otherwise.
     fn recover_hole(&self, addr: u64, len: u64) {
-        // SAFETY: no MAP_FIXED: MAP_FIXED_NOREPLACE never replaces an
-        // existing mapping; a new mapping only fills a hole inside this
-        // OwnedRange, which is svmap's to fill.
-        let r = unsafe { mmap_reserve(addr, len, MapFlags::FIXED_NOREPLACE) };
-        if let Ok(p) = r {
+        // A new mapping only fills a hole inside this OwnedRange, which is
+        // svmap's to fill.
+        if let Ok(p) = mmap_new_reservation(addr, len, Place::Exactly) {
             if p != addr {
-                // A kernel before 4.17 took the flag as a hint.
-                // SAFETY: `p` is the mapping this call just created, which
-                // nothing else knows about.
-                let _ = unsafe { rustix::mm::munmap(p as usize as *mut c_void, len as usize) };
+                // A kernel before 4.17 took the flag as a hint: the mapping
+                // elsewhere is a fresh one of ours, and dropping it unmaps it.
+                drop(OwnedRange { addr: p, len });
             }
         }
     }
@@ -225,10 +229,17 @@ impl OwnedRange {
         //    `Reservation::reset` for the peer's shared window) have taken
         //    the buffer out of their index first, and both hand buffers out
         //    only as raw addresses.
-        let r = unsafe { mmap_reserve(addr, len, MapFlags::FIXED) };
+        let r = unsafe {
+            rustix::mm::mmap_anonymous(
+                addr as usize as *mut c_void,
+                len as usize,
+                ProtFlags::empty(),
+                RESERVE_FLAGS | MapFlags::FIXED,
+            )
+        };
         if let Err(e) = r {
             self.recover_hole(addr, len);
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
