@@ -81,10 +81,16 @@ impl fmt::Display for DemoError {
 
 impl std::error::Error for DemoError {}
 
+/// The failure of `step`: the error's message, and, when the process runs
+/// under an address-space limit, that limit (the usual cause of `ENOMEM`
+/// under `ulimit -v`, in this process or in the peer, which inherits it).
 fn fail<E: fmt::Display>(step: &'static str) -> impl FnOnce(E) -> DemoError {
-    move |e| DemoError {
-        step,
-        message: e.to_string(),
+    move |e| {
+        let mut message = e.to_string();
+        if !message.contains("RLIMIT_AS") {
+            message.push_str(&address_space_note());
+        }
+        DemoError { step, message }
     }
 }
 
@@ -250,7 +256,17 @@ pub fn run_with(opts: &DemoOptions, peer: Command) -> Result<DemoReport, DemoErr
     // (f, first half) A program allocates before any device is set up: in
     // the top-down layout a large allocation lands near mmap_base, far above
     // a 40-bit device's limit.
-    let early: Vec<u8> = vec![0u8; EARLY_ALLOC];
+    // Fallible: under a small address-space limit (`ulimit -v`) this is a
+    // failed step, not an abort.
+    let mut early: Vec<u8> = Vec::new();
+    early.try_reserve_exact(EARLY_ALLOC).map_err(|e| {
+        let what = format!(
+            "a {} Vec could not be allocated: {e}",
+            human(EARLY_ALLOC as u64)
+        );
+        fail("(f) allocate memory before the device is set up")(what)
+    })?;
+    early.resize(EARLY_ALLOC, 0);
     let early_range = {
         let s = early.as_ptr() as u64;
         (
@@ -431,6 +447,23 @@ pub fn run_with(opts: &DemoOptions, peer: Command) -> Result<DemoReport, DemoErr
         peer_exit,
         total: t0.elapsed(),
     })
+}
+
+/// A note naming the address-space limit and this process's size when an
+/// `RLIMIT_AS` is set, to explain an allocation failure; empty otherwise.
+fn address_space_note() -> String {
+    match (
+        svmap_linux::reserve::rlimit_as(),
+        svmap_linux::reserve::vm_size(),
+    ) {
+        (Some(limit), Some(size)) => format!(
+            " (this process and the device peer run under an address-space limit, \
+             RLIMIT_AS or ulimit -v, of {}; this process maps {})",
+            human(limit),
+            human(size)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Checks that CPU memory `[start, end)` can be handed to the demo's device

@@ -35,7 +35,8 @@ Options:
 
 Exit status:
   0  every step had the expected outcome
-  1  a step failed or had an unexpected outcome
+  1  a step failed (the message names the step and the cause, e.g. the
+     address-space limit of ulimit -v) or had an unexpected outcome
   2  a usage error
 
 Examples:
@@ -114,7 +115,11 @@ pub fn run(args: &[OsString]) -> i32 {
             if opts.json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": false, "error": e.to_string()})
+                    serde_json::json!({
+                        "ok": false,
+                        "failed_step": e.step,
+                        "error": e.to_string()
+                    })
                 );
             }
             eprintln!("svmap demo: {e}");
