@@ -1,23 +1,37 @@
 //! `svmap replay` on hostile traces, under a memory limit (`ulimit -v`,
-//! through `sh`) and a time limit: each must end with a clean exit (a
+//! through `sh`) and time limits: each must end with a clean exit (a
 //! typed bad-line message and status 2, or a full replay), never an abort
 //! (134), an out-of-memory kill or a hang.
+//!
+//! A hang is caught by a CPU-time limit (`ulimit -t`), which machine load
+//! does not eat into, and, for a hang that burns no CPU, a wall-clock
+//! limit far above any loaded run.
 
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Address-space limit of every run: 256 MiB.
 const MEM_KIB: u64 = 256 * 1024;
-/// Time limit of every run (a debug build on a loaded machine).
-const TIME: Duration = Duration::from_secs(60);
+/// CPU-time limit of every run, in seconds: 15 times the 4 s of CPU the
+/// longest run here (80,000 map/access/unmap rounds) takes in a debug
+/// build. CPU time does not grow with machine load.
+const CPU_S: u64 = 60;
+/// Wall-clock limit of every run: only for a hang that burns no CPU. A
+/// run that takes 10 s on an idle machine took over 60 s on two cores
+/// shared with a parallel build (load average 8); ten minutes leave room
+/// for far worse.
+const TIME: Duration = Duration::from_secs(600);
 
 /// What one limited run did.
 #[derive(Debug)]
 struct Run {
     /// The exit status; `None` if a signal ended it.
     code: Option<i32>,
+    /// The signal that ended it (`SIGXCPU` at the CPU-time limit).
+    signal: Option<i32>,
     stdout: String,
     stderr: String,
 }
@@ -37,11 +51,11 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
     })
 }
 
-fn wait_limited(mut child: Child, what: &str) -> Option<i32> {
+fn wait_limited(mut child: Child, what: &str) -> ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(st) = child.try_wait().expect("wait for svmap") {
-            return st.code();
+            return st;
         }
         if start.elapsed() > TIME {
             let _ = child.kill();
@@ -56,9 +70,10 @@ fn wait_limited(mut child: Child, what: &str) -> Option<i32> {
 fn replay_limited(file: &str, check: bool) -> Run {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg("ulimit -v \"$1\" || exit 99; shift; exec \"$@\"")
+        .arg("ulimit -v \"$1\" && ulimit -t \"$2\" || exit 99; shift 2; exec \"$@\"")
         .arg("sh")
         .arg(MEM_KIB.to_string())
+        .arg(CPU_S.to_string())
         .arg(env!("CARGO_BIN_EXE_svmap"))
         .arg("replay");
     if check {
@@ -71,9 +86,10 @@ fn replay_limited(file: &str, check: bool) -> Run {
     let mut child = cmd.spawn().expect("run sh");
     let out = drain(child.stdout.take().unwrap());
     let err = drain(child.stderr.take().unwrap());
-    let code = wait_limited(child, file);
+    let status = wait_limited(child, file);
     let run = Run {
-        code,
+        code: status.code(),
+        signal: status.signal(),
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
     };
@@ -226,7 +242,13 @@ fn a_long_map_access_unmap_loop_stays_small() {
     }
     let p = scratch("pt-loop", text.as_bytes());
     let run = replay_limited(p.to_str().unwrap(), true);
-    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "signal {:?} (SIGXCPU is the CPU limit), stderr: {}",
+        run.signal,
+        run.stderr
+    );
     let last = run.stdout.lines().last().unwrap_or_default();
     assert_eq!(
         last,
