@@ -9,7 +9,8 @@
 use svmap_core::linux::Space;
 use svmap_core::model::ModelMap;
 use svmap_core::{
-    AddressMap, FitError, FitRequest, SearchError, SearchParams, UnmappedAreaInfo, VmaFlags,
+    AddressMap, FitError, FitRequest, SearchError, SearchParams, SearchStats, UnmappedAreaInfo,
+    VmaFlags,
 };
 
 const TOP: u64 = 1 << 47;
@@ -645,12 +646,17 @@ fn one_byte_holes_at_every_node_boundary() {
                 ..req(2, 2 * k + 1, top + 4, 1, 0)
             };
             assert_eq!(fit(&m, &model, &r, &p), Ok(want), "{r:?}");
-            // Below the top hole there is no room for two bytes.
+            // Below the top hole there is no room for two bytes, and no
+            // hole is even offered: a one-byte hole taken for longer would
+            // cost a guard-check retry (top-down) or a wrong answer.
             let i = UnmappedAreaInfo {
                 topdown,
                 ..info(2, 2 * k + 1, top)
             };
             assert_eq!(area(&m, &model, &i, &p), Err(SearchError::NoSpace));
+            let mut st = SearchStats::default();
+            let _ = m.unmapped_area_stats(&i, &p, &mut st);
+            assert_eq!((st.descents, st.holes), (1, 0), "{i:?}");
             let r = FitRequest {
                 topdown,
                 ..req(2, 2 * k + 1, top, 1, 0)
