@@ -30,7 +30,8 @@ const TIME: Duration = Duration::from_secs(600);
 struct Run {
     /// The exit status; `None` if a signal ended it.
     code: Option<i32>,
-    /// The signal that ended it (`SIGXCPU` at the CPU-time limit).
+    /// The signal that ended it (`SIGXCPU` or `SIGKILL` at the CPU-time
+    /// limit).
     signal: Option<i32>,
     stdout: String,
     stderr: String,
@@ -245,7 +246,7 @@ fn a_long_map_access_unmap_loop_stays_small() {
     assert_eq!(
         run.code,
         Some(0),
-        "signal {:?} (SIGXCPU is the CPU limit), stderr: {}",
+        "signal {:?} (SIGXCPU 24 or SIGKILL 9 at the CPU limit), stderr: {}",
         run.signal,
         run.stderr
     );
