@@ -95,7 +95,7 @@ fn parse_churn(p: &mut args::Parser) -> Result<Options, Stop> {
     while let Some(arg) = p.next()? {
         match arg {
             Arg::Long("live") => {
-                let v = args::text("--live", args::value(p, "--live", "a count")?)?;
+                let v = args::text("--live", args::value(p, "--live", "a positive count")?)?;
                 match parse_count(&v) {
                     Some(n) if (1..=MAX_LIVE).contains(&n) => live = Some(n),
                     _ => {
