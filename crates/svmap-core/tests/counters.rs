@@ -374,3 +374,38 @@ fn class_prune_skips_holes_without_aligned_room() {
         assert_eq!((st.descents, st.holes, st.nodes), (1, 2, 1), "{class:#x}");
     }
 }
+
+/// Thousands of holes that are long enough for 64 KiB but hold a
+/// 64 KiB-aligned range one byte short of it, in leaves and between
+/// subtrees, and two holes that hold one: a 64 KiB-aligned fit offers
+/// exactly one hole, the right one, in either direction.
+#[test]
+fn holes_one_byte_short_of_an_aligned_room_are_never_offered() {
+    const N: u64 = 3000;
+    let a = |k: u64| 0x100000 + k * 0x20000;
+    let mut m = AddressMap::new();
+    // VMA k is [a(k + 1) - 1, a(k + 1) + 1): the hole below it runs from
+    // a(k) + 1 to a(k + 1) - 1, whose aligned room [a(k) + 0x10000,
+    // a(k + 1) - 1) is 0xffff bytes.
+    for k in 0..N {
+        m.insert(a(k + 1) - 1, a(k + 1) + 1, VmaFlags::NONE)
+            .unwrap();
+    }
+    // Two holes that do hold an aligned 64 KiB: VMAs 1 and N - 2 removed.
+    for k in [1, N - 2] {
+        assert_eq!(m.unmap(a(k + 1) - 1, a(k + 1) + 1), Ok(1));
+    }
+    assert!(m.depth() >= 3);
+    let p = params();
+    let r = fit(0x10000, a(4), 1 << 47, 0x10000);
+    let mut st = SearchStats::default();
+    assert_eq!(m.find_fit_stats(&r, &p, &mut st), Ok(a(N - 2) + 0x10000));
+    assert_eq!((st.descents, st.holes), (1, 1), "{st:?}");
+    let r = FitRequest {
+        topdown: true,
+        ..fit(0x10000, 0x10000, a(N - 3), 0x10000)
+    };
+    let mut st = SearchStats::default();
+    assert_eq!(m.find_fit_stats(&r, &p, &mut st), Ok(a(2)));
+    assert_eq!((st.descents, st.holes), (1, 1), "{st:?}");
+}
