@@ -26,9 +26,11 @@ inspects the svmap process itself.
 Options:
   --va-bits N   the device's address bits, 12..=64 (required)
   --json        one JSON object instead of text: pid, va_bits, limit, floor,
-                free_bytes, free_holes, mapped_above_bytes, fragmentation,
+                free_bytes, free_holes, mapped_above_bytes (reservations not
+                counted), reserved_above_bytes (PROT_NONE reservations
+                such as the fence's: no memory), fragmentation,
                 largest_free [{start, end, bytes}], vmas and beyond_user
-                [{start, end, perms, growsdown, visibility, name}];
+                [{start, end, perms, growsdown, visibility, name, reserved}];
                 addresses are "0x..." strings
   --svg FILE    also write a picture of the address space (SVG): the
                 device window, every VMA, what lies above the limit

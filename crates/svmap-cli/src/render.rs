@@ -21,13 +21,15 @@ fn vma_json(v: &VmaInfo) -> Value {
         "growsdown": v.growsdown,
         "visibility": v.visibility.name(),
         "name": v.name,
+        "reserved": v.reserved,
     })
 }
 
 /// The report as one JSON object: `pid`, `va_bits`, `limit`, `floor`,
-/// `free_bytes`, `free_holes`, `mapped_above_bytes`, `fragmentation`,
+/// `free_bytes`, `free_holes`, `mapped_above_bytes`, `reserved_above_bytes`
+/// (`PROT_NONE` reservations, not memory), `fragmentation`,
 /// `largest_free` (`[{start, end, bytes}]`), `vmas` and `beyond_user`
-/// (`[{start, end, perms, growsdown, visibility, name}]`); addresses as
+/// (`[{start, end, perms, growsdown, visibility, name, reserved}]`); addresses as
 /// `"0x..."` strings.
 pub fn inspect_json(r: &Report) -> Value {
     json!({
@@ -38,6 +40,7 @@ pub fn inspect_json(r: &Report) -> Value {
         "free_bytes": r.free_bytes,
         "free_holes": r.free_holes,
         "mapped_above_bytes": r.mapped_above_bytes,
+        "reserved_above_bytes": r.reserved_above_bytes,
         "fragmentation": r.fragmentation,
         "largest_free": r
             .largest_free
@@ -83,16 +86,21 @@ pub fn inspect_text(r: &Report) -> String {
             v.end,
             v.perms,
             v.visibility.name(),
-            v.name,
+            if v.reserved {
+                "(reserved, no memory)"
+            } else {
+                &v.name
+            },
             if v.growsdown { " (grows down)" } else { "" }
         );
     }
     let _ = writeln!(
         f,
-        "free below the limit: {} in {} holes; mapped above it: {}; fragmentation {:.1}%",
+        "free below the limit: {} in {} holes; mapped above it: {} (and {} reserved, no memory); fragmentation {:.1}%",
         human(r.free_bytes),
         r.free_holes,
         human(r.mapped_above_bytes),
+        human(r.reserved_above_bytes),
         r.fragmentation * 100.0
     );
     let _ = writeln!(f, "largest free windows:");
@@ -115,6 +123,7 @@ mod tests {
             name: name.to_owned(),
             growsdown,
             visibility,
+            reserved: false,
         };
         Report {
             pid: 42,
@@ -148,6 +157,7 @@ mod tests {
             free_bytes: (1 << 40) - 0x41_0000 + 0x40_0000 - 0x10000,
             free_holes: 2,
             mapped_above_bytes: 0x2_1000,
+            reserved_above_bytes: 0x1000,
             fragmentation: 0.25,
         }
     }
@@ -169,6 +179,8 @@ mod tests {
         assert_eq!(v["vmas"][1]["visibility"], "invisible");
         assert_eq!(v["vmas"][1]["growsdown"], true);
         assert_eq!(v["beyond_user"][0]["name"], "[vsyscall]");
+        assert_eq!(v["reserved_above_bytes"], 0x1000);
+        assert_eq!(v["vmas"][0]["reserved"], false);
         // Field order as the help text lists it.
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         assert_eq!(
@@ -181,6 +193,7 @@ mod tests {
                 "free_bytes",
                 "free_holes",
                 "mapped_above_bytes",
+                "reserved_above_bytes",
                 "fragmentation",
                 "largest_free",
                 "vmas",

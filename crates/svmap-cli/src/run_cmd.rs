@@ -10,39 +10,62 @@ use std::path::PathBuf;
 use crate::args::{self, Arg, Stop};
 
 use svmap_linux::error::Error;
-use svmap_linux::fence::{self, FenceOptions};
+use svmap_linux::fence::{self, FenceOptions, Method};
 
 /// Help text of `svmap run`.
 pub const HELP: &str = r##"svmap run: run a program with its address space fenced below 2^N
 
-Usage: svmap run --va-bits N [--verbose] [--report FILE] [--fence-lib PATH] [--] CMD [ARGS...]
+Usage: svmap run --va-bits N [OPTIONS] [--] CMD [ARGS...]
 
-Starts CMD with the preload library libsvmap_fence.so. Before the program's
-main(), the library reserves every free part of the address space at and
-above 2^N (cheap PROT_NONE | MAP_NORESERVE reservations, never over existing
-mappings), leaving only the main stack room to grow, so that the kernel
-places the program's later anonymous mappings (and malloc's, which falls
-back to mmap when brk fails) below 2^N: memory a device with N address bits
-can reach. What was already above 2^N at start (stack, vDSO, the program and
-the libraries the loader mapped) cannot move; the report names it.
+Starts CMD under ptrace and, at its exec and at every exec of a program it
+starts, reserves every free part of the new image's address space at and
+above 2^N (cheap PROT_NONE | MAP_NORESERVE reservations, never over
+existing mappings) before the image runs its first instruction, leaving
+only the main stack its room to grow. The kernel then places every later
+mapping of the loader, the libraries' constructors, malloc (which falls back
+to mmap when brk fails) and the program below 2^N: memory a device with N
+address bits can reach. Static executables are fenced the same way. What
+the kernel placed at exec (stack, vDSO, the executable and the loader)
+cannot move; the report names it.
 
-The library is found next to the svmap executable (target/<profile>/, its
-../lib/ or a sibling profile), or at $SVMAP_FENCE_LIB, from any working
-directory. `cargo build --release` at the workspace root builds both.
+svmap run stays attached until every process it started has exited, and
+forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGALRM and SIGWINCH
+sent to it to CMD; if svmap run is killed, so is CMD. A program under
+svmap run cannot itself be traced (run debuggers with --preload).
+
+Not fenced: a mapping the program places itself with MAP_FIXED above 2^N
+succeeds (it replaces part of a reservation); the fence steers the kernel's
+choice of addresses, it does not forbid addresses.
+
+--preload uses the preload library libsvmap_fence.so instead (also the
+fallback, with a warning, where ptrace is not permitted): it fences from its
+constructor, after the loader and the constructors of the libraries loaded
+before it, so it cannot fence static executables (refused) nor memory those
+constructors allocated. The library is found next to the svmap executable
+(target/<profile>/, its ../lib/ or a sibling profile), or at
+$SVMAP_FENCE_LIB.
 
 Options:
   --va-bits N        the device's address bits, 20..=56 (required)
   --verbose          the fence prints its report on standard error
   --report FILE      the fence appends its report to FILE (one block per
-                     process, lines "svmap-fence[PID]: ...")
-  --fence-lib PATH   preload this library instead of looking for it
+                     process, lines "svmap-fence[PID]: ..."); FILE is
+                     opened before CMD starts
+  --allow-partial    a fence that cannot be completed (e.g. under a low
+                     ulimit -v) is a warning and the program runs; without
+                     it the program is killed and svmap run exits 125
+  --preload          fence with the preload library, not ptrace
+  --fence-lib PATH   the preload library to use (must be an x86-64 ELF
+                     shared object)
   -h, --help         print this help
   --                 end of options: CMD and its arguments follow
 
 Exit status:
   the exit status of CMD; 128+SIG if a signal killed it
   2    a usage error
-  125  svmap could not set the fence up (library not found, bad option)
+  125  svmap could not set the fence up (bad library, report file not
+       writable, static executable with --preload) or a process could not
+       be fenced (it was killed)
   126  CMD was found but could not be run
   127  CMD was not found
 
@@ -72,6 +95,8 @@ fn parse(args: &[OsString]) -> Result<(FenceOptions, Option<u32>, Vec<OsString>)
                 )?);
             }
             Arg::Long("verbose") => opts.verbose = true,
+            Arg::Long("allow-partial") => opts.allow_partial = true,
+            Arg::Long("preload") => opts.method = Method::Preload,
             Arg::Long("report") => {
                 opts.report = Some(PathBuf::from(args::value(&mut p, "--report", "a FILE")?));
             }
@@ -107,11 +132,8 @@ pub fn run(args: &[OsString]) -> i32 {
     opts.va_bits = va_bits;
     if let Some(lib) = &opts.library {
         // The loader would only warn and run the program unfenced.
-        if !lib.is_file() {
-            eprintln!(
-                "svmap run: the fence library {} does not exist",
-                lib.display()
-            );
+        if let Err(e) = fence::check_library(lib) {
+            eprintln!("svmap run: {e}");
             return 125;
         }
     }
@@ -126,8 +148,16 @@ pub fn run(args: &[OsString]) -> i32 {
     let Some((cmd, cmd_args)) = command.split_first() else {
         return usage_error("missing the command to run (after --)");
     };
-    match fence::run_with(&opts, cmd, cmd_args) {
-        Ok(status) => {
+    match fence::run_fenced(&opts, cmd, cmd_args) {
+        Ok(o) if !o.fenced && !opts.allow_partial => {
+            eprintln!(
+                "svmap run: a process could not be fenced below 2^{} and was killed \
+                 (see the svmap-fence lines above; --allow-partial runs it anyway)",
+                opts.va_bits
+            );
+            125
+        }
+        Ok(fence::Outcome { status, .. }) => {
             if let Some(code) = status.code() {
                 code
             } else {
@@ -151,7 +181,7 @@ pub fn run(args: &[OsString]) -> i32 {
 
 fn usage_error(msg: &str) -> i32 {
     eprintln!(
-        "svmap run: {msg}\nUsage: svmap run --va-bits N [--verbose] [--report FILE] [--] CMD [ARGS...]  (see svmap run --help)"
+        "svmap run: {msg}\nUsage: svmap run --va-bits N [OPTIONS] [--] CMD [ARGS...]  (see svmap run --help)"
     );
     2
 }

@@ -53,6 +53,23 @@ pub fn find_library() -> Result<PathBuf, Error> {
     }
 }
 
+/// Environment variable: `1` makes a failure to fence a warning instead of
+/// the end of the process (`--allow-partial`).
+pub const ENV_ALLOW_PARTIAL: &str = "SVMAP_FENCE_ALLOW_PARTIAL";
+
+/// How the fence gets into the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Under `ptrace`, in every new image before its first instruction
+    /// ([`crate::launch`]); falls back to [`Method::Preload`] where ptrace
+    /// is not permitted.
+    Trace,
+    /// The preload library's constructor, after the loader and the
+    /// constructors of the libraries loaded before it; dynamically linked
+    /// programs only.
+    Preload,
+}
+
 /// How to run a fenced command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FenceOptions {
@@ -60,22 +77,95 @@ pub struct FenceOptions {
     pub va_bits: u32,
     /// Print the fence's report to stderr.
     pub verbose: bool,
-    /// Append the report to this file.
+    /// Append the report to this file (made absolute and opened before the
+    /// program starts).
     pub report: Option<PathBuf>,
     /// The library to preload (`None`: [`find_library`]).
     pub library: Option<PathBuf>,
+    /// A failure to fence is a warning; the program runs partly fenced.
+    pub allow_partial: bool,
+    /// How the fence is put in.
+    pub method: Method,
+    /// Bytes kept free below the main stack for its growth (`None`: the
+    /// process's hard `RLIMIT_STACK`; the guard gap comes on top).
+    pub stack_room: Option<u64>,
 }
 
 impl FenceOptions {
-    /// Defaults: quiet, no report file, library found next to the executable.
+    /// Defaults: quiet, no report file, traced, failures fatal.
     pub fn new(va_bits: u32) -> FenceOptions {
         FenceOptions {
             va_bits,
             verbose: false,
             report: None,
             library: None,
+            allow_partial: false,
+            method: Method::Trace,
+            stack_room: None,
         }
     }
+}
+
+/// Checks that `path` is a 64-bit x86-64 ELF shared object, the only kind
+/// the loader can preload here (anything else it skips with a warning,
+/// and the program would run unfenced).
+pub fn check_library(path: &Path) -> Result<(), Error> {
+    let bad = |why: &str| Error::InvalidArgument {
+        what: format!("the fence library {}: {why}", path.display()),
+    };
+    let mut head = [0u8; 20];
+    let mut f = std::fs::File::open(path).map_err(|e| bad(&e.to_string()))?;
+    std::io::Read::read_exact(&mut f, &mut head).map_err(|_| bad("not an ELF file"))?;
+    if &head[..4] != b"\x7fELF" {
+        return Err(bad("not an ELF file"));
+    }
+    if head[4] != 2 || head[5] != 1 {
+        return Err(bad("not a 64-bit little-endian ELF file"));
+    }
+    if u16::from_le_bytes([head[16], head[17]]) != 3 {
+        return Err(bad("not a shared object (ELF type is not ET_DYN)"));
+    }
+    if u16::from_le_bytes([head[18], head[19]]) != 62 {
+        return Err(bad("not built for x86-64"));
+    }
+    Ok(())
+}
+
+/// Whether the ELF executable at `path` is statically linked (no
+/// `PT_INTERP`): `None` if it is not a readable 64-bit ELF file (a script,
+/// say).
+pub fn is_static_executable(path: &Path) -> Option<bool> {
+    let data = std::fs::read(path).ok()?;
+    if data.get(..4)? != b"\x7fELF" || *data.get(4)? != 2 {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
+    let phoff = usize::try_from(u64_at(32)?).ok()?;
+    let phentsize = u16_at(54)? as usize;
+    let phnum = u16_at(56)? as usize;
+    for i in 0..phnum {
+        if u32_at(phoff.checked_add(i.checked_mul(phentsize)?)?)? == 3 {
+            return Some(false); // PT_INTERP
+        }
+    }
+    Some(true)
+}
+
+/// The file `cmd` names: itself if it contains a `/`, else the first
+/// executable file of that name on `$PATH`.
+pub fn resolve_command(cmd: &OsStr) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    if cmd.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(cmd));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
 }
 
 /// A `Command` for `cmd args...` with the fence preloaded (prepended to any
@@ -94,6 +184,7 @@ pub fn command<S: AsRef<OsStr>>(
         Some(l) => l.clone(),
         None => find_library()?,
     };
+    check_library(&lib)?;
     let mut preload = OsString::from(lib.as_os_str());
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
         preload.push(":");
@@ -107,14 +198,25 @@ pub fn command<S: AsRef<OsStr>>(
         c.env(ENV_VERBOSE, "1");
     }
     if let Some(r) = &opts.report {
-        c.env(ENV_REPORT, r);
+        c.env(
+            ENV_REPORT,
+            std::path::absolute(r).unwrap_or_else(|_| r.clone()),
+        );
+    }
+    if opts.allow_partial {
+        c.env(ENV_ALLOW_PARTIAL, "1");
+    }
+    if let Some(room) = opts.stack_room {
+        c.env(ENV_STACK_ROOM, room.to_string());
     }
     Ok(c)
 }
 
-/// Runs `cmd args...` fenced below `2^va_bits` (quiet unless
-/// `SVMAP_FENCE_VERBOSE`/`SVMAP_FENCE_REPORT` are already set in the
-/// environment, which the child inherits) and waits for it.
+/// Environment variable: bytes kept free below the main stack (the preload
+/// library's `--stack-room`).
+pub const ENV_STACK_ROOM: &str = "SVMAP_FENCE_STACK_ROOM";
+
+/// Runs `cmd args...` fenced below `2^va_bits` and waits for it.
 pub fn run_command<S: AsRef<OsStr>>(
     va_bits: u32,
     cmd: impl AsRef<OsStr>,
@@ -123,16 +225,125 @@ pub fn run_command<S: AsRef<OsStr>>(
     run_with(&FenceOptions::new(va_bits), cmd, args)
 }
 
-/// [`run_command`] with options.
+/// How a fenced run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The program's exit status.
+    pub status: ExitStatus,
+    /// Every image was fully fenced (with the preload method: as far as the
+    /// launcher can tell; the library itself ends a process it could not
+    /// fence unless partial fences are allowed).
+    pub fenced: bool,
+    /// The method that ran (the traced one falls back to the preload one
+    /// where ptrace is not permitted).
+    pub method: Method,
+}
+
+/// [`run_command`] with options: [`run_fenced`], where a failure to fence
+/// (without `allow_partial`) is an error.
 pub fn run_with<S: AsRef<OsStr>>(
     opts: &FenceOptions,
     cmd: impl AsRef<OsStr>,
     args: &[S],
 ) -> Result<ExitStatus, Error> {
-    let name = cmd.as_ref().to_string_lossy().into_owned();
-    let mut c = command(opts, cmd, args)?;
-    c.status()
-        .map_err(|source| Error::Spawn { cmd: name, source })
+    let o = run_fenced(opts, cmd, args)?;
+    if !o.fenced && !opts.allow_partial {
+        return Err(Error::InvalidArgument {
+            what: "the program could not be fenced and was killed".into(),
+        });
+    }
+    Ok(o.status)
+}
+
+/// Runs `cmd args...` fenced and waits for it (with the traced method: for
+/// every process it started). Signals the calling process receives from
+/// other processes (`SIGTERM`, `SIGINT`, `SIGHUP`, `SIGQUIT`, `SIGUSR1/2`,
+/// `SIGALRM`, `SIGWINCH`) are forwarded to the program meanwhile; the
+/// program is killed if the caller dies.
+pub fn run_fenced<S: AsRef<OsStr>>(
+    opts: &FenceOptions,
+    cmd: impl AsRef<OsStr>,
+    args: &[S],
+) -> Result<Outcome, Error> {
+    if !(20..=56).contains(&opts.va_bits) {
+        return Err(Error::InvalidArgument {
+            what: format!("va_bits {} is not in 20..=56", opts.va_bits),
+        });
+    }
+    let cmd = cmd.as_ref();
+    let mut opts = opts.clone();
+    let mut file = None;
+    if let Some(r) = &opts.report {
+        let abs = std::path::absolute(r).map_err(|source| Error::Io {
+            path: r.clone(),
+            source,
+        })?;
+        file = Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&abs)
+                .map_err(|source| Error::Io {
+                    path: abs.clone(),
+                    source,
+                })?,
+        );
+        opts.report = Some(abs);
+    }
+    if opts.method == Method::Trace {
+        let topts = crate::launch::TraceOptions {
+            va_bits: opts.va_bits,
+            allow_partial: opts.allow_partial,
+            stack_room: opts.stack_room,
+        };
+        let mut rep = crate::launch::Reporter {
+            verbose: opts.verbose,
+            file: file.take(),
+        };
+        match crate::launch::run_traced(&topts, &mut rep, cmd, args)? {
+            crate::launch::Traced::Done { status, failed } => {
+                return Ok(Outcome {
+                    status,
+                    fenced: !failed,
+                    method: Method::Trace,
+                })
+            }
+            crate::launch::Traced::NotPermitted(e) => eprintln!(
+                "svmap run: warning: ptrace is not permitted here ({e}); falling back to \
+                 the preload library, which fences only dynamically linked programs and \
+                 only after the constructors of the libraries loaded before it"
+            ),
+        }
+    }
+    drop(file);
+    if let Some(exe) = resolve_command(cmd) {
+        if is_static_executable(&exe) == Some(true) {
+            let msg = format!(
+                "{} is statically linked: the preload library cannot reach it",
+                exe.display()
+            );
+            if !opts.allow_partial {
+                return Err(Error::InvalidArgument { what: msg });
+            }
+            eprintln!("svmap run: warning: {msg}; running it unfenced (--allow-partial)");
+        }
+    }
+    let name = cmd.to_string_lossy().into_owned();
+    let mut c = command(&opts, cmd, args)?;
+    crate::trace_sys::kill_with_parent_on_spawn(&mut c);
+    let mut child = c.spawn().map_err(|source| Error::Spawn {
+        cmd: name.clone(),
+        source,
+    })?;
+    crate::trace_sys::forward_signals_to(child.id() as i32);
+    let status = child.wait();
+    crate::trace_sys::forward_signals_to(0);
+    let status = status.map_err(|source| Error::Spawn { cmd: name, source })?;
+    Ok(Outcome {
+        status,
+        fenced: true,
+        method: Method::Preload,
+    })
 }
 
 /// One process's part of a fence report file.

@@ -45,6 +45,11 @@ pub struct VmaInfo {
     pub growsdown: bool,
     /// Device reach.
     pub visibility: Visibility,
+    /// A reservation, not memory: private anonymous `PROT_NONE` (what the
+    /// fence and guard regions are made of). It holds no memory and cannot
+    /// be accessed; the kernel may still label one `[heap]` (a reservation
+    /// that starts at the program break), so its name is dropped.
+    pub reserved: bool,
 }
 
 /// The report of [`report`].
@@ -69,8 +74,11 @@ pub struct Report {
     pub free_bytes: u64,
     /// Number of free holes in `[floor, limit)`.
     pub free_holes: usize,
-    /// Mapped bytes at or above the limit.
+    /// Mapped bytes at or above the limit, reservations not counted.
     pub mapped_above_bytes: u64,
+    /// Reserved bytes (see [`VmaInfo::reserved`]) at or above the limit:
+    /// the fence's reservations, mostly.
+    pub reserved_above_bytes: u64,
     /// `1 - largest / free`: 0 when all free space is one window.
     pub fragmentation: f64,
 }
@@ -98,7 +106,12 @@ pub fn report(target: Target, va_bits: u32) -> Result<Report, Error> {
         start: e.start,
         end: e.end,
         perms: e.perms.to_string(),
-        name: e.name_lossy(),
+        name: if is_reservation(e) {
+            String::new()
+        } else {
+            e.name_lossy()
+        },
+        reserved: is_reservation(e),
         growsdown: e.growsdown,
         visibility: if e.end <= limit {
             Visibility::Visible
@@ -131,12 +144,15 @@ pub fn report(target: Target, va_bits: u32) -> Result<Report, Error> {
     holes.sort_by_key(|&(s, e)| (std::cmp::Reverse(e - s), s));
     holes.truncate(8);
     let largest = holes.first().map_or(0, |&(s, e)| e - s);
-    let mapped_above_bytes = view
-        .entries
-        .iter()
-        .filter(|e| e.end > limit)
-        .map(|e| e.end - e.start.max(limit))
-        .sum();
+    let above = |reserved: bool| -> u64 {
+        view.entries
+            .iter()
+            .filter(|e| e.end > limit && is_reservation(e) == reserved)
+            .map(|e| e.end - e.start.max(limit))
+            .sum()
+    };
+    let mapped_above_bytes = above(false);
+    let reserved_above_bytes = above(true);
     Ok(Report {
         pid,
         va_bits,
@@ -148,10 +164,24 @@ pub fn report(target: Target, va_bits: u32) -> Result<Report, Error> {
         free_bytes,
         free_holes,
         mapped_above_bytes,
+        reserved_above_bytes,
         fragmentation: if free_bytes == 0 {
             0.0
         } else {
             1.0 - largest as f64 / free_bytes as f64
         },
     })
+}
+
+/// Private anonymous `PROT_NONE`: an address-space reservation. The kernel
+/// names an anonymous VMA `[heap]` when it touches the program break's
+/// range, which a reservation made right after the break does.
+pub fn is_reservation(e: &maps::MapsEntry) -> bool {
+    let p = e.perms;
+    !p.read
+        && !p.write
+        && !p.exec
+        && !p.shared
+        && e.inode == 0
+        && matches!(e.kind(), maps::Kind::Anonymous | maps::Kind::Heap)
 }

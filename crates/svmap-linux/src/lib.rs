@@ -25,7 +25,9 @@ pub mod error;
 pub mod fence;
 pub mod heap;
 pub mod inspect;
+pub mod launch;
 pub mod maps;
 pub mod probe;
 pub mod reserve;
 pub mod sys; // #![allow(unsafe_code)] inside
+mod trace_sys; // #![allow(unsafe_code)] inside: ptrace, waitpid, signals
