@@ -87,7 +87,8 @@ pub struct FenceOptions {
     /// How the fence is put in.
     pub method: Method,
     /// Bytes kept free below the main stack for its growth (`None`: the
-    /// process's hard `RLIMIT_STACK`; the guard gap comes on top).
+    /// process's hard `RLIMIT_STACK`; the guard gap comes on top). The
+    /// traced method only; the preload library keeps the soft limit.
     pub stack_room: Option<u64>,
 }
 
@@ -206,15 +207,8 @@ pub fn command<S: AsRef<OsStr>>(
     if opts.allow_partial {
         c.env(ENV_ALLOW_PARTIAL, "1");
     }
-    if let Some(room) = opts.stack_room {
-        c.env(ENV_STACK_ROOM, room.to_string());
-    }
     Ok(c)
 }
-
-/// Environment variable: bytes kept free below the main stack (the preload
-/// library's `--stack-room`).
-pub const ENV_STACK_ROOM: &str = "SVMAP_FENCE_STACK_ROOM";
 
 /// Runs `cmd args...` fenced below `2^va_bits` and waits for it.
 pub fn run_command<S: AsRef<OsStr>>(
