@@ -194,7 +194,8 @@ impl AddressMap {
     ///
     /// A successful result `addr` satisfies (for windows that do not wrap):
     /// `addr >= max(low_limit, mmap_min_addr)`, `addr + length <= high_limit`,
-    /// `addr & align_mask == align_offset & align_mask`,
+    /// `addr & align_mask == align_offset & align_mask` (for a contiguous
+    /// mask, see [`UnmappedAreaInfo::align_mask`]),
     /// and `[addr - start_gap, addr + length)` is free. Like the kernel it
     /// may skip a hole in which an aligned slot would have fitted: the hole
     /// must hold the padded length `padded = length + align_mask +
@@ -268,8 +269,13 @@ impl AddressMap {
         !(low > max || size == 0 || max - low < size - 1)
     }
 
-    // Each retry passes at least one VMA, so more than len() + 2 descents
-    // means no progress (see SearchError::RetryLimit).
+    // Each retry raises `low` past the VMA above the hole (its guard gap
+    // violated) or past the guard gap of the VMA below it; a retry of the
+    // second kind that passes no VMA is followed by the answer, in the same
+    // hole. So a bottom-up search takes at most len() + 2 descents, exactly
+    // the limit, which it never exceeds: the check guards against a broken
+    // invariant only (top-down retries can repeat, see
+    // SearchError::RetryLimit).
     fn bottomup(
         &self,
         info: &UnmappedAreaInfo,

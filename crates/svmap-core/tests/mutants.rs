@@ -749,3 +749,22 @@ fn grows_up_guard_gap_clamps_at_the_top() {
         assert_eq!(fit(&m, &model, &r, &zero), Ok(0x20000));
     }
 }
+
+/// The most descents a bottom-up search can need is `len + 2`, the retry
+/// limit itself: a VMA that grows both ways (with `growsup_guard`) is
+/// passed by one retry (its guard below) and costs another above it (its
+/// guard above), and the third descent answers.
+#[test]
+fn bottom_up_search_may_use_every_descent_up_to_the_limit() {
+    let p = SearchParams {
+        growsup_guard: true,
+        ..SearchParams::default()
+    };
+    let both = VmaFlags(DOWN.0 | UP.0);
+    let (m, model) = maps(&[(0x400000, 0x500000, both)]);
+    let i = info(0x1000, 0x300000, TOP);
+    assert_eq!(area(&m, &model, &i, &p), Ok(0x600000));
+    let mut st = SearchStats::default();
+    assert_eq!(m.unmapped_area_stats(&i, &p, &mut st), Ok(0x600000));
+    assert_eq!((st.descents, st.holes), (3, 3));
+}
