@@ -160,7 +160,7 @@ impl Src<'_> {
 
     /// Whether a handle argument is NULL (1 in 16).
     fn null_handle(&mut self) -> bool {
-        self.u8() % 16 == 0
+        self.u8().is_multiple_of(16)
     }
 }
 
@@ -299,7 +299,7 @@ fn poke_bool(field: &mut bool, v: u8) {
 
 /// An input struct argument: NULL, or a pointer to `v`.
 fn opt<'a, T>(src: &mut Src, v: &'a T) -> Option<&'a T> {
-    (src.u8() % 16 != 0).then_some(v)
+    (!src.u8().is_multiple_of(16)).then_some(v)
 }
 
 /// The open handles and what they hold.
@@ -348,7 +348,7 @@ fn space_config(src: &mut Src, c: &mut svmap_space_config_t) {
         mmap_base: src.u64(),
         thp_align: false,
     };
-    if src.u8() % 2 == 0 {
+    if src.u8().is_multiple_of(2) {
         *c = any;
     } else {
         // SAFETY: `c` is a valid place for the configuration.
@@ -543,7 +543,7 @@ impl State {
                 let mut f = svmap_fit_request_t::default();
                 fit(src, &mut f);
                 let k = out_kind(src);
-                let allocate = src.u8() % 2 == 0;
+                let allocate = src.u8().is_multiple_of(2);
                 let fp = opt(src, &f);
                 let h = self.space_ref(src);
                 // SAFETY: as above.
@@ -687,7 +687,7 @@ impl State {
             }
             28 => {
                 let (bits, len) = (src.u32(), reservation_len(src.u64()));
-                let r = if src.u8() % 2 == 0 {
+                let r = if src.u8().is_multiple_of(2) {
                     svmap_reservation_new(bits, len)
                 } else {
                     svmap_reservation_new_at(src.u64(), len)
@@ -700,7 +700,7 @@ impl State {
             }
             29 => {
                 // A heap over the reservation (which it takes) or a new one.
-                let h = if src.u8() % 2 == 0 {
+                let h = if src.u8().is_multiple_of(2) {
                     let r = if src.null_handle() {
                         svmap_reservation_delete(self.res.take());
                         None
@@ -714,7 +714,7 @@ impl State {
                     svmap_heap_new_in(r)
                 } else {
                     // Mostly a width and a size that work.
-                    let bits = if src.u8() % 2 == 0 { 40 } else { src.u32() };
+                    let bits = if src.u8().is_multiple_of(2) { 40 } else { src.u32() };
                     let len = match src.u8() % 4 {
                         0 => src.u64(),
                         _ => u64::from(src.u8()) << 16,
@@ -754,7 +754,7 @@ impl State {
         };
         // Each field changed with probability 1/4.
         for field in 0..6 {
-            if src.u8() % 4 != 0 {
+            if !src.u8().is_multiple_of(4) {
                 continue;
             }
             match field {
@@ -823,7 +823,7 @@ impl State {
             1 => 1 << 63,
             k => text.len() * usize::from(k) / 7,
         };
-        let data: *const c_char = if src.u8() % 8 == 0 {
+        let data: *const c_char = if src.u8().is_multiple_of(8) {
             ptr::null()
         } else {
             text.as_ptr().cast()

@@ -268,7 +268,7 @@ pub unsafe extern "C" fn svmap_peer_sum_u64(
         let p = handle(peer, "peer")?;
         let addr = addr as u64;
         range_end(addr, length)?;
-        if addr % 8 != 0 || length % 8 != 0 {
+        if !addr.is_multiple_of(8) || !length.is_multiple_of(8) {
             return Err(Failure::inval(format!(
                 "sum of [{addr:#x}, +{length:#x}): not whole 8-byte words"
             )));

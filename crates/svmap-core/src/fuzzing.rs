@@ -533,7 +533,7 @@ impl Pair {
             "not its VMA: {}",
             ctx()
         );
-        if req.fixed == Fixed::No && cfg.stack_guard_gap % PAGE_SIZE == 0 {
+        if req.fixed == Fixed::No && cfg.stack_guard_gap.is_multiple_of(PAGE_SIZE) {
             if let Some(next) = self.a.space().next_vma(end) {
                 if next.flags.contains(VmaFlags::GROWSDOWN) {
                     let sg = next.start.saturating_sub(cfg.stack_guard_gap);
@@ -622,7 +622,7 @@ pub const KNOWN_MUNMAP_OVERFLOW: bool = false;
 fn known_munmap_bug(cfg: &MmConfig, start: u64, len: u64) -> bool {
     let ts = cfg.task_size;
     KNOWN_MUNMAP_OVERFLOW
-        && start % PAGE_SIZE == 0
+        && start.is_multiple_of(PAGE_SIZE)
         && start <= ts
         && len <= ts - start
         && start.checked_add(crate::linux::page_align(len)).is_none()
@@ -1054,7 +1054,7 @@ impl Bytes<'_> {
 
     fn params(&mut self, cfg: &MmConfig) -> SearchParams {
         let k = self.u8();
-        if k % 4 == 0 {
+        if k.is_multiple_of(4) {
             return cfg.search_params();
         }
         SearchParams {
@@ -1091,7 +1091,7 @@ impl Bytes<'_> {
                 Layout::TopDown
             },
             mmap_base,
-            thp_align: self.u8() % 4 != 0,
+            thp_align: !self.u8().is_multiple_of(4),
         }
     }
 

@@ -900,7 +900,7 @@ fn allocate_and_free_churn() {
             high: Addr::Abs(base + (1 << 34)),
             align: 1 << [12, 12, 12, 16, 21][g.range(0, 5) as usize],
             align_offset: 0,
-            topdown: g.u64() % 4 == 0,
+            topdown: g.u64().is_multiple_of(4),
             respect_guard_gaps: false,
         }
     }

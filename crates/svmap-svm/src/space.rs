@@ -848,7 +848,7 @@ impl<F: PtFormat> SvmSpace<F> {
         if end <= start {
             return Err(SvmError::EmptyRange { start, end });
         }
-        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+        if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
             return Err(SvmError::Unaligned {
                 start,
                 end,
@@ -872,7 +872,7 @@ impl<F: PtFormat> SvmSpace<F> {
         if length == 0 {
             return Err(SvmError::ZeroLength);
         }
-        if start % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 {
+        if !start.is_multiple_of(PAGE_SIZE) || !length.is_multiple_of(PAGE_SIZE) {
             return Err(SvmError::Unaligned {
                 start,
                 end: start.saturating_add(length),
@@ -919,7 +919,7 @@ impl<F: PtFormat> SvmSpace<F> {
         if length == 0 {
             return Err(SvmError::ZeroLength);
         }
-        if start % PAGE_SIZE != 0 || length % PAGE_SIZE != 0 {
+        if !start.is_multiple_of(PAGE_SIZE) || !length.is_multiple_of(PAGE_SIZE) {
             return Err(SvmError::Unaligned {
                 start,
                 end: start.saturating_add(length),
@@ -1023,7 +1023,7 @@ impl<F: PtFormat> SvmSpace<F> {
         let d = self.dev_index(device)?;
         let dev = &self.devices[d];
         let ps = dev.cfg.page_size;
-        if start % ps != 0 || end % ps != 0 {
+        if !start.is_multiple_of(ps) || !end.is_multiple_of(ps) {
             return Err(SvmError::Unaligned {
                 start,
                 end,

@@ -131,7 +131,7 @@ impl Model {
 
     fn device_map(&mut self, d: usize, s: u64, e: u64) -> Result<(), &'static str> {
         let ps = DEVS[d].3;
-        if s % ps != 0 || e % ps != 0 || e <= s || e > Self::limit(d) {
+        if !s.is_multiple_of(ps) || !e.is_multiple_of(ps) || e <= s || e > Self::limit(d) {
             return Err("EINVAL");
         }
         if self.cpu.iter().any(|&(a, b, _)| ov((a, b), (s, e)))

@@ -250,7 +250,7 @@ impl<'a> Gen<'a> {
                     self.num(start, s),
                     self.num(end, s)
                 );
-                if self.byte() % 8 == 0 {
+                if self.byte().is_multiple_of(8) {
                     l.push_str(", \"flags\": \"growsdown\"");
                 }
             }
@@ -289,7 +289,7 @@ impl<'a> Gen<'a> {
             }
             6 | 7 => {
                 let name = self.pick(&NAMES);
-                let va = if self.byte() % 8 == 0 {
+                let va = if self.byte().is_multiple_of(8) {
                     u64::from(self.byte() % 70)
                 } else {
                     self.pick(&VA_BITS)
@@ -334,7 +334,7 @@ impl<'a> Gen<'a> {
                     devs.join(", "),
                     self.flag()
                 );
-                if self.byte() % 4 == 0 {
+                if self.byte().is_multiple_of(4) {
                     let a = 1u64 << (self.byte() % 40);
                     let _ = write!(l, ", \"align\": {}", self.num(a, s));
                 }
@@ -369,7 +369,7 @@ impl<'a> Gen<'a> {
             }
             _ => return self.broken_line(),
         }
-        if self.byte() % 4 == 0 {
+        if self.byte().is_multiple_of(4) {
             let e = match self.byte() % 4 {
                 0 => {
                     let a = self.addr();
@@ -425,7 +425,7 @@ impl<'a> Gen<'a> {
             }
             _ => {
                 // Now and then past the line length limit.
-                let unit = if self.byte() % 16 == 0 { 300 } else { 4 };
+                let unit = if self.byte().is_multiple_of(16) { 300 } else { 4 };
                 let n = usize::from(self.byte()) * unit;
                 let field = self.pick(&["op", "name", "k"]);
                 format!("{{\"op\": \"device\", \"{field}\": \"{}\"}}", "x".repeat(n))
@@ -462,7 +462,7 @@ impl<'a> Gen<'a> {
                         }
                 }
             };
-            let last = !good && self.byte() % 8 == 0;
+            let last = !good && self.byte().is_multiple_of(8);
             if good || last {
                 self.out.extend_from_slice(l.as_bytes());
                 self.out.push(b'\n');
