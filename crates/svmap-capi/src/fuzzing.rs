@@ -714,7 +714,11 @@ impl State {
                     svmap_heap_new_in(r)
                 } else {
                     // Mostly a width and a size that work.
-                    let bits = if src.u8().is_multiple_of(2) { 40 } else { src.u32() };
+                    let bits = if src.u8().is_multiple_of(2) {
+                        40
+                    } else {
+                        src.u32()
+                    };
                     let len = match src.u8() % 4 {
                         0 => src.u64(),
                         _ => u64::from(src.u8()) << 16,
