@@ -425,7 +425,11 @@ impl<'a> Gen<'a> {
             }
             _ => {
                 // Now and then past the line length limit.
-                let unit = if self.byte().is_multiple_of(16) { 300 } else { 4 };
+                let unit = if self.byte().is_multiple_of(16) {
+                    300
+                } else {
+                    4
+                };
                 let n = usize::from(self.byte()) * unit;
                 let field = self.pick(&["op", "name", "k"]);
                 format!("{{\"op\": \"device\", \"{field}\": \"{}\"}}", "x".repeat(n))
