@@ -24,7 +24,8 @@ fn demo_runs_every_step_from_another_directory() {
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(v["ok"], true, "{v}");
-    assert!(took.as_secs() < 10, "the demo took {took:?}");
+    // A hang guard, not a speed check: 20 times the 5 s of a loaded run.
+    assert!(took.as_secs() < 100, "the demo took {took:?}");
     // The picture went to the working directory by default.
     let svg = std::fs::read_to_string(dir.join("svmap-demo.svg")).expect("svmap-demo.svg");
     assert!(
