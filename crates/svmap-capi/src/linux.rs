@@ -39,13 +39,17 @@ pub(crate) fn linux_failure(e: Error) -> Failure {
         Error::Sys { errno, .. } => status_of_errno(errno.0),
         Error::PermissionDenied { .. } => SVMAP_EPERM,
         Error::NoSuchProcess { .. } | Error::FenceLibraryNotFound { .. } => SVMAP_ENOENT,
-        Error::MapCountLimit { .. } | Error::WindowFull { .. } | Error::HeapFull { .. } => {
-            SVMAP_ENOMEM
-        }
+        Error::MapCountLimit { .. }
+        | Error::AddressSpaceLimit { .. }
+        | Error::WindowFull { .. }
+        | Error::HeapFull { .. } => SVMAP_ENOMEM,
         Error::RetriesExhausted { .. } => SVMAP_EEXIST,
         Error::InvalidArgument { .. } | Error::NotAllocated { .. } => SVMAP_EINVAL,
-        // Io, ProcessExited, Malformed, Inconsistent, Spawn, later ones.
-        _ => SVMAP_EIO,
+        Error::Io { .. }
+        | Error::ProcessExited { .. }
+        | Error::Malformed { .. }
+        | Error::Inconsistent { .. }
+        | Error::Spawn { .. } => SVMAP_EIO,
     };
     Failure::new(status, e.to_string())
 }
@@ -236,4 +240,40 @@ pub extern "C" fn svmap_heap_live_count(heap: Option<&svmap_heap_t>) -> usize {
 #[no_mangle]
 pub extern "C" fn svmap_heap_live_bytes(heap: Option<&svmap_heap_t>) -> u64 {
     ffi_value(0, || Ok(handle(heap, "heap")?.heap.live_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every way of running out of address space or map slots is
+    /// `SVMAP_ENOMEM`, with the backend's message naming the cause; a
+    /// malformed `/proc` file is `SVMAP_EIO`.
+    #[test]
+    fn out_of_memory_causes_are_enomem_and_keep_their_message() {
+        let cases = [
+            Error::AddressSpaceLimit {
+                call: "mmap",
+                len: 1 << 30,
+                vm_size: 3 << 30,
+                limit: 4 << 30,
+            },
+            Error::MapCountLimit {
+                call: "mmap",
+                vmas: 65_529,
+                max_map_count: 65_530,
+            },
+        ];
+        for e in cases {
+            let text = e.to_string();
+            let f = linux_failure(e);
+            assert_eq!(f.status, SVMAP_ENOMEM, "{text}");
+            assert_eq!(f.msg, text);
+        }
+        let f = linux_failure(Error::ProcessExited {
+            pid: 1,
+            lines_read: 3,
+        });
+        assert_eq!(f.status, SVMAP_EIO);
+    }
 }
