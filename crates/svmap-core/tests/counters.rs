@@ -409,3 +409,46 @@ fn holes_one_byte_short_of_an_aligned_room_are_never_offered() {
     assert_eq!(m.find_fit_stats(&r, &p, &mut st), Ok(a(2)));
     assert_eq!((st.descents, st.holes), (1, 1), "{st:?}");
 }
+
+/// `allocate` rescans a leaf's maxima only when the hole it splits held
+/// one: a hole high in the address space whose length and 64 KiB room are
+/// below the leaf's largest ones (and whose 2 MiB room is zero) is split
+/// without a rescan; the leaf's largest hole is not.
+#[test]
+fn allocate_rescans_only_when_the_split_hole_held_a_maximum() {
+    let mut m = AddressMap::new();
+    // The leaf's largest hole (and largest rooms) is [0x101000, 0x501000).
+    m.insert(0x100000, 0x101000, VmaFlags::NONE).unwrap();
+    m.insert(0x501000, 0x502000, VmaFlags::NONE).unwrap();
+    m.insert(0x800000, 0x810000, VmaFlags::NONE).unwrap();
+    // [0x810000, 0x830000): 128 KiB, all of it 64 KiB-aligned room.
+    m.insert(0x830000, 0x840000, VmaFlags::NONE).unwrap();
+    // One-page VMAs up to 34 in all: the 33rd splits the leaf, so there is
+    // a level above the leaves, and the first leaf keeps the lowest 16 VMAs
+    // with room to spare (a full leaf would take the general insert).
+    for j in 0..30 {
+        let s = 0x841000 + j * 0x2000;
+        m.insert(s, s + 0x1000, VmaFlags::NONE).unwrap();
+    }
+    assert!(m.depth() >= 2);
+    let p = params();
+    let r = FitRequest {
+        respect_guard_gaps: false,
+        ..fit(PAGE, 0x810000, 1 << 47, PAGE)
+    };
+    let mut st = SearchStats::default();
+    assert_eq!(
+        m.allocate_stats(&r, &p, VmaFlags::NONE, &mut st),
+        Ok(0x810000)
+    );
+    assert_eq!((st.descents, st.holes, st.rescans), (1, 1, 0), "{st:?}");
+    m.check_invariants();
+    let r = FitRequest { low: 0x101000, ..r };
+    let mut st = SearchStats::default();
+    assert_eq!(
+        m.allocate_stats(&r, &p, VmaFlags::NONE, &mut st),
+        Ok(0x101000)
+    );
+    assert_eq!((st.descents, st.holes, st.rescans), (1, 1, 1), "{st:?}");
+    m.check_invariants();
+}
