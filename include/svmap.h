@@ -74,6 +74,12 @@
 #define SVMAP_MAX_TLB_ENTRIES 65536
 
 /**
+ * The most devices an SVM space holds at once; `svmap_svm_add_device`
+ * refuses one more with `SVMAP_EINVAL`.
+ */
+#define SVMAP_MAX_DEVICES 64
+
+/**
  * The result of a call. `SVMAP_OK` is 0; every other value is a failure
  * (or, for `svmap_svm_device_access`, a device fault) and
  * `svmap_last_error_message()` describes it.
@@ -960,8 +966,9 @@ void svmap_svm_delete(struct svmap_svm_t *svm);
  * `SVMAP_EINVAL` for `va_bits` outside 12..=64, a page size that is not a
  * power of two from 4096 to `SVMAP_MAX_DEVICE_PAGE_SIZE` or that exceeds
  * `2^va_bits`, a TLB size outside 1..=`SVMAP_MAX_TLB_ENTRIES`, a base at
- * or above `2^va_bits` or an unknown enum value; the message names the
- * field.
+ * or above `2^va_bits` or an unknown enum value (the message names the
+ * field), and for a space that already holds `SVMAP_MAX_DEVICES` devices
+ * (the message names the cap).
  *
  * # Safety
  *

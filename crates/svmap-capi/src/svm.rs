@@ -83,10 +83,14 @@ pub struct svmap_device_config_t {
 pub const SVMAP_MAX_DEVICE_PAGE_SIZE: u64 = 1_073_741_824u64;
 /// The most TLB entries a device may have.
 pub const SVMAP_MAX_TLB_ENTRIES: u32 = 65536;
+/// The most devices an SVM space holds at once; `svmap_svm_add_device`
+/// refuses one more with `SVMAP_EINVAL`.
+pub const SVMAP_MAX_DEVICES: u32 = 64;
 
 const _: () = {
     assert!(SVMAP_MAX_DEVICE_PAGE_SIZE == svmap_svm::MAX_DEVICE_PAGE_SIZE);
     assert!(SVMAP_MAX_TLB_ENTRIES as usize == svmap_svm::MAX_TLB_ENTRIES);
+    assert!(SVMAP_MAX_DEVICES as usize == svmap_svm::MAX_DEVICES);
 };
 
 /// The status and message of an SVM-layer error.
@@ -102,11 +106,12 @@ pub(crate) fn svm_failure(e: SvmError) -> Failure {
         | NotMapped { .. } => SVMAP_ENOMEM,
         Mmap(errno) => status_of_errno(i32::from(errno.0)),
         AboveDeviceLimit { .. } => SVMAP_ABOVE_DEVICE_LIMIT,
-        // A device configuration out of bounds.
+        // A device configuration out of bounds, or one device too many.
         BadVaBits { .. }
         | BadPageSize { .. }
         | PageAboveLimit { .. }
         | BadTlbEntries { .. }
+        | TooManyDevices { .. }
         | BaseOutOfRange { .. } => SVMAP_EINVAL,
         // EmptyRange, Unaligned, BeyondDeviceLimit, ZeroLength,
         // BadAlignment, NotAnSvmRange, and anything added later.
@@ -171,8 +176,9 @@ pub extern "C" fn svmap_svm_delete(svm: Option<Box<svmap_svm_t>>) {
 /// `SVMAP_EINVAL` for `va_bits` outside 12..=64, a page size that is not a
 /// power of two from 4096 to `SVMAP_MAX_DEVICE_PAGE_SIZE` or that exceeds
 /// `2^va_bits`, a TLB size outside 1..=`SVMAP_MAX_TLB_ENTRIES`, a base at
-/// or above `2^va_bits` or an unknown enum value; the message names the
-/// field.
+/// or above `2^va_bits` or an unknown enum value (the message names the
+/// field), and for a space that already holds `SVMAP_MAX_DEVICES` devices
+/// (the message names the cap).
 ///
 /// # Safety
 ///
@@ -517,4 +523,56 @@ pub unsafe extern "C" fn svmap_svm_check_addressable(
             .check_addressable(device, start, end)
             .map_err(svm_failure)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::{CStr, CString};
+
+    use super::*;
+    use crate::svmap_last_error_message;
+
+    fn last() -> String {
+        // SAFETY: the pointer is a valid NUL-terminated string until the
+        // next svmap call on this thread.
+        unsafe { CStr::from_ptr(svmap_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn add(svm: &mut Option<Box<svmap_svm_t>>, name: &CStr) -> svmap_status_t {
+        let mut dev = std::mem::MaybeUninit::uninit();
+        // SAFETY: a valid place for one configuration; `name` outlives it.
+        let st = unsafe { svmap_device_config_init(dev.as_mut_ptr(), name.as_ptr(), 48) };
+        assert_eq!(st, SVMAP_OK);
+        // SAFETY: initialised by the successful call.
+        let dev = unsafe { dev.assume_init() };
+        // SAFETY: `dev.name` points at `name`, NUL-terminated and alive.
+        unsafe { svmap_svm_add_device(svm.as_deref_mut(), Some(&dev)) }
+    }
+
+    #[test]
+    fn add_device_refuses_one_more_than_the_cap() {
+        let mut svm = svmap_svm_new(None);
+        for i in 0..SVMAP_MAX_DEVICES {
+            let name = CString::new(format!("d{i}")).unwrap();
+            assert_eq!(add(&mut svm, &name), SVMAP_OK, "device {i}: {}", last());
+        }
+        assert_eq!(
+            svmap_svm_device_count(svm.as_deref()),
+            SVMAP_MAX_DEVICES as usize
+        );
+        assert_eq!(add(&mut svm, c"one-more"), SVMAP_EINVAL);
+        let msg = last();
+        assert!(msg.contains(&SVMAP_MAX_DEVICES.to_string()), "{msg}");
+        assert!(msg.contains("devices"), "{msg}");
+        assert_eq!(
+            svmap_svm_device_count(svm.as_deref()),
+            SVMAP_MAX_DEVICES as usize,
+            "nothing was added"
+        );
+        // A duplicate name in a full space is still EEXIST.
+        assert_eq!(add(&mut svm, c"d0"), SVMAP_EEXIST);
+        svmap_svm_delete(svm);
+    }
 }

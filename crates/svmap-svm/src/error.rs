@@ -36,6 +36,12 @@ pub enum SvmError {
         /// The value given.
         tlb_entries: usize,
     },
+    /// The space already holds [`crate::MAX_DEVICES`] devices, the most it
+    /// may hold at once.
+    TooManyDevices {
+        /// The cap, [`crate::MAX_DEVICES`].
+        max: usize,
+    },
     /// A device with this name is already defined.
     DuplicateDevice {
         /// The name.
@@ -178,6 +184,7 @@ impl SvmError {
             | BadPageSize { .. }
             | PageAboveLimit { .. }
             | BadTlbEntries { .. }
+            | TooManyDevices { .. }
             | UnknownDevice { .. }
             | BadAlignment { .. }
             | AboveDeviceLimit { .. } => None,
@@ -218,6 +225,10 @@ impl fmt::Display for SvmError {
                 f,
                 "{tlb_entries} TLB entries is outside 1..={}",
                 crate::MAX_TLB_ENTRIES
+            ),
+            TooManyDevices { max } => write!(
+                f,
+                "the space already holds {max} devices, the most it may hold"
             ),
             DuplicateDevice { name } => write!(f, "device {} is already defined", Name(name)),
             UnknownDevice { name } => write!(f, "no device named {}", Name(name)),

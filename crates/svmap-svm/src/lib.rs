@@ -4,7 +4,7 @@
 //! model. Pure logic, no system calls.
 //!
 //! - [`SvmSpace`]: one CPU address space (the core [`svmap_core::linux::Mm`]
-//!   with its Linux placement) and any number of named device spaces, each
+//!   with its Linux placement) and up to [`MAX_DEVICES`] named device spaces, each
 //!   with its VA width, base, page size, device-only regions and mirror
 //!   mode. It runs every SVM operation of the trace format
 //!   (`docs/trace-format.md`) with its exact rules, and the CPU-side
@@ -31,14 +31,17 @@
 //! | `device_access` | [`SvmSpace::device_access`] | `Ok(Ok(()))` = `ok`, `Ok(Err(fault))` = `fault: fault.name()` |
 //!
 //! [`SvmError::trace_errno`] is `None` for the errors the trace format calls
-//! bad lines (unknown device, `va_bits`, page size, TLB size, alignment).
+//! bad lines (unknown device, `va_bits`, page size, TLB size, more than
+//! [`MAX_DEVICES`] devices, alignment).
 //!
 //! # Bounded resources
 //!
 //! Every size a caller gives is checked with a typed error before anything
 //! is allocated: `va_bits` 12..=64, a device page size that is a power of
 //! two from 4 KiB to [`MAX_DEVICE_PAGE_SIZE`] and at most `2^va_bits`,
-//! 1..=[`MAX_TLB_ENTRIES`] TLB entries. Device page tables and TLBs hold
+//! 1..=[`MAX_TLB_ENTRIES`] TLB entries, at most [`MAX_DEVICES`] devices
+//! per space (each CPU unmap or protection change invalidates every
+//! device, so its cost grows with their number). Device page tables and TLBs hold
 //! only what is mapped (sparse tables, freed when they empty; a TLB that
 //! allocates as it fills), so their memory is O(live translations), and an
 //! invalidation visits only present entries whatever the width of its
@@ -63,5 +66,5 @@ pub use error::{Fault, SvmError};
 pub use mirror::{DefaultFormat, Geometry, Mirror, PtFormat, StdSync, SyncFamily};
 pub use space::{
     CpuPolicy, Device, DeviceConfig, MirrorMode, Populate, Prot, SvmSpace, SvmStats,
-    WindowReservation, MAX_DEVICE_PAGE_SIZE, MAX_TLB_ENTRIES, PREFAULT_MAX_PAGES,
+    WindowReservation, MAX_DEVICES, MAX_DEVICE_PAGE_SIZE, MAX_TLB_ENTRIES, PREFAULT_MAX_PAGES,
 };

@@ -108,6 +108,14 @@ pub const MAX_DEVICE_PAGE_SIZE: u64 = 1 << 30;
 /// 65,536.
 pub const MAX_TLB_ENTRIES: usize = 1 << 16;
 
+/// The most devices an [`SvmSpace`] holds at once: 64. A real machine has
+/// at most a few dozen accelerators, and every CPU `unmap`, `protect` or
+/// `svm_free` invalidates every device, so the cap keeps the cost of each
+/// of those operations bounded whatever a trace or a caller asks for.
+/// [`SvmSpace::add_device`] refuses one more with
+/// [`SvmError::TooManyDevices`]; `reset` drops every device.
+pub const MAX_DEVICES: usize = 64;
+
 /// CPU page protection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Prot {
@@ -957,7 +965,9 @@ impl<F: PtFormat> SvmSpace<F> {
 
     /// `device`: adds a device space. Errors: `DuplicateDevice` (`EEXIST`),
     /// `BaseOutOfRange` (`EINVAL`); `BadVaBits` / `BadPageSize` /
-    /// `PageAboveLimit` / `BadTlbEntries` (bad lines in a trace).
+    /// `PageAboveLimit` / `BadTlbEntries` (bad lines in a trace);
+    /// `TooManyDevices` (a bad line) when the space already holds
+    /// [`MAX_DEVICES`] devices and the configuration is otherwise fine.
     ///
     /// A device costs memory only for what its page table and TLB hold
     /// (both grow with the pages accessed and free what is invalidated),
@@ -995,6 +1005,9 @@ impl<F: PtFormat> SvmSpace<F> {
                 base: cfg.base,
                 va_bits: cfg.va_bits,
             });
+        }
+        if self.devices.len() >= MAX_DEVICES {
+            return Err(SvmError::TooManyDevices { max: MAX_DEVICES });
         }
         self.activate_covers();
         self.names.insert(cfg.name.clone(), self.devices.len());

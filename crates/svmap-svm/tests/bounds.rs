@@ -7,7 +7,7 @@ use svmap_core::linux::MmConfig;
 use svmap_svm::mirror::{PageTable, Perm, Snapshot, Tlb};
 use svmap_svm::{
     DefaultFormat, DeviceConfig, Fault, Geometry, Mirror, MirrorMode, Prot, PtFormat, StdSync,
-    SvmError, SvmSpace, MAX_DEVICE_PAGE_SIZE, MAX_TLB_ENTRIES,
+    SvmError, SvmSpace, MAX_DEVICES, MAX_DEVICE_PAGE_SIZE, MAX_TLB_ENTRIES,
 };
 
 fn dev(name: &str, va_bits: u32, page_size: u64) -> DeviceConfig {
@@ -46,6 +46,41 @@ fn device_sizes_are_checked_with_typed_errors() {
     c.tlb_entries = MAX_TLB_ENTRIES;
     sp.add_device(c).unwrap();
     sp.check_invariants();
+}
+
+/// A space holds at most `MAX_DEVICES` devices: the last one fits, one
+/// more is a typed error that names the cap and changes nothing, a
+/// duplicate name still answers `DuplicateDevice`, and `reset` makes room.
+#[test]
+fn the_number_of_devices_is_capped() {
+    let mut sp: SvmSpace = SvmSpace::new(MmConfig::default());
+    for i in 0..MAX_DEVICES {
+        sp.add_device(DeviceConfig::new(format!("d{i}"), 48))
+            .unwrap_or_else(|e| panic!("device {i} of {MAX_DEVICES}: {e}"));
+    }
+    assert_eq!(sp.devices().len(), MAX_DEVICES);
+    let e = sp
+        .add_device(DeviceConfig::new("one-more", 48))
+        .unwrap_err();
+    assert_eq!(e, SvmError::TooManyDevices { max: MAX_DEVICES });
+    assert_eq!(e.trace_errno(), None, "a bad line in a trace");
+    assert!(e.to_string().contains(&MAX_DEVICES.to_string()), "{e}");
+    assert_eq!(sp.devices().len(), MAX_DEVICES, "nothing was added");
+    assert!(sp.device("one-more").is_err());
+    // A full space still answers the other errors as before.
+    let e = sp.add_device(DeviceConfig::new("d0", 48)).unwrap_err();
+    assert_eq!(e, SvmError::DuplicateDevice { name: "d0".into() });
+    let e = sp.add_device(DeviceConfig::new("x", 99)).unwrap_err();
+    assert_eq!(e, SvmError::BadVaBits { va_bits: 99 });
+    // Every device still works: an SVM range on all of them.
+    let names: Vec<String> = (0..MAX_DEVICES).map(|i| format!("d{i}")).collect();
+    let a = sp.svm_alloc(0x1000, None, &names, true).unwrap();
+    for n in &names {
+        assert_eq!(sp.device_access(n, a, true).unwrap(), Ok(()));
+    }
+    sp.check_invariants();
+    sp.reset(MmConfig::default());
+    sp.add_device(DeviceConfig::new("one-more", 48)).unwrap();
 }
 
 /// A device with 1 GiB pages on a 64-bit space: its top table level has

@@ -5,7 +5,7 @@
 
 use std::io::{BufReader, Read};
 
-use svmap_svm::{Populate, MAX_TLB_ENTRIES};
+use svmap_svm::{Populate, MAX_DEVICES, MAX_TLB_ENTRIES};
 use svmap_trace::trace::parse_line;
 use svmap_trace::{
     replay, replay_with, ReplayError, Summary, SvmExecutor, MAX_LINE_LEN, MAX_QUOTED,
@@ -205,6 +205,31 @@ fn device_sizes_beyond_the_limits_are_bad_lines() {
             }
         }
     }
+}
+
+/// `MAX_DEVICES` `device` lines replay; one more is a bad line that names
+/// the cap (before the cap, 100,000 devices made every later unmap visit
+/// each of them); after a `reset` there is room again.
+#[test]
+fn a_device_beyond_the_cap_is_a_bad_line() {
+    let line = |i: usize| format!("{{\"op\": \"device\", \"name\": \"d{i}\", \"va_bits\": 48}}\n");
+    let full: String = (0..MAX_DEVICES).map(line).collect();
+    let (r, _) = run(full.as_bytes());
+    assert_eq!(r.unwrap().ops, MAX_DEVICES as u64);
+    let over = format!("{full}{}", line(MAX_DEVICES));
+    let (n, msg) = bad_line(over.as_bytes());
+    assert_eq!(n, MAX_DEVICES as u64 + 1);
+    assert!(msg.contains(&format!("{MAX_DEVICES} devices")), "{msg}");
+    // A duplicate name in a full space is still an EEXIST result.
+    let dup = format!(
+        "{full}{{\"op\": \"device\", \"name\": \"d0\", \"va_bits\": 48, \"expect\": {{\"err\": \"EEXIST\"}}}}\n"
+    );
+    let (r, _) = run(dup.as_bytes());
+    let s = r.unwrap();
+    assert_eq!((s.checked, s.mismatches), (1, 0));
+    let again = format!("{full}{{\"op\": \"reset\"}}\n{}", line(MAX_DEVICES));
+    let (r, _) = run(again.as_bytes());
+    assert_eq!(r.unwrap().ops, MAX_DEVICES as u64 + 2);
 }
 
 /// The page-table leak loop: map a page, touch it from a device, unmap it,
