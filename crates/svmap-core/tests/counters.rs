@@ -452,3 +452,47 @@ fn allocate_rescans_only_when_the_split_hole_held_a_maximum() {
     assert_eq!((st.descents, st.holes, st.rescans), (1, 1, 1), "{st:?}");
     m.check_invariants();
 }
+
+/// A window whose lower edge leaves one byte less than the length of a
+/// subtree's last VMA inside it scans no more nodes than the window one
+/// byte higher: no subtree (nor the whole tree) whose part inside the
+/// window is shorter than the length is entered, whichever VMA ends a leaf
+/// or a subtree.
+#[test]
+fn subtrees_shorter_than_the_length_inside_the_window_are_not_entered() {
+    const N: u64 = 2000;
+    const LEN: u64 = 0x8000;
+    let start = |k: u64| 0x100000 + k * 0x10000;
+    let end = |k: u64| start(k) + LEN;
+    let mut m = AddressMap::new();
+    for k in 0..N {
+        m.insert(start(k), end(k), VmaFlags::NONE).unwrap();
+    }
+    assert!(m.depth() >= 3);
+    let p = params();
+    for k in 0..N {
+        // [end(k) - LEN + 1 + d, end(k) + LEN - 1): the hole after VMA k
+        // is cut one byte short, so nothing fits; d = 0 leaves LEN - 1 bytes
+        // of VMA k inside, d = 1 one byte fewer.
+        let nodes = |d: u64, topdown: bool| {
+            let lo = end(k) - LEN + 1 + d;
+            let hi = end(k) + LEN - 1;
+            let mut st = SearchStats::default();
+            let i = area(LEN, lo, hi, topdown);
+            assert_eq!(
+                m.unmapped_area_stats(&i, &p, &mut st),
+                Err(SearchError::NoSpace)
+            );
+            let r = FitRequest {
+                topdown,
+                ..fit(LEN, lo, hi, PAGE)
+            };
+            assert_eq!(m.find_fit_stats(&r, &p, &mut st), Err(FitError::NoSpace));
+            assert_eq!((st.descents, st.holes), (2, 0), "{st:?}");
+            st.nodes
+        };
+        for topdown in [false, true] {
+            assert_eq!(nodes(0, topdown), nodes(1, topdown), "VMA {k}, {topdown}");
+        }
+    }
+}
