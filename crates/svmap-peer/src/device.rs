@@ -355,6 +355,26 @@ fn negotiate(
                             ..
                         }) => Reserved::Busy(a),
                         Err(Error::Sys { errno, .. }) => Reserved::Failed(errno.0),
+                        // svmap-linux told the ENOMEM causes apart with
+                        // this process's numbers: pass them on.
+                        Err(Error::AddressSpaceLimit {
+                            len,
+                            vm_size,
+                            limit,
+                            ..
+                        }) => Reserved::AddressSpaceLimit {
+                            len,
+                            vm_size,
+                            limit,
+                        },
+                        Err(Error::MapCountLimit {
+                            vmas,
+                            max_map_count,
+                            ..
+                        }) => Reserved::MapCountLimit {
+                            vmas: vmas as u64,
+                            max_map_count,
+                        },
                         Err(_) => Reserved::Failed(libc::ENOMEM),
                     },
                 };

@@ -16,7 +16,7 @@
 //!  CPU process (Peer)                           peer process (serve)
 //!  Hello{va_bits,page,tlb}  ------------------>  HelloAck{pid,floor,high}
 //!  Negotiate{round,len,..} + Vmas(own maps) -->  reads own maps
-//!                           <------------------  Vmas(own maps), Reserved{Ok|Busy|NoSpace}
+//!                           <------------------  Vmas(own maps), Reserved{Ok|Busy|NoSpace|limit}
 //!  both: find_fit over the union of both views in [floor, 2^N), guard gaps kept
 //!  CPU reserves the same window  Commit ------>  keeps it        (or Abandon -> next round)
 //!  alloc: memfd in CPU window, Map{addr,len}+fd  maps it MAP_SHARED|MAP_FIXED at addr,
@@ -145,6 +145,21 @@ pub enum PeerError {
         /// What was wrong.
         reason: String,
     },
+    /// The peer could not reserve the agreed window in its own address
+    /// space because it is at one of its limits: `source` is
+    /// [`Error::AddressSpaceLimit`] or [`Error::MapCountLimit`] with the
+    /// peer's numbers (its `RLIMIT_AS` and `VmSize`, or its mapping count
+    /// and `vm.max_map_count`), as svmap-linux tells them apart there.
+    PeerLimit {
+        /// The peer's pid.
+        pid: u32,
+        /// Start of the window.
+        addr: u64,
+        /// Length of the window.
+        len: u64,
+        /// The limit, with the peer's numbers.
+        source: Error,
+    },
     /// The peer refused a request (its error code and message).
     Remote {
         /// One of [`wire::code`].
@@ -213,6 +228,16 @@ impl fmt::Display for PeerError {
                 f,
                 "malformed message from the device peer during {during}: {reason}; it was killed"
             ),
+            PeerError::PeerLimit {
+                pid,
+                addr,
+                len,
+                source,
+            } => write!(
+                f,
+                "the device peer (pid {pid}) could not reserve the window \
+                 [{addr:#x}, +{len:#x}) in its own address space: {source}"
+            ),
             PeerError::Remote { code, message } => {
                 write!(f, "the device peer refused (code {code}): {message}")
             }
@@ -247,7 +272,7 @@ impl std::error::Error for PeerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PeerError::Spawn { source } => Some(source),
-            PeerError::Linux(e) => Some(e),
+            PeerError::Linux(e) | PeerError::PeerLimit { source: e, .. } => Some(e),
             _ => None,
         }
     }
@@ -925,6 +950,44 @@ impl Peer {
                             "mmap(MAP_FIXED_NOREPLACE) of [{a:#x}, +{len:#x}) failed: {}",
                             Errno(errno)
                         ),
+                    })
+                }
+                (
+                    Ok(a),
+                    Reserved::AddressSpaceLimit {
+                        len: grows,
+                        vm_size,
+                        limit,
+                    },
+                ) => {
+                    return Err(PeerError::PeerLimit {
+                        pid: self.pid,
+                        addr: a,
+                        len,
+                        source: Error::AddressSpaceLimit {
+                            call: "mmap(MAP_FIXED_NOREPLACE)",
+                            len: grows,
+                            vm_size,
+                            limit,
+                        },
+                    })
+                }
+                (
+                    Ok(a),
+                    Reserved::MapCountLimit {
+                        vmas,
+                        max_map_count,
+                    },
+                ) => {
+                    return Err(PeerError::PeerLimit {
+                        pid: self.pid,
+                        addr: a,
+                        len,
+                        source: Error::MapCountLimit {
+                            call: "mmap(MAP_FIXED_NOREPLACE)",
+                            vmas: usize::try_from(vmas).unwrap_or(usize::MAX),
+                            max_map_count,
+                        },
                     })
                 }
                 (Ok(a), Reserved::Ok(b)) if a == b => {

@@ -8,6 +8,7 @@
 //!
 //! Every body is a fixed sequence of little-endian `u64` words for its kind
 //! ([`Msg::Vmas`] has a count word and three words per range;
+//! [`Msg::Reserved`] an outcome tag and the words of that outcome;
 //! [`Msg::Error`] a length word and the message bytes, zero padded to a
 //! word). Decoding is strict: a wrong magic, version, kind, reserved byte,
 //! body length or trailing byte is a [`WireError`]. A `Map` carries the
@@ -17,8 +18,9 @@ use core::fmt;
 
 /// `"SVMP"`, little endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SVMP");
-/// Protocol version.
-pub const VERSION: u8 = 1;
+/// Protocol version (2: [`Reserved`] names the peer's address-space and
+/// map-count limits).
+pub const VERSION: u8 = 2;
 /// Header bytes.
 pub const HEADER: usize = 16;
 /// The largest packet either side sends or accepts.
@@ -37,6 +39,25 @@ pub enum Reserved {
     NoSpace,
     /// The reservation failed with this errno.
     Failed(i32),
+    /// The reservation would take the peer's address space past its
+    /// `RLIMIT_AS` (the peer's numbers, as in
+    /// [`svmap_linux::error::Error::AddressSpaceLimit`]).
+    AddressSpaceLimit {
+        /// Bytes the reservation would have added.
+        len: u64,
+        /// The peer's `VmSize` before the call.
+        vm_size: u64,
+        /// The peer's soft `RLIMIT_AS`.
+        limit: u64,
+    },
+    /// The peer is at its limit on the number of mappings (as in
+    /// [`svmap_linux::error::Error::MapCountLimit`]).
+    MapCountLimit {
+        /// The peer's VMA count.
+        vmas: u64,
+        /// The peer's `vm.max_map_count`.
+        max_map_count: u64,
+    },
 }
 
 /// Error codes of [`Msg::Error`].
@@ -339,14 +360,25 @@ impl Msg {
             }
             Msg::Reserved { attempt, outcome } => {
                 w(u64::from(*attempt));
-                let (tag, v) = match *outcome {
-                    Reserved::Ok(a) => (0, a),
-                    Reserved::Busy(a) => (1, a),
-                    Reserved::NoSpace => (2, 0),
-                    Reserved::Failed(e) => (3, e as u32 as u64),
+                // The tag, then the outcome's words.
+                let words: &[u64] = match *outcome {
+                    Reserved::Ok(a) => &[0, a],
+                    Reserved::Busy(a) => &[1, a],
+                    Reserved::NoSpace => &[2, 0],
+                    Reserved::Failed(e) => &[3, e as u32 as u64],
+                    Reserved::AddressSpaceLimit {
+                        len,
+                        vm_size,
+                        limit,
+                    } => &[4, len, vm_size, limit],
+                    Reserved::MapCountLimit {
+                        vmas,
+                        max_map_count,
+                    } => &[5, vmas, max_map_count],
                 };
-                w(tag);
-                w(v);
+                for &x in words {
+                    w(x);
+                }
             }
             Msg::Commit { attempt, addr, len } => {
                 w(u64::from(*attempt));
@@ -482,14 +514,28 @@ impl Msg {
             5 => {
                 let attempt = r.u32()?;
                 let tag = r.u64()?;
-                let v = r.u64()?;
                 let outcome = match tag {
-                    0 => Reserved::Ok(v),
-                    1 => Reserved::Busy(v),
-                    2 => Reserved::NoSpace,
-                    3 => Reserved::Failed(
-                        i32::try_from(v).map_err(|_| WireError(format!("errno {v}")))?,
-                    ),
+                    0 => Reserved::Ok(r.u64()?),
+                    1 => Reserved::Busy(r.u64()?),
+                    2 => match r.u64()? {
+                        0 => Reserved::NoSpace,
+                        v => return bad(format!("no-space outcome with value {v}")),
+                    },
+                    3 => {
+                        let v = r.u64()?;
+                        Reserved::Failed(
+                            i32::try_from(v).map_err(|_| WireError(format!("errno {v}")))?,
+                        )
+                    }
+                    4 => Reserved::AddressSpaceLimit {
+                        len: r.u64()?,
+                        vm_size: r.u64()?,
+                        limit: r.u64()?,
+                    },
+                    5 => Reserved::MapCountLimit {
+                        vmas: r.u64()?,
+                        max_map_count: r.u64()?,
+                    },
                     t => return bad(format!("reserve outcome {t}")),
                 };
                 Msg::Reserved { attempt, outcome }
@@ -648,6 +694,21 @@ mod tests {
             Msg::Reserved {
                 attempt: 3,
                 outcome: Reserved::Failed(12),
+            },
+            Msg::Reserved {
+                attempt: 1,
+                outcome: Reserved::AddressSpaceLimit {
+                    len: 1 << 34,
+                    vm_size: 0x1234_5000,
+                    limit: 1 << 32,
+                },
+            },
+            Msg::Reserved {
+                attempt: 2,
+                outcome: Reserved::MapCountLimit {
+                    vmas: 65_529,
+                    max_map_count: 65_530,
+                },
             },
             Msg::Commit {
                 attempt: 1,
