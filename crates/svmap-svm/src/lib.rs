@@ -9,6 +9,12 @@
 //!   mode. It runs every SVM operation of the trace format
 //!   (`docs/trace-format.md`) with its exact rules, and the CPU-side
 //!   operations so that SVM ranges and devices stay in step.
+//! - [`Engine`]: the space driving backends ([`backend`]): a
+//!   [`CpuBackend`] and one [`DeviceBackend`] per device carry out every
+//!   decision that changes memory, in a safe order (every device of a
+//!   range invalidates and acknowledges before the range can be reused).
+//!   The model backends [`ModelCpu`] and [`ModelDevice`] make no system
+//!   calls; trace replay runs on them.
 //! - [`mirror`]: a device MMU (multi-level radix page table, TLB with
 //!   shoot-down) kept in step with the CPU by the `mmu_interval_notifier`
 //!   protocol (invalidate with a sequence number; fault handler that
@@ -57,14 +63,20 @@
 //!   [`SvmSpace::check_addressable`]: a typed error naming the range and
 //!   the limit.
 
+pub mod backend;
+mod engine;
 mod error;
 pub mod interval;
 pub mod mirror;
 mod space;
 
+pub use backend::{
+    BackendError, CpuBackend, DeviceBackend, DeviceFault, ModelCpu, ModelDevice, Release,
+};
+pub use engine::{Engine, EngineError};
 pub use error::{Fault, SvmError};
 pub use mirror::{DefaultFormat, Geometry, Mirror, PtFormat, StdSync, SyncFamily};
 pub use space::{
-    CpuPolicy, Device, DeviceConfig, MirrorMode, Populate, Prot, SvmSpace, SvmStats,
+    AllocView, CpuPolicy, Device, DeviceConfig, MirrorMode, Populate, Prot, SvmSpace, SvmStats,
     WindowReservation, MAX_DEVICES, MAX_DEVICE_PAGE_SIZE, MAX_TLB_ENTRIES, PREFAULT_MAX_PAGES,
 };

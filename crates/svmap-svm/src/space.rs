@@ -65,6 +65,9 @@ use crate::error::{Fault, SvmError};
 use crate::interval::{union_of, CoverMap, IntervalMap};
 use crate::mirror::{DefaultFormat, Mirror, Perm, PtFormat, Snapshot};
 
+mod query;
+pub use query::AllocView;
+
 /// What a device mirrors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MirrorMode {

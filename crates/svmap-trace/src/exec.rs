@@ -4,7 +4,9 @@
 
 use svmap_core::linux::{Errno, Mm, MmConfig};
 use svmap_core::MapError;
-use svmap_svm::{CpuPolicy, DeviceConfig, MirrorMode, Populate, SvmError, SvmSpace};
+use svmap_svm::{
+    CpuPolicy, DeviceConfig, Engine, EngineError, MirrorMode, Populate, SvmError, SvmSpace,
+};
 
 use crate::replay::{ExecError, Executor};
 use crate::trace::{CpuAccess, Fault, Mirror, Op, OpKind, Outcome, Prot, SvmOp};
@@ -98,7 +100,9 @@ impl Executor for CpuExecutor {
 /// [`ExecError::BadLine`].
 #[derive(Debug)]
 pub struct SvmExecutor {
-    space: SvmSpace,
+    /// The engine with its model backends (no system calls): the same
+    /// code that drives real memory with other backends.
+    space: Engine,
     populate: Populate,
     tlb_entries: usize,
     paranoid: bool,
@@ -117,7 +121,7 @@ impl SvmExecutor {
     /// (the results are the same either way; only the mirror's work differs).
     pub fn new(populate: Populate) -> Self {
         SvmExecutor {
-            space: SvmSpace::new(MmConfig::default()),
+            space: Engine::new(MmConfig::default(), svmap_svm::ModelCpu),
             populate,
             tlb_entries: DeviceConfig::new("", 48).tlb_entries,
             paranoid: false,
@@ -144,7 +148,7 @@ impl SvmExecutor {
 
     /// The space the trace built.
     pub fn space(&self) -> &SvmSpace {
-        &self.space
+        self.space.space()
     }
 
     fn run(&mut self, op: &Op) -> Result<Option<Outcome>, ExecError> {
@@ -155,18 +159,21 @@ impl SvmExecutor {
                 None
             }
             Op::Map { start, end, flags } => {
-                match sp.cpu_map(
-                    *start,
-                    *end,
-                    flags.contains(svmap_core::VmaFlags::GROWSDOWN),
-                ) {
+                match engine(
+                    OpKind::Map,
+                    sp.cpu_map(
+                        *start,
+                        *end,
+                        flags.contains(svmap_core::VmaFlags::GROWSDOWN),
+                    ),
+                )? {
                     Ok(()) => None,
                     Err(e @ SvmError::Overlap { .. }) => Some(err_result(OpKind::Map, &e)?),
                     Err(e) => return Err(bad(OpKind::Map, &e)),
                 }
             }
             Op::Unmap { start, length } => {
-                sp.cpu_unmap(*start, *length)
+                engine(OpKind::Unmap, sp.cpu_unmap(*start, *length))?
                     .map_err(|e| bad(OpKind::Unmap, &e))?;
                 None
             }
@@ -174,7 +181,7 @@ impl SvmExecutor {
                 Ok(addr) => Outcome::Addr(addr),
                 Err(_) => Outcome::Err(Errno::ENOMEM),
             }),
-            Op::Mmap(req) => Some(match sp.cpu_mmap(req) {
+            Op::Mmap(req) => Some(match engine(OpKind::Mmap, sp.cpu_mmap(req))? {
                 Ok(addr) => Outcome::Addr(addr),
                 Err(e) => err_result(OpKind::Mmap, &e)?,
             }),
@@ -205,7 +212,7 @@ impl SvmExecutor {
                     populate: self.populate,
                     tlb_entries: self.tlb_entries,
                 };
-                match sp.add_device(cfg) {
+                match engine(kind, sp.add_device(cfg))? {
                     Ok(()) => None,
                     Err(e) => Some(err_result(kind, &e)?),
                 }
@@ -220,7 +227,7 @@ impl SvmExecutor {
                     CpuAccess::Fault => CpuPolicy::Fault,
                     CpuAccess::DummyPage => CpuPolicy::DummyPage,
                 };
-                match sp.device_map(device, *start, *end, cpu) {
+                match engine(kind, sp.device_map(device, *start, *end, cpu))? {
                     Ok(()) => None,
                     Err(e) => Some(err_result(kind, &e)?),
                 }
@@ -231,12 +238,15 @@ impl SvmExecutor {
                 devices,
                 topdown,
             } => Some(
-                match sp.svm_alloc(*length, *align, devices.as_slice(), *topdown) {
+                match engine(
+                    kind,
+                    sp.svm_alloc(*length, *align, devices.as_slice(), *topdown),
+                )? {
                     Ok(addr) => Outcome::Addr(addr),
                     Err(e) => err_result(kind, &e)?,
                 },
             ),
-            SvmOp::SvmFree { addr } => Some(match sp.svm_free(*addr) {
+            SvmOp::SvmFree { addr } => Some(match engine(kind, sp.svm_free(*addr))? {
                 Ok(()) => Outcome::Ok,
                 Err(e) => err_result(kind, &e)?,
             }),
@@ -250,7 +260,7 @@ impl SvmExecutor {
                     Prot::Read => svmap_svm::Prot::Read,
                     Prot::ReadWrite => svmap_svm::Prot::ReadWrite,
                 };
-                Some(match sp.protect(*start, *length, prot) {
+                Some(match engine(kind, sp.protect(*start, *length, prot))? {
                     Ok(()) => Outcome::Ok,
                     Err(e @ (SvmError::NotMapped { .. } | SvmError::RangeOverflow { .. })) => {
                         err_result(kind, &e)?
@@ -286,6 +296,17 @@ impl SvmExecutor {
                 })
             }
         })
+    }
+}
+
+/// The engine's answer as the space's: with model backends every error is
+/// the space's ([`EngineError::Svm`]); a backend error would be reported as
+/// a bad line naming it.
+fn engine<T>(kind: OpKind, r: Result<T, EngineError>) -> Result<Result<T, SvmError>, ExecError> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(EngineError::Svm(e)) => Ok(Err(e)),
+        Err(e) => Err(ExecError::BadLine(format!("op \"{}\": {e}", kind.name()))),
     }
 }
 

@@ -1,0 +1,636 @@
+//! [`Engine`]: the SVM engine ([`SvmSpace`]) driving a CPU backend and one
+//! backend per device ([`crate::backend`]).
+//!
+//! `SvmSpace` decides (which address, free on the CPU and on every device
+//! of the set, inside the window, clear of device-only regions and guard
+//! gaps); the engine tells the backends what each decision changes, in an
+//! order that keeps them safe:
+//!
+//! | operation | backend calls, in order |
+//! | --- | --- |
+//! | `svm_alloc` | decide; CPU `map`; every device of the set `map` |
+//! | `svm_free` | every device of the range `invalidate` (all must acknowledge); every device `unmap`; CPU `unmap`; only then the range is free in the space |
+//! | `protect` | decide; per SVM piece: every device of it `invalidate`, CPU `protect`, device `protect` |
+//! | `device_map` | decide; CPU `map_device_only` (the part below `task_size`); device `map_region` |
+//! | `reserve_window` | decide; CPU `reserve` per piece |
+//! | `release_window` | CPU `release` per piece; then the space releases |
+//! | `cpu_unmap`, `MAP_FIXED` `cpu_mmap` (observed) | every device of each SVM piece there `invalidate` and `unmap`; the space changes; CPU `forget` |
+//! | `cpu_map`, `cpu_mmap`, `find`, `add_device` | the space only |
+//!
+//! A device that does not acknowledge an invalidation gives
+//! [`EngineError::NotAcknowledged`] naming it, and the range stays
+//! allocated in the space, so it is never handed out again while a device
+//! may still use it. No device backend is ever given a range at or above
+//! its limit `2^va_bits` (checked before every call:
+//! [`EngineError::LimitGuard`]).
+//!
+//! With [`ModelCpu`] and [`ModelDevice`] (the defaults) the engine makes no
+//! system calls; the trace executor runs on it. The backends are generic
+//! parameters (a `Box<dyn …>` works too), and the engine keeps reusable
+//! scratch buffers, so the operations add no allocation of their own
+//! beyond what the space does.
+
+use std::fmt;
+use std::ops::Deref;
+
+use svmap_core::linux::{Fixed, MmConfig, MmapRequest};
+use svmap_core::{SearchError, UnmappedAreaInfo};
+
+use crate::backend::{
+    BackendError, CpuBackend, DeviceBackend, DeviceFault, ModelCpu, ModelDevice, Release,
+};
+use crate::error::{Fault, SvmError};
+use crate::mirror::{DefaultFormat, PtFormat};
+use crate::space::{CpuPolicy, DeviceConfig, Prot, SvmSpace, WindowReservation};
+
+/// Why an engine operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineError {
+    /// The space refused the operation (nothing changed).
+    Svm(SvmError),
+    /// The CPU backend failed.
+    Cpu {
+        /// The backend call.
+        op: &'static str,
+        /// Start of its range.
+        start: u64,
+        /// End of its range (exclusive).
+        end: u64,
+        /// Why.
+        error: BackendError,
+    },
+    /// A device backend failed (other than an invalidation).
+    Device {
+        /// The device.
+        device: String,
+        /// The backend call.
+        op: &'static str,
+        /// Start of its range.
+        start: u64,
+        /// End of its range (exclusive).
+        end: u64,
+        /// Why.
+        error: BackendError,
+    },
+    /// A device did not acknowledge the invalidation of `[start, end)`;
+    /// the range stays allocated (it is not reused).
+    NotAcknowledged {
+        /// The device.
+        device: String,
+        /// Start of the range.
+        start: u64,
+        /// End of the range (exclusive).
+        end: u64,
+        /// Why.
+        error: BackendError,
+    },
+    /// The engine was about to hand a device a range at or above its
+    /// limit; nothing was called. A bug of the space if it ever happens.
+    LimitGuard {
+        /// The device.
+        device: String,
+        /// Start of the range.
+        start: u64,
+        /// End of the range (exclusive).
+        end: u64,
+        /// The device's limit `2^va_bits` (saturated).
+        limit: u64,
+    },
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Svm(e) => e.fmt(f),
+            EngineError::Cpu {
+                op,
+                start,
+                end,
+                error,
+            } => write!(f, "CPU backend {op} [{start:#x}, {end:#x}): {error}"),
+            EngineError::Device {
+                device,
+                op,
+                start,
+                end,
+                error,
+            } => write!(
+                f,
+                "device {device:?} backend {op} [{start:#x}, {end:#x}): {error}"
+            ),
+            EngineError::NotAcknowledged {
+                device,
+                start,
+                end,
+                error,
+            } => write!(
+                f,
+                "device {device:?} did not acknowledge the invalidation of [{start:#x}, {end:#x}) ({error}); the range stays allocated"
+            ),
+            EngineError::LimitGuard {
+                device,
+                start,
+                end,
+                limit,
+            } => write!(
+                f,
+                "refused to hand [{start:#x}, {end:#x}) to device {device:?}: its limit is {limit:#x}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EngineError::Svm(e) => Some(e),
+            EngineError::Cpu { error, .. }
+            | EngineError::Device { error, .. }
+            | EngineError::NotAcknowledged { error, .. } => Some(error),
+            EngineError::LimitGuard { .. } => None,
+        }
+    }
+}
+
+impl From<SvmError> for EngineError {
+    fn from(e: SvmError) -> Self {
+        EngineError::Svm(e)
+    }
+}
+
+/// The SVM engine: an [`SvmSpace`] that drives a CPU backend and one
+/// backend per device. See the module documentation for the order of the
+/// calls. Read-only queries go to the space (`Deref`).
+#[derive(Debug)]
+pub struct Engine<C = ModelCpu, D = ModelDevice, F: PtFormat = DefaultFormat> {
+    space: SvmSpace<F>,
+    cpu: C,
+    /// One per device of the space, in definition order.
+    devs: Vec<D>,
+    /// Reused: the device indices of the range being changed.
+    scratch_devs: Vec<usize>,
+    /// Reused: the pieces of the range being changed.
+    scratch_pieces: Vec<(u64, u64)>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(MmConfig::default(), ModelCpu)
+    }
+}
+
+impl<C, D, F: PtFormat> Deref for Engine<C, D, F> {
+    type Target = SvmSpace<F>;
+    fn deref(&self) -> &SvmSpace<F> {
+        &self.space
+    }
+}
+
+fn dev_name<F: PtFormat>(space: &SvmSpace<F>, d: usize) -> String {
+    space.devices()[d].config().name.clone()
+}
+
+/// Invalidates and unmaps, on every device that holds it, every SVM piece
+/// of `space` in `[start, end)`. Stops at the first device that does not
+/// acknowledge.
+fn drop_pieces_on_devices<D: DeviceBackend, F: PtFormat>(
+    space: &SvmSpace<F>,
+    devs: &mut [D],
+    start: u64,
+    end: u64,
+) -> Result<(), EngineError> {
+    for (s, e, ds) in space.svm_pieces_in(start, end) {
+        for &d in ds {
+            devs[d]
+                .invalidate(s, e)
+                .map_err(|error| EngineError::NotAcknowledged {
+                    device: dev_name(space, d),
+                    start: s,
+                    end: e,
+                    error,
+                })?;
+        }
+        for &d in ds {
+            devs[d].unmap(s, e).map_err(|error| EngineError::Device {
+                device: dev_name(space, d),
+                op: "unmap",
+                start: s,
+                end: e,
+                error,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
+    /// An empty space with these parameters, driving `cpu`.
+    pub fn new(cfg: MmConfig, cpu: C) -> Self {
+        Engine {
+            space: SvmSpace::new(cfg),
+            cpu,
+            devs: Vec::new(),
+            scratch_devs: Vec::new(),
+            scratch_pieces: Vec::new(),
+        }
+    }
+
+    /// The space (every decision and every query).
+    pub fn space(&self) -> &SvmSpace<F> {
+        &self.space
+    }
+
+    /// The CPU backend.
+    pub fn cpu_backend(&self) -> &C {
+        &self.cpu
+    }
+
+    /// The CPU backend, mutable (for what it offers beyond the trait).
+    pub fn cpu_backend_mut(&mut self) -> &mut C {
+        &mut self.cpu
+    }
+
+    /// The backends of the devices, in definition order.
+    pub fn device_backends(&self) -> &[D] {
+        &self.devs
+    }
+
+    /// Drops every device and every range of the space and starts again
+    /// with `cfg` (`reset`); the CPU backend forgets everything.
+    pub fn reset(&mut self, cfg: MmConfig) {
+        self.space.reset(cfg);
+        self.devs.clear();
+        self.cpu.forget(0, u64::MAX);
+    }
+
+    /// Adds a device ([`SvmSpace::add_device`]) driven by `backend`.
+    pub fn add_device_with(&mut self, cfg: DeviceConfig, backend: D) -> Result<(), EngineError> {
+        self.space.add_device(cfg)?;
+        self.devs.push(backend);
+        Ok(())
+    }
+
+    /// Adds a device with a default backend.
+    pub fn add_device(&mut self, cfg: DeviceConfig) -> Result<(), EngineError>
+    where
+        D: Default,
+    {
+        self.add_device_with(cfg, D::default())
+    }
+
+    /// `map` (observed): [`SvmSpace::cpu_map`]; no backend call.
+    pub fn cpu_map(&mut self, start: u64, end: u64, growsdown: bool) -> Result<(), EngineError> {
+        Ok(self.space.cpu_map(start, end, growsdown)?)
+    }
+
+    /// Every device of every SVM piece in `[start, end)` invalidates and
+    /// unmaps it; then the CPU backend forgets what it owned there.
+    fn lose(&mut self, start: u64, end: u64) -> Result<bool, EngineError> {
+        drop_pieces_on_devices(&self.space, &mut self.devs, start, end)?;
+        Ok(self.space.owns_any(start, end))
+    }
+
+    /// `unmap` (observed: the CPU lost the range): every device of each SVM
+    /// piece there invalidates and unmaps it, then
+    /// [`SvmSpace::cpu_unmap`], then the CPU backend forgets the range.
+    /// A device that does not acknowledge leaves the space unchanged.
+    pub fn cpu_unmap(&mut self, start: u64, length: u64) -> Result<(), EngineError> {
+        let end = start.saturating_add(length);
+        let owned = if length != 0
+            && start.is_multiple_of(svmap_core::linux::PAGE_SIZE)
+            && length.is_multiple_of(svmap_core::linux::PAGE_SIZE)
+        {
+            self.lose(start, end)?
+        } else {
+            false
+        };
+        self.space.cpu_unmap(start, length)?;
+        if owned {
+            self.cpu.forget(start, end);
+        }
+        Ok(())
+    }
+
+    /// `mmap` (observed): [`SvmSpace::cpu_mmap`]; a `MAP_FIXED` one first
+    /// does what [`Self::cpu_unmap`] does over its range.
+    pub fn cpu_mmap(&mut self, req: &MmapRequest) -> Result<u64, EngineError> {
+        let mut lost = None;
+        if req.fixed == Fixed::Fixed {
+            if let Ok((addr, len)) = self.space.mm().get_unmapped_area(req) {
+                let end = addr.saturating_add(len);
+                if self.lose(addr, end)? {
+                    lost = Some((addr, end));
+                }
+            }
+        }
+        let addr = self.space.cpu_mmap(req)?;
+        if let Some((s, e)) = lost {
+            self.cpu.forget(s, e);
+        }
+        Ok(addr)
+    }
+
+    /// `find`: [`SvmSpace::find`].
+    pub fn find(&self, info: &UnmappedAreaInfo) -> Result<u64, SearchError> {
+        self.space.find(info)
+    }
+
+    /// `protect`: [`SvmSpace::protect`] decides; then, for every SVM piece
+    /// in the range: its devices invalidate (and must acknowledge), the CPU
+    /// backend changes the protection, the devices change theirs. Other
+    /// ranges svmap owns there keep their CPU policy on the backend.
+    pub fn protect(&mut self, start: u64, length: u64, prot: Prot) -> Result<(), EngineError> {
+        self.space.protect(start, length, prot)?;
+        let end = start.saturating_add(length);
+        let Engine {
+            space, cpu, devs, ..
+        } = self;
+        for (s, e, ds) in space.svm_pieces_in(start, end) {
+            for &d in ds {
+                devs[d]
+                    .invalidate(s, e)
+                    .map_err(|error| EngineError::NotAcknowledged {
+                        device: dev_name(space, d),
+                        start: s,
+                        end: e,
+                        error,
+                    })?;
+            }
+            cpu.protect(s, e, prot).map_err(|error| EngineError::Cpu {
+                op: "protect",
+                start: s,
+                end: e,
+                error,
+            })?;
+            for &d in ds {
+                devs[d]
+                    .protect(s, e, prot)
+                    .map_err(|error| EngineError::Device {
+                        device: dev_name(space, d),
+                        op: "protect",
+                        start: s,
+                        end: e,
+                        error,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `device_map`: [`SvmSpace::device_map`] decides; then the CPU backend
+    /// sets up the part below `task_size` with `cpu`, and the device backend
+    /// backs the region. If a backend fails the region stays held in the
+    /// space (nothing is placed there).
+    pub fn device_map(
+        &mut self,
+        device: &str,
+        start: u64,
+        end: u64,
+        cpu: CpuPolicy,
+    ) -> Result<(), EngineError> {
+        self.space.device_map(device, start, end, cpu)?;
+        let d = self
+            .space
+            .devices()
+            .iter()
+            .position(|x| x.config().name == device)
+            .expect("device_map succeeded for this name");
+        let ts = self.space.mm().config().task_size;
+        if start < ts {
+            let e = end.min(ts);
+            self.cpu
+                .map_device_only(start, e, cpu)
+                .map_err(|error| EngineError::Cpu {
+                    op: "map_device_only",
+                    start,
+                    end: e,
+                    error,
+                })?;
+        }
+        self.guard(d, start, end)?;
+        self.devs[d]
+            .map_region(start, end)
+            .map_err(|error| EngineError::Device {
+                device: device.to_owned(),
+                op: "map_region",
+                start,
+                end,
+                error,
+            })
+    }
+
+    /// Refuses a device range at or above the device's limit.
+    fn guard(&self, d: usize, start: u64, end: u64) -> Result<(), EngineError> {
+        let dev = &self.space.devices()[d];
+        let limit = 1u128 << dev.config().va_bits;
+        if u128::from(end) > limit || start >= end {
+            return Err(EngineError::LimitGuard {
+                device: dev.config().name.clone(),
+                start,
+                end,
+                limit: dev.limit(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `svm_alloc`: [`SvmSpace::svm_alloc`] decides; then the CPU backend
+    /// maps the range and every device of the set maps it at the same
+    /// address. If a backend fails, what was done is undone and the range
+    /// is freed again in the space (unless a device does not acknowledge
+    /// the undo: then it stays allocated).
+    pub fn svm_alloc<S: AsRef<str>>(
+        &mut self,
+        length: u64,
+        align: Option<u64>,
+        devices: &[S],
+        topdown: bool,
+    ) -> Result<u64, EngineError> {
+        let addr = self.space.svm_alloc(length, align, devices, topdown)?;
+        let v = self.space.alloc_at(addr).expect("just allocated");
+        let (end, to) = (
+            v.end,
+            if v.window.is_some() {
+                Release::ToWindow
+            } else {
+                Release::ToSystem
+            },
+        );
+        self.scratch_devs.clear();
+        self.scratch_devs.extend_from_slice(v.devices);
+        if let Err(error) = self.cpu.map(addr, end, to == Release::ToWindow) {
+            let _ = self.space.svm_free(addr);
+            return Err(EngineError::Cpu {
+                op: "map",
+                start: addr,
+                end,
+                error,
+            });
+        }
+        for i in 0..self.scratch_devs.len() {
+            let d = self.scratch_devs[i];
+            let r = self.guard(d, addr, end).and_then(|()| {
+                self.devs[d]
+                    .map(addr, end)
+                    .map_err(|error| EngineError::Device {
+                        device: dev_name(&self.space, d),
+                        op: "map",
+                        start: addr,
+                        end,
+                        error,
+                    })
+            });
+            if let Err(e) = r {
+                // Undo on the devices mapped so far, then on the CPU.
+                for j in 0..i {
+                    let dj = self.scratch_devs[j];
+                    if let Err(error) = self.devs[dj].invalidate(addr, end) {
+                        return Err(EngineError::NotAcknowledged {
+                            device: dev_name(&self.space, dj),
+                            start: addr,
+                            end,
+                            error,
+                        });
+                    }
+                    let _ = self.devs[dj].unmap(addr, end);
+                }
+                if self.cpu.unmap(addr, end, to).is_ok() {
+                    let _ = self.space.svm_free(addr);
+                }
+                return Err(e);
+            }
+        }
+        Ok(addr)
+    }
+
+    /// `svm_free`: every device of the range invalidates what is left of it
+    /// and must acknowledge; then the devices unmap it, the CPU backend
+    /// unmaps it (back into its window, or to the system), and only then
+    /// [`SvmSpace::svm_free`] makes it free for reuse. On any backend error
+    /// the range stays allocated.
+    pub fn svm_free(&mut self, addr: u64) -> Result<(), EngineError> {
+        let Some(v) = self.space.alloc_at(addr) else {
+            return Err(SvmError::NotAnSvmRange { addr }.into());
+        };
+        let to = if v.window.is_some() {
+            Release::ToWindow
+        } else {
+            Release::ToSystem
+        };
+        let id = v.id;
+        self.scratch_devs.clear();
+        self.scratch_devs.extend_from_slice(v.devices);
+        self.scratch_pieces.clear();
+        self.scratch_pieces.extend(self.space.alloc_pieces(id));
+        let Engine {
+            space,
+            cpu,
+            devs,
+            scratch_devs,
+            scratch_pieces,
+        } = self;
+        for &d in scratch_devs.iter() {
+            for &(s, e) in scratch_pieces.iter() {
+                devs[d]
+                    .invalidate(s, e)
+                    .map_err(|error| EngineError::NotAcknowledged {
+                        device: dev_name(space, d),
+                        start: s,
+                        end: e,
+                        error,
+                    })?;
+            }
+        }
+        for &d in scratch_devs.iter() {
+            for &(s, e) in scratch_pieces.iter() {
+                devs[d].unmap(s, e).map_err(|error| EngineError::Device {
+                    device: dev_name(space, d),
+                    op: "unmap",
+                    start: s,
+                    end: e,
+                    error,
+                })?;
+            }
+        }
+        for &(s, e) in scratch_pieces.iter() {
+            cpu.unmap(s, e, to).map_err(|error| EngineError::Cpu {
+                op: "unmap",
+                start: s,
+                end: e,
+                error,
+            })?;
+        }
+        Ok(space.svm_free(addr)?)
+    }
+
+    /// [`SvmSpace::reserve_window`] decides; then the CPU backend reserves
+    /// every piece. If it fails, the pieces reserved so far are released
+    /// and the window with them.
+    pub fn reserve_window<S: AsRef<str>>(
+        &mut self,
+        devices: &[S],
+    ) -> Result<WindowReservation, EngineError> {
+        let w = self.space.reserve_window(devices)?;
+        for (i, &(s, e)) in w.reserved.iter().enumerate() {
+            if let Err(error) = self.cpu.reserve(s, e) {
+                for &(s2, e2) in &w.reserved[..i] {
+                    let _ = self.cpu.release(s2, e2);
+                }
+                let _ = self.space.release_window(w.id);
+                return Err(EngineError::Cpu {
+                    op: "reserve",
+                    start: s,
+                    end: e,
+                    error,
+                });
+            }
+        }
+        Ok(w)
+    }
+
+    /// The CPU backend releases every piece of window `id`; then
+    /// [`SvmSpace::release_window`].
+    pub fn release_window(&mut self, id: u64) -> Result<(), EngineError> {
+        let w = self
+            .space
+            .window_info(id)
+            .ok_or(SvmError::UnknownWindow { id })?;
+        for &(s, e) in &w.reserved {
+            self.cpu.release(s, e).map_err(|error| EngineError::Cpu {
+                op: "release",
+                start: s,
+                end: e,
+                error,
+            })?;
+        }
+        Ok(self.space.release_window(id)?)
+    }
+
+    /// `device_access`: [`SvmSpace::device_access`] (the device MMU model).
+    pub fn device_access(
+        &self,
+        device: &str,
+        addr: u64,
+        write: bool,
+    ) -> Result<Result<(), Fault>, SvmError> {
+        self.space.device_access(device, addr, write)
+    }
+
+    /// Moves the faults device `device` reported into `out`.
+    pub fn take_faults(
+        &mut self,
+        device: &str,
+        out: &mut Vec<DeviceFault>,
+    ) -> Result<(), SvmError> {
+        let d = self
+            .space
+            .devices()
+            .iter()
+            .position(|x| x.config().name == device)
+            .ok_or_else(|| SvmError::UnknownDevice {
+                name: device.to_owned(),
+            })?;
+        self.devs[d].take_faults(out);
+        Ok(())
+    }
+}

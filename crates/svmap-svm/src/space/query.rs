@@ -1,0 +1,70 @@
+//! Read-only views of [`SvmSpace`] that the engine ([`crate::Engine`]) needs
+//! to tell its backends what a decision changes. None allocates.
+
+use super::SvmSpace;
+use crate::mirror::PtFormat;
+
+/// The SVM range that [`SvmSpace::svm_free`] of an address would free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocView<'a> {
+    /// Its id (unique for the life of the space).
+    pub id: u64,
+    /// Start of the range as allocated.
+    pub start: u64,
+    /// End of the range as allocated (exclusive).
+    pub end: u64,
+    /// The indices of its devices, sorted.
+    pub devices: &'a [usize],
+    /// The bounds of the live window it was carved from (its freed pieces
+    /// inside them go back into the window).
+    pub window: Option<(u64, u64)>,
+}
+
+impl<F: PtFormat> SvmSpace<F> {
+    /// The SVM range that `svm_free(addr)` would free now, if any.
+    pub fn alloc_at(&self, addr: u64) -> Option<AllocView<'_>> {
+        let id = *self.by_start.get(&addr)?.last()?;
+        let a = self.allocs.get(&id)?;
+        Some(AllocView {
+            id,
+            start: a.start,
+            end: a.end,
+            devices: &a.devices,
+            window: a
+                .window
+                .and_then(|w| self.windows.get(&w))
+                .map(|w| (w.start, w.end)),
+        })
+    }
+
+    /// The pieces of SVM range `id` the CPU still maps, ascending.
+    pub fn alloc_pieces(&self, id: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let (s, e) = self.allocs.get(&id).map_or((0, 0), |a| (a.start, a.end));
+        self.svm
+            .range(s, e)
+            .filter(move |&(_, _, &p)| p == id)
+            .map(|(s, e, _)| (s, e))
+    }
+
+    /// Every SVM piece that overlaps `[start, end)`, clipped to it, with the
+    /// indices of its devices.
+    pub fn svm_pieces_in(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (u64, u64, &[usize])> + '_ {
+        self.svm.range(start, end).filter_map(move |(s, e, id)| {
+            let (s, e) = (s.max(start), e.min(end));
+            let a = self.allocs.get(id)?;
+            (s < e).then_some((s, e, a.devices.as_slice()))
+        })
+    }
+
+    /// Whether the CPU maps anything svmap owns in `[start, end)`: an SVM
+    /// piece, a window piece or the CPU side of a device-only region.
+    pub fn owns_any(&self, start: u64, end: u64) -> bool {
+        self.svm.first_overlap(start, end).is_some()
+            || self.win_pieces.first_overlap(start, end).is_some()
+            || self.reserved.first_overlap(start, end).is_some()
+    }
+}

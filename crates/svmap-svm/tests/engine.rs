@@ -1,0 +1,452 @@
+//! The engine and its backends: recording backends check the order of the
+//! calls under random operations (an address is never mapped again on the
+//! CPU or on a device before every device that held it has invalidated it
+//! and acknowledged; no device is handed an address at or above its limit;
+//! a device unmaps only what it invalidated), with devices that refuse to
+//! acknowledge now and then; and the engine with model backends answers
+//! exactly as a bare `SvmSpace` does.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proptest::prelude::*;
+use svmap_core::linux::{Fixed, MmConfig, MmapRequest};
+use svmap_svm::{
+    BackendError, CpuBackend, CpuPolicy, DeviceBackend, DeviceConfig, Engine, EngineError, Prot,
+    Release, SvmSpace,
+};
+
+const PG: u64 = 0x1000;
+const TS: u64 = 0x100000;
+
+fn cfg() -> MmConfig {
+    MmConfig {
+        task_size: TS,
+        mmap_min_addr: 0x10000,
+        stack_guard_gap: 0x3000,
+        ..MmConfig::default()
+    }
+}
+
+/// (name, va_bits, page size)
+const DEVS: [(&str, u32, u64); 3] = [("d0", 19, 0x1000), ("d1", 20, 0x2000), ("d2", 18, 0x1000)];
+
+/// What the recording backends saw, shared by all of them.
+#[derive(Default, Debug)]
+struct World {
+    /// SVM ranges the CPU backend has mapped.
+    cpu_mapped: Vec<(u64, u64)>,
+    /// Per device: SVM ranges mapped, and ranges invalidated since.
+    dev_mapped: Vec<Vec<(u64, u64)>>,
+    dev_invalidated: Vec<Vec<(u64, u64)>>,
+    /// Per device: its limit.
+    limits: Vec<u64>,
+    /// Per device: refuse the next invalidation.
+    nack: Vec<bool>,
+    /// Every violation of the contract, in words.
+    violations: Vec<String>,
+    /// Backend calls seen.
+    calls: u64,
+}
+
+fn overlaps(v: &[(u64, u64)], s: u64, e: u64) -> bool {
+    v.iter().any(|&(a, b)| a < e && s < b)
+}
+
+/// Removes `[s, e)` from a list of ranges (splitting).
+fn cut(v: &mut Vec<(u64, u64)>, s: u64, e: u64) {
+    let mut out = Vec::new();
+    for &(a, b) in v.iter() {
+        if b <= s || e <= a {
+            out.push((a, b));
+            continue;
+        }
+        if a < s {
+            out.push((a, s));
+        }
+        if e < b {
+            out.push((e, b));
+        }
+    }
+    *v = out;
+}
+
+fn covered(v: &[(u64, u64)], s: u64, e: u64) -> bool {
+    let mut at = s;
+    let mut sorted = v.to_vec();
+    sorted.sort_unstable();
+    for (a, b) in sorted {
+        if a <= at && b > at {
+            at = b;
+        }
+    }
+    at >= e
+}
+
+#[derive(Clone)]
+struct RecCpu(Rc<RefCell<World>>);
+
+impl CpuBackend for RecCpu {
+    fn reserve(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        if overlaps(&w.cpu_mapped, s, e) {
+            w.violations
+                .push(format!("reserve over a mapped SVM range {s:#x}"));
+        }
+        Ok(())
+    }
+    fn release(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        self.0.borrow_mut().calls += 1;
+        Ok(())
+    }
+    fn map(&mut self, s: u64, e: u64, _: bool) -> Result<(), BackendError> {
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        if overlaps(&w.cpu_mapped, s, e) {
+            w.violations
+                .push(format!("CPU map [{s:#x}, {e:#x}) over a live range"));
+        }
+        for d in 0..w.dev_mapped.len() {
+            if overlaps(&w.dev_mapped[d], s, e) {
+                w.violations.push(format!(
+                    "CPU map [{s:#x}, {e:#x}) while device {d} still maps part of it"
+                ));
+            }
+        }
+        w.cpu_mapped.push((s, e));
+        Ok(())
+    }
+    fn protect(&mut self, s: u64, e: u64, _: Prot) -> Result<(), BackendError> {
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        if !covered(&w.cpu_mapped, s, e) {
+            w.violations.push(format!("CPU protect of unmapped {s:#x}"));
+        }
+        Ok(())
+    }
+    fn unmap(&mut self, s: u64, e: u64, _: Release) -> Result<(), BackendError> {
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        for d in 0..w.dev_mapped.len() {
+            if overlaps(&w.dev_mapped[d], s, e) {
+                w.violations.push(format!(
+                    "CPU unmap [{s:#x}, {e:#x}) before device {d} unmapped it"
+                ));
+            }
+        }
+        cut(&mut w.cpu_mapped, s, e);
+        Ok(())
+    }
+    fn map_device_only(&mut self, s: u64, e: u64, _: CpuPolicy) -> Result<(), BackendError> {
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        if overlaps(&w.cpu_mapped, s, e) {
+            w.violations.push(format!("device-only over SVM at {s:#x}"));
+        }
+        Ok(())
+    }
+    fn forget(&mut self, s: u64, e: u64) {
+        cut(&mut self.0.borrow_mut().cpu_mapped, s, e);
+    }
+}
+
+struct RecDev(Rc<RefCell<World>>, usize);
+
+impl RecDev {
+    fn check_limit(w: &mut World, d: usize, s: u64, e: u64, op: &str) {
+        if e > w.limits[d] || s >= w.limits[d] {
+            w.violations.push(format!(
+                "device {d} {op} [{s:#x}, {e:#x}) at or above its limit {:#x}",
+                w.limits[d]
+            ));
+        }
+    }
+}
+
+impl DeviceBackend for RecDev {
+    fn map(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        let d = self.1;
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        Self::check_limit(&mut w, d, s, e, "map");
+        if overlaps(&w.dev_mapped[d], s, e) {
+            w.violations.push(format!(
+                "device {d} map [{s:#x}, {e:#x}) reused before unmap"
+            ));
+        }
+        w.dev_mapped[d].push((s, e));
+        cut(&mut w.dev_invalidated[d], s, e);
+        Ok(())
+    }
+    fn invalidate(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        let d = self.1;
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        Self::check_limit(&mut w, d, s, e, "invalidate");
+        if std::mem::take(&mut w.nack[d]) {
+            return Err(BackendError::Timeout { waited_ms: 0 });
+        }
+        w.dev_invalidated[d].push((s, e));
+        Ok(())
+    }
+    fn protect(&mut self, s: u64, e: u64, _: Prot) -> Result<(), BackendError> {
+        let d = self.1;
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        Self::check_limit(&mut w, d, s, e, "protect");
+        if !covered(&w.dev_invalidated[d], s, e) {
+            w.violations
+                .push(format!("device {d} protect of {s:#x} without invalidation"));
+        }
+        Ok(())
+    }
+    fn unmap(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        let d = self.1;
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        Self::check_limit(&mut w, d, s, e, "unmap");
+        if !covered(&w.dev_invalidated[d], s, e) {
+            w.violations
+                .push(format!("device {d} unmap of {s:#x} without invalidation"));
+        }
+        cut(&mut w.dev_mapped[d], s, e);
+        Ok(())
+    }
+    fn map_region(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        let d = self.1;
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        Self::check_limit(&mut w, d, s, e, "map_region");
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc(u64, u8, bool),
+    Free(usize),
+    Protect(usize, u8),
+    DeviceMap(usize, u64, u64, bool),
+    Window(u8),
+    Unmap(u64, u64),
+    MmapFixed(u64, u64),
+    Nack(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1u64..0x9000, 0u8..8, any::<bool>()).prop_map(|(l, m, t)| Op::Alloc(l, m, t)),
+        4 => (0usize..16).prop_map(Op::Free),
+        2 => (0usize..16, 0u8..3).prop_map(|(i, p)| Op::Protect(i, p)),
+        1 => (0usize..3, 16u64..300, 1u64..6, any::<bool>()).prop_map(|(d, s, n, f)| Op::DeviceMap(d, s * 0x2000, (s + n) * 0x2000, f)),
+        1 => (1u8..8).prop_map(Op::Window),
+        1 => (16u64..256, 1u64..12).prop_map(|(s, n)| Op::Unmap(s * PG, n * PG)),
+        1 => (16u64..256, 1u64..6).prop_map(|(s, n)| Op::MmapFixed(s * PG, n * PG)),
+        2 => (0usize..3).prop_map(Op::Nack),
+    ]
+}
+
+fn names(mask: u8) -> Vec<&'static str> {
+    (0..3)
+        .filter(|i| mask & (1 << i) != 0)
+        .map(|i| DEVS[i].0)
+        .collect()
+}
+
+fn device(i: usize) -> DeviceConfig {
+    DeviceConfig {
+        page_size: DEVS[i].2,
+        ..DeviceConfig::new(DEVS[i].0, DEVS[i].1)
+    }
+}
+
+fn prot(p: u8) -> Prot {
+    [Prot::None, Prot::Read, Prot::ReadWrite][usize::from(p)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Recording backends under random operations: no violation of the
+    /// contract; a refused acknowledgement keeps the range allocated; the
+    /// space's invariants hold after every step.
+    #[test]
+    fn backends_see_a_safe_order(ops in proptest::collection::vec(op(), 1..120)) {
+        let world = Rc::new(RefCell::new(World::default()));
+        let mut eng: Engine<RecCpu, RecDev> = Engine::new(cfg(), RecCpu(world.clone()));
+        for i in 0..3 {
+            {
+                let mut w = world.borrow_mut();
+                w.dev_mapped.push(Vec::new());
+                w.dev_invalidated.push(Vec::new());
+                w.limits.push(1u64 << device(i).va_bits);
+                w.nack.push(false);
+            }
+            eng.add_device_with(device(i), RecDev(world.clone(), i)).unwrap();
+        }
+        let mut live: Vec<u64> = Vec::new();
+        for op in &ops {
+            match *op {
+                Op::Alloc(len, mask, top) => {
+                    if let Ok(a) = eng.svm_alloc(len, None, &names(mask), top) {
+                        live.push(a);
+                    }
+                }
+                Op::Free(i) if !live.is_empty() => {
+                    let a = live[i % live.len()];
+                    let before = eng.alloc_at(a).map(|v| v.id);
+                    match eng.svm_free(a) {
+                        Ok(()) => { live.retain(|&x| x != a); }
+                        Err(EngineError::NotAcknowledged { device, .. }) => {
+                            prop_assert!(DEVS.iter().any(|d| d.0 == device));
+                            // Still allocated, the same range.
+                            prop_assert_eq!(eng.alloc_at(a).map(|v| v.id), before);
+                        }
+                        Err(e) => prop_assert!(false, "free {a:#x}: {e}"),
+                    }
+                }
+                Op::Free(_) => {}
+                Op::Protect(i, p) if !live.is_empty() => {
+                    let a = live[i % live.len()];
+                    if let Some(v) = eng.alloc_at(a) {
+                        let len = v.end - v.start;
+                        let _ = eng.protect(a, len, prot(p));
+                    }
+                }
+                Op::Protect(..) => {}
+                Op::DeviceMap(d, s, e, fault) => {
+                    let pol = if fault { CpuPolicy::Fault } else { CpuPolicy::DummyPage };
+                    let _ = eng.device_map(DEVS[d].0, s, e, pol);
+                }
+                Op::Window(mask) => {
+                    let _ = eng.reserve_window(&names(mask));
+                }
+                Op::Unmap(s, l) => {
+                    let _ = eng.cpu_unmap(s, l);
+                }
+                Op::MmapFixed(s, l) => {
+                    let req = MmapRequest { length: l, hint: s, fixed: Fixed::Fixed, growsdown: false, map32bit: false };
+                    let _ = eng.cpu_mmap(&req);
+                }
+                Op::Nack(d) => world.borrow_mut().nack[d] = true,
+            }
+            // A range that lost its first page to an unmap cannot be freed
+            // by its old start; forget such ranges.
+            live.retain(|&a| eng.alloc_at(a).is_some());
+            eng.check_invariants();
+            let w = world.borrow();
+            prop_assert!(w.violations.is_empty(), "{:?}", w.violations);
+        }
+    }
+
+    /// With model backends the engine answers every operation exactly as a
+    /// bare `SvmSpace` does.
+    #[test]
+    fn model_engine_agrees_with_the_space(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut eng: Engine = Engine::new(cfg(), svmap_svm::ModelCpu);
+        let mut sp: SvmSpace = SvmSpace::new(cfg());
+        for i in 0..3 {
+            prop_assert_eq!(eng.add_device(device(i)).map_err(|e| e.to_string()), sp.add_device(device(i)).map_err(|e| e.to_string()));
+        }
+        let mut live: Vec<u64> = Vec::new();
+        for op in &ops {
+            match *op {
+                Op::Alloc(len, mask, top) => {
+                    let a = eng.svm_alloc(len, None, &names(mask), top);
+                    let b = sp.svm_alloc(len, None, &names(mask), top);
+                    prop_assert_eq!(a.clone(), b.map_err(EngineError::Svm));
+                    if let Ok(a) = a { live.push(a); }
+                }
+                Op::Free(i) if !live.is_empty() => {
+                    let a = live.remove(i % live.len());
+                    prop_assert_eq!(eng.svm_free(a), sp.svm_free(a).map_err(EngineError::Svm));
+                }
+                Op::Free(_) | Op::Nack(_) => {}
+                Op::Protect(i, p) => {
+                    let a = live.get(i % live.len().max(1)).copied().unwrap_or(0x20000);
+                    prop_assert_eq!(eng.protect(a, 0x2000, prot(p)), sp.protect(a, 0x2000, prot(p)).map_err(EngineError::Svm));
+                }
+                Op::DeviceMap(d, s, e, fault) => {
+                    let pol = if fault { CpuPolicy::Fault } else { CpuPolicy::DummyPage };
+                    prop_assert_eq!(eng.device_map(DEVS[d].0, s, e, pol), sp.device_map(DEVS[d].0, s, e, pol).map_err(EngineError::Svm));
+                }
+                Op::Window(mask) => {
+                    prop_assert_eq!(eng.reserve_window(&names(mask)), sp.reserve_window(&names(mask)).map_err(EngineError::Svm));
+                }
+                Op::Unmap(s, l) => {
+                    prop_assert_eq!(eng.cpu_unmap(s, l), sp.cpu_unmap(s, l).map_err(EngineError::Svm));
+                }
+                Op::MmapFixed(s, l) => {
+                    let req = MmapRequest { length: l, hint: s, fixed: Fixed::Fixed, growsdown: false, map32bit: false };
+                    prop_assert_eq!(eng.cpu_mmap(&req), sp.cpu_mmap(&req).map_err(EngineError::Svm));
+                }
+            }
+            prop_assert_eq!(eng.svm_ranges(), sp.svm_ranges());
+            prop_assert_eq!(eng.windows(), sp.windows());
+        }
+    }
+}
+
+/// A device that never acknowledges: the free fails with its name, the
+/// range stays allocated and is not handed out again; once it
+/// acknowledges, the free goes through.
+#[test]
+fn an_unacknowledged_free_keeps_the_range() {
+    let world = Rc::new(RefCell::new(World::default()));
+    let mut eng: Engine<RecCpu, RecDev> = Engine::new(cfg(), RecCpu(world.clone()));
+    for i in 0..2 {
+        let mut w = world.borrow_mut();
+        w.dev_mapped.push(Vec::new());
+        w.dev_invalidated.push(Vec::new());
+        w.limits.push(1u64 << device(i).va_bits);
+        w.nack.push(false);
+        drop(w);
+        eng.add_device_with(device(i), RecDev(world.clone(), i))
+            .unwrap();
+    }
+    let a = eng.svm_alloc(0x4000, None, &["d0", "d1"], true).unwrap();
+    world.borrow_mut().nack[1] = true;
+    match eng.svm_free(a) {
+        Err(EngineError::NotAcknowledged { device, start, .. }) => {
+            assert_eq!(device, "d1");
+            assert_eq!(start, a);
+        }
+        r => panic!("expected NotAcknowledged, got {r:?}"),
+    }
+    assert!(eng.alloc_at(a).is_some());
+    // The same request lands elsewhere: the range is not reused.
+    let b = eng.svm_alloc(0x4000, None, &["d0", "d1"], true).unwrap();
+    assert_ne!(a, b);
+    assert!(b + 0x4000 <= a || b >= a + 0x4000);
+    eng.svm_free(a).unwrap();
+    assert!(eng.alloc_at(a).is_none());
+    // Now it is free again: the top-down search finds it.
+    let c = eng.svm_alloc(0x4000, None, &["d0", "d1"], true).unwrap();
+    assert_eq!(c, a);
+    assert!(world.borrow().violations.is_empty());
+}
+
+/// Boxed backends of different kinds drive one engine.
+#[test]
+fn boxed_backends_mix() {
+    let world = Rc::new(RefCell::new(World::default()));
+    {
+        let mut w = world.borrow_mut();
+        w.dev_mapped = vec![Vec::new(); 2];
+        w.dev_invalidated = vec![Vec::new(); 2];
+        w.limits = vec![1 << 19, 1 << 20];
+        w.nack = vec![false; 2];
+    }
+    let mut eng: Engine<Box<dyn CpuBackend>, Box<dyn DeviceBackend>> =
+        Engine::new(cfg(), Box::new(RecCpu(world.clone())));
+    eng.add_device_with(device(0), Box::new(RecDev(world.clone(), 0)))
+        .unwrap();
+    eng.add_device_with(device(1), Box::new(svmap_svm::ModelDevice))
+        .unwrap();
+    let a = eng.svm_alloc(0x3000, None, &["d0", "d1"], false).unwrap();
+    assert_eq!(world.borrow().dev_mapped[0], vec![(a, a + 0x4000)]);
+    eng.svm_free(a).unwrap();
+    assert!(world.borrow().dev_mapped[0].is_empty());
+    assert!(world.borrow().cpu_mapped.is_empty());
+}
