@@ -7,7 +7,8 @@
 //!   [`svmap_core::AddressMap`]; [`probe`]: the effective `mmap_min_addr`
 //!   floor and the user address width.
 //! - [`reserve`]: window reservations with `MAP_FIXED_NOREPLACE`, retried on
-//!   races; [`heap`]: memfd-backed SVM buffers inside a reservation.
+//!   races; [`heap`]: memfd-backed SVM buffers inside a reservation;
+//!   [`sparse`]: one sparse memfd per window, buffers without system calls.
 //! - [`fence`]: the library side of `svmap run`, a preloaded library that
 //!   fences off the address space above a device limit for unmodified
 //!   programs, and the same fence as a library call.
@@ -29,5 +30,6 @@ pub mod launch;
 pub mod maps;
 pub mod probe;
 pub mod reserve;
+pub mod sparse;
 pub mod sys; // #![allow(unsafe_code)] inside
 mod trace_sys; // #![allow(unsafe_code)] inside: ptrace, waitpid, signals

@@ -24,7 +24,7 @@ use svmap_core::{FitError, FitRequest, SearchParams, VmaFlags};
 use crate::error::{Errno, Error};
 use crate::maps::{self, Target, View};
 use crate::probe;
-use crate::sys::{OwnedRange, PAGE};
+use crate::sys::{Access, OwnedRange, PAGE};
 
 /// The kernel's default `stack_guard_gap` (256 pages). The `stack_guard_gap=`
 /// boot option can change it; svmap assumes the default.
@@ -318,6 +318,19 @@ impl Reservation {
     /// whatever was mapped there is released.
     pub fn reset(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
         self.range.reset(addr, len)
+    }
+
+    /// Changes the CPU access of `[addr, addr + len)` (a part of this
+    /// reservation, as for [`Reservation::map_shared_fd`]) with `mprotect`.
+    pub fn protect(&mut self, addr: u64, len: u64, access: Access) -> Result<(), Errno> {
+        self.range.protect(addr, len, access)
+    }
+
+    /// Gives the reservation up without unmapping it: for a range the
+    /// process lost by other means (another `munmap` or `MAP_FIXED`), which
+    /// svmap must no longer touch.
+    pub fn leak(self) {
+        self.range.leak();
     }
 }
 

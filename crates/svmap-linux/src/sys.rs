@@ -245,6 +245,42 @@ impl OwnedRange {
     }
 }
 
+/// CPU access to a part of a range svmap owns
+/// ([`Reservation::protect`](crate::reserve::Reservation::protect)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `PROT_NONE`: every access faults.
+    None,
+    /// `PROT_READ`: reads only (on private anonymous memory, reads of
+    /// untouched pages see the shared zero page).
+    Read,
+    /// `PROT_READ | PROT_WRITE`.
+    ReadWrite,
+}
+
+impl OwnedRange {
+    /// `mprotect` of `[addr, addr + len)`, a part of this range.
+    pub(crate) fn protect(&self, addr: u64, len: u64, access: Access) -> Result<(), Errno> {
+        self.check_sub(addr, len)?;
+        let prot = match access {
+            Access::None => rustix::mm::MprotectFlags::empty(),
+            Access::Read => rustix::mm::MprotectFlags::READ,
+            Access::ReadWrite => rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::WRITE,
+        };
+        // SAFETY: the range is inside this OwnedRange (checked above), which
+        // svmap mapped and hands out only as raw addresses: no Rust reference
+        // into it exists whose validity a protection change could break.
+        unsafe { rustix::mm::mprotect(addr as usize as *mut c_void, len as usize, prot) }?;
+        Ok(())
+    }
+
+    /// Gives up ownership without unmapping: the range stays mapped and
+    /// svmap no longer acts on it (the CPU lost it by other means).
+    pub(crate) fn leak(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for OwnedRange {
     fn drop(&mut self) {
         // SAFETY: the range was mapped by svmap (see the type's invariant) and

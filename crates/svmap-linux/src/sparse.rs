@@ -1,0 +1,283 @@
+//! A sparse shared heap: one memfd per window, mapped once over the
+//! window's reservation; buffers are ranges of it.
+//!
+//! ```text
+//!  reservation [addr, end), owned by svmap
+//!  one memfd of (end - addr) bytes, MAP_SHARED | MAP_FIXED over all of it
+//!  [ buf A ][ free: hole ][ buf B ][ free: hole ..................... ]
+//!  offset of a buffer in the memfd = its address - addr
+//!  alloc: nothing but the index (guarded mode: one mprotect)
+//!  free:  fallocate(PUNCH_HOLE | KEEP_SIZE) (guarded mode: + mprotect)
+//! ```
+//!
+//! Compared with [`crate::heap::Heap`] (one memfd, one VMA and four system
+//! calls per buffer), a buffer here costs no system call, no descriptor
+//! and no VMA: the whole window is one VMA and one descriptor, so
+//! `vm.max_map_count` and `RLIMIT_NOFILE` do not bound the number of
+//! buffers. The memfd is as large as the window but sparse: only touched
+//! pages take memory, and a free punches its pages out of the file, so the
+//! memory goes back at once (`RssShmem` falls) and the range reads zeros
+//! when it is handed out again.
+//!
+//! Another process maps the same memory by mapping the memfd
+//! ([`SparseHeap::fd`]) at the same address, or one buffer at its offset
+//! ([`SparseHeap::locate`]).
+//!
+//! **Guarded mode** keeps every free page `PROT_NONE`, so a CPU use after
+//! free faults at once instead of reading zeros; it costs one `mprotect`
+//! per alloc and per free, and a VMA for every run of live buffers between
+//! free ranges.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use svmap_core::{AddressMap, FitError, FitRequest, SearchParams, VmaFlags};
+
+use crate::error::Error;
+use crate::reserve::Reservation;
+use crate::sys::{self, Access, PAGE};
+
+/// The sparse shared heap over one reservation. Dropping it unmaps the
+/// reservation and closes the memfd.
+#[derive(Debug)]
+pub struct SparseHeap {
+    /// Live buffers (exact ranges), for the gap search and the frees.
+    index: AddressMap,
+    live_bytes: u64,
+    guarded: bool,
+    fd: OwnedFd,
+    res: Reservation,
+}
+
+fn sys_err(call: &'static str, addr: u64, len: u64, errno: crate::error::Errno) -> Error {
+    Error::Sys {
+        call,
+        addr,
+        len,
+        errno,
+    }
+}
+
+impl SparseHeap {
+    /// Makes `res` a sparse heap: one memfd as large as the reservation
+    /// (sealed against shrinking and growing), mapped `MAP_SHARED |
+    /// MAP_FIXED` over all of it (svmap's own pages). With `guarded`, the
+    /// whole range is then made `PROT_NONE` until allocated.
+    pub fn new(mut res: Reservation, guarded: bool) -> Result<SparseHeap, Error> {
+        let (addr, len) = (res.addr(), res.len());
+        let fd = sys::memfd_sealed(c"svmap-sparse", len)
+            .map_err(|e| sys_err("memfd_create", 0, len, e))?;
+        res.map_shared_fd(addr, len, fd.as_fd())
+            .map_err(|e| sys_err("mmap(MAP_SHARED|MAP_FIXED)", addr, len, e))?;
+        if guarded {
+            res.protect(addr, len, Access::None)
+                .map_err(|e| sys_err("mprotect", addr, len, e))?;
+        }
+        Ok(SparseHeap {
+            index: AddressMap::new(),
+            live_bytes: 0,
+            guarded,
+            fd,
+            res,
+        })
+    }
+
+    /// First address of the heap.
+    pub fn start(&self) -> u64 {
+        self.res.addr()
+    }
+
+    /// End of the heap (exclusive).
+    pub fn end(&self) -> u64 {
+        self.res.end()
+    }
+
+    /// Whether freed ranges are `PROT_NONE`.
+    pub fn is_guarded(&self) -> bool {
+        self.guarded
+    }
+
+    /// Number of live buffers.
+    pub fn live(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Bytes in live buffers (page rounded).
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// The memfd behind the whole heap: offset `o` is address `start() + o`.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The memfd, the offset and the length of the live buffer that
+    /// contains `addr`, for mapping it in another process.
+    pub fn locate(&self, addr: u64) -> Option<(BorrowedFd<'_>, u64, u64)> {
+        let v = self.index.vma_at(addr)?;
+        Some((self.fd.as_fd(), v.start - self.start(), v.end - v.start))
+    }
+
+    fn page_len(len: u64) -> Result<u64, Error> {
+        if len == 0 {
+            return Err(Error::InvalidArgument {
+                what: "length 0".to_owned(),
+            });
+        }
+        len.checked_add(PAGE - 1)
+            .map(|l| l & !(PAGE - 1))
+            .ok_or_else(|| Error::InvalidArgument {
+                what: format!("length {len:#x} overflows"),
+            })
+    }
+
+    /// Allocates `len` bytes (rounded up to pages) aligned to `align` (a
+    /// power of two; below a page means a page), zero-filled, read-write,
+    /// at the lowest free address (never address 0). No system call
+    /// (guarded mode: one `mprotect`). Returns the address.
+    pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, Error> {
+        if !align.is_power_of_two() {
+            return Err(Error::InvalidArgument {
+                what: format!("alignment {align:#x}"),
+            });
+        }
+        let len = Self::page_len(len)?;
+        let align = align.max(PAGE);
+        let params = SearchParams {
+            mmap_min_addr: 0,
+            ..SearchParams::default()
+        };
+        let addr = match self.index.find_fit(
+            &FitRequest {
+                length: len,
+                low: self.start().max(PAGE),
+                high: self.end(),
+                align,
+                align_offset: 0,
+                topdown: false,
+                respect_guard_gaps: false,
+            },
+            &params,
+        ) {
+            Ok(a) => a,
+            Err(FitError::NoSpace) | Err(FitError::EmptyWindow { .. }) => {
+                return Err(Error::HeapFull { len, align })
+            }
+            Err(e) => {
+                return Err(Error::InvalidArgument {
+                    what: e.to_string(),
+                })
+            }
+        };
+        self.claim(addr, len)?;
+        Ok(addr)
+    }
+
+    /// Makes `[addr, addr + len)` a live buffer at exactly that address
+    /// (the caller decided it): `InvalidArgument` unless it is page aligned
+    /// and inside the heap, `HeapFull` if it overlaps a live buffer. No
+    /// system call (guarded mode: one `mprotect`).
+    pub fn claim(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        let inside = len > 0
+            && addr.is_multiple_of(PAGE)
+            && len.is_multiple_of(PAGE)
+            && addr >= self.start()
+            && addr.checked_add(len).is_some_and(|e| e <= self.end());
+        if !inside {
+            return Err(Error::InvalidArgument {
+                what: format!(
+                    "[{addr:#x}, +{len:#x}) is not a page-aligned part of the heap [{:#x}, {:#x})",
+                    self.start(),
+                    self.end()
+                ),
+            });
+        }
+        if self.index.first_overlap(addr, addr + len).is_some() {
+            return Err(Error::HeapFull { len, align: PAGE });
+        }
+        if self.guarded {
+            self.res
+                .protect(addr, len, Access::ReadWrite)
+                .map_err(|e| sys_err("mprotect", addr, len, e))?;
+        }
+        self.index
+            .insert(addr, len + addr, VmaFlags::NONE)
+            .map_err(|e| Error::InvalidArgument {
+                what: e.to_string(),
+            })?;
+        self.live_bytes += len;
+        Ok(())
+    }
+
+    /// Frees the buffer that starts at `addr`: its pages are punched out of
+    /// the memfd (memory back at once; the range reads zeros when reused)
+    /// and, in guarded mode, made `PROT_NONE`. Returns its length.
+    /// `NotAllocated` unless `addr` starts a live buffer.
+    pub fn free(&mut self, addr: u64) -> Result<u64, Error> {
+        let v = self
+            .index
+            .vma_at(addr)
+            .filter(|v| v.start == addr)
+            .ok_or(Error::NotAllocated { addr })?;
+        let len = v.end - v.start;
+        self.release(addr, len)?;
+        Ok(len)
+    }
+
+    /// Frees every live page in `[addr, addr + len)` (a page-aligned part
+    /// of the heap), splitting buffers that straddle its edges: punches the
+    /// whole range out of the memfd and, in guarded mode, makes it
+    /// `PROT_NONE`.
+    pub fn release(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        let end = addr.saturating_add(len);
+        if len == 0
+            || !addr.is_multiple_of(PAGE)
+            || !len.is_multiple_of(PAGE)
+            || addr < self.start()
+            || end > self.end()
+        {
+            return Err(Error::InvalidArgument {
+                what: format!("release [{addr:#x}, +{len:#x}) outside the heap"),
+            });
+        }
+        let off = addr - self.start();
+        rustix::fs::fallocate(
+            &self.fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            off,
+            len,
+        )
+        .map_err(|e| sys_err("fallocate(PUNCH_HOLE)", addr, len, e.into()))?;
+        if self.guarded {
+            self.res
+                .protect(addr, len, Access::None)
+                .map_err(|e| sys_err("mprotect", addr, len, e))?;
+        }
+        let before: u64 = self
+            .index
+            .range(addr, end)
+            .map(|v| v.end.min(end) - v.start.max(addr))
+            .sum();
+        self.index
+            .unmap(addr, end)
+            .map_err(|e| Error::InvalidArgument {
+                what: e.to_string(),
+            })?;
+        self.live_bytes -= before;
+        Ok(())
+    }
+
+    /// Changes the CPU access of `[addr, addr + len)` (a part of the heap)
+    /// with one `mprotect`.
+    pub fn protect(&mut self, addr: u64, len: u64, access: Access) -> Result<(), Error> {
+        self.res
+            .protect(addr, len, access)
+            .map_err(|e| sys_err("mprotect", addr, len, e))
+    }
+
+    /// Gives the heap up without unmapping it (the process lost the range
+    /// by other means); the memfd is closed.
+    pub fn leak(self) {
+        self.res.leak();
+    }
+}
