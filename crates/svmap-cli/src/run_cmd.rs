@@ -33,6 +33,22 @@ forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGALRM and SIGWINCH
 sent to it to CMD; if svmap run is killed, so is CMD. A program under
 svmap run cannot itself be traced (run debuggers with --preload).
 
+The stack: the room below the main stack is reserved like the rest and
+given to the stack, a guard gap (1 MiB) at a time, when it faults there;
+mmap never gets it, even when the space below 2^N is full. A program that
+raises its soft RLIMIT_STACK gets stack up to its new limit within the room
+(hard limit or --stack-room) and within the space the kernel left below the
+stack at exec (at least 128 MiB; the soft limit at exec plus up to 16 GiB
+of random offset with ASLR). A stack buffer more than 1 MiB below the
+deepest stack page touched so far, written first by a system call (read
+into an untouched 2 MiB array), gets EFAULT where it would not unfenced.
+
+The legacy layout (setarch -L, personality ADDR_COMPAT_LAYOUT) places
+mappings bottom-up from TASK_SIZE/3 and never below: an image that has it
+is executed again (execve of /proc/self/exe, same arguments and
+environment) in the default layout, with a warning. With
+vm.legacy_va_layout=1 (system-wide) the program is refused.
+
 Not fenced: a mapping the program places itself with MAP_FIXED above 2^N
 succeeds (it replaces part of a reservation); the fence steers the kernel's
 choice of addresses, it does not forbid addresses.
@@ -54,6 +70,12 @@ Options:
   --allow-partial    a fence that cannot be completed (e.g. under a low
                      ulimit -v) is a warning and the program runs; without
                      it the program is killed and svmap run exits 125
+  --stack-room BYTES room kept below the main stack for it to grow (a
+                     number, or with K, M, G, T: 64M); default: the hard
+                     RLIMIT_STACK, or with an unlimited hard limit all the
+                     space the kernel left below the stack at exec. The
+                     room is reserved too and given to the stack alone, as
+                     it grows (see "The stack" below)
   --preload          fence with the preload library, not ptrace
   --fence-lib PATH   the preload library to use (must be an x86-64 ELF
                      shared object)
@@ -97,6 +119,10 @@ fn parse(args: &[OsString]) -> Result<(FenceOptions, Option<u32>, Vec<OsString>)
             Arg::Long("verbose") => opts.verbose = true,
             Arg::Long("allow-partial") => opts.allow_partial = true,
             Arg::Long("preload") => opts.method = Method::Preload,
+            Arg::Long("stack-room") => {
+                let v = args::value(&mut p, "--stack-room", "a size in BYTES")?;
+                opts.stack_room = Some(bytes("--stack-room", v)?);
+            }
             Arg::Long("report") => {
                 opts.report = Some(PathBuf::from(args::value(&mut p, "--report", "a FILE")?));
             }
@@ -177,6 +203,34 @@ pub fn run(args: &[OsString]) -> i32 {
             125
         }
     }
+}
+
+/// A size: decimal bytes with an optional binary suffix `K`, `M`, `G` or
+/// `T` (`64M` is 64 MiB), at most 2^47.
+fn bytes(name: &str, v: OsString) -> Result<u64, Stop> {
+    let s = args::text(name, v)?;
+    let bad = || {
+        Stop::Usage(format!(
+            "{name} {s:?}: expected a size in bytes (e.g. 67108864 or 64M), at most 128T"
+        ))
+    };
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&s[..i], shift)
+        }
+        _ => (&s[..], 0),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift)
+        .filter(|&b| b <= 1 << 47)
+        .ok_or_else(bad)
 }
 
 fn usage_error(msg: &str) -> i32 {

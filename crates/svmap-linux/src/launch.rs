@@ -24,11 +24,28 @@
 //! are forwarded to the program; job-control stops are not honoured while
 //! traced (the process is resumed).
 //!
+//! The main stack's room (the hard `RLIMIT_STACK`, or `--stack-room`, below
+//! the stack; with an unlimited hard limit everything the kernel left free
+//! below the stack at exec) is reserved as well, except the guard gap just
+//! below the stack, which the kernel's searches never use. When the stack
+//! faults in the reserved room (`SIGSEGV` with the address there, within
+//! the soft limit), the launcher unmaps the room from one guard gap below
+//! the faulting page up, through a `syscall` instruction already in the
+//! process (the vDSO's), and lets the instruction run again: the stack
+//! grows, and no `mmap` ever lands in its room, even when the space below
+//! the limit is full. The signal reaches the program only for a real
+//! overflow.
+//!
+//! The legacy layout (personality `ADDR_COMPAT_LAYOUT`, `setarch -L`)
+//! searches bottom-up from `TASK_SIZE / 3` and never below: an image with
+//! it is executed again (`execve("/proc/self/exe")` with the arguments and
+//! environment on its stack) without the flag, in the default layout.
+//!
 //! Where `ptrace` is not permitted (`EPERM`: a seccomp policy, Yama, or the
 //! launcher is itself traced with fork following), the launcher says so and
 //! falls back to the preload library.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Write};
@@ -126,6 +143,30 @@ fn io_err(what: &str, source: io::Error) -> Error {
     }
 }
 
+/// The main stack's room in one process: one `PROT_NONE` reservation
+/// `[floor, top)` below the stack's guard gap, which only the stack gets:
+/// when the stack faults in it, the launcher unmaps the part from a guard
+/// gap below the faulting page up to `top`, and the kernel grows the stack
+/// there. The kernel's own searches never use the room (it is mapped), nor
+/// the guard gap below the stack (`vm_start_gap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Room {
+    floor: u64,
+    top: u64,
+    /// The end of the main stack: its size is measured from there.
+    stack_end: u64,
+}
+
+/// What fencing a new image did.
+enum Fenced {
+    /// The image runs; `false`: it was not completely fenced (and was
+    /// killed unless partial fences are allowed).
+    Done(bool),
+    /// The image was executed again, in the default layout; it is at the
+    /// exec event stop of that new exec.
+    ReExecuted,
+}
+
 fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Traced, Error> {
     let mut root_status = None;
     let mut failed = false;
@@ -134,6 +175,8 @@ fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Trac
     // Processes that exec'd and run to the exec's system-call exit, where
     // the registers can be set.
     let mut exec_pending: HashSet<i32> = HashSet::new();
+    // The stack room of each process, by thread-group id.
+    let mut rooms: HashMap<i32, Room> = HashMap::new();
     // The first stop: SIGTRAP after the root's exec (the return value is
     // already in the registers there).
     match ts::wait(root).map_err(|e| io_err("waitpid", e))? {
@@ -154,14 +197,21 @@ fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Trac
     started.insert(root);
     ts::set_options(root, OPTIONS).map_err(|e| io_err("PTRACE_SETOPTIONS", e))?;
     let mut deferred = Vec::new();
-    if !fence_or_kill(opts, rep, root, &mut deferred) {
-        failed = true;
+    match fence_or_kill(opts, rep, root, &mut deferred, &mut rooms) {
+        Fenced::Done(ok) => {
+            failed |= !ok;
+            resume(root, &deferred);
+        }
+        Fenced::ReExecuted => {
+            exec_pending.insert(root);
+            resume_to_syscall(root, &deferred);
+        }
     }
-    resume(root, &deferred);
     while let Some((pid, st)) = ts::wait(-1).map_err(|e| io_err("waitpid", e))? {
         if st.exited() {
             started.remove(&pid);
             exec_pending.remove(&pid);
+            rooms.remove(&pid);
             if pid == root {
                 root_status = Some(ExitStatus::from_raw(st.0));
             }
@@ -176,22 +226,43 @@ fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Trac
             if let Ok(former) = ts::event_msg(pid) {
                 if former as i32 != pid {
                     started.remove(&(former as i32));
+                    rooms.remove(&(former as i32));
                 }
             }
+            rooms.remove(&pid);
             exec_pending.insert(pid);
             let _ = ts::to_syscall(pid, 0);
             continue;
         }
         if sig == libc::SIGTRAP | 0x80 {
             let mut deferred = Vec::new();
-            if exec_pending.remove(&pid) && !fence_or_kill(opts, rep, pid, &mut deferred) {
-                failed = true;
+            if exec_pending.remove(&pid) {
+                match fence_or_kill(opts, rep, pid, &mut deferred, &mut rooms) {
+                    Fenced::Done(ok) => failed |= !ok,
+                    Fenced::ReExecuted => {
+                        exec_pending.insert(pid);
+                        resume_to_syscall(pid, &deferred);
+                        continue;
+                    }
+                }
             }
             resume(pid, &deferred);
             continue;
         }
         if event != 0 {
             // Fork, vfork, clone: the new task reports its own first stop.
+            // A new process (not a thread) has its parent's layout, room
+            // included.
+            if !rooms.is_empty() {
+                if let Ok(child) = ts::event_msg(pid) {
+                    let (parent, child) = (tgid(pid), child as i32);
+                    if event != libc::PTRACE_EVENT_CLONE || tgid(child) != parent {
+                        if let Some(r) = rooms.get(&parent).copied() {
+                            rooms.insert(child, r);
+                        }
+                    }
+                }
+            }
             let _ = ts::cont(pid, 0);
             continue;
         }
@@ -207,6 +278,14 @@ fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Trac
             let _ = ts::cont(pid, 0);
             continue;
         }
+        if sig == libc::SIGSEGV && !rooms.is_empty() {
+            let mut deferred = Vec::new();
+            if grow_stack(rep, pid, &mut rooms, &mut deferred) {
+                // The faulting instruction runs again, now with room.
+                resume(pid, &deferred);
+                continue;
+            }
+        }
         let _ = ts::cont(pid, sig);
     }
     let status = root_status.unwrap_or_else(|| ExitStatus::from_raw(0));
@@ -221,18 +300,163 @@ fn resume(pid: i32, deferred: &[i32]) {
     }
 }
 
+/// Like [`resume`], to the next system-call stop (after a re-exec: the
+/// exec's system-call exit, where the new image is fenced).
+fn resume_to_syscall(pid: i32, deferred: &[i32]) {
+    let _ = ts::to_syscall(pid, 0);
+    for &s in deferred {
+        ts::kill(pid, s);
+    }
+}
+
+/// The thread-group id of task `tid` (`tid` itself if unknown).
+fn tgid(tid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
+/// Gives the main stack the part of its room it faulted in, if the
+/// `SIGSEGV` that stopped `pid` is such a fault and the kernel will let the
+/// stack grow there (its size stays within the soft `RLIMIT_STACK`). True
+/// if the signal is to be suppressed.
+fn grow_stack(
+    rep: &mut Reporter,
+    pid: i32,
+    rooms: &mut HashMap<i32, Room>,
+    deferred: &mut Vec<i32>,
+) -> bool {
+    let Ok((libc::SIGSEGV, _, addr)) = ts::fault_info(pid) else {
+        return false;
+    };
+    let group = tgid(pid);
+    let Some(room) = rooms.get(&group).copied() else {
+        return false;
+    };
+    if !(room.floor..room.top).contains(&addr) {
+        return false;
+    }
+    let page = addr & !(PAGE - 1);
+    // Beyond the soft limit the kernel refuses the growth anyway: a real
+    // stack overflow, and the room stays as it is.
+    if let Ok((Some(soft), _)) = ts::stack_rlimit_of(pid) {
+        if room.stack_end.saturating_sub(page) > soft {
+            return false;
+        }
+    }
+    let low = page.saturating_sub(STACK_GUARD_GAP).max(room.floor);
+    match release(pid, low, room.top, deferred) {
+        Ok(()) => {
+            rep.line(
+                pid,
+                &format!(
+                    "stack-grow {low:#x}-{:#x} released to the main stack",
+                    room.top
+                ),
+            );
+            if let Some(r) = rooms.get_mut(&group) {
+                r.top = low;
+            }
+            true
+        }
+        Err(why) => {
+            rep.line(
+                pid,
+                &format!("warning: the main stack cannot grow into its room: {why}"),
+            );
+            false
+        }
+    }
+}
+
+/// Unmaps `[lo, hi)` of the room in the stopped `pid` (another thread of
+/// the process may be running: the `syscall` instruction used is one that
+/// is already there, in the vDSO or the program's text, not written over
+/// code another thread may run). Refuses if anything but `PROT_NONE`
+/// anonymous memory lies there: the program mapped over its room itself.
+fn release(pid: i32, lo: u64, hi: u64, deferred: &mut Vec<i32>) -> Result<(), String> {
+    let view = maps::read_view_fast(Target::Pid(pid as u32)).map_err(|e| e.to_string())?;
+    let mut at = lo;
+    for e in view.entries.iter().filter(|e| e.end > lo && e.start < hi) {
+        // A reservation that starts at the program break is named [heap].
+        let reserved = matches!(e.kind(), Kind::Anonymous | Kind::Heap)
+            && !e.perms.read
+            && !e.perms.write
+            && !e.perms.exec
+            && e.start <= at;
+        if !reserved {
+            return Err(format!("{} lies in it", maps_line(e)));
+        }
+        at = e.end;
+    }
+    if at < hi {
+        return Err(format!("{at:#x}-{hi:#x} is no longer reserved"));
+    }
+    let gadget = find_syscall_instruction(pid, &view).ok_or("no syscall instruction found")?;
+    let regs = ts::get_regs(pid).map_err(|e| e.to_string())?;
+    let mut inj = Injector::at_existing(pid, regs, gadget);
+    let r = inj.syscall(libc::SYS_munmap as u64, [lo, hi - lo, 0, 0, 0, 0], deferred);
+    let restored = inj.restore();
+    let r = r.map_err(|e| e.to_string())?;
+    restored.map_err(|e| e.to_string())?;
+    if r != 0 {
+        return Err(format!("munmap failed with errno {}", -r));
+    }
+    Ok(())
+}
+
+/// The address of a `syscall` instruction (`0f 05`) in an executable
+/// mapping of `pid`: the vDSO first, then the program's and libraries'
+/// text.
+fn find_syscall_instruction(pid: i32, view: &maps::View) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mem = File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut candidates: Vec<&maps::MapsEntry> = view
+        .entries
+        .iter()
+        .filter(|e| e.perms.exec && e.kind() != Kind::Vsyscall)
+        .collect();
+    candidates.sort_by_key(|e| e.kind() != Kind::Vdso);
+    for e in candidates {
+        let len = e.len().min(1 << 20) as usize;
+        let mut buf = vec![0u8; len];
+        let Ok(n) = mem.read_at(&mut buf, e.start) else {
+            continue;
+        };
+        if let Some(i) = buf[..n].windows(2).position(|w| w == [0x0f, 0x05]) {
+            return Some(e.start + i as u64);
+        }
+    }
+    None
+}
+
 /// Fences the new image of `pid`; on failure (unless partial fences are
-/// allowed) says so and kills it. False if the image was not fully fenced.
+/// allowed) says so and kills it.
 fn fence_or_kill(
     opts: &TraceOptions,
     rep: &mut Reporter,
     pid: i32,
     deferred: &mut Vec<i32>,
-) -> bool {
+    rooms: &mut HashMap<i32, Room>,
+) -> Fenced {
     match fence_image(opts, rep, pid, deferred) {
-        Ok(0) => true,
-        Ok(uncovered) => {
+        Ok(Image::ReExecuted) => Fenced::ReExecuted,
+        Ok(Image::Fenced { uncovered: 0, room }) => {
+            if let Some(r) = room {
+                rooms.insert(pid, r);
+            }
+            Fenced::Done(true)
+        }
+        Ok(Image::Fenced { uncovered, room }) => {
             if opts.allow_partial {
+                if let Some(r) = room {
+                    rooms.insert(pid, r);
+                }
                 rep.line(
                     pid,
                     &format!(
@@ -241,7 +465,6 @@ fn fence_or_kill(
                         opts.va_bits
                     ),
                 );
-                false
             } else {
                 rep.line(
                     pid,
@@ -251,17 +474,45 @@ fn fence_or_kill(
                     ),
                 );
                 ts::kill(pid, libc::SIGKILL);
-                false
             }
+            Fenced::Done(false)
+        }
+        Ok(Image::Refused(why)) => {
+            if opts.allow_partial {
+                rep.line(
+                    pid,
+                    &format!("warning: {why}; it runs unfenced (--allow-partial)"),
+                );
+            } else {
+                rep.line(
+                    pid,
+                    &format!(
+                        "error: {why}; the process is killed (--allow-partial runs it unfenced)"
+                    ),
+                );
+                ts::kill(pid, libc::SIGKILL);
+            }
+            Fenced::Done(false)
         }
         Err(e) => {
             rep.line(pid, &format!("error: cannot fence the new image: {e}"));
             if !opts.allow_partial {
                 ts::kill(pid, libc::SIGKILL);
             }
-            false
+            Fenced::Done(false)
         }
     }
+}
+
+/// What [`fence_image`] did.
+enum Image {
+    /// Reserved what it could: `uncovered` holes are not fenced.
+    Fenced { uncovered: u64, room: Option<Room> },
+    /// The image was executed again in the default layout.
+    ReExecuted,
+    /// The image cannot be fenced, for the reason given; nothing was
+    /// reserved.
+    Refused(String),
 }
 
 /// The line of a maps entry, for the report.
@@ -269,20 +520,39 @@ fn maps_line(e: &maps::MapsEntry) -> String {
     format!("{:x}-{:x} {} {}", e.start, e.end, e.perms, e.name_lossy())
 }
 
-/// Reserves the plan's holes in the stopped image of `pid`; returns the
-/// number of holes it could not reserve.
+/// The personality flag that selects the legacy (bottom-up) layout.
+const ADDR_COMPAT_LAYOUT: u64 = 0x020_0000;
+
+/// The personality of `pid` (`/proc/PID/personality`, readable by its
+/// tracer).
+fn personality_of(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/personality")).ok()?;
+    u64::from_str_radix(s.trim(), 16).ok()
+}
+
+/// `vm.legacy_va_layout` is set: every new image gets the legacy layout.
+fn legacy_sysctl() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/legacy_va_layout")
+        .map(|s| s.trim() != "0")
+        .unwrap_or(false)
+}
+
+/// Reserves the plan's holes in the stopped image of `pid`.
 fn fence_image(
     opts: &TraceOptions,
     rep: &mut Reporter,
     pid: i32,
     deferred: &mut Vec<i32>,
-) -> Result<u64, Error> {
+) -> Result<Image, Error> {
     let regs = ts::get_regs(pid).map_err(|e| io_err("PTRACE_GETREGS", e))?;
     let limit = 1u64 << opts.va_bits;
     if regs.cs != 0x33 {
         // A 32-bit image: its whole space is below 2^32.
         rep.line(pid, "32-bit image: every address is below 2^32");
-        return Ok(if limit >= 1 << 32 { 0 } else { 1 });
+        return Ok(Image::Fenced {
+            uncovered: if limit >= 1 << 32 { 0 } else { 1 },
+            room: None,
+        });
     }
     let top = (1u64 << crate::probe::user_va_bits()) - PAGE;
     rep.line(
@@ -295,7 +565,30 @@ fn fence_image(
     if limit >= top {
         rep.line(pid, "nothing to fence: the limit is above the user range");
         rep.line(pid, "done reserved=0 bytes=0x0 uncovered=0");
-        return Ok(0);
+        return Ok(Image::Fenced {
+            uncovered: 0,
+            room: None,
+        });
+    }
+    // The legacy layout places mappings bottom-up from TASK_SIZE / 3 and
+    // never looks below: behind a fence every mapping would fail.
+    if legacy_sysctl() {
+        return Ok(Image::Refused(
+            "the legacy layout is on for the whole system (vm.legacy_va_layout=1): \
+             the kernel places mappings bottom-up from TASK_SIZE/3, above the limit, \
+             and never below it"
+                .into(),
+        ));
+    }
+    if let Some(p) = personality_of(pid).filter(|p| p & ADDR_COMPAT_LAYOUT != 0) {
+        rep.line(
+            pid,
+            "warning: the legacy layout (personality ADDR_COMPAT_LAYOUT, setarch -L) \
+             places mappings bottom-up from TASK_SIZE/3, above the limit; the program is \
+             executed again in the default layout",
+        );
+        re_exec(pid, regs, p & !ADDR_COMPAT_LAYOUT, deferred)?;
+        return Ok(Image::ReExecuted);
     }
     let view = maps::read_view_fast(Target::Pid(pid as u32))?;
     for e in view.entries.iter().filter(|e| e.end > limit) {
@@ -321,32 +614,77 @@ fn fence_image(
         end: e.end,
         grows_down: e.kind() == Kind::Stack || e.growsdown,
     });
+    let main_stack = view
+        .entries
+        .iter()
+        .find(|e| e.kind() == Kind::Stack)
+        .map(|e| (e.start, e.end));
     let steps: Vec<FenceStep> = fence_plan::plan(vmas, params).collect();
-    let mut inj = Injector::new(pid, regs)?;
+    let mut inj = Injector::patched(pid, regs)?;
     let (mut reserved, mut bytes, mut uncovered) = (0u64, 0u64, 0u64);
+    let mut room = None;
     let mut result = Ok(());
     for step in steps {
-        match step {
-            FenceStep::StackRoom { start, end } => rep.line(
-                pid,
-                &format!("stack-room {start:#x}-{end:#x} left free for the main stack to grow"),
-            ),
-            FenceStep::Reserve { start, end } => {
-                match inj.mmap_reserve(start, end - start, deferred) {
-                    Ok(0) => {
-                        reserved += 1;
-                        bytes += end - start;
-                        rep.line(pid, &format!("reserved {start:#x}-{end:#x}"));
+        // The room of the main stack is reserved too, down from its guard
+        // gap, and given to the stack as it grows; that of any other
+        // grows-down VMA is left free.
+        let (start, end) = match step {
+            FenceStep::StackRoom { start, end } => {
+                rep.line(
+                    pid,
+                    &format!("stack-room {start:#x}-{end:#x} kept for the main stack to grow"),
+                );
+                match main_stack {
+                    Some((s, e)) if s == end && start + STACK_GUARD_GAP < end => {
+                        room = Some(Room {
+                            floor: start,
+                            top: end - STACK_GUARD_GAP,
+                            stack_end: e,
+                        });
+                        (start, end - STACK_GUARD_GAP)
                     }
-                    Ok(errno) => {
-                        uncovered += 1;
-                        rep.line(pid, &format!("uncovered {start:#x}-{end:#x} errno={errno}"));
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
+                    _ => continue,
                 }
+            }
+            FenceStep::Reserve { start, end } => (start, end),
+        };
+        match inj.syscall(
+            libc::SYS_mmap as u64,
+            [
+                start,
+                end - start,
+                libc::PROT_NONE as u64,
+                MAP_FLAGS,
+                u64::MAX,
+                0,
+            ],
+            deferred,
+        ) {
+            Ok(r) if r == start as i64 => {
+                reserved += 1;
+                bytes += end - start;
+                rep.line(pid, &format!("reserved {start:#x}-{end:#x}"));
+            }
+            Ok(r) => {
+                if r >= 0 {
+                    // A kernel that took the flag as a hint mapped
+                    // elsewhere: undo it.
+                    let _ = inj.syscall(
+                        libc::SYS_munmap as u64,
+                        [r as u64, end - start, 0, 0, 0, 0],
+                        deferred,
+                    );
+                }
+                let errno = if r < 0 { -r } else { libc::EEXIST as i64 };
+                if room.is_some_and(|x| x.floor == start) {
+                    room = None;
+                }
+                uncovered += 1;
+                rep.line(pid, &format!("uncovered {start:#x}-{end:#x} errno={errno}"));
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
             }
         }
     }
@@ -357,23 +695,91 @@ fn fence_image(
         pid,
         &format!("done reserved={reserved} bytes={bytes:#x} uncovered={uncovered}"),
     );
-    Ok(uncovered)
+    Ok(Image::Fenced { uncovered, room })
 }
 
-/// A `syscall` instruction written over the word at the stopped
-/// instruction pointer, with the saved registers to put back.
+/// Executes the stopped new image of `pid` again (`execve("/proc/self/exe")`
+/// with the same arguments and environment, which lie on its stack) under
+/// the personality `persona`. On success `pid` is at the exec event stop of
+/// the new exec.
+fn re_exec(pid: i32, regs: Regs, persona: u64, deferred: &mut Vec<i32>) -> Result<(), Error> {
+    let mut inj = Injector::patched(pid, regs)?;
+    let r = exec_again(pid, &mut inj, persona, deferred);
+    if !matches!(r, Ok(EXECED)) {
+        // The old image still runs: put its code and registers back.
+        let _ = inj.restore();
+    }
+    match r {
+        Ok(EXECED) => Ok(()),
+        Ok(e) => Err(io_err(
+            "re-exec",
+            io::Error::other(format!("execve(/proc/self/exe) failed with errno {}", -e)),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// The system calls of [`re_exec`]: [`EXECED`] or the failed `execve`'s
+/// result.
+fn exec_again(
+    pid: i32,
+    inj: &mut Injector,
+    persona: u64,
+    deferred: &mut Vec<i32>,
+) -> Result<i64, Error> {
+    let r = inj.syscall(
+        libc::SYS_personality as u64,
+        [persona, 0, 0, 0, 0, 0],
+        deferred,
+    )?;
+    if r < 0 {
+        return Err(io_err(
+            "personality",
+            io::Error::from_raw_os_error((-r) as i32),
+        ));
+    }
+    // At the exec stop the stack holds argc, argv[], NULL, envp[], NULL.
+    let sp = inj.saved.rsp;
+    let argc = ts::peek(pid, sp).map_err(|e| io_err("PTRACE_PEEKDATA", e))?;
+    let argv = sp + 8;
+    let envp = argv + 8 * (argc + 1);
+    // The path, written below the stack pointer (inside the stack VMA,
+    // which the kernel set up with room below the arguments).
+    let path = (sp - 512) & !15;
+    for (i, w) in b"/proc/self/exe\0\0".chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        ts::poke(pid, path + 8 * i as u64, u64::from_le_bytes(word))
+            .map_err(|e| io_err("PTRACE_POKEDATA", e))?;
+    }
+    inj.syscall(
+        libc::SYS_execve as u64,
+        [path, argv, envp, 0, 0, 0],
+        deferred,
+    )
+}
+
+/// What [`Injector::syscall`] returns when the call was an `execve` that
+/// succeeded (the tracee is at its exec event stop).
+const EXECED: i64 = i64::MIN;
+
+/// Runs system calls in a stopped tracee: sets the registers and
+/// single-steps a `syscall` instruction, then puts the registers back.
 struct Injector {
     pid: i32,
     saved: Regs,
     /// The address of the `syscall` instruction.
     at: u64,
-    /// The aligned word holding it, and its original contents.
-    word_addr: u64,
-    word: u64,
+    /// The aligned word written over to hold it and its original contents
+    /// (`None`: an instruction that was already there).
+    patch: Option<(u64, u64)>,
 }
 
 impl Injector {
-    fn new(pid: i32, saved: Regs) -> Result<Injector, Error> {
+    /// Writes a `syscall` instruction over the word at the stopped
+    /// instruction pointer (safe only while no other thread of the process
+    /// runs, as at an exec stop).
+    fn patched(pid: i32, saved: Regs) -> Result<Injector, Error> {
         let at = saved.rip;
         // The 8-byte word that holds the two instruction bytes, within one
         // page: aligned down unless the bytes would cross its end.
@@ -386,77 +792,68 @@ impl Injector {
             pid,
             saved,
             at,
-            word_addr,
-            word,
+            patch: Some((word_addr, word)),
         })
     }
 
-    /// Runs the reserving `mmap` in the tracee: 0 on success, else the
-    /// errno. Signals that arrive meanwhile are held in `deferred`.
-    fn mmap_reserve(&mut self, addr: u64, len: u64, deferred: &mut Vec<i32>) -> Result<i32, Error> {
+    /// Uses the `syscall` instruction at `at`, which is already there.
+    fn at_existing(pid: i32, saved: Regs, at: u64) -> Injector {
+        Injector {
+            pid,
+            saved,
+            at,
+            patch: None,
+        }
+    }
+
+    /// Runs system call `nr` with `args` in the tracee and returns its raw
+    /// result (`-errno` on failure; [`EXECED`] for an `execve` that
+    /// succeeded). Signals that arrive meanwhile are held in `deferred`.
+    fn syscall(&mut self, nr: u64, args: [u64; 6], deferred: &mut Vec<i32>) -> Result<i64, Error> {
         let mut r = self.saved;
-        r.rax = libc::SYS_mmap as u64;
+        r.rax = nr;
         r.orig_rax = u64::MAX;
-        r.rdi = addr;
-        r.rsi = len;
-        r.rdx = libc::PROT_NONE as u64;
-        r.r10 = MAP_FLAGS;
-        r.r8 = u64::MAX;
-        r.r9 = 0;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
         r.rip = self.at;
         let e = |w: &str, x| io_err(w, x);
+        let gone = || Error::ProcessExited {
+            pid: self.pid as u32,
+            lines_read: 0,
+        };
         loop {
             ts::set_regs(self.pid, &r).map_err(|x| e("PTRACE_SETREGS", x))?;
             ts::single_step(self.pid).map_err(|x| e("PTRACE_SINGLESTEP", x))?;
-            match ts::wait(self.pid).map_err(|x| e("waitpid", x))? {
-                Some((_, st)) if st.exited() => {
-                    return Err(Error::ProcessExited {
-                        pid: self.pid as u32,
-                        lines_read: 0,
-                    })
-                }
-                Some((_, st)) => {
-                    let now = ts::get_regs(self.pid).map_err(|x| e("PTRACE_GETREGS", x))?;
-                    if now.rip == self.at + 2 {
-                        let ret = now.rax as i64;
-                        if (-4095..0).contains(&ret) {
-                            return Ok((-ret) as i32);
-                        }
-                        if now.rax != addr {
-                            // A kernel that took the flag as a hint mapped
-                            // elsewhere: undo it.
-                            let mut u = self.saved;
-                            u.rax = libc::SYS_munmap as u64;
-                            u.orig_rax = u64::MAX;
-                            u.rdi = now.rax;
-                            u.rsi = len;
-                            u.rip = self.at;
-                            ts::set_regs(self.pid, &u).map_err(|x| e("PTRACE_SETREGS", x))?;
-                            ts::single_step(self.pid).map_err(|x| e("PTRACE_SINGLESTEP", x))?;
-                            let _ = ts::wait(self.pid);
-                            return Ok(libc::EEXIST);
-                        }
-                        return Ok(0);
-                    }
-                    // A signal stopped it before the instruction ran: hold
-                    // the signal and step again.
-                    if let Some(s) = st.stop_signal().filter(|&s| s != libc::SIGTRAP) {
-                        deferred.push(s);
-                    }
-                }
-                None => {
-                    return Err(Error::ProcessExited {
-                        pid: self.pid as u32,
-                        lines_read: 0,
-                    })
-                }
+            let Some((_, st)) = ts::wait(self.pid).map_err(|x| e("waitpid", x))? else {
+                return Err(gone());
+            };
+            if st.exited() {
+                return Err(gone());
+            }
+            if st.event() == libc::PTRACE_EVENT_EXEC {
+                return Ok(EXECED);
+            }
+            let now = ts::get_regs(self.pid).map_err(|x| e("PTRACE_GETREGS", x))?;
+            if now.rip == self.at + 2 {
+                return Ok(now.rax as i64);
+            }
+            // A signal stopped it before the instruction ran: hold the
+            // signal and step again.
+            if let Some(s) = st.stop_signal().filter(|&s| s != libc::SIGTRAP) {
+                deferred.push(s);
             }
         }
     }
 
     /// Puts the original word and registers back.
     fn restore(&self) -> Result<(), Error> {
-        ts::poke(self.pid, self.word_addr, self.word).map_err(|e| io_err("PTRACE_POKETEXT", e))?;
+        if let Some((addr, word)) = self.patch {
+            ts::poke(self.pid, addr, word).map_err(|e| io_err("PTRACE_POKETEXT", e))?;
+        }
         ts::set_regs(self.pid, &self.saved).map_err(|e| io_err("PTRACE_SETREGS", e))
     }
 }

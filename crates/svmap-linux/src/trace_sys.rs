@@ -132,6 +132,30 @@ pub(crate) fn is_group_stop(pid: i32) -> bool {
     r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
 }
 
+/// The signal number, `si_code` and fault address (`si_addr`; 0 for a
+/// signal that has none) of the signal-delivery stop of `pid`.
+pub(crate) fn fault_info(pid: i32) -> io::Result<(i32, i32, u64)> {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+    let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: GETSIGINFO writes one siginfo_t through the pointer.
+    check(unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut si as *mut libc::siginfo_t,
+        )
+    })?;
+    let addr = if matches!(si.si_signo, libc::SIGSEGV | libc::SIGBUS) {
+        // SAFETY: for SIGSEGV and SIGBUS the kernel fills the fault
+        // address of the union (si_addr); reading it is reading an integer.
+        unsafe { si.si_addr() as u64 }
+    } else {
+        0
+    };
+    Ok((si.si_signo, si.si_code, addr))
+}
+
 /// `PTRACE_GETREGS`.
 pub(crate) fn get_regs(pid: i32) -> io::Result<Regs> {
     // SAFETY: user_regs_struct is plain integers; all zeroes is valid.
