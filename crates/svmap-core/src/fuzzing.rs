@@ -13,10 +13,9 @@
 //! `start + len` passes 2^64) are clipped or skipped here, exactly as a
 //! caller would do it.
 //!
-//! Known core bugs, each reproduced by a `regression_*` test in
-//! `tests/proptest.rs`, are kept out of the random runs by the `KNOWN_*`
-//! constants below, so that the fuzzer goes on finding new ones; set a
-//! constant to `false` once its bug is fixed.
+//! The core bugs this check has found are fixed, and each keeps a minimal
+//! reproduction as a `regression_*` test in `tests/proptest.rs`; every
+//! operation decoded here is run, none is held back.
 //!
 //! Not part of the stable API.
 
@@ -253,14 +252,6 @@ fn resolve(vmas: &[Vma], a: Addr) -> u64 {
 
 /// `[start, end)` in a map holding `vmas`, or `None` where a caller would
 /// not call at all (`start + len` passes 2^64 and is not clipped).
-/// True for the requests the known top-down fit underflow would hit.
-fn known_fit_bug(req: &FitRequest) -> bool {
-    KNOWN_FIT_TOPDOWN_UNDERFLOW
-        && req.topdown
-        && req.align.is_power_of_two()
-        && req.align_offset & (req.align - 1) != 0
-}
-
 fn fit_request(f: &FitOp, resolve: impl Fn(Addr) -> u64) -> FitRequest {
     FitRequest {
         length: f.length,
@@ -380,9 +371,6 @@ impl Pair {
                     align_offset: s.align_offset,
                     start_gap: s.start_gap,
                 };
-                if known_search_bug(&info) {
-                    return;
-                }
                 self.stats.ops += 1;
                 let ra = self.a.space().unmapped_area(&info, p);
                 let rm = self.m.space().unmapped_area(&info, p);
@@ -401,9 +389,6 @@ impl Pair {
             }
             Op::Fit(ref f, ref p) => {
                 let req = fit_request(f, |a| self.resolve(a));
-                if known_fit_bug(&req) {
-                    return;
-                }
                 self.stats.ops += 1;
                 let ra = self.a.space().find_fit(&req, p);
                 let rm = self.m.space().find_fit(&req, p);
@@ -420,9 +405,6 @@ impl Pair {
             }
             Op::Allocate(ref f, ref p) => {
                 let req = fit_request(f, |a| self.resolve(a));
-                if known_fit_bug(&req) {
-                    return;
-                }
                 self.stats.ops += 1;
                 let rm = self.m.space().find_fit(&req, p);
                 if let Ok(addr) = rm {
@@ -463,9 +445,6 @@ impl Pair {
             }
             Op::Munmap { start, len } => {
                 let s = self.resolve(start);
-                if known_munmap_bug(self.a.config(), s, len) {
-                    return;
-                }
                 self.stats.ops += 1;
                 let ra = self.a.munmap(s, len);
                 let rm = self.m.munmap(s, len);
@@ -564,78 +543,19 @@ impl Pair {
         );
         assert_eq!(a.first(), v.first().copied(), "op #{i} first()");
         assert_eq!(a.last(), v.last().copied(), "op #{i} last()");
-        // `first_overlap` and `range` of an empty or inverted range: see
-        // KNOWN_EMPTY_RANGE_LOOKUP below.
-        if s < e || !KNOWN_EMPTY_RANGE_LOOKUP {
-            let want = model_range(v, s, e);
-            assert_eq!(
-                a.first_overlap(s, e),
-                want.first().copied(),
-                "op #{i} first_overlap({s:#x}, {e:#x})"
-            );
-            assert!(
-                a.range(s, e).eq(want.iter().copied()),
-                "op #{i} range({s:#x}, {e:#x}): {:x?} != {want:x?}",
-                a.range(s, e).collect::<Vec<_>>()
-            );
-        }
+        // Empty and inverted ranges included: they intersect nothing.
+        let want = model_range(v, s, e);
+        assert_eq!(
+            a.first_overlap(s, e),
+            want.first().copied(),
+            "op #{i} first_overlap({s:#x}, {e:#x})"
+        );
+        assert!(
+            a.range(s, e).eq(want.iter().copied()),
+            "op #{i} range({s:#x}, {e:#x}): {:x?} != {want:x?}",
+            a.range(s, e).collect::<Vec<_>>()
+        );
     }
-}
-
-/// A core bug, fixed (hence `false`): `AddressMap::first_overlap(s, e)`
-/// and `AddressMap::range(s, e)` with `e <= s` return the VMA that strictly
-/// contains `s` (when its start is below `e`), although an empty range
-/// intersects nothing (their doc comments; the kernel's
-/// `find_vma_intersection` returns NULL there). Set to `false` once fixed.
-pub const KNOWN_EMPTY_RANGE_LOOKUP: bool = false;
-
-/// A core bug, fixed (hence `false`): `unmapped_area` with `length == 0`
-/// but a non-zero `align_mask + start_gap` runs the search (the trace format
-/// says zero length is `ENOMEM`) and then trips the debug assertion in
-/// `search.rs` (`info.length - 1` underflows). Set to `false` once fixed.
-pub const KNOWN_ZERO_LENGTH_SEARCH: bool = false;
-
-/// A core bug, fixed (hence `false`): a padding `length + align_mask +
-/// start_gap` that wraps past 2^64 without coming out below `length` (the
-/// kernel's one-sided test; e.g. `start_gap = u64::MAX`, `align_mask =
-/// 0xfff`) is not `ENOMEM` as `docs/trace-format.md` and
-/// `docs/linux-semantics.md` say: both implementations answer an address,
-/// and a debug build of `AddressMap` may trip the "outside the found area" assertion in
-/// `search.rs`. Set to `false` once fixed.
-pub const KNOWN_PADDING_WRAP: bool = false;
-
-/// A core bug, fixed (hence `false`): `find_fit` top-down computes
-/// `top - ((top - align_offset) & mask)` without wrapping, which underflows
-/// (a debug-build panic; release wraps and answers correctly) when the
-/// aligned slot below `top` would be below 0, e.g. `length = 0x1000, low = 0,
-/// high = 0x1000, align = 0x2000, align_offset = 0x1000`. Only offsets with
-/// `align_offset & (align - 1) != 0` can reach it. Set to `false` once fixed.
-pub const KNOWN_FIT_TOPDOWN_UNDERFLOW: bool = false;
-
-/// A core bug, fixed (hence `false`): `Mm::munmap(start, len)` computes
-/// `start + page_align(len)` unchecked, which overflows (a panic in debug
-/// builds, a wrapped `unmap(start, 0)` answering `ENOMEM` in release) when
-/// `task_size` is within a page of 2^64, e.g. `task_size = u64::MAX - 0x77`,
-/// `munmap(0xffff_ffff_ffff_f000, 1)`. Set to `false` once fixed.
-pub const KNOWN_MUNMAP_OVERFLOW: bool = false;
-
-fn known_munmap_bug(cfg: &MmConfig, start: u64, len: u64) -> bool {
-    let ts = cfg.task_size;
-    KNOWN_MUNMAP_OVERFLOW
-        && start.is_multiple_of(PAGE_SIZE)
-        && start <= ts
-        && len <= ts - start
-        && start.checked_add(crate::linux::page_align(len)).is_none()
-}
-
-/// True if `info` would hit one of the known core bugs above.
-fn known_search_bug(info: &UnmappedAreaInfo) -> bool {
-    let padded = info
-        .length
-        .checked_add(info.align_mask)
-        .and_then(|x| x.checked_add(info.start_gap));
-    (KNOWN_ZERO_LENGTH_SEARCH && info.length == 0 && padded != Some(0))
-        || (KNOWN_PADDING_WRAP && padded.is_none())
 }
 
 /// Where no wrap-around can happen (the padded length fits in 64 bits, the
@@ -876,15 +796,11 @@ pub fn concretize(case: &TestCase) -> TestCase {
                 }
             }
             Op::Munmap { start, len } => {
-                let s = resolve(v, start);
-                if !known_munmap_bug(m.config(), s, len) {
-                    let _ = m.munmap(s, len);
-                }
+                let _ = m.munmap(resolve(v, start), len);
             }
             Op::Allocate(f, p) => {
                 let req = fit_request(&f, |a| resolve(v, a));
-                let found = (!known_fit_bug(&req)).then(|| m.space().find_fit(&req, &p));
-                if let Some(Ok(a)) = found {
+                if let Ok(a) = m.space().find_fit(&req, &p) {
                     let _ = crate::linux::Space::insert(
                         m.space_mut(),
                         a,

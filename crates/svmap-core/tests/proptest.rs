@@ -977,12 +977,11 @@ fn fuzz_check_for_one_second() {
     assert!(iters >= max_iters.min(16));
 }
 
-// ----- known core bugs ---------------------------------------------------------
+// ----- fixed core bugs ---------------------------------------------------------
 //
 // Minimal reproductions of the core bugs the property tests and the fuzzer
-// found, kept as regression tests now that they are fixed (the
-// `fuzzing::KNOWN_*` switches that kept the random runs away from them are
-// all false).
+// found, kept as regression tests now that they are fixed; the random runs
+// exercise the same operations without holding any back.
 
 /// `first_overlap(s, e)` / `range(s, e)` of an empty or inverted range must
 /// be empty (doc: "the lowest VMA that intersects `[start, end)`"; the
