@@ -1,0 +1,350 @@
+//! # svmap-runtime
+//!
+//! The SVM engine ([`svmap_svm::Engine`]) on the real memory of this
+//! process. [`LinuxCpu`] is a [`CpuBackend`] that carries out the engine's
+//! decisions with system calls:
+//!
+//! | engine call | on this process |
+//! | --- | --- |
+//! | `reserve` (window piece) | `MAP_FIXED_NOREPLACE` reservation (`PROT_NONE`, `MAP_NORESERVE`), made a [`SparseHeap`]: one memfd mapped once over it |
+//! | `map` inside a window piece | [`SparseHeap::claim`]: no system call (guarded mode: one `mprotect`) |
+//! | `map` elsewhere | a fresh `MAP_FIXED_NOREPLACE` reservation of exactly the range with its own sparse memfd (fails with `EEXIST` rather than replace anything) |
+//! | `unmap` back to a window | [`SparseHeap::release`]: `fallocate(PUNCH_HOLE)` (guarded: + `mprotect(PROT_NONE)`) |
+//! | `unmap` to the system | the range's own mapping is unmapped |
+//! | `protect` | one `mprotect` |
+//! | `map_device_only`, fault | an svmap-owned `PROT_NONE` reservation: a CPU touch raises `SIGSEGV` |
+//! | `map_device_only`, dummy page | an svmap-owned private anonymous `PROT_READ` mapping: reads see the shared zero page (no memory), writes raise `SIGSEGV` |
+//! | `release` (window piece) | the piece's mapping is unmapped when it is the whole piece; a part is punched and stays reserved |
+//! | `forget` | whatever the range touches is given up without unmapping (never acts on it again) |
+//!
+//! The backend acts only on mappings it created: every new mapping is
+//! `MAP_FIXED_NOREPLACE` and every `MAP_FIXED` or `mprotect` lies inside one
+//! of its own. Its model of the rest of the CPU space is the engine's: seed
+//! it from `/proc/self/maps` with [`seed_from_self`] before deciding
+//! anything; a mapping made since then makes a `map` fail with `EEXIST`
+//! ([`BackendError::NotOwned`]) instead of replacing it.
+
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
+
+use svmap_linux::error::{Errno, Error};
+use svmap_linux::reserve::Reservation;
+use svmap_linux::sparse::SparseHeap;
+use svmap_linux::sys::Access;
+use svmap_svm::{
+    BackendError, CpuBackend, CpuPolicy, DeviceBackend, Engine, EngineError, Prot, PtFormat,
+    Release,
+};
+
+pub use svmap_linux::sparse;
+
+/// What one owned region of the address space is.
+#[derive(Debug)]
+enum Kind {
+    /// A window piece, a sparse heap whose buffers are SVM ranges.
+    Window(SparseHeap),
+    /// An SVM range outside every window piece, with its own sparse memfd.
+    Svm(SparseHeap),
+    /// The CPU side of a device-only region.
+    DeviceOnly(Reservation),
+}
+
+#[derive(Debug)]
+struct Region {
+    end: u64,
+    kind: Kind,
+    /// Part of it was lost by other means: never act on it again.
+    lost: bool,
+}
+
+impl Region {
+    fn leak(self) {
+        match self.kind {
+            Kind::Window(h) | Kind::Svm(h) => h.leak(),
+            Kind::DeviceOnly(r) => r.leak(),
+        }
+    }
+}
+
+/// The Linux CPU backend: the engine's CPU decisions on this process. See
+/// the crate documentation. Dropping it unmaps every region it owns (and
+/// leaves alone the ones it was told to forget).
+#[derive(Debug, Default)]
+pub struct LinuxCpu {
+    /// Owned regions by start address; they never overlap.
+    regions: BTreeMap<u64, Region>,
+    /// Ranges whose protection `protect` changed (start -> end), until
+    /// they are unmapped.
+    protected: BTreeMap<u64, u64>,
+    guarded: bool,
+}
+
+fn sys(call: &'static str, e: Errno) -> BackendError {
+    BackendError::Sys { call, errno: e.0 }
+}
+
+fn from_linux(e: Error, start: u64, end: u64) -> BackendError {
+    match e {
+        Error::Sys { call, errno, .. } if errno == Errno::EEXIST => {
+            let _ = call;
+            BackendError::NotOwned { start, end }
+        }
+        Error::Sys { call, errno, .. } => sys(call, errno),
+        other => BackendError::Other(other.to_string()),
+    }
+}
+
+fn access(p: Prot) -> Access {
+    match p {
+        Prot::None => Access::None,
+        Prot::Read => Access::Read,
+        Prot::ReadWrite => Access::ReadWrite,
+    }
+}
+
+impl LinuxCpu {
+    /// A backend that owns nothing yet. With `guarded`, free pages of
+    /// window heaps are `PROT_NONE` (a use after free faults); without,
+    /// they read zeros and an allocation makes no system call.
+    pub fn new(guarded: bool) -> LinuxCpu {
+        LinuxCpu {
+            regions: BTreeMap::new(),
+            protected: BTreeMap::new(),
+            guarded,
+        }
+    }
+
+    /// The region that contains all of `[start, end)`, if one does.
+    fn containing(&mut self, start: u64, end: u64) -> Option<(u64, &mut Region)> {
+        let (&s, r) = self.regions.range_mut(..=start).next_back()?;
+        (r.end >= end && !r.lost).then_some((s, r))
+    }
+
+    /// The memfd, the offset and the length of the live SVM range that
+    /// contains `addr`, for mapping it in another process at the same
+    /// address.
+    pub fn locate(&self, addr: u64) -> Option<(BorrowedFd<'_>, u64, u64)> {
+        let (_, r) = self.regions.range(..=addr).next_back()?;
+        match &r.kind {
+            Kind::Window(h) | Kind::Svm(h) if addr < r.end => h.locate(addr),
+            _ => None,
+        }
+    }
+
+    /// Number of regions (window pieces, SVM ranges outside windows,
+    /// device-only regions) this backend owns.
+    pub fn regions(&self) -> usize {
+        self.regions.len()
+    }
+
+    fn new_reservation(start: u64, end: u64) -> Result<Reservation, BackendError> {
+        Reservation::at(start, end - start).map_err(|e| from_linux(e, start, end))
+    }
+}
+
+impl CpuBackend for LinuxCpu {
+    fn reserve(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        let res = Self::new_reservation(start, end)?;
+        let heap = SparseHeap::new(res, self.guarded).map_err(|e| from_linux(e, start, end))?;
+        self.regions.insert(
+            start,
+            Region {
+                end,
+                kind: Kind::Window(heap),
+                lost: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn release(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        let Some((s, r)) = self.containing(start, end) else {
+            return Err(BackendError::NotOwned { start, end });
+        };
+        if s == start && r.end == end {
+            self.regions.remove(&s);
+            return Ok(());
+        }
+        match &mut r.kind {
+            Kind::Window(h) => h
+                .release(start, end - start)
+                .map_err(|e| from_linux(e, start, end)),
+            _ => Err(BackendError::NotOwned { start, end }),
+        }
+    }
+
+    fn map(&mut self, start: u64, end: u64, _in_window: bool) -> Result<(), BackendError> {
+        if let Some((_, r)) = self.containing(start, end) {
+            return match &mut r.kind {
+                Kind::Window(h) => h
+                    .claim(start, end - start)
+                    .map_err(|e| from_linux(e, start, end)),
+                _ => Err(BackendError::NotOwned { start, end }),
+            };
+        }
+        let res = Self::new_reservation(start, end)?;
+        let mut heap = SparseHeap::new(res, false).map_err(|e| from_linux(e, start, end))?;
+        heap.claim(start, end - start)
+            .map_err(|e| from_linux(e, start, end))?;
+        self.regions.insert(
+            start,
+            Region {
+                end,
+                kind: Kind::Svm(heap),
+                lost: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn protect(&mut self, start: u64, end: u64, prot: Prot) -> Result<(), BackendError> {
+        match self.containing(start, end) {
+            Some((_, r)) => match &mut r.kind {
+                Kind::Window(h) | Kind::Svm(h) => {
+                    h.protect(start, end - start, access(prot))
+                        .map_err(|e| from_linux(e, start, end))?;
+                    self.protected.insert(start, end);
+                    Ok(())
+                }
+                Kind::DeviceOnly(_) => Err(BackendError::NotOwned { start, end }),
+            },
+            None => Err(BackendError::NotOwned { start, end }),
+        }
+    }
+
+    fn unmap(&mut self, start: u64, end: u64, _to: Release) -> Result<(), BackendError> {
+        let touched = self.protected.range(..end).any(|(_, &e)| e > start);
+        if touched {
+            let gone: Vec<u64> = self
+                .protected
+                .range(..end)
+                .filter(|(_, &e)| e > start)
+                .map(|(&s, _)| s)
+                .collect();
+            for s in gone {
+                self.protected.remove(&s);
+            }
+        }
+        let Some((s, r)) = self.containing(start, end) else {
+            return Err(BackendError::NotOwned { start, end });
+        };
+        match &mut r.kind {
+            Kind::Svm(_) if s == start && r.end == end => {
+                self.regions.remove(&s);
+                Ok(())
+            }
+            Kind::Window(h) | Kind::Svm(h) => {
+                h.release(start, end - start)
+                    .map_err(|e| from_linux(e, start, end))?;
+                // An unguarded heap's free pages stay read-write: undo a
+                // protection change there (guarded ones are PROT_NONE now).
+                if touched && !h.is_guarded() {
+                    h.protect(start, end - start, Access::ReadWrite)
+                        .map_err(|e| from_linux(e, start, end))?;
+                }
+                Ok(())
+            }
+            Kind::DeviceOnly(_) => Err(BackendError::NotOwned { start, end }),
+        }
+    }
+
+    fn map_device_only(
+        &mut self,
+        start: u64,
+        end: u64,
+        policy: CpuPolicy,
+    ) -> Result<(), BackendError> {
+        let mut res = Self::new_reservation(start, end)?;
+        if policy == CpuPolicy::DummyPage {
+            res.protect(start, end - start, Access::Read)
+                .map_err(|e| sys("mprotect", e))?;
+        }
+        self.regions.insert(
+            start,
+            Region {
+                end,
+                kind: Kind::DeviceOnly(res),
+                lost: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn forget(&mut self, start: u64, end: u64) {
+        let hit: Vec<u64> = self
+            .regions
+            .range(..end)
+            .filter(|(&s, r)| s < end && start < r.end)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in hit {
+            let whole = {
+                let r = &self.regions[&s];
+                start <= s && r.end <= end
+            };
+            if whole {
+                if let Some(r) = self.regions.remove(&s) {
+                    r.leak();
+                }
+            } else if let Some(r) = self.regions.get_mut(&s) {
+                r.lost = true;
+            }
+        }
+    }
+}
+
+impl Drop for LinuxCpu {
+    fn drop(&mut self) {
+        for (_, r) in std::mem::take(&mut self.regions) {
+            if r.lost {
+                r.leak();
+            }
+        }
+    }
+}
+
+/// Tells the engine's CPU space about every mapping of this process now
+/// (`/proc/self/smaps`), so that its decisions land in free space.
+/// Mappings above the engine's `task_size` are left out.
+pub fn seed_from_self<C: CpuBackend, D: DeviceBackend, F: PtFormat>(
+    engine: &mut Engine<C, D, F>,
+) -> Result<usize, SeedError> {
+    let view = svmap_linux::maps::read_view(svmap_linux::maps::Target::SelfProcess)
+        .map_err(SeedError::Maps)?;
+    let ts = engine.mm().config().task_size;
+    let mut n = 0;
+    for v in view.map.iter() {
+        if v.end > ts {
+            continue;
+        }
+        engine
+            .cpu_map(
+                v.start,
+                v.end,
+                v.flags.contains(svmap_core::VmaFlags::GROWSDOWN),
+            )
+            .map_err(SeedError::Engine)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Why [`seed_from_self`] failed.
+#[derive(Debug)]
+pub enum SeedError {
+    /// `/proc/self/smaps` could not be read.
+    Maps(Error),
+    /// The engine refused a mapping (it already holds something there).
+    Engine(EngineError),
+}
+
+impl std::fmt::Display for SeedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeedError::Maps(e) => write!(f, "reading /proc/self/smaps: {e}"),
+            SeedError::Engine(e) => write!(f, "seeding the engine: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SeedError {}
