@@ -30,7 +30,7 @@ fn peer_failure(e: PeerError) -> Failure {
             SVMAP_ENOENT
         }
         PeerError::Sys { errno, .. } => status_of_errno(errno.0),
-        PeerError::NoCommonWindow { .. } => SVMAP_ENOMEM,
+        PeerError::NoCommonWindow { .. } | PeerError::PeerLimit { .. } => SVMAP_ENOMEM,
         PeerError::RetriesExhausted { .. } => SVMAP_EEXIST,
         PeerError::DeviceFault { fault, .. } => match fault {
             Fault::Unmapped => SVMAP_FAULT_UNMAPPED,
@@ -276,4 +276,34 @@ pub unsafe extern "C" fn svmap_peer_sum_u64(
         out.write(p.peer.sum_u64(addr, length).map_err(peer_failure)?);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that hits its own address-space limit is `SVMAP_ENOMEM`, and
+    /// the message keeps the peer's numbers.
+    #[test]
+    fn a_peer_at_its_limit_is_enomem() {
+        let e = PeerError::PeerLimit {
+            pid: 42,
+            addr: 0x100_0000_0000,
+            len: 1 << 34,
+            source: svmap_linux::error::Error::AddressSpaceLimit {
+                call: "mmap",
+                len: 1 << 34,
+                vm_size: 1 << 30,
+                limit: 1 << 32,
+            },
+        };
+        let text = e.to_string();
+        let f = peer_failure(e);
+        assert_eq!(f.status, SVMAP_ENOMEM, "{text}");
+        assert!(
+            f.msg.contains("RLIMIT_AS") && f.msg.contains("pid 42"),
+            "{}",
+            f.msg
+        );
+    }
 }
