@@ -20,6 +20,20 @@
 //!   is translated on both pages; a burst (`Sum`, `Copy`) is translated once
 //!   per device page it touches.
 //!
+//! In the direct mode (`Direct` right after the hello) there is no window
+//! agreement: the CPU side's engine decides every address.
+//!
+//! - `Attach` (with a memfd): map the whole memfd at the same address
+//!   (`MAP_FIXED_NOREPLACE`; an earlier attachment that overlaps is
+//!   unmapped first). One per heap (window piece) of the CPU side.
+//! - `MapRange`: install device pages for a range inside an attachment.
+//! - `Invalidate{seq}`: `invalidate_start` (PTEs cleared, TLB shot down),
+//!   `invalidate_end`, acknowledge `seq`.
+//! - `UnmapRange`: forget the range (an attachment entirely inside it is
+//!   unmapped); `Protect`: change the device's access to a range;
+//!   `MapRegion`: back a device-only region with private memory of this
+//!   process, which the CPU process cannot see.
+//!
 //! The peer never blocks on anything but its socket; it exits when the CPU
 //! side closes it or sends `Shutdown`.
 
@@ -59,6 +73,9 @@ pub enum Failpoint {
     /// at the agreed address just before reserving it, as another thread
     /// of the peer could (the round fails with `EEXIST`; the canary stays).
     StealWindow,
+    /// `die-invalidate:N`: `SIGKILL` itself on the N-th `Invalidate` of the
+    /// direct mode, after clearing the range and before acknowledging it.
+    DieOnInvalidate(u64),
 }
 
 impl Failpoint {
@@ -69,6 +86,7 @@ impl Failpoint {
         match k {
             "die-walk" => Some(Failpoint::DieInWalk(n()?)),
             "die-map" => Some(Failpoint::DieOnMap(n()?)),
+            "die-invalidate" => Some(Failpoint::DieOnInvalidate(n()?)),
             "hang-walk" => Some(Failpoint::HangInWalk),
             "garbage-sum" => Some(Failpoint::GarbageOnSum),
             "steal-window" => Some(Failpoint::StealWindow),
@@ -219,16 +237,21 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
             )?,
         }
     };
-    let win = negotiate(&mut chan, va_bits, opts.failpoint)?;
+    let mem = match negotiate(&mut chan, va_bits, opts.failpoint)? {
+        Some(win) => Mem::Window(win),
+        None => Mem::Direct(BTreeMap::new()),
+    };
     let mut dev = Device {
         mirror: Mirror::new(va_bits, page_size, tlb_entries as usize),
-        win,
+        va_bits,
+        mem,
         page: page_size,
         bufs: BTreeMap::new(),
         by_id: HashMap::new(),
         next_id: 1,
         last_seq: 0,
         maps: 0,
+        invalidations: 0,
         failpoint: opts.failpoint,
     };
     loop {
@@ -253,6 +276,12 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
                 dev.sum(addr, len)
             }
             Msg::Copy { dst, src, len } => dev.copy(dst, src, len),
+            Msg::Attach { addr, len } => dev.attach(addr, len, fds),
+            Msg::MapRange { addr, len, prot } => dev.map_range(addr, len, prot),
+            Msg::Invalidate { seq, addr, len } => dev.invalidate(seq, addr, len),
+            Msg::UnmapRange { addr, len } => dev.unmap_range(addr, len),
+            Msg::Protect { addr, len, prot } => dev.protect(addr, len, prot),
+            Msg::MapRegion { addr, len } => dev.map_region(addr, len),
             Msg::Stats => Msg::StatsReply {
                 words: dev.stats().to_words(),
             },
@@ -265,12 +294,13 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
     }
 }
 
-/// Agreement rounds until a `Commit`.
+/// Agreement rounds until a `Commit` (the agreed window), or `Direct`
+/// before any round (`None`: the direct mode).
 fn negotiate(
     chan: &mut Channel,
     va_bits: u32,
     failpoint: Option<Failpoint>,
-) -> Result<SharedWindow, Stop> {
+) -> Result<Option<SharedWindow>, Stop> {
     let my_floor = probe::mmap_floor()?;
     let my_high = reserve::window_high(va_bits)?;
     let mut pending: Option<(u32, Reservation)> = None;
@@ -384,7 +414,7 @@ fn negotiate(
             Msg::Commit { attempt, addr, len } => match pending.take() {
                 Some((a, r)) if a == attempt && r.addr() == addr && r.len() == len => {
                     chan.send(id, &Msg::Ack, None, None).map_err(chan_err)?;
-                    return Ok(SharedWindow::new(r));
+                    return Ok(Some(SharedWindow::new(r)));
                 }
                 p => {
                     pending = p;
@@ -399,6 +429,10 @@ fn negotiate(
             Msg::Abandon { .. } => {
                 pending = None;
                 chan.send(id, &Msg::Ack, None, None).map_err(chan_err)?;
+            }
+            Msg::Direct if pending.is_none() => {
+                chan.send(id, &Msg::Ack, None, None).map_err(chan_err)?;
+                return Ok(None);
             }
             Msg::Shutdown => return Err(Stop::Gone),
             m => refuse(
@@ -431,7 +465,44 @@ fn steal_then_reserve(
 struct DevBuf {
     len: u64,
     id: u64,
+    readable: bool,
     writable: bool,
+}
+
+/// The memory the device reaches.
+enum Mem {
+    /// The agreed window, buffers mapped into it one memfd each.
+    Window(SharedWindow),
+    /// The direct mode: attachments (one memfd each) and device-only
+    /// regions (private memory), by start address; they never overlap.
+    Direct(BTreeMap<u64, SharedWindow>),
+}
+
+impl Mem {
+    /// The window that holds `addr`.
+    fn at(&self, addr: u64) -> Option<&SharedWindow> {
+        match self {
+            Mem::Window(w) => Some(w),
+            Mem::Direct(m) => m
+                .range(..=addr)
+                .next_back()
+                .map(|(_, w)| w)
+                .filter(|w| addr < w.reservation().end()),
+        }
+    }
+    fn read_u64(&self, addr: u64) -> Result<u64, Errno> {
+        self.at(addr).ok_or(Errno(libc::EFAULT))?.read_u64(addr)
+    }
+    fn read_bytes(&self, addr: u64, out: &mut [u8]) -> Result<(), Errno> {
+        self.at(addr)
+            .ok_or(Errno(libc::EFAULT))?
+            .read_bytes(addr, out)
+    }
+    fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), Errno> {
+        self.at(addr)
+            .ok_or(Errno(libc::EFAULT))?
+            .write_bytes(addr, data)
+    }
 }
 
 /// A device fault at an address.
@@ -457,7 +528,8 @@ impl DevFault {
 
 struct Device {
     mirror: Mirror,
-    win: SharedWindow,
+    va_bits: u32,
+    mem: Mem,
     page: u64,
     /// Start -> buffer: the "CPU mapping" the fault handler snapshots.
     bufs: BTreeMap<u64, DevBuf>,
@@ -466,7 +538,30 @@ struct Device {
     next_id: u64,
     last_seq: u64,
     maps: u64,
+    invalidations: u64,
     failpoint: Option<Failpoint>,
+}
+
+fn not_in_mode(what: &str) -> Msg {
+    Msg::Error {
+        code: code::BAD_REQUEST,
+        message: format!("a {what} request does not belong to this peer's mode"),
+    }
+}
+
+fn ack_or(r: Result<(), Msg>) -> Msg {
+    r.err().unwrap_or(Msg::Ack)
+}
+
+fn sys_error(what: String, e: Errno) -> Msg {
+    Msg::Error {
+        code: if e == Errno::EEXIST || e == Errno::EINVAL {
+            code::BAD_RANGE
+        } else {
+            code::SYS
+        },
+        message: format!("{what}: {e}"),
+    }
 }
 
 fn bad_range(message: String) -> Msg {
@@ -479,7 +574,10 @@ fn bad_range(message: String) -> Msg {
 impl Device {
     fn map(&mut self, addr: u64, len: u64, writable: bool, mut fds: Vec<OwnedFd>) -> Msg {
         let fd = fds.pop().expect("the channel checks that a map has one fd");
-        let (ws, we) = (self.win.reservation().addr(), self.win.reservation().end());
+        let Mem::Window(win) = &mut self.mem else {
+            return not_in_mode("map");
+        };
+        let (ws, we) = (win.reservation().addr(), win.reservation().end());
         let aligned = addr.is_multiple_of(self.page) && len.is_multiple_of(self.page) && len > 0;
         if !aligned || addr < ws || addr.checked_add(len).is_none_or(|e| e > we) {
             return bad_range(format!(
@@ -487,7 +585,7 @@ impl Device {
                  [{ws:#x}, {we:#x})"
             ));
         }
-        if let Err(e) = self.win.map_fd(addr, len, fd.as_fd()) {
+        if let Err(e) = win.map_fd(addr, len, fd.as_fd()) {
             return Msg::Error {
                 code: if e == Errno::EEXIST || e == Errno::EINVAL {
                     code::BAD_RANGE
@@ -500,7 +598,15 @@ impl Device {
         drop(fd); // the mapping keeps the memfd alive
         let id = self.next_id;
         self.next_id += 1;
-        self.bufs.insert(addr, DevBuf { len, id, writable });
+        self.bufs.insert(
+            addr,
+            DevBuf {
+                len,
+                id,
+                readable: true,
+                writable,
+            },
+        );
         self.by_id.insert(id, addr);
         self.mirror.prefault(
             addr,
@@ -520,6 +626,9 @@ impl Device {
     }
 
     fn unmap(&mut self, seq: u64, addr: u64, len: u64) -> Msg {
+        if !matches!(self.mem, Mem::Window(_)) {
+            return not_in_mode("unmap");
+        }
         if seq <= self.last_seq {
             return Msg::Error {
                 code: code::BAD_REQUEST,
@@ -537,7 +646,10 @@ impl Device {
         self.mirror.invalidate_start(addr, addr + len);
         let b = self.bufs.remove(&addr).expect("checked above");
         self.by_id.remove(&b.id);
-        let r = self.win.unmap(addr, len);
+        let r = match &mut self.mem {
+            Mem::Window(w) => w.unmap(addr, len),
+            Mem::Direct(_) => unreachable!("checked above"),
+        };
         self.mirror.invalidate_end();
         self.last_seq = seq;
         match r {
@@ -561,7 +673,7 @@ impl Device {
                 .filter(|(&s, b)| a < s + b.len)
                 .map(|(_, b)| Perm {
                     frame: b.id,
-                    read: true,
+                    read: b.readable,
                     write: b.writable,
                 });
             // Buffers are whole device pages, so the page is uniform.
@@ -593,7 +705,7 @@ impl Device {
             })?;
             self.translate(last, false)?;
         }
-        self.win.read_u64(addr).map_err(|_| DevFault {
+        self.mem.read_u64(addr).map_err(|_| DevFault {
             fault: Fault::Unmapped,
             addr,
             write: false,
@@ -664,7 +776,7 @@ impl Device {
                 return f.msg();
             }
             for w in (a..e).step_by(8) {
-                match self.win.read_u64(w) {
+                match self.mem.read_u64(w) {
                     Ok(v) => sum = sum.wrapping_add(v),
                     Err(_) => {
                         return DevFault {
@@ -696,7 +808,7 @@ impl Device {
             }
             let o = (a - src) as usize;
             if self
-                .win
+                .mem
                 .read_bytes(a, &mut tmp[o..o + (e - a) as usize])
                 .is_err()
             {
@@ -714,7 +826,7 @@ impl Device {
             }
             let o = (a - dst) as usize;
             if self
-                .win
+                .mem
                 .write_bytes(a, &tmp[o..o + (e - a) as usize])
                 .is_err()
             {
@@ -727,6 +839,244 @@ impl Device {
             }
         }
         Msg::Done { a: len, b: 0 }
+    }
+
+    /// Checks that `[addr, addr + len)` is whole device pages below the
+    /// device's limit, in the direct mode; returns the end.
+    fn direct_range(&self, addr: u64, len: u64) -> Result<u64, Msg> {
+        if !matches!(self.mem, Mem::Direct(_)) {
+            return Err(not_in_mode("direct-mode"));
+        }
+        let end = addr.checked_add(len).filter(|_| len > 0);
+        let limit = 1u128 << self.va_bits;
+        match end {
+            Some(e)
+                if addr.is_multiple_of(self.page)
+                    && len.is_multiple_of(self.page)
+                    && u128::from(e) <= limit =>
+            {
+                Ok(e)
+            }
+            _ => Err(bad_range(format!(
+                "[{addr:#x}, +{len:#x}) is not whole device pages below the limit {limit:#x}"
+            ))),
+        }
+    }
+
+    fn attachments(&mut self) -> &mut BTreeMap<u64, SharedWindow> {
+        match &mut self.mem {
+            Mem::Direct(m) => m,
+            Mem::Window(_) => unreachable!("direct_range checked the mode"),
+        }
+    }
+
+    /// Rebuilds the device mapping over every buffer that meets
+    /// `[addr, end)`: their pages are invalidated, the parts outside keep
+    /// their access, the parts inside get `inside` (`None`: dropped), and
+    /// every piece gets a fresh id and fresh device pages.
+    fn rework(&mut self, addr: u64, end: u64, inside: Option<(bool, bool)>) {
+        let hit: Vec<(u64, DevBuf)> = self
+            .bufs
+            .range(..end)
+            .filter(|(&s, b)| s + b.len > addr)
+            .map(|(&s, b)| (s, *b))
+            .collect();
+        let lo = hit.first().map_or(addr, |&(s, _)| s.min(addr));
+        let hi = hit.last().map_or(end, |&(s, b)| (s + b.len).max(end));
+        self.mirror.invalidate_start(lo, hi);
+        let mut pieces = Vec::new();
+        for (s, b) in hit {
+            self.bufs.remove(&s);
+            self.by_id.remove(&b.id);
+            let e = s + b.len;
+            for (ps, pe, is_inside) in [
+                (s, e.min(addr), false),
+                (s.max(addr), e.min(end), true),
+                (s.max(end), e, false),
+            ] {
+                if ps >= pe {
+                    continue;
+                }
+                let perm = if is_inside {
+                    match inside {
+                        Some(p) => p,
+                        None => continue,
+                    }
+                } else {
+                    (b.readable, b.writable)
+                };
+                pieces.push((ps, pe, perm));
+            }
+        }
+        self.mirror.invalidate_end();
+        for (ps, pe, (r, w)) in pieces {
+            self.insert(ps, pe, r, w);
+        }
+    }
+
+    fn insert(&mut self, start: u64, end: u64, readable: bool, writable: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.bufs.insert(
+            start,
+            DevBuf {
+                len: end - start,
+                id,
+                readable,
+                writable,
+            },
+        );
+        self.by_id.insert(id, start);
+        self.mirror.prefault(
+            start,
+            end,
+            Perm {
+                frame: id,
+                read: readable,
+                write: writable,
+            },
+            u64::MAX,
+        );
+        id
+    }
+
+    fn attach(&mut self, addr: u64, len: u64, mut fds: Vec<OwnedFd>) -> Msg {
+        let fd = fds
+            .pop()
+            .expect("the channel checks that an attach has one fd");
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        // Earlier attachments over the range are stale (the CPU side gave
+        // their heaps up): drop them and whatever the device mapped there.
+        let stale: Vec<(u64, u64)> = self
+            .attachments()
+            .range(..end)
+            .map(|(&s, w)| (s, w.reservation().end()))
+            .filter(|&(_, e)| e > addr)
+            .collect();
+        for (s, e) in stale {
+            self.rework(s, e, None);
+            self.attachments().remove(&s);
+        }
+        match SharedWindow::attach(addr, len, fd.as_fd()) {
+            Ok(w) => {
+                self.attachments().insert(addr, w);
+                Msg::Ack
+            }
+            Err(e) => sys_error(format!("attaching the heap at {addr:#x} (+{len:#x})"), e),
+        }
+    }
+
+    fn prot_bits(prot: u8) -> (bool, bool) {
+        (prot >= 1, prot >= 2)
+    }
+
+    fn map_range(&mut self, addr: u64, len: u64, prot: u8) -> Msg {
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        let inside = self
+            .attachments()
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(_, w)| end <= w.reservation().end());
+        if !inside {
+            return bad_range(format!(
+                "[{addr:#x}, {end:#x}) is not inside one attached heap"
+            ));
+        }
+        if self
+            .bufs
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&s, b)| s + b.len > addr)
+        {
+            return bad_range(format!("[{addr:#x}, {end:#x}) is mapped already"));
+        }
+        let (r, w) = Self::prot_bits(prot);
+        let id = self.insert(addr, end, r, w);
+        self.maps += 1;
+        Msg::MapAck { addr, id }
+    }
+
+    fn invalidate(&mut self, seq: u64, addr: u64, len: u64) -> Msg {
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        if seq <= self.last_seq {
+            return Msg::Error {
+                code: code::BAD_REQUEST,
+                message: format!(
+                    "invalidation sequence {seq} after {}: not increasing",
+                    self.last_seq
+                ),
+            };
+        }
+        self.mirror.invalidate_start(addr, end);
+        self.mirror.invalidate_end();
+        self.last_seq = seq;
+        self.invalidations += 1;
+        if self.failpoint == Some(Failpoint::DieOnInvalidate(self.invalidations)) {
+            sys::kill_self();
+        }
+        Msg::UnmapAck { seq }
+    }
+
+    fn unmap_range(&mut self, addr: u64, len: u64) -> Msg {
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        self.rework(addr, end, None);
+        // Attachments and regions entirely inside the range go too.
+        let gone: Vec<u64> = self
+            .attachments()
+            .range(addr..end)
+            .filter(|(_, w)| w.reservation().end() <= end)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in gone {
+            self.attachments().remove(&s);
+        }
+        Msg::Ack
+    }
+
+    fn protect(&mut self, addr: u64, len: u64, prot: u8) -> Msg {
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        self.rework(addr, end, Some(Self::prot_bits(prot)));
+        Msg::Ack
+    }
+
+    fn map_region(&mut self, addr: u64, len: u64) -> Msg {
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        let r = (|| {
+            if self
+                .attachments()
+                .range(..end)
+                .next_back()
+                .is_some_and(|(_, w)| w.reservation().end() > addr)
+            {
+                return Err(bad_range(format!(
+                    "region [{addr:#x}, {end:#x}) overlaps memory the device holds"
+                )));
+            }
+            let w = SharedWindow::private(addr, len)
+                .map_err(|e| sys_error(format!("region at {addr:#x} (+{len:#x})"), e))?;
+            self.attachments().insert(addr, w);
+            self.insert(addr, end, true, true);
+            Ok(())
+        })();
+        ack_or(r)
     }
 
     fn stats(&self) -> DeviceStats {

@@ -596,7 +596,7 @@ impl Channel {
                     }
                     let (id, msg) = Msg::decode(&self.buf[..r.len])
                         .map_err(|WireError(s)| ChanError::Malformed(s))?;
-                    let want_fd = matches!(msg, Msg::Map { .. });
+                    let want_fd = matches!(msg, Msg::Map { .. } | Msg::Attach { .. });
                     if r.fds.len() != usize::from(want_fd) {
                         return Err(ChanError::Malformed(format!(
                             "{} message with {} descriptors",
@@ -678,8 +678,17 @@ impl Peer {
     /// `cmd`'s stdin is set to null; its stdout and stderr are left as
     /// given. The peer's socket is passed as an inherited descriptor named
     /// in `SVMAP_PEER_FD`.
-    pub fn spawn(mut cmd: Command, cfg: &PeerConfig) -> Result<Peer, PeerError> {
+    pub fn spawn(cmd: Command, cfg: &PeerConfig) -> Result<Peer, PeerError> {
         let t0 = Instant::now();
+        let mut p = Peer::start(cmd, cfg)?;
+        let res = p.handshake()?;
+        p.heap = Some(Heap::new(res));
+        p.setup = t0.elapsed();
+        Ok(p)
+    }
+
+    /// Starts the peer process, connected, before the hello.
+    fn start(mut cmd: Command, cfg: &PeerConfig) -> Result<Peer, PeerError> {
         check_config(cfg)?;
         let (mine, theirs) = sys::socketpair_seqpacket().map_err(|errno| PeerError::Sys {
             call: "socketpair(AF_UNIX, SOCK_SEQPACKET)",
@@ -694,7 +703,7 @@ impl Peer {
         let child = cmd.spawn().map_err(|source| PeerError::Spawn { source })?;
         drop(theirs);
         let pid = child.id();
-        let mut p = Peer {
+        Ok(Peer {
             chan: Channel::new(mine),
             state: State::Alive(child),
             pid,
@@ -705,11 +714,21 @@ impl Peer {
             next_seq: 1,
             tries: 0,
             setup: Duration::ZERO,
+        })
+    }
+
+    /// The hello: the peer's floor and the top of its window.
+    fn hello(&mut self) -> Result<(u64, u64), PeerError> {
+        let during = "the hello";
+        let msg = Msg::Hello {
+            va_bits: self.cfg.va_bits,
+            page_size: self.cfg.page_size,
+            tlb_entries: self.cfg.tlb_entries,
         };
-        let res = p.handshake()?;
-        p.heap = Some(Heap::new(res));
-        p.setup = t0.elapsed();
-        Ok(p)
+        match self.call(&msg, None, during)? {
+            Msg::HelloAck { pid, floor, high } if pid == self.pid => Ok((floor, high)),
+            m => Err(self.unexpected(&m, during)),
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -848,19 +867,7 @@ impl Peer {
     /// Hello, then agreement rounds until both hold the same window.
     fn handshake(&mut self) -> Result<Reservation, PeerError> {
         let cfg = self.cfg.clone();
-        let during = "the hello";
-        let (floor, high) = match self.call(
-            &Msg::Hello {
-                va_bits: cfg.va_bits,
-                page_size: cfg.page_size,
-                tlb_entries: cfg.tlb_entries,
-            },
-            None,
-            during,
-        )? {
-            Msg::HelloAck { pid, floor, high } if pid == self.pid => (floor, high),
-            m => return Err(self.unexpected(&m, during)),
-        };
+        let (floor, high) = self.hello()?;
         let align = cfg.window_align.max(cfg.page_size).max(PAGE);
         let len = cfg
             .window_len
@@ -1282,6 +1289,175 @@ impl Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A device peer in the direct mode: the CPU side (an engine) decides
+/// every address; there is no window agreement and no heap of its own.
+///
+/// The memory of a heap of the CPU side is passed once ([`Self::attach`]:
+/// its memfd, mapped at the same address in the peer); ranges of it are
+/// then mapped, invalidated, protected and unmapped by address alone.
+/// Every wait is bounded by [`PeerConfig::timeout`] (the window fields of
+/// the configuration are not used). A peer that dies, times out or
+/// misbehaves is reported as for [`Peer`] and is dead from then on: every
+/// later call reports [`PeerError::PeerExited`].
+#[derive(Debug)]
+pub struct DirectPeer {
+    inner: Peer,
+}
+
+fn prot_word(p: svmap_svm::Prot) -> u8 {
+    match p {
+        svmap_svm::Prot::None => 0,
+        svmap_svm::Prot::Read => 1,
+        svmap_svm::Prot::ReadWrite => 2,
+    }
+}
+
+impl DirectPeer {
+    /// Starts `cmd` as the device peer (it must end up calling
+    /// [`device::serve_from_env`]) hosting the device of `cfg` (VA width,
+    /// page size, TLB), in the direct mode.
+    pub fn spawn(cmd: Command, cfg: &PeerConfig) -> Result<DirectPeer, PeerError> {
+        let t0 = Instant::now();
+        let mut p = Peer::start(cmd, cfg)?;
+        p.hello()?;
+        match p.call(&Msg::Direct, None, "the direct-mode request")? {
+            Msg::Ack => {}
+            m => return Err(p.unexpected(&m, "the direct-mode request")),
+        }
+        p.setup = t0.elapsed();
+        Ok(DirectPeer { inner: p })
+    }
+
+    /// The peer's pid.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PeerConfig {
+        &self.inner.cfg
+    }
+
+    /// Time from `spawn` to a peer ready for requests.
+    pub fn setup_time(&self) -> Duration {
+        self.inner.setup
+    }
+
+    /// Kills the peer with `SIGKILL` (if it is still running) and reaps it.
+    pub fn kill(&mut self) -> ExitInfo {
+        self.inner.kill()
+    }
+
+    /// How the peer ended, if it has (checks without blocking).
+    pub fn exit_status(&mut self) -> Option<ExitInfo> {
+        self.inner.exit_status()
+    }
+
+    fn ack(
+        &mut self,
+        msg: &Msg,
+        fd: Option<BorrowedFd<'_>>,
+        during: &'static str,
+    ) -> Result<(), PeerError> {
+        match self.inner.call(msg, fd, during)? {
+            Msg::Ack => Ok(()),
+            m => Err(self.inner.unexpected(&m, during)),
+        }
+    }
+
+    /// Maps the first `len` bytes of the memfd `fd` at `[addr, addr + len)`
+    /// in the peer (replacing earlier attachments that overlap the range).
+    pub fn attach(&mut self, addr: u64, len: u64, fd: BorrowedFd<'_>) -> Result<(), PeerError> {
+        self.ack(&Msg::Attach { addr, len }, Some(fd), "an attachment")
+    }
+
+    /// Installs device pages with access `prot` for `[addr, addr + len)`, a
+    /// range inside an attachment. Returns the device's id for it.
+    pub fn map_range(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: svmap_svm::Prot,
+    ) -> Result<u64, PeerError> {
+        let during = "a range mapping";
+        let msg = Msg::MapRange {
+            addr,
+            len,
+            prot: prot_word(prot),
+        };
+        match self.inner.call(&msg, None, during)? {
+            Msg::MapAck { addr: a, id } if a == addr => Ok(id),
+            m => Err(self.inner.unexpected(&m, during)),
+        }
+    }
+
+    /// Invalidates `[addr, addr + len)` on the device (page-table entries
+    /// cleared, TLB shot down) and waits for the acknowledgement, at most
+    /// the configured timeout. Returns the acknowledged sequence number.
+    /// On any failure but a refusal the peer is dead afterwards.
+    pub fn invalidate(&mut self, addr: u64, len: u64) -> Result<u64, PeerError> {
+        let during = "an invalidation";
+        let seq = self.inner.next_seq;
+        self.inner.next_seq += 1;
+        match self
+            .inner
+            .call(&Msg::Invalidate { seq, addr, len }, None, during)?
+        {
+            Msg::UnmapAck { seq: s } if s == seq => Ok(seq),
+            m => Err(self.inner.unexpected(&m, during)),
+        }
+    }
+
+    /// Forgets the device mapping of `[addr, addr + len)` (after an
+    /// acknowledged invalidation); an attachment entirely inside it is
+    /// unmapped in the peer.
+    pub fn unmap_range(&mut self, addr: u64, len: u64) -> Result<(), PeerError> {
+        self.ack(&Msg::UnmapRange { addr, len }, None, "a range unmapping")
+    }
+
+    /// Changes the device's access to `[addr, addr + len)`.
+    pub fn protect(&mut self, addr: u64, len: u64, prot: svmap_svm::Prot) -> Result<(), PeerError> {
+        let msg = Msg::Protect {
+            addr,
+            len,
+            prot: prot_word(prot),
+        };
+        self.ack(&msg, None, "a protection change")
+    }
+
+    /// Backs the device-only region `[addr, addr + len)` with memory
+    /// private to the peer, read-write for the device.
+    pub fn map_region(&mut self, addr: u64, len: u64) -> Result<(), PeerError> {
+        self.ack(&Msg::MapRegion { addr, len }, None, "a device-only region")
+    }
+
+    /// The device sums the `u64` words of `[addr, addr + len)` through its
+    /// MMU (see [`Peer::sum_u64`]).
+    pub fn sum_u64(&mut self, addr: u64, len: u64) -> Result<u64, PeerError> {
+        self.inner.sum_u64(addr, len)
+    }
+
+    /// The device copies `len` bytes from `src` to `dst` through its MMU.
+    pub fn copy(&mut self, dst: u64, src: u64, len: u64) -> Result<(), PeerError> {
+        self.inner.copy(dst, src, len)
+    }
+
+    /// The device walks a list (see [`Peer::walk_list`]).
+    pub fn walk_list(&mut self, head: u64, max_nodes: u64) -> Result<WalkResult, PeerError> {
+        self.inner.walk_list(head, max_nodes)
+    }
+
+    /// The device's counters.
+    pub fn device_stats(&mut self) -> Result<DeviceStats, PeerError> {
+        self.inner.device_stats()
+    }
+
+    /// Asks the peer to exit and reaps it.
+    pub fn shutdown(self) -> ExitInfo {
+        self.inner.shutdown()
     }
 }
 

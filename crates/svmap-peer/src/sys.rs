@@ -33,6 +33,13 @@ use svmap_linux::heap::Heap;
 use svmap_linux::reserve::Reservation;
 use svmap_linux::sys::get_seals;
 
+fn linux_errno(e: svmap_linux::error::Error) -> Errno {
+    match e {
+        svmap_linux::error::Error::Sys { errno, .. } => errno,
+        _ => Errno(libc::ENOMEM),
+    }
+}
+
 /// `socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)`: message boundaries
 /// are kept, and neither end leaks into programs other threads start.
 pub(crate) fn socketpair_seqpacket() -> Result<(OwnedFd, OwnedFd), Errno> {
@@ -242,6 +249,27 @@ impl SharedWindow {
         }
     }
 
+    /// A window over `[addr, addr + len)` reserved here now
+    /// (`MAP_FIXED_NOREPLACE`) with all of it mapped from `fd`: the direct
+    /// mode's attachment of one heap's memfd at the same address.
+    pub(crate) fn attach(addr: u64, len: u64, fd: BorrowedFd<'_>) -> Result<SharedWindow, Errno> {
+        let res = Reservation::at(addr, len).map_err(linux_errno)?;
+        let mut w = SharedWindow::new(res);
+        w.map_fd(addr, len, fd)?;
+        Ok(w)
+    }
+
+    /// A window over `[addr, addr + len)` reserved here now and made
+    /// private read-write memory: a device-only region, memory that no
+    /// other process sees.
+    pub(crate) fn private(addr: u64, len: u64) -> Result<SharedWindow, Errno> {
+        let mut res = Reservation::at(addr, len).map_err(linux_errno)?;
+        res.protect(addr, len, svmap_linux::sys::Access::ReadWrite)?;
+        let mut w = SharedWindow::new(res);
+        w.live.insert(addr, len);
+        Ok(w)
+    }
+
     /// The reservation.
     pub(crate) fn reservation(&self) -> &Reservation {
         &self.res
@@ -308,7 +336,8 @@ impl SharedWindow {
             return Err(Errno(libc::EFAULT));
         }
         // SAFETY: the 8 bytes lie in a buffer mapped readable and writable
-        // (MAP_SHARED) by `map_fd` and not reset since (only this window,
+        // (MAP_SHARED) by `map_fd`, or made private read-write memory by
+        // `private`, and not reset since (only this window,
         // which owns the reservation, can reset it, and `unmap` takes the
         // buffer out of `live` first); the other process may
         // write it concurrently, so the read is volatile and a u64 has no
@@ -322,7 +351,7 @@ impl SharedWindow {
             return Err(Errno(libc::EFAULT));
         }
         // SAFETY: the source lies in one buffer mapped readable by `map_fd`
-        // and not reset since (checked); `out` is a distinct Rust buffer (the
+        // (or `private`) and not reset since (checked); `out` is a distinct Rust buffer (the
         // window is reached only through raw addresses, never a reference).
         // The other process may write the source concurrently: that is outside
         // Rust's memory model (another address space), and u8 has no invalid
@@ -337,7 +366,7 @@ impl SharedWindow {
             return Err(Errno(libc::EFAULT));
         }
         // SAFETY: the destination lies in one buffer mapped readable and
-        // writable by `map_fd` and not reset since (checked), which no Rust
+        // writable by `map_fd` (or `private`) and not reset since (checked), which no Rust
         // reference points into; `data` is a distinct Rust buffer, so the two
         // do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr as *mut u8, data.len()) };

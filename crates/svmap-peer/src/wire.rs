@@ -12,15 +12,26 @@
 //! [`Msg::Error`] a length word and the message bytes, zero padded to a
 //! word). Decoding is strict: a wrong magic, version, kind, reserved byte,
 //! body length or trailing byte is a [`WireError`]. A `Map` carries the
-//! buffer's memfd as `SCM_RIGHTS`; every other message carries none.
+//! buffer's memfd and an `Attach` the heap's memfd as `SCM_RIGHTS`; every
+//! other message carries none.
+//!
+//! After the hello the CPU side chooses one of two modes: the window
+//! agreement (`Negotiate` ... `Commit`, then `Map`/`Unmap` per buffer with
+//! a memfd each), or the direct mode (`Direct`): the CPU side's engine
+//! decides every address, a heap's memfd is passed once (`Attach`), and
+//! ranges of it are mapped, invalidated, protected and unmapped without
+//! descriptors.
 
 use core::fmt;
 
 /// `"SVMP"`, little endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SVMP");
 /// Protocol version (2: [`Reserved`] names the peer's address-space and
-/// map-count limits).
-pub const VERSION: u8 = 2;
+/// map-count limits; 3: the direct mode, where the CPU side decides every
+/// address: [`Msg::Direct`], [`Msg::Attach`], [`Msg::MapRange`],
+/// [`Msg::Invalidate`], [`Msg::UnmapRange`], [`Msg::Protect`],
+/// [`Msg::MapRegion`]).
+pub const VERSION: u8 = 3;
 /// Header bytes.
 pub const HEADER: usize = 16;
 /// The largest packet either side sends or accepts.
@@ -232,6 +243,65 @@ pub enum Msg {
     },
     /// CPU -> peer: exit now (no answer).
     Shutdown,
+    /// CPU -> peer, right after the hello: no window agreement; the CPU
+    /// side decides every address. Answered with [`Msg::Ack`].
+    Direct,
+    /// CPU -> peer (direct mode), with one memfd: map its first `len` bytes
+    /// at `[addr, addr + len)` in the peer, replacing earlier attachments
+    /// that overlap the range. Answered with [`Msg::Ack`].
+    Attach {
+        /// Start (identical in both processes).
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// CPU -> peer (direct mode): install device pages for a range inside
+    /// an attachment. Answered with [`Msg::MapAck`].
+    MapRange {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// 0 none, 1 read, 2 read-write.
+        prot: u8,
+    },
+    /// CPU -> peer (direct mode): clear the device pages and TLB entries
+    /// of a range and stop using it. Answered with [`Msg::UnmapAck`].
+    Invalidate {
+        /// Invalidation sequence number (strictly increasing).
+        seq: u64,
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// CPU -> peer (direct mode): forget the device mapping of a range
+    /// (after an acknowledged invalidation); an attachment that lies
+    /// entirely inside it is unmapped. Answered with [`Msg::Ack`].
+    UnmapRange {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// CPU -> peer (direct mode): change the device's access to a range.
+    /// Answered with [`Msg::Ack`].
+    Protect {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// 0 none, 1 read, 2 read-write.
+        prot: u8,
+    },
+    /// CPU -> peer (direct mode): back a device-only region with memory
+    /// private to the peer. Answered with [`Msg::Ack`].
+    MapRegion {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
 }
 
 /// A packet that is not a valid message.
@@ -274,6 +344,13 @@ impl Msg {
             Msg::Stats => 20,
             Msg::StatsReply { .. } => 21,
             Msg::Shutdown => 22,
+            Msg::Direct => 23,
+            Msg::Attach { .. } => 24,
+            Msg::MapRange { .. } => 25,
+            Msg::Invalidate { .. } => 26,
+            Msg::UnmapRange { .. } => 27,
+            Msg::Protect { .. } => 28,
+            Msg::MapRegion { .. } => 29,
         }
     }
 
@@ -302,6 +379,13 @@ impl Msg {
             Msg::Stats => "stats",
             Msg::StatsReply { .. } => "stats-reply",
             Msg::Shutdown => "shutdown",
+            Msg::Direct => "direct",
+            Msg::Attach { .. } => "attach",
+            Msg::MapRange { .. } => "map-range",
+            Msg::Invalidate { .. } => "invalidate",
+            Msg::UnmapRange { .. } => "unmap-range",
+            Msg::Protect { .. } => "protect",
+            Msg::MapRegion { .. } => "map-region",
         }
     }
 
@@ -386,7 +470,23 @@ impl Msg {
                 w(*len);
             }
             Msg::Abandon { attempt } => w(u64::from(*attempt)),
-            Msg::Ack | Msg::Stats | Msg::Shutdown => {}
+            Msg::Ack | Msg::Stats | Msg::Shutdown | Msg::Direct => {}
+            Msg::Attach { addr, len }
+            | Msg::UnmapRange { addr, len }
+            | Msg::MapRegion { addr, len } => {
+                w(*addr);
+                w(*len);
+            }
+            Msg::MapRange { addr, len, prot } | Msg::Protect { addr, len, prot } => {
+                w(*addr);
+                w(*len);
+                w(u64::from(*prot));
+            }
+            Msg::Invalidate { seq, addr, len } => {
+                w(*seq);
+                w(*addr);
+                w(*len);
+            }
             Msg::Map {
                 addr,
                 len,
@@ -615,6 +715,34 @@ impl Msg {
                 Msg::StatsReply { words }
             }
             22 => Msg::Shutdown,
+            23 => Msg::Direct,
+            24 => Msg::Attach {
+                addr: r.u64()?,
+                len: r.u64()?,
+            },
+            25 => Msg::MapRange {
+                addr: r.u64()?,
+                len: r.u64()?,
+                prot: r.prot()?,
+            },
+            26 => Msg::Invalidate {
+                seq: r.u64()?,
+                addr: r.u64()?,
+                len: r.u64()?,
+            },
+            27 => Msg::UnmapRange {
+                addr: r.u64()?,
+                len: r.u64()?,
+            },
+            28 => Msg::Protect {
+                addr: r.u64()?,
+                len: r.u64()?,
+                prot: r.prot()?,
+            },
+            29 => Msg::MapRegion {
+                addr: r.u64()?,
+                len: r.u64()?,
+            },
             k => return bad(format!("unknown message kind {k}")),
         };
         if r.left() != 0 {
@@ -648,6 +776,12 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32, WireError> {
         let v = self.u64()?;
         u32::try_from(v).map_err(|_| WireError(format!("{v:#x} does not fit 32 bits")))
+    }
+    fn prot(&mut self) -> Result<u8, WireError> {
+        match self.u64()? {
+            v @ 0..=2 => Ok(v as u8),
+            v => bad(format!("protection {v}")),
+        }
     }
     fn bool(&mut self) -> Result<bool, WireError> {
         match self.u64()? {
@@ -756,6 +890,34 @@ mod tests {
             Msg::Stats,
             Msg::StatsReply { words: [1; 9] },
             Msg::Shutdown,
+            Msg::Direct,
+            Msg::Attach {
+                addr: 0x10_0000,
+                len: 0x20_0000,
+            },
+            Msg::MapRange {
+                addr: 0x10_0000,
+                len: 0x1000,
+                prot: 2,
+            },
+            Msg::Invalidate {
+                seq: 4,
+                addr: 0x10_0000,
+                len: 0x1000,
+            },
+            Msg::UnmapRange {
+                addr: 0x10_0000,
+                len: 0x1000,
+            },
+            Msg::Protect {
+                addr: 0x10_0000,
+                len: 0x1000,
+                prot: 1,
+            },
+            Msg::MapRegion {
+                addr: 0x40_0000,
+                len: 0x2000,
+            },
         ]
     }
 
@@ -804,6 +966,15 @@ mod tests {
         }
         .encode(0);
         q[HEADER + 16] = 2;
+        assert!(Msg::decode(&q).is_err());
+        // A protection that is 3.
+        let mut q = Msg::Protect {
+            addr: 0,
+            len: 0,
+            prot: 2,
+        }
+        .encode(0);
+        q[HEADER + 16] = 3;
         assert!(Msg::decode(&q).is_err());
     }
 }

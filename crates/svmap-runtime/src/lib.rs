@@ -38,6 +38,12 @@ use svmap_svm::{
 
 pub use svmap_linux::sparse;
 
+mod directory;
+mod peer;
+
+pub use directory::{HeapDirectory, HeapEntry};
+pub use peer::PeerDevice;
+
 /// What one owned region of the address space is.
 #[derive(Debug)]
 enum Kind {
@@ -77,6 +83,8 @@ pub struct LinuxCpu {
     /// they are unmapped.
     protected: BTreeMap<u64, u64>,
     guarded: bool,
+    /// The memfds of the heaps, for the device backends.
+    directory: HeapDirectory,
 }
 
 fn sys(call: &'static str, e: Errno) -> BackendError {
@@ -111,7 +119,41 @@ impl LinuxCpu {
             regions: BTreeMap::new(),
             protected: BTreeMap::new(),
             guarded,
+            directory: HeapDirectory::default(),
         }
+    }
+
+    /// The directory of this backend's heaps (one memfd each), shared
+    /// with device backends that map the same memory in another process
+    /// ([`PeerDevice`]).
+    pub fn directory(&self) -> HeapDirectory {
+        self.directory.clone()
+    }
+
+    /// Records a new region (publishing a heap's memfd).
+    fn add_region(&mut self, start: u64, end: u64, kind: Kind) -> Result<(), BackendError> {
+        if let Kind::Window(h) | Kind::Svm(h) = &kind {
+            let fd = h
+                .fd()
+                .try_clone_to_owned()
+                .map_err(|e| sys("dup(memfd)", Errno::of(&e)))?;
+            self.directory.publish(start, end, fd)?;
+        }
+        self.regions.insert(
+            start,
+            Region {
+                end,
+                kind,
+                lost: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes a region out (withdrawing its memfd).
+    fn remove_region(&mut self, start: u64) -> Option<Region> {
+        self.directory.withdraw(start);
+        self.regions.remove(&start)
     }
 
     /// The region that contains all of `[start, end)`, if one does.
@@ -146,15 +188,7 @@ impl CpuBackend for LinuxCpu {
     fn reserve(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         let res = Self::new_reservation(start, end)?;
         let heap = SparseHeap::new(res, self.guarded).map_err(|e| from_linux(e, start, end))?;
-        self.regions.insert(
-            start,
-            Region {
-                end,
-                kind: Kind::Window(heap),
-                lost: false,
-            },
-        );
-        Ok(())
+        self.add_region(start, end, Kind::Window(heap))
     }
 
     fn release(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
@@ -162,7 +196,7 @@ impl CpuBackend for LinuxCpu {
             return Err(BackendError::NotOwned { start, end });
         };
         if s == start && r.end == end {
-            self.regions.remove(&s);
+            self.remove_region(s);
             return Ok(());
         }
         match &mut r.kind {
@@ -186,15 +220,7 @@ impl CpuBackend for LinuxCpu {
         let mut heap = SparseHeap::new(res, false).map_err(|e| from_linux(e, start, end))?;
         heap.claim(start, end - start)
             .map_err(|e| from_linux(e, start, end))?;
-        self.regions.insert(
-            start,
-            Region {
-                end,
-                kind: Kind::Svm(heap),
-                lost: false,
-            },
-        );
-        Ok(())
+        self.add_region(start, end, Kind::Svm(heap))
     }
 
     fn protect(&mut self, start: u64, end: u64, prot: Prot) -> Result<(), BackendError> {
@@ -230,7 +256,7 @@ impl CpuBackend for LinuxCpu {
         };
         match &mut r.kind {
             Kind::Svm(_) if s == start && r.end == end => {
-                self.regions.remove(&s);
+                self.remove_region(s);
                 Ok(())
             }
             Kind::Window(h) | Kind::Svm(h) => {
@@ -259,15 +285,7 @@ impl CpuBackend for LinuxCpu {
             res.protect(start, end - start, Access::Read)
                 .map_err(|e| sys("mprotect", e))?;
         }
-        self.regions.insert(
-            start,
-            Region {
-                end,
-                kind: Kind::DeviceOnly(res),
-                lost: false,
-            },
-        );
-        Ok(())
+        self.add_region(start, end, Kind::DeviceOnly(res))
     }
 
     fn forget(&mut self, start: u64, end: u64) {
@@ -283,11 +301,12 @@ impl CpuBackend for LinuxCpu {
                 start <= s && r.end <= end
             };
             if whole {
-                if let Some(r) = self.regions.remove(&s) {
+                if let Some(r) = self.remove_region(s) {
                     r.leak();
                 }
             } else if let Some(r) = self.regions.get_mut(&s) {
                 r.lost = true;
+                self.directory.withdraw(s);
             }
         }
     }
@@ -295,7 +314,8 @@ impl CpuBackend for LinuxCpu {
 
 impl Drop for LinuxCpu {
     fn drop(&mut self) {
-        for (_, r) in std::mem::take(&mut self.regions) {
+        for (s, r) in std::mem::take(&mut self.regions) {
+            self.directory.withdraw(s);
             if r.lost {
                 r.leak();
             }

@@ -255,6 +255,12 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         &self.devs
     }
 
+    /// The backends of the devices, mutable (for what they offer beyond
+    /// the trait). Every range stays where the engine put it.
+    pub fn device_backends_mut(&mut self) -> &mut [D] {
+        &mut self.devs
+    }
+
     /// Drops every device and every range of the space and starts again
     /// with `cfg` (`reset`); the CPU backend forgets everything.
     pub fn reset(&mut self, cfg: MmConfig) {

@@ -1,0 +1,155 @@
+//! [`PeerDevice`]: a device backend that is a device process
+//! (`svmap device-peer` in the direct mode).
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::process::Command;
+
+use svmap_peer::{DirectPeer, PeerConfig, PeerError};
+use svmap_svm::{BackendError, DeviceBackend, Prot};
+
+use crate::directory::HeapDirectory;
+
+/// One device hosted by its own process. Every engine call is one request
+/// on the socket and waits for its answer, at most the configured timeout:
+///
+/// | engine call | request |
+/// | --- | --- |
+/// | `map` | the first time a heap is used: `Attach` (its memfd, mapped at the same address in the peer); then `MapRange` |
+/// | `invalidate` | `Invalidate{seq}`, acknowledged once the device's page-table entries and TLB entries of the range are gone |
+/// | `protect` | `Protect` |
+/// | `unmap` | `UnmapRange` (an attachment entirely inside the range is unmapped there too) |
+/// | `map_region` | `MapRegion`: private memory of the peer, which this process cannot see |
+///
+/// A peer that dies, does not answer in time or misbehaves is dead from
+/// then on: the call fails with [`BackendError::Gone`] or
+/// [`BackendError::Timeout`], and so does every later one (the engine
+/// keeps a range whose invalidation was not acknowledged allocated).
+#[derive(Debug)]
+pub struct PeerDevice {
+    peer: DirectPeer,
+    directory: HeapDirectory,
+    /// Heaps attached in the peer: start -> (end, serial).
+    attached: BTreeMap<u64, (u64, u64)>,
+}
+
+fn backend_error(e: PeerError) -> BackendError {
+    match e {
+        PeerError::PeerExited { status, during } => BackendError::Gone {
+            detail: format!("the device process exited ({status}) during {during}"),
+        },
+        PeerError::Timeout { after, .. } => BackendError::Timeout {
+            waited_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        },
+        PeerError::Malformed { during, reason } => BackendError::Gone {
+            detail: format!("malformed answer during {during} ({reason}); the process was killed"),
+        },
+        e => BackendError::Other(e.to_string()),
+    }
+}
+
+impl PeerDevice {
+    /// Starts `cmd` (`svmap device-peer`, or a program that ends up in
+    /// [`svmap_peer::device::serve_from_env`]) hosting the device of `cfg`
+    /// (VA width, page size, TLB entries; every wait bounded by
+    /// `cfg.timeout`), mapping the heaps of `directory` (from
+    /// [`crate::LinuxCpu::directory`]).
+    pub fn spawn(
+        cmd: Command,
+        cfg: &PeerConfig,
+        directory: HeapDirectory,
+    ) -> Result<PeerDevice, PeerError> {
+        Ok(PeerDevice {
+            peer: DirectPeer::spawn(cmd, cfg)?,
+            directory,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// The device process (its requests beyond the engine's: sums, copies,
+    /// list walks, counters, `kill`).
+    pub fn peer(&mut self) -> &mut DirectPeer {
+        &mut self.peer
+    }
+
+    /// The peer's pid.
+    pub fn pid(&self) -> u32 {
+        self.peer.pid()
+    }
+
+    /// Number of heaps attached in the peer.
+    pub fn attachments(&self) -> usize {
+        self.attached.len()
+    }
+
+    /// Makes sure the heap holding `[start, end)` is attached in the peer.
+    fn attach_for(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        let h = self
+            .directory
+            .find(start, end)
+            .ok_or(BackendError::NotOwned { start, end })?;
+        if self.attached.get(&h.start) == Some(&(h.end, h.serial)) {
+            return Ok(());
+        }
+        self.peer
+            .attach(h.start, h.end - h.start, h.fd.as_fd())
+            .map_err(backend_error)?;
+        // The peer dropped every earlier attachment that overlaps.
+        let stale: Vec<u64> = self
+            .attached
+            .range(..h.end)
+            .filter(|(_, &(e, _))| e > h.start)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in stale {
+            self.attached.remove(&s);
+        }
+        self.attached.insert(h.start, (h.end, h.serial));
+        Ok(())
+    }
+}
+
+impl DeviceBackend for PeerDevice {
+    fn map(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        self.attach_for(start, end)?;
+        self.peer
+            .map_range(start, end - start, Prot::ReadWrite)
+            .map(|_| ())
+            .map_err(backend_error)
+    }
+
+    fn invalidate(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        self.peer
+            .invalidate(start, end - start)
+            .map(|_| ())
+            .map_err(backend_error)
+    }
+
+    fn protect(&mut self, start: u64, end: u64, prot: Prot) -> Result<(), BackendError> {
+        self.peer
+            .protect(start, end - start, prot)
+            .map_err(backend_error)
+    }
+
+    fn unmap(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        self.peer
+            .unmap_range(start, end - start)
+            .map_err(backend_error)?;
+        let gone: Vec<u64> = self
+            .attached
+            .range(start..end)
+            .filter(|(_, &(e, _))| e <= end)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in gone {
+            self.attached.remove(&s);
+        }
+        Ok(())
+    }
+
+    fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        self.peer
+            .map_region(start, end - start)
+            .map_err(backend_error)
+    }
+}
