@@ -174,6 +174,13 @@ typedef struct svmap_peer_t svmap_peer_t;
 typedef struct svmap_reservation_t svmap_reservation_t;
 
 /**
+ * The SVM engine on this process's memory with C device backends. Owned
+ * by the caller from `svmap_runtime_new` to `svmap_runtime_delete`; not
+ * thread-safe.
+ */
+typedef struct svmap_runtime_t svmap_runtime_t;
+
+/**
  * A simulated address space: a map of VMAs with the Linux x86-64
  * placement policy. Owned by the caller from `svmap_space_new` to
  * `svmap_space_delete`; not thread-safe.
@@ -213,6 +220,117 @@ typedef struct svmap_replay_summary_t {
    */
   int32_t exit_status;
 } svmap_replay_summary_t;
+
+/**
+ * What a device mirrors (`svmap_device_config_t.mirror`).
+ */
+typedef uint32_t svmap_mirror_t;
+
+/**
+ * When a device's page table is filled (`svmap_device_config_t.populate`).
+ */
+typedef uint32_t svmap_populate_t;
+
+/**
+ * A device's parameters. `svmap_device_config_init` fills in the
+ * defaults; change fields after it.
+ */
+typedef struct svmap_device_config_t {
+  /**
+   * The name other calls use (NUL-terminated UTF-8; copied by
+   * `svmap_svm_add_device`, borrowed until then).
+   */
+  const char *name;
+  /**
+   * Device addresses are `[0, 2^va_bits)`; 12..=64.
+   */
+  uint32_t va_bits;
+  /**
+   * SVM ranges are placed at or above this (default 0).
+   */
+  uint64_t base;
+  /**
+   * The device page size: a power of two from 4096 to
+   * `SVMAP_MAX_DEVICE_PAGE_SIZE` (1 GiB), and at most `2^va_bits`
+   * (default 4096).
+   */
+  uint64_t page_size;
+  /**
+   * `SVMAP_MIRROR_*` (default buffers).
+   */
+  svmap_mirror_t mirror;
+  /**
+   * `SVMAP_POPULATE_*` (default on fault).
+   */
+  svmap_populate_t populate;
+  /**
+   * TLB entries: 1 to `SVMAP_MAX_TLB_ENTRIES` (65536; default 64).
+   */
+  uint32_t tlb_entries;
+} svmap_device_config_t;
+
+/**
+ * A device callback on `[start, end)`: returns 0 when done, anything else
+ * when it failed (the value is reported in the error message).
+ */
+typedef int (*svmap_device_range_fn)(void *user, uint64_t start, uint64_t end);
+
+/**
+ * CPU page protection (`svmap_svm_protect`).
+ */
+typedef uint32_t svmap_prot_t;
+
+/**
+ * A device protection callback on `[start, end)` (`prot`:
+ * `SVMAP_PROT_*`): 0 when done, anything else when it failed.
+ */
+typedef int (*svmap_device_protect_fn)(void *user, uint64_t start, uint64_t end, svmap_prot_t prot);
+
+/**
+ * A device backend as C callbacks. Each gets `user` first. A NULL
+ * callback does nothing and succeeds. svmap calls them in this order:
+ * `svmap_runtime_alloc`: `map` on every device of the set, after the CPU
+ * side is mapped; `svmap_runtime_free`: `invalidate` on every device of
+ * the range (the device must have stopped using it when it returns 0),
+ * then `unmap` on each; only then may the range be handed out again;
+ * `svmap_runtime_protect`: `invalidate`, then `protect`;
+ * `svmap_runtime_device_map`: `map_region`. No range given to a device
+ * reaches `2^va_bits` of that device. An `invalidate` that fails makes
+ * `svmap_runtime_free` fail with `SVMAP_EIO` naming the device, and the
+ * range stays allocated (never reused).
+ */
+typedef struct svmap_device_ops_t {
+  /**
+   * Passed to every callback.
+   */
+  void *user;
+  /**
+   * Map `[start, end)` at the same address as the CPU, read-write.
+   */
+  svmap_device_range_fn map;
+  /**
+   * Invalidate `[start, end)` and wait until the device stopped using it.
+   */
+  svmap_device_range_fn invalidate;
+  /**
+   * Change the device's access to `[start, end)`.
+   */
+  svmap_device_protect_fn protect;
+  /**
+   * Unmap `[start, end)` (after an acknowledged invalidation).
+   */
+  svmap_device_range_fn unmap;
+  /**
+   * Back the device-only region `[start, end)` with device memory.
+   */
+  svmap_device_range_fn map_region;
+} svmap_device_ops_t;
+
+/**
+ * What a CPU access does in the CPU reservation of a device-only region
+ * (`svmap_svm_device_map`).
+ */
+typedef uint32_t svmap_cpu_policy_t;
 
 /**
  * Address-space layouts (`svmap_space_config_t.layout`).
@@ -381,65 +499,6 @@ typedef struct svmap_vma_t {
    */
   svmap_vma_flags_t flags;
 } svmap_vma_t;
-
-/**
- * What a device mirrors (`svmap_device_config_t.mirror`).
- */
-typedef uint32_t svmap_mirror_t;
-
-/**
- * When a device's page table is filled (`svmap_device_config_t.populate`).
- */
-typedef uint32_t svmap_populate_t;
-
-/**
- * A device's parameters. `svmap_device_config_init` fills in the
- * defaults; change fields after it.
- */
-typedef struct svmap_device_config_t {
-  /**
-   * The name other calls use (NUL-terminated UTF-8; copied by
-   * `svmap_svm_add_device`, borrowed until then).
-   */
-  const char *name;
-  /**
-   * Device addresses are `[0, 2^va_bits)`; 12..=64.
-   */
-  uint32_t va_bits;
-  /**
-   * SVM ranges are placed at or above this (default 0).
-   */
-  uint64_t base;
-  /**
-   * The device page size: a power of two from 4096 to
-   * `SVMAP_MAX_DEVICE_PAGE_SIZE` (1 GiB), and at most `2^va_bits`
-   * (default 4096).
-   */
-  uint64_t page_size;
-  /**
-   * `SVMAP_MIRROR_*` (default buffers).
-   */
-  svmap_mirror_t mirror;
-  /**
-   * `SVMAP_POPULATE_*` (default on fault).
-   */
-  svmap_populate_t populate;
-  /**
-   * TLB entries: 1 to `SVMAP_MAX_TLB_ENTRIES` (65536; default 64).
-   */
-  uint32_t tlb_entries;
-} svmap_device_config_t;
-
-/**
- * What a CPU access does in the CPU reservation of a device-only region
- * (`svmap_svm_device_map`).
- */
-typedef uint32_t svmap_cpu_policy_t;
-
-/**
- * CPU page protection (`svmap_svm_protect`).
- */
-typedef uint32_t svmap_prot_t;
 
 /**
  * Top-down: search down from `mmap_base`, then bottom-up (the default).
@@ -809,6 +868,114 @@ enum svmap_status_t svmap_replay_buffer(const char *data,
                                         int out_fd,
                                         int err_fd,
                                         struct svmap_replay_summary_t *out);
+
+/**
+ * A new runtime on this process: its CPU space is seeded from
+ * `/proc/self/maps`, and it has no devices. With `guarded`, free pages of
+ * window heaps are `PROT_NONE` (a CPU use after free faults). Returns an
+ * owned handle, or NULL with the last error set.
+ */
+struct svmap_runtime_t *svmap_runtime_new(bool guarded);
+
+/**
+ * Deletes a runtime: every range it owns is unmapped (no device callback
+ * is called). Takes ownership; NULL is fine.
+ */
+void svmap_runtime_delete(struct svmap_runtime_t *rt);
+
+/**
+ * Adds a device (as `svmap_svm_add_device`) whose backend is `ops`
+ * (copied; `ops->user` and the callbacks must stay valid while the
+ * runtime lives).
+ *
+ * # Safety
+ *
+ * `cfg->name` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string; the
+ * callbacks of `ops` are NULL or functions that may be called as
+ * documented at [`svmap_device_ops_t`].
+ */
+enum svmap_status_t svmap_runtime_add_device(struct svmap_runtime_t *rt,
+                                             const struct svmap_device_config_t *cfg,
+                                             const struct svmap_device_ops_t *ops);
+
+/**
+ * Reserves the common window of `devices` (`n_devices` names) in this
+ * process (`PROT_NONE`, no memory): SVM ranges for those devices are
+ * carved from it with no system call.
+ *
+ * # Safety
+ *
+ * `devices` is NULL (with `n_devices` 0) or points to `n_devices`
+ * NUL-terminated strings.
+ */
+enum svmap_status_t svmap_runtime_reserve_window(struct svmap_runtime_t *rt,
+                                                 const char *const *devices,
+                                                 size_t n_devices);
+
+/**
+ * Allocates an SVM range of `length` bytes for `devices`, mapped
+ * read-write in this process and (through the callbacks) on every one of
+ * them at the same address; `*out_addr` is its start.
+ *
+ * # Safety
+ *
+ * As for `svmap_runtime_reserve_window`; `out_addr` is NULL
+ * (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
+ */
+enum svmap_status_t svmap_runtime_alloc(struct svmap_runtime_t *rt,
+                                        uint64_t length,
+                                        const char *const *devices,
+                                        size_t n_devices,
+                                        uint64_t *out_addr);
+
+/**
+ * Frees the SVM range that starts at `addr`: every device invalidates and
+ * unmaps it, then this process gives its memory back. `SVMAP_EIO` (the
+ * message names the device) if a device did not acknowledge the
+ * invalidation: the range then stays allocated.
+ */
+enum svmap_status_t svmap_runtime_free(struct svmap_runtime_t *rt, uint64_t addr);
+
+/**
+ * Changes the protection of `[addr, addr + length)` (SVM ranges) on the
+ * CPU and on the devices (`SVMAP_PROT_*`).
+ */
+enum svmap_status_t svmap_runtime_protect(struct svmap_runtime_t *rt,
+                                          uint64_t addr,
+                                          uint64_t length,
+                                          svmap_prot_t prot);
+
+/**
+ * A device-only region `[start, end)` of `device`: on the CPU an
+ * svmap-owned mapping that faults (`SVMAP_CPU_FAULT`) or reads zeros
+ * (`SVMAP_CPU_DUMMY_PAGE`); on the device, its `map_region` callback.
+ *
+ * # Safety
+ *
+ * `device` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string.
+ */
+enum svmap_status_t svmap_runtime_device_map(struct svmap_runtime_t *rt,
+                                             const char *device,
+                                             uint64_t start,
+                                             uint64_t end,
+                                             svmap_cpu_policy_t cpu);
+
+/**
+ * The memfd, offset and length of the live SVM range that contains
+ * `addr`, for mapping it in another process at the same address. The
+ * descriptor belongs to the runtime (duplicate it to keep it); it stays
+ * open while the range is live. `SVMAP_ENOENT` if no live range holds
+ * `addr`.
+ *
+ * # Safety
+ *
+ * Each out-parameter is NULL (`SVMAP_EINVAL`) or valid for one write.
+ */
+enum svmap_status_t svmap_runtime_buffer_fd(const struct svmap_runtime_t *rt,
+                                            uint64_t addr,
+                                            int *out_fd,
+                                            uint64_t *out_offset,
+                                            uint64_t *out_length);
 
 /**
  * Fills `out` with the default configuration (x86-64, 4-level paging,

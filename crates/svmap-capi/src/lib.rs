@@ -47,6 +47,7 @@ pub mod fuzzing;
 mod linux;
 mod peer;
 mod replay;
+mod runtime;
 mod sigpipe;
 mod space;
 mod svm;
@@ -54,6 +55,7 @@ mod svm;
 pub use linux::*;
 pub use peer::*;
 pub use replay::*;
+pub use runtime::*;
 pub use space::*;
 pub use svm::*;
 

@@ -192,6 +192,19 @@ pub unsafe extern "C" fn svmap_svm_add_device(
         let s = handle(svm, "svm")?;
         let c = handle(cfg, "cfg")?;
         // SAFETY: the caller's contract for `cfg->name`.
+        let d = unsafe { device_config(c) }?;
+        s.svm.add_device(d).map_err(svm_failure)
+    })
+}
+
+/// The device configuration of a C one.
+///
+/// # Safety
+///
+/// `c.name` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string.
+pub(crate) unsafe fn device_config(c: &svmap_device_config_t) -> FfiResult<DeviceConfig> {
+    {
+        // SAFETY: the caller's contract for `c.name`.
         let name = unsafe { c_str(c.name, "cfg->name") }?;
         let mirror = match c.mirror {
             SVMAP_MIRROR_BUFFERS => MirrorMode::Buffers,
@@ -203,18 +216,16 @@ pub unsafe extern "C" fn svmap_svm_add_device(
             SVMAP_POPULATE_AT_ALLOC => Populate::AtAlloc,
             p => return Err(Failure::inval(format!("unknown populate mode {p}"))),
         };
-        s.svm
-            .add_device(DeviceConfig {
-                name: name.to_owned(),
-                va_bits: c.va_bits,
-                base: c.base,
-                page_size: c.page_size,
-                mirror,
-                populate,
-                tlb_entries: c.tlb_entries as usize,
-            })
-            .map_err(svm_failure)
-    })
+        Ok(DeviceConfig {
+            name: name.to_owned(),
+            va_bits: c.va_bits,
+            base: c.base,
+            page_size: c.page_size,
+            mirror,
+            populate,
+            tlb_entries: c.tlb_entries as usize,
+        })
+    }
 }
 
 /// The number of devices (0 for NULL).
@@ -302,7 +313,7 @@ pub unsafe extern "C" fn svmap_svm_alloc(
 ///
 /// `p` is NULL (then `n` must be 0) or points to `n` pointers, each NULL or
 /// a NUL-terminated string, all valid for `'a`.
-unsafe fn c_str_array<'a>(
+pub(crate) unsafe fn c_str_array<'a>(
     p: *const *const c_char,
     n: usize,
     what: &str,

@@ -189,6 +189,19 @@ fn c_test_program_under_valgrind() {
     );
 }
 
+/// The runtime with two recording C devices: the order of the callbacks
+/// (invalidate before unmap and before any reuse) and no range at or above
+/// a device's limit.
+#[test]
+fn c_runtime_with_recording_devices() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/test_runtime.c");
+    let exe = compile(&src, "test_runtime_static", Link::Static);
+    let o = run_ok(&mut Command::new(&exe));
+    let text = String::from_utf8_lossy(&o.stdout);
+    println!("{text}");
+    assert!(text.contains("checks passed"), "{text}");
+}
+
 fn hostile_program() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/test_hostile.c")
 }

@@ -1,0 +1,358 @@
+//! `svmap_runtime_t`: the SVM engine on this process's real memory
+//! ([`svmap_runtime::LinuxCpu`]) with devices whose backends are C
+//! callbacks ([`svmap_device_ops_t`]): a runtime with a real driver lets
+//! svmap decide every address and carries the decisions out in its own
+//! GPU VM calls.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use svmap_core::linux::MmConfig;
+use svmap_runtime::{seed_from_self, LinuxCpu};
+use svmap_svm::{BackendError, CpuPolicy, DeviceBackend, Engine, EngineError, Prot};
+
+use crate::svm::{
+    c_str_array, device_config, svm_failure, svmap_cpu_policy_t, svmap_device_config_t,
+    svmap_prot_t, SVMAP_CPU_DUMMY_PAGE, SVMAP_CPU_FAULT, SVMAP_PROT_NONE, SVMAP_PROT_READ,
+    SVMAP_PROT_READ_WRITE,
+};
+use crate::svmap_status_t::{self, *};
+use crate::{c_str, ffi_status, ffi_value, handle, range_end, Failure, Out};
+
+/// A device callback on `[start, end)`: returns 0 when done, anything else
+/// when it failed (the value is reported in the error message).
+pub type svmap_device_range_fn =
+    Option<unsafe extern "C" fn(user: *mut c_void, start: u64, end: u64) -> c_int>;
+
+/// A device protection callback on `[start, end)` (`prot`:
+/// `SVMAP_PROT_*`): 0 when done, anything else when it failed.
+pub type svmap_device_protect_fn = Option<
+    unsafe extern "C" fn(user: *mut c_void, start: u64, end: u64, prot: svmap_prot_t) -> c_int,
+>;
+
+/// A device backend as C callbacks. Each gets `user` first. A NULL
+/// callback does nothing and succeeds. svmap calls them in this order:
+/// `svmap_runtime_alloc`: `map` on every device of the set, after the CPU
+/// side is mapped; `svmap_runtime_free`: `invalidate` on every device of
+/// the range (the device must have stopped using it when it returns 0),
+/// then `unmap` on each; only then may the range be handed out again;
+/// `svmap_runtime_protect`: `invalidate`, then `protect`;
+/// `svmap_runtime_device_map`: `map_region`. No range given to a device
+/// reaches `2^va_bits` of that device. An `invalidate` that fails makes
+/// `svmap_runtime_free` fail with `SVMAP_EIO` naming the device, and the
+/// range stays allocated (never reused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct svmap_device_ops_t {
+    /// Passed to every callback.
+    pub user: *mut c_void,
+    /// Map `[start, end)` at the same address as the CPU, read-write.
+    pub map: svmap_device_range_fn,
+    /// Invalidate `[start, end)` and wait until the device stopped using it.
+    pub invalidate: svmap_device_range_fn,
+    /// Change the device's access to `[start, end)`.
+    pub protect: svmap_device_protect_fn,
+    /// Unmap `[start, end)` (after an acknowledged invalidation).
+    pub unmap: svmap_device_range_fn,
+    /// Back the device-only region `[start, end)` with device memory.
+    pub map_region: svmap_device_range_fn,
+}
+
+/// The Rust side of [`svmap_device_ops_t`].
+struct CDevice(svmap_device_ops_t);
+
+fn done(op: &str, rc: c_int) -> Result<(), BackendError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(BackendError::Other(format!(
+            "the {op} callback returned {rc}"
+        )))
+    }
+}
+
+impl CDevice {
+    fn range(
+        &self,
+        op: &str,
+        f: svmap_device_range_fn,
+        s: u64,
+        e: u64,
+    ) -> Result<(), BackendError> {
+        match f {
+            None => Ok(()),
+            // SAFETY: the caller of `svmap_runtime_add_device` promised
+            // callbacks that may be called with `user` while the runtime
+            // lives.
+            Some(f) => done(op, unsafe { f(self.0.user, s, e) }),
+        }
+    }
+}
+
+impl DeviceBackend for CDevice {
+    fn map(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        self.range("map", self.0.map, s, e)
+    }
+    fn invalidate(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        self.range("invalidate", self.0.invalidate, s, e)
+    }
+    fn protect(&mut self, s: u64, e: u64, prot: Prot) -> Result<(), BackendError> {
+        let p = match prot {
+            Prot::None => SVMAP_PROT_NONE,
+            Prot::Read => SVMAP_PROT_READ,
+            Prot::ReadWrite => SVMAP_PROT_READ_WRITE,
+        };
+        match self.0.protect {
+            None => Ok(()),
+            // SAFETY: as in `CDevice::range`.
+            Some(f) => done("protect", unsafe { f(self.0.user, s, e, p) }),
+        }
+    }
+    fn unmap(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        self.range("unmap", self.0.unmap, s, e)
+    }
+    fn map_region(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        self.range("map_region", self.0.map_region, s, e)
+    }
+}
+
+/// The SVM engine on this process's memory with C device backends. Owned
+/// by the caller from `svmap_runtime_new` to `svmap_runtime_delete`; not
+/// thread-safe.
+pub struct svmap_runtime_t {
+    engine: Engine<LinuxCpu, Box<dyn DeviceBackend>>,
+}
+
+impl std::fmt::Debug for svmap_runtime_t {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("svmap_runtime_t")
+            .field("devices", &self.engine.devices().len())
+            .finish()
+    }
+}
+
+fn engine_failure(e: EngineError) -> Failure {
+    match e {
+        EngineError::Svm(e) => svm_failure(e),
+        EngineError::Cpu {
+            error: BackendError::NotOwned { .. },
+            ..
+        } => Failure::new(SVMAP_EEXIST, e.to_string()),
+        e => Failure::new(SVMAP_EIO, e.to_string()),
+    }
+}
+
+/// A new runtime on this process: its CPU space is seeded from
+/// `/proc/self/maps`, and it has no devices. With `guarded`, free pages of
+/// window heaps are `PROT_NONE` (a CPU use after free faults). Returns an
+/// owned handle, or NULL with the last error set.
+#[no_mangle]
+pub extern "C" fn svmap_runtime_new(guarded: bool) -> Option<Box<svmap_runtime_t>> {
+    ffi_value(None, || {
+        let mut engine = Engine::new(MmConfig::default(), LinuxCpu::new(guarded));
+        seed_from_self(&mut engine).map_err(|e| Failure::new(SVMAP_EIO, e.to_string()))?;
+        Ok(Some(Box::new(svmap_runtime_t { engine })))
+    })
+}
+
+/// Deletes a runtime: every range it owns is unmapped (no device callback
+/// is called). Takes ownership; NULL is fine.
+#[no_mangle]
+pub extern "C" fn svmap_runtime_delete(rt: Option<Box<svmap_runtime_t>>) {
+    ffi_value((), || {
+        drop(rt);
+        Ok(())
+    })
+}
+
+/// Adds a device (as `svmap_svm_add_device`) whose backend is `ops`
+/// (copied; `ops->user` and the callbacks must stay valid while the
+/// runtime lives).
+///
+/// # Safety
+///
+/// `cfg->name` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string; the
+/// callbacks of `ops` are NULL or functions that may be called as
+/// documented at [`svmap_device_ops_t`].
+#[no_mangle]
+pub unsafe extern "C" fn svmap_runtime_add_device(
+    rt: Option<&mut svmap_runtime_t>,
+    cfg: Option<&svmap_device_config_t>,
+    ops: Option<&svmap_device_ops_t>,
+) -> svmap_status_t {
+    ffi_status(|| {
+        let r = handle(rt, "rt")?;
+        let c = handle(cfg, "cfg")?;
+        let ops = *handle(ops, "ops")?;
+        // SAFETY: the caller's contract for `cfg->name`.
+        let d = unsafe { device_config(c) }?;
+        r.engine
+            .add_device_with(d, Box::new(CDevice(ops)))
+            .map_err(engine_failure)
+    })
+}
+
+/// Reserves the common window of `devices` (`n_devices` names) in this
+/// process (`PROT_NONE`, no memory): SVM ranges for those devices are
+/// carved from it with no system call.
+///
+/// # Safety
+///
+/// `devices` is NULL (with `n_devices` 0) or points to `n_devices`
+/// NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn svmap_runtime_reserve_window(
+    rt: Option<&mut svmap_runtime_t>,
+    devices: *const *const c_char,
+    n_devices: usize,
+) -> svmap_status_t {
+    ffi_status(|| {
+        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `devices` and `n_devices`.
+        let names = unsafe { c_str_array(devices, n_devices, "devices") }?;
+        r.engine
+            .reserve_window(&names)
+            .map(|_| ())
+            .map_err(engine_failure)
+    })
+}
+
+/// Allocates an SVM range of `length` bytes for `devices`, mapped
+/// read-write in this process and (through the callbacks) on every one of
+/// them at the same address; `*out_addr` is its start.
+///
+/// # Safety
+///
+/// As for `svmap_runtime_reserve_window`; `out_addr` is NULL
+/// (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn svmap_runtime_alloc(
+    rt: Option<&mut svmap_runtime_t>,
+    length: u64,
+    devices: *const *const c_char,
+    n_devices: usize,
+    out_addr: *mut u64,
+) -> svmap_status_t {
+    ffi_status(|| {
+        // SAFETY: the caller's contract for `out_addr`.
+        let out = unsafe { Out::new(out_addr, "out_addr") }?;
+        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `devices` and `n_devices`.
+        let names = unsafe { c_str_array(devices, n_devices, "devices") }?;
+        let a = r
+            .engine
+            .svm_alloc(length, None, &names, false)
+            .map_err(engine_failure)?;
+        out.write(a);
+        Ok(())
+    })
+}
+
+/// Frees the SVM range that starts at `addr`: every device invalidates and
+/// unmaps it, then this process gives its memory back. `SVMAP_EIO` (the
+/// message names the device) if a device did not acknowledge the
+/// invalidation: the range then stays allocated.
+#[no_mangle]
+pub extern "C" fn svmap_runtime_free(
+    rt: Option<&mut svmap_runtime_t>,
+    addr: u64,
+) -> svmap_status_t {
+    ffi_status(|| {
+        handle(rt, "rt")?
+            .engine
+            .svm_free(addr)
+            .map_err(engine_failure)
+    })
+}
+
+/// Changes the protection of `[addr, addr + length)` (SVM ranges) on the
+/// CPU and on the devices (`SVMAP_PROT_*`).
+#[no_mangle]
+pub extern "C" fn svmap_runtime_protect(
+    rt: Option<&mut svmap_runtime_t>,
+    addr: u64,
+    length: u64,
+    prot: svmap_prot_t,
+) -> svmap_status_t {
+    ffi_status(|| {
+        let r = handle(rt, "rt")?;
+        range_end(addr, length)?;
+        let p = match prot {
+            SVMAP_PROT_NONE => Prot::None,
+            SVMAP_PROT_READ => Prot::Read,
+            SVMAP_PROT_READ_WRITE => Prot::ReadWrite,
+            p => return Err(Failure::inval(format!("unknown protection {p}"))),
+        };
+        r.engine.protect(addr, length, p).map_err(engine_failure)
+    })
+}
+
+/// A device-only region `[start, end)` of `device`: on the CPU an
+/// svmap-owned mapping that faults (`SVMAP_CPU_FAULT`) or reads zeros
+/// (`SVMAP_CPU_DUMMY_PAGE`); on the device, its `map_region` callback.
+///
+/// # Safety
+///
+/// `device` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn svmap_runtime_device_map(
+    rt: Option<&mut svmap_runtime_t>,
+    device: *const c_char,
+    start: u64,
+    end: u64,
+    cpu: svmap_cpu_policy_t,
+) -> svmap_status_t {
+    ffi_status(|| {
+        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `device`.
+        let device = unsafe { c_str(device, "device") }?;
+        let cpu = match cpu {
+            SVMAP_CPU_FAULT => CpuPolicy::Fault,
+            SVMAP_CPU_DUMMY_PAGE => CpuPolicy::DummyPage,
+            p => return Err(Failure::inval(format!("unknown CPU policy {p}"))),
+        };
+        r.engine
+            .device_map(device, start, end, cpu)
+            .map_err(engine_failure)
+    })
+}
+
+/// The memfd, offset and length of the live SVM range that contains
+/// `addr`, for mapping it in another process at the same address. The
+/// descriptor belongs to the runtime (duplicate it to keep it); it stays
+/// open while the range is live. `SVMAP_ENOENT` if no live range holds
+/// `addr`.
+///
+/// # Safety
+///
+/// Each out-parameter is NULL (`SVMAP_EINVAL`) or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn svmap_runtime_buffer_fd(
+    rt: Option<&svmap_runtime_t>,
+    addr: u64,
+    out_fd: *mut c_int,
+    out_offset: *mut u64,
+    out_length: *mut u64,
+) -> svmap_status_t {
+    ffi_status(|| {
+        // SAFETY: the caller's contract for the out-parameters.
+        let (fd_out, off_out, len_out) = unsafe {
+            (
+                Out::new(out_fd, "out_fd")?,
+                Out::new(out_offset, "out_offset")?,
+                Out::new(out_length, "out_length")?,
+            )
+        };
+        let r = handle(rt, "rt")?;
+        let (fd, off, len) = r.engine.cpu_backend().locate(addr).ok_or_else(|| {
+            Failure::new(
+                SVMAP_ENOENT,
+                format!("{addr:#x} is not in a live SVM range"),
+            )
+        })?;
+        use std::os::fd::AsRawFd;
+        fd_out.write(fd.as_raw_fd());
+        off_out.write(off);
+        len_out.write(len);
+        Ok(())
+    })
+}
