@@ -49,6 +49,15 @@ is executed again (execve of /proc/self/exe, same arguments and
 environment) in the default layout, with a warning. With
 vm.legacy_va_layout=1 (system-wide) the program is refused.
 
+Refused (exit 125, naming why; --allow-partial runs them unfenced and
+untraced, with what they start): programs built with AddressSanitizer,
+ThreadSanitizer, MemorySanitizer or LeakSanitizer, whose runtimes need
+fixed mappings far above any useful limit (ASan: shadow at
+0x7fff8000-0x10007fff8000, heap at 0x600000000000; TSan: shadow from
+0x100000000000, heap at 0x720000000000). valgrind runs fenced (svmap run
+-- valgrind PROG fences valgrind's own process, which then places itself
+and PROG below 2^N); the preload fence inside a valgrind client refuses.
+
 Not fenced: a mapping the program places itself with MAP_FIXED above 2^N
 succeeds (it replaces part of a reservation); the fence steers the kernel's
 choice of addresses, it does not forbid addresses.

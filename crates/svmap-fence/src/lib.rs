@@ -297,15 +297,36 @@ fn reserve(addr: u64, len: u64) -> Result<(), Errno> {
 
 /// The top of the user range: `2^56 - PAGE` with 5-level paging, else
 /// `2^47 - PAGE` (a fixed map at `2^47` is `ENOMEM` beyond `TASK_SIZE`).
+/// A mapping the call placed elsewhere means the flag was taken as a hint
+/// (a kernel before 4.17, or an emulator such as valgrind, which places
+/// it where it likes): that proves nothing, and the answer is `2^47`,
+/// where the kernel's top-down placement starts either way. Only the
+/// kernel's `EEXIST` (something is mapped at `2^47`) proves 5-level paging.
 fn task_size() -> u64 {
-    match reserve(1 << 47, PAGE) {
-        Ok(()) => {
-            // SAFETY: the page was just mapped by us, PROT_NONE and unused.
-            let _ = unsafe { rustix::mm::munmap((1usize << 47) as *mut c_void, PAGE as usize) };
-            (1 << 56) - PAGE
+    let at = 1u64 << 47;
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, and a
+    // new PROT_NONE mapping is memory that no code can touch.
+    let r = unsafe {
+        rustix::mm::mmap_anonymous(
+            at as usize as *mut c_void,
+            PAGE as usize,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
+        )
+    };
+    match r {
+        Ok(p) => {
+            // SAFETY: `p` is the page just mapped by this call, PROT_NONE
+            // and known to nothing else.
+            let _ = unsafe { rustix::mm::munmap(p, PAGE as usize) };
+            if p as usize as u64 == at {
+                (1 << 56) - PAGE
+            } else {
+                at - PAGE
+            }
         }
         Err(Errno::EXIST) => (1 << 56) - PAGE,
-        Err(_) => (1 << 47) - PAGE,
+        Err(_) => at - PAGE,
     }
 }
 
@@ -343,7 +364,19 @@ extern "C" fn fence_init() {
         buf: [0; 512],
         len: 0,
     };
-    let ok = run(bits.to_bytes(), &mut out);
+    let ok = if under_valgrind() {
+        // Valgrind places the program's mappings itself, and memcheck
+        // tracks every byte of a reservation: a fence of TiBs here takes
+        // minutes and keeps nothing below the limit.
+        out.loud(format_args!(
+            "error: this process runs under valgrind, which places its mappings itself: \
+             the preload fence cannot work here; fence valgrind instead \
+             (svmap run --va-bits N -- valgrind PROG, without --preload)"
+        ));
+        false
+    } else {
+        run(bits.to_bytes(), &mut out)
+    };
     let allow_partial = env(c"SVMAP_FENCE_ALLOW_PARTIAL").map(CStr::to_bytes) == Some(b"1");
     if !ok {
         if allow_partial {
@@ -362,6 +395,16 @@ extern "C" fn fence_init() {
         }
     }
     // The report descriptor closes when `report_fd` drops.
+}
+
+/// The process is a valgrind client: valgrind preloads its
+/// `vgpreload_<tool>-<arch>.so` into every program it runs.
+fn under_valgrind() -> bool {
+    env(c"LD_PRELOAD").is_some_and(|p| {
+        p.to_bytes()
+            .windows(b"vgpreload_".len())
+            .any(|w| w == b"vgpreload_")
+    })
 }
 
 /// Fences this process; false if some part could not be fenced.

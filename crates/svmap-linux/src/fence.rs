@@ -323,7 +323,24 @@ pub fn run_fenced<S: AsRef<OsStr>>(
         }
     }
     let name = cmd.to_string_lossy().into_owned();
-    let mut c = command(&opts, cmd, args)?;
+    let mut unfenced = false;
+    if let Some(exe) = resolve_command(cmd) {
+        if let Some(s) = sanitizer_of(&exe).filter(|s| 1u64 << opts.va_bits < s.needs) {
+            let msg = sanitizer_refusal(&exe, &s, opts.va_bits);
+            if !opts.allow_partial {
+                return Err(Error::InvalidArgument { what: msg });
+            }
+            eprintln!("svmap run: warning: {msg}; running it unfenced (--allow-partial)");
+            unfenced = true;
+        }
+    }
+    let mut c = if unfenced {
+        let mut c = Command::new(cmd);
+        c.args(args);
+        c
+    } else {
+        command(&opts, cmd, args)?
+    };
     crate::trace_sys::kill_with_parent_on_spawn(&mut c);
     let mut child = c.spawn().map_err(|source| Error::Spawn {
         cmd: name.clone(),
@@ -418,6 +435,37 @@ fn range(s: &str) -> Option<(u64, u64)> {
     Some((h(a)?, h(b)?))
 }
 
+/// The end of the user address space as the kernel sets it: `2^56 - PAGE`
+/// with 5-level paging, else `2^47 - PAGE`.
+///
+/// [`crate::probe::user_va_bits`] takes `EEXIST` from a fixed reservation at
+/// `2^47` as proof of 5-level paging; but a reservation placed elsewhere
+/// (`MAP_FIXED_NOREPLACE` taken as a hint: a kernel before 4.17, or an
+/// emulator such as valgrind, which places it where it likes) reads as
+/// `EEXIST` too. Here that counts only if a mapping really lies at `2^47`.
+pub fn user_top() -> u64 {
+    use crate::sys::PAGE;
+    let at = 1u64 << 47;
+    if crate::probe::user_va_bits() == 47 {
+        return at - PAGE;
+    }
+    match crate::sys::OwnedRange::reserve_at(at, PAGE) {
+        Ok(r) => {
+            drop(r);
+            (1 << 56) - PAGE
+        }
+        Err(_) => {
+            let mapped_there = crate::maps::read_view(crate::maps::Target::SelfProcess)
+                .is_ok_and(|v| v.entries.iter().any(|e| e.start <= at && at < e.end));
+            if mapped_there {
+                (1 << 56) - PAGE
+            } else {
+                at - PAGE
+            }
+        }
+    }
+}
+
 /// The fence as a library call, for programs that link svmap: reserves, in
 /// the calling process, every free hole of the user address space at or
 /// above `2^va_bits` (`PROT_NONE | MAP_NORESERVE | MAP_FIXED_NOREPLACE`, no
@@ -452,7 +500,7 @@ impl Fence {
         use crate::sys::PAGE;
         use svmap_core::fence_plan::{self, FenceParams, FenceStep, FenceVma};
         let limit = window_high(va_bits)?;
-        let top = (1u64 << crate::probe::user_va_bits()) - PAGE;
+        let top = user_top();
         let mut fence = Fence {
             pieces: Vec::new(),
             limit,
@@ -526,4 +574,165 @@ impl Fence {
     pub fn reserved_bytes(&self) -> u64 {
         self.pieces.iter().map(|r| r.len()).sum()
     }
+}
+
+/// A sanitizer runtime that needs fixed mappings high in the address
+/// space, which a fence below `2^N` cannot give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sanitizer {
+    /// Its name, as its own messages give it.
+    pub name: &'static str,
+    /// What it maps at fixed addresses (x86-64 Linux).
+    pub fixed: &'static str,
+    /// The lowest limit under which all of that fits: one past the end of
+    /// the highest fixed range.
+    pub needs: u64,
+}
+
+/// Why `exe`, built with `s`, cannot run below `2^va_bits`.
+pub fn sanitizer_refusal(exe: &Path, s: &Sanitizer, va_bits: u32) -> String {
+    format!(
+        "{} is built with {}, which needs fixed mappings high in the address space \
+         ({}): it cannot run below 2^{va_bits}, only with a limit of at least {:#x} \
+         (that is, unfenced in a 47-bit address space)",
+        exe.display(),
+        s.name,
+        s.fixed,
+        s.needs
+    )
+}
+
+/// The sanitizers [`sanitizer_of`] recognises: the symbol that calls their
+/// runtime's start-up, and the runtime library a program may load.
+const SANITIZERS: [(&str, &str, Sanitizer); 4] = [
+    (
+        "__asan_init",
+        "asan",
+        Sanitizer {
+            name: "AddressSanitizer",
+            fixed: "shadow memory 0x7fff8000-0x10007fff8000, heap \
+                    0x600000000000-0x640000000000",
+            needs: 0x6400_0000_0000,
+        },
+    ),
+    (
+        "__tsan_init",
+        "tsan",
+        Sanitizer {
+            name: "ThreadSanitizer",
+            fixed: "shadow 0x100000000000-0x300000000000, metadata \
+                    0x300000000000-0x380000000000, heap 0x720000000000-0x730000000000; \
+                    application memory only in its own ranges",
+            needs: 0x7300_0000_0000,
+        },
+    ),
+    (
+        "__msan_init",
+        "msan",
+        Sanitizer {
+            name: "MemorySanitizer",
+            fixed: "shadow and origin memory in ranges from 0x010000000000 to \
+                    0x700000000000",
+            needs: 0x7000_0000_0000,
+        },
+    ),
+    (
+        "__lsan_init",
+        "lsan",
+        Sanitizer {
+            name: "LeakSanitizer",
+            fixed: "heap 0x600000000000-0x640000000000",
+            needs: 0x6400_0000_0000,
+        },
+    ),
+];
+
+/// The sanitizer the ELF executable at `path` is built with, if any: a
+/// `__asan_init`-like symbol in its dynamic or static symbol table (the
+/// runtime linked in, or called in a shared runtime), or the runtime
+/// (`libasan.so`, `libclang_rt.asan…`) among the libraries it needs.
+/// `None` also for a file that is not a 64-bit ELF file.
+pub fn sanitizer_of(path: &Path) -> Option<Sanitizer> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let read = |off: u64, len: u64| -> Option<Vec<u8>> {
+        // Symbol tables of very large executables are not read.
+        if len > 64 << 20 {
+            return None;
+        }
+        let mut b = vec![0u8; usize::try_from(len).ok()?];
+        f.read_exact_at(&mut b, off).ok()?;
+        Some(b)
+    };
+    let eh = read(0, 64)?;
+    if eh[..4] != *b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |b: &[u8], o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |b: &[u8], o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    let shoff = u64_at(&eh, 40)?;
+    let shentsize = u64::from(u16_at(&eh, 58)?);
+    let shnum = u64::from(u16_at(&eh, 60)?);
+    if shoff == 0 || shentsize < 64 || shnum == 0 {
+        return None;
+    }
+    let sh = read(shoff, shentsize * shnum)?;
+    // (type, offset, size, link, entsize) of each section.
+    let sect = |i: u64| {
+        let o = usize::try_from(i * shentsize).ok()?;
+        Some((
+            u32_at(&sh, o + 4)?,
+            u64_at(&sh, o + 24)?,
+            u64_at(&sh, o + 32)?,
+            u32_at(&sh, o + 40)?,
+            u64_at(&sh, o + 56)?,
+        ))
+    };
+    let name_at = |strtab: &[u8], off: u64| -> Option<Vec<u8>> {
+        let s = strtab.get(usize::try_from(off).ok()?..)?;
+        Some(s[..s.iter().position(|&c| c == 0)?].to_vec())
+    };
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    let mut needed: Vec<Vec<u8>> = Vec::new();
+    for i in 0..shnum {
+        let Some((ty, off, size, link, entsize)) = sect(i) else {
+            continue;
+        };
+        // SHT_SYMTAB 2, SHT_DYNSYM 11, SHT_DYNAMIC 6.
+        if !matches!(ty, 2 | 6 | 11) {
+            continue;
+        }
+        let Some((_, soff, ssize, _, _)) = sect(u64::from(link)) else {
+            continue;
+        };
+        let (Some(data), Some(strtab)) = (read(off, size), read(soff, ssize)) else {
+            continue;
+        };
+        if ty == 6 {
+            for e in data.chunks_exact(16) {
+                // DT_NEEDED 1.
+                if u64_at(e, 0) == Some(1) {
+                    needed.extend(u64_at(e, 8).and_then(|o| name_at(&strtab, o)));
+                }
+            }
+        } else if entsize >= 24 {
+            for e in data.chunks(entsize as usize) {
+                let Some(n) = u32_at(e, 0) else { continue };
+                if let Some(name) = name_at(&strtab, u64::from(n)) {
+                    if name.starts_with(b"__") && name.ends_with(b"san_init") {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+    }
+    SANITIZERS.iter().find_map(|(sym, lib, s)| {
+        let by_symbol = names.iter().any(|n| n == sym.as_bytes());
+        let by_library = needed.iter().any(|n| {
+            n.starts_with(format!("lib{lib}.so").as_bytes())
+                || n.starts_with(format!("libclang_rt.{lib}").as_bytes())
+        });
+        (by_symbol || by_library).then_some(*s)
+    })
 }

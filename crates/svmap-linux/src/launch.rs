@@ -165,6 +165,10 @@ enum Fenced {
     /// The image was executed again, in the default layout; it is at the
     /// exec event stop of that new exec.
     ReExecuted,
+    /// The image cannot be fenced and runs unfenced (partial fences
+    /// allowed): it is let go, untraced, with what it starts (a sanitizer's
+    /// leak checker, for one, cannot run traced).
+    LetGo,
 }
 
 fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Traced, Error> {
@@ -206,6 +210,10 @@ fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Trac
             exec_pending.insert(root);
             resume_to_syscall(root, &deferred);
         }
+        Fenced::LetGo => {
+            failed = true;
+            let _ = ts::detach(root, 0);
+        }
     }
     while let Some((pid, st)) = ts::wait(-1).map_err(|e| io_err("waitpid", e))? {
         if st.exited() {
@@ -242,6 +250,12 @@ fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Trac
                     Fenced::ReExecuted => {
                         exec_pending.insert(pid);
                         resume_to_syscall(pid, &deferred);
+                        continue;
+                    }
+                    Fenced::LetGo => {
+                        failed = true;
+                        started.remove(&pid);
+                        let _ = ts::detach(pid, 0);
                         continue;
                     }
                 }
@@ -481,8 +495,12 @@ fn fence_or_kill(
             if opts.allow_partial {
                 rep.line(
                     pid,
-                    &format!("warning: {why}; it runs unfenced (--allow-partial)"),
+                    &format!(
+                        "warning: {why}; it runs unfenced and untraced, with what it \
+                         starts (--allow-partial)"
+                    ),
                 );
+                return Fenced::LetGo;
             } else {
                 rep.line(
                     pid,
@@ -554,7 +572,7 @@ fn fence_image(
             room: None,
         });
     }
-    let top = (1u64 << crate::probe::user_va_bits()) - PAGE;
+    let top = crate::fence::user_top();
     rep.line(
         pid,
         &format!(
@@ -569,6 +587,17 @@ fn fence_image(
             uncovered: 0,
             room: None,
         });
+    }
+    let exe = format!("/proc/{pid}/exe");
+    if let Some(s) = crate::fence::sanitizer_of(std::path::Path::new(&exe)) {
+        if limit < s.needs {
+            let name = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone().into());
+            return Ok(Image::Refused(crate::fence::sanitizer_refusal(
+                &name,
+                &s,
+                opts.va_bits,
+            )));
+        }
     }
     // The legacy layout places mappings bottom-up from TASK_SIZE / 3 and
     // never looks below: behind a fence every mapping would fail.

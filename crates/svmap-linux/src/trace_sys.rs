@@ -95,6 +95,11 @@ pub(crate) fn to_syscall(pid: i32, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_SYSCALL, pid, 0, sig as u64).map(|_| ())
 }
 
+/// `PTRACE_DETACH`: the stopped tracee runs on, untraced.
+pub(crate) fn detach(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_DETACH, pid, 0, sig as u64).map(|_| ())
+}
+
 /// `PTRACE_SINGLESTEP`.
 pub(crate) fn single_step(pid: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_SINGLESTEP, pid, 0, 0).map(|_| ())
