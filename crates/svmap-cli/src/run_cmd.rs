@@ -85,6 +85,11 @@ Options:
                      space the kernel left below the stack at exec. The
                      room is reserved too and given to the stack alone, as
                      it grows (see "The stack" below)
+  --via-loader       run CMD through its dynamic loader (ld.so CMD ARGS),
+                     which maps the executable like a library: below 2^N,
+                     where a JIT that must reach its own code within 2 GiB
+                     (LuaJIT) finds room; /proc/self/exe then names the
+                     loader (not for static executables or scripts)
   --preload          fence with the preload library, not ptrace
   --fence-lib PATH   the preload library to use (must be an x86-64 ELF
                      shared object)
@@ -128,6 +133,7 @@ fn parse(args: &[OsString]) -> Result<(FenceOptions, Option<u32>, Vec<OsString>)
             Arg::Long("verbose") => opts.verbose = true,
             Arg::Long("allow-partial") => opts.allow_partial = true,
             Arg::Long("preload") => opts.method = Method::Preload,
+            Arg::Long("via-loader") => opts.via_loader = true,
             Arg::Long("stack-room") => {
                 let v = args::value(&mut p, "--stack-room", "a size in BYTES")?;
                 opts.stack_room = Some(bytes("--stack-room", v)?);
@@ -165,6 +171,12 @@ pub fn run(args: &[OsString]) -> i32 {
         return usage_error("missing --va-bits N");
     };
     opts.va_bits = va_bits;
+    if opts.via_loader && opts.method == Method::Preload {
+        return usage_error(
+            "--via-loader needs the traced method: the preload library is loaded only \
+             after the loader has mapped the program",
+        );
+    }
     if let Some(lib) = &opts.library {
         // The loader would only warn and run the program unfenced.
         if let Err(e) = fence::check_library(lib) {

@@ -90,6 +90,10 @@ pub struct FenceOptions {
     /// process's hard `RLIMIT_STACK`; the guard gap comes on top). The
     /// traced method only; the preload library keeps the soft limit.
     pub stack_room: Option<u64>,
+    /// Run the executable through its dynamic loader (`ld.so PROG ARGS`),
+    /// so that the loader maps it like a library, below the limit, rather
+    /// than the kernel above it ([`loader_command`]).
+    pub via_loader: bool,
 }
 
 impl FenceOptions {
@@ -103,6 +107,7 @@ impl FenceOptions {
             allow_partial: false,
             method: Method::Trace,
             stack_room: None,
+            via_loader: false,
         }
     }
 }
@@ -152,6 +157,76 @@ pub fn is_static_executable(path: &Path) -> Option<bool> {
         }
     }
     Some(true)
+}
+
+/// The `PT_INTERP` path of the ELF executable at `path` (its dynamic
+/// loader); `None` for a static executable or a file that is not a 64-bit
+/// ELF file.
+pub fn interpreter_of(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let data = std::fs::read(path).ok()?;
+    if data.get(..4)? != b"\x7fELF" || *data.get(4)? != 2 {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
+    let phoff = usize::try_from(u64_at(32)?).ok()?;
+    let phentsize = u16_at(54)? as usize;
+    for i in 0..u16_at(56)? as usize {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if u32_at(ph)? == 3 {
+            let off = usize::try_from(u64_at(ph + 8)?).ok()?;
+            let len = usize::try_from(u64_at(ph + 32)?).ok()?;
+            let s = data.get(off..off.checked_add(len)?)?;
+            let s = &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())];
+            return Some(PathBuf::from(OsStr::from_bytes(s)));
+        }
+    }
+    None
+}
+
+/// The command line that runs `cmd args...` through its dynamic loader:
+/// `LOADER [--argv0 CMD] PROG ARGS...` (`--argv0` where the loader knows
+/// it, glibc 2.33 and later, so that the program sees the `argv[0]` it was
+/// given). The loader then maps the program with `mmap`, like a library:
+/// under the fence, below the limit, where a JIT that must reach its own
+/// code within 2 GiB (LuaJIT) finds room. `/proc/self/exe` names the
+/// loader. A static executable, a script or a missing file is an error.
+pub fn loader_command<S: AsRef<OsStr>>(
+    cmd: &OsStr,
+    args: &[S],
+) -> Result<(PathBuf, Vec<OsString>), Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = |why: String| Error::InvalidArgument {
+        what: format!("--via-loader: {why}"),
+    };
+    let exe =
+        resolve_command(cmd).ok_or_else(|| bad(format!("{} not found", cmd.to_string_lossy())))?;
+    let loader = interpreter_of(&exe).ok_or_else(|| {
+        bad(format!(
+            "{} has no dynamic loader (a static executable, a script, or not an ELF file)",
+            exe.display()
+        ))
+    })?;
+    let knows_argv0 = std::fs::read(&loader)
+        .map_err(|e| bad(format!("{}: {e}", loader.display())))?
+        .windows(b"--argv0".len())
+        .any(|w| w == b"--argv0");
+    let mut v = Vec::new();
+    if knows_argv0 {
+        v.push(OsString::from("--argv0"));
+        v.push(cmd.to_os_string());
+    }
+    // The loader does not search $PATH: give it the file.
+    let exe = if exe.as_os_str().as_bytes().contains(&b'/') {
+        exe
+    } else {
+        PathBuf::from(".").join(exe)
+    };
+    v.push(exe.into_os_string());
+    v.extend(args.iter().map(|a| a.as_ref().to_os_string()));
+    Ok((loader, v))
 }
 
 /// The file `cmd` names: itself if it contains a `/`, else the first
@@ -264,7 +339,15 @@ pub fn run_fenced<S: AsRef<OsStr>>(
             what: format!("va_bits {} is not in 20..=56", opts.va_bits),
         });
     }
-    let cmd = cmd.as_ref();
+    let (loader, loader_args);
+    let (cmd, args): (&OsStr, Vec<OsString>) = if opts.via_loader {
+        (loader, loader_args) = loader_command(cmd.as_ref(), args)?;
+        (loader.as_os_str(), loader_args)
+    } else {
+        let a = args.iter().map(|a| a.as_ref().to_os_string()).collect();
+        (cmd.as_ref(), a)
+    };
+    let args = &args[..];
     let mut opts = opts.clone();
     let mut file = None;
     if let Some(r) = &opts.report {
@@ -310,7 +393,7 @@ pub fn run_fenced<S: AsRef<OsStr>>(
         }
     }
     drop(file);
-    if let Some(exe) = resolve_command(cmd) {
+    if let Some(exe) = resolve_command(cmd).filter(|_| !opts.via_loader) {
         if is_static_executable(&exe) == Some(true) {
             let msg = format!(
                 "{} is statically linked: the preload library cannot reach it",
