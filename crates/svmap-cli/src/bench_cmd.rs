@@ -1,17 +1,24 @@
 //! `svmap bench churn`: the churn workload of `docs/PERFORMANCE.md` on
-//! svmap's own map alone, for users and for tools that read its JSON line.
+//! svmap's own map alone, for users and for tools that read its JSON line;
+//! `svmap bench svm`: alloc + free pairs on real memory through the SVM
+//! runtime with device processes, against `mmap` + `munmap`.
 
 use std::ffi::OsString;
 
 use svmap_bench::peers::svmap::Svmap;
 use svmap_bench::workload::{max_align, measure, Plan, MAX_LIVE};
 
+use svmap_runtime::bench;
+
 use crate::args::{self, Arg, Stop};
 
 /// Help text of `svmap bench`.
-pub const HELP: &str = r#"svmap bench churn: measure svmap's own address map on the churn workload
+pub const HELP: &str = r#"svmap bench: measure svmap's address map or its SVM runtime
 
 Usage: svmap bench churn --live N [--align BYTES] [--highest] [--quick] [--json]
+       svmap bench svm --live N [--devices K] [--steps S] [--guarded] [--json]
+
+svmap bench churn: svmap's own address map on the churn workload.
 
 Fills a 2^47-byte window with N live ranges (sizes log-uniform from 4 KiB to
 2 MiB in pages, fixed seed), runs 2N warm-up steps, then timed repetitions
@@ -45,6 +52,42 @@ Examples:
   cargo run --release -- bench churn --live 10000 --highest
 
 Exit status: 0 measured; 2 usage error.
+
+svmap bench svm: the SVM runtime on real memory. Starts K device processes
+(svmap device-peer, 40 and 44 bits in turn; with K = 0 none, and a model
+device of 44 bits gives the window its width), reserves their common window
+(one sparse shared memfd), allocates N live buffers for all K devices
+(sizes log-uniform from 4 KiB to 2 MiB, fixed seed, one word written in
+each), then times S steps that each free a random buffer (invalidated and
+acknowledged on every device) and allocate a new one. In the same run, the
+same work through plain mmap + munmap, a MAP_SHARED memfd mmap + munmap,
+and the per-buffer-memfd heap (these with at most 30000 live buffers, below
+vm.max_map_count; the heap also below RLIMIT_NOFILE). RssShmem is read
+before the runtime's buffers exist, with all of them live, and after
+freeing them all.
+
+Options:
+  --live N        live buffers, 1..=1e6 (required)
+  --devices K     device processes, 0..=8 (default 0)
+  --steps S       timed steps, 1..=1e7 (default 10000)
+  --guarded       freed ranges PROT_NONE on the CPU (use after free faults)
+  --json          one JSON line: live, devices, device_bits, steps, guarded,
+                  ns_per_pair, syscalls_per_pair, device_syscalls_per_pair,
+                  mmap_ns_per_pair, mmap_syscalls_per_pair, mmap_live,
+                  memfd_ns_per_pair, memfd_syscalls_per_pair,
+                  heap_ns_per_pair, heap_syscalls_per_pair, heap_live,
+                  ratio_vs_mmap, rss_shmem_start_kib, rss_shmem_peak_kib,
+                  rss_shmem_after_free_kib, wall_s
+  -h, --help      this help
+
+System calls are counted by the code that makes them (the sparse heaps'
+punches and mprotects, the device sockets' sendmsg/recvmsg/poll); the
+baselines' are the calls each pair makes by construction (2, 5 and 6).
+
+Example:
+  cargo run --release -- bench svm --live 10000 --devices 2
+
+Exit status: 0 measured; 1 the measurement failed; 2 usage error.
 "#;
 
 fn parse_count(s: &str) -> Option<usize> {
@@ -143,17 +186,161 @@ fn parse_churn(p: &mut args::Parser) -> Result<Options, Stop> {
     })
 }
 
+/// What `svmap bench svm` was asked for.
+struct SvmOptions {
+    cfg: bench::Config,
+    json: bool,
+}
+
+fn count_in(opt: &str, v: &str, lo: usize, hi: usize, range: &str) -> Result<usize, Stop> {
+    match parse_count(v) {
+        Some(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(Stop::Usage(format!(
+            "{opt} {v:?} is not a count in {range}"
+        ))),
+    }
+}
+
+/// The arguments after `bench svm`.
+fn parse_svm(p: &mut args::Parser) -> Result<SvmOptions, Stop> {
+    let (mut live, mut devices, mut steps, mut guarded, mut json) = (None, 0, 10_000, false, false);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Arg::Long("live") => {
+                let v = args::text("--live", args::value(p, "--live", "a positive count")?)?;
+                live = Some(count_in("--live", &v, 1, bench::MAX_LIVE, "1..=1e6")?);
+            }
+            Arg::Long("devices") => {
+                let v = args::text("--devices", args::value(p, "--devices", "a count")?)?;
+                devices = count_in("--devices", &v, 0, bench::MAX_DEVICES, "0..=8")?;
+            }
+            Arg::Long("steps") => {
+                let v = args::text("--steps", args::value(p, "--steps", "a positive count")?)?;
+                steps = count_in("--steps", &v, 1, bench::MAX_STEPS, "1..=1e7")?;
+            }
+            Arg::Long("guarded") => guarded = true,
+            Arg::Long("json") => json = true,
+            Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
+            other => return Err(args::unknown(other)),
+        }
+    }
+    let live = live.ok_or_else(|| Stop::Usage("--live N is required".to_owned()))?;
+    Ok(SvmOptions {
+        cfg: bench::Config {
+            live,
+            devices,
+            steps,
+            guarded,
+        },
+        json,
+    })
+}
+
+fn run_svm(p: &mut args::Parser) -> i32 {
+    let SvmOptions { cfg, json } = match parse_svm(p) {
+        Ok(o) => o,
+        Err(Stop::Help) => {
+            print!("{HELP}");
+            return 0;
+        }
+        Err(Stop::Usage(m)) => return usage_error(&m),
+    };
+    let tty = crate::progress::enabled();
+    if tty {
+        eprint!(
+            "measuring {} live buffers, {} device processes, {} steps...",
+            cfg.live, cfg.devices, cfg.steps
+        );
+    }
+    let r = match bench::run(&cfg, &svmap_peer::device_peer_command) {
+        Ok(r) => r,
+        Err(e) => {
+            if tty {
+                eprintln!();
+            }
+            eprintln!("svmap bench svm: {e}");
+            return 1;
+        }
+    };
+    if tty {
+        eprintln!(" done in {:.1?}", r.wall);
+    }
+    let ratio = r.mmap.ns_per_pair / r.runtime.ns_per_pair.max(f64::MIN_POSITIVE);
+    if json {
+        let v = serde_json::json!({
+            "live": cfg.live,
+            "devices": cfg.devices,
+            "device_bits": r.device_bits,
+            "steps": cfg.steps,
+            "guarded": cfg.guarded,
+            "ns_per_pair": r.runtime.ns_per_pair,
+            "syscalls_per_pair": r.runtime.syscalls_per_pair,
+            "device_syscalls_per_pair": r.runtime.device_syscalls_per_pair,
+            "mmap_ns_per_pair": r.mmap.ns_per_pair,
+            "mmap_syscalls_per_pair": r.mmap.syscalls_per_pair,
+            "mmap_live": r.mmap.live,
+            "memfd_ns_per_pair": r.memfd.ns_per_pair,
+            "memfd_syscalls_per_pair": r.memfd.syscalls_per_pair,
+            "heap_ns_per_pair": r.heap.ns_per_pair,
+            "heap_syscalls_per_pair": r.heap.syscalls_per_pair,
+            "heap_live": r.heap.live,
+            "ratio_vs_mmap": ratio,
+            "rss_shmem_start_kib": r.rss_shmem_start_kib,
+            "rss_shmem_peak_kib": r.rss_shmem_peak_kib,
+            "rss_shmem_after_free_kib": r.rss_shmem_after_free_kib,
+            "wall_s": r.wall.as_secs_f64(),
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "svmap svm: {} live buffers, {} device processes {:?}, {} steps{}",
+            cfg.live,
+            cfg.devices,
+            r.device_bits,
+            cfg.steps,
+            if cfg.guarded { ", guarded" } else { "" }
+        );
+        println!(
+            "  {:<34} {:>10} {:>10} {:>8}",
+            "", "ns/pair", "calls/pair", "live"
+        );
+        for (name, f) in [
+            ("runtime", &r.runtime),
+            ("mmap + munmap", &r.mmap),
+            ("memfd MAP_SHARED mmap + munmap", &r.memfd),
+            ("per-buffer-memfd heap", &r.heap),
+        ] {
+            println!(
+                "  {name:<34} {:>10.1} {:>10.2} {:>8}",
+                f.ns_per_pair, f.syscalls_per_pair, f.live
+            );
+        }
+        println!(
+            "  of the runtime's calls, on device sockets: {:.2} per pair",
+            r.runtime.device_syscalls_per_pair
+        );
+        println!("  mmap + munmap / runtime: {ratio:.2}x");
+        println!(
+            "  RssShmem KiB: {} before, {} with all live, {} after freeing all",
+            r.rss_shmem_start_kib, r.rss_shmem_peak_kib, r.rss_shmem_after_free_kib
+        );
+        println!("  wall time: {:.1?}", r.wall);
+    }
+    0
+}
+
 /// Runs `svmap bench` with the arguments after `bench`.
 pub fn run(args: &[OsString]) -> i32 {
     let mut p = args::parser(args);
     match p.next() {
+        Ok(Some(Arg::Value(b))) if b == "svm" => return run_svm(&mut p),
         Ok(Some(Arg::Value(b))) if b == "churn" => {}
         Ok(Some(Arg::Short('h') | Arg::Long("help"))) | Ok(None) => {
             print!("{HELP}");
             return if args.is_empty() { 2 } else { 0 };
         }
         Ok(Some(Arg::Value(other))) => {
-            return usage_error(&format!("unknown benchmark {other:?} (try churn)"))
+            return usage_error(&format!("unknown benchmark {other:?} (try churn or svm)"))
         }
         Ok(Some(other)) => return usage_error(&args::message(other.unexpected())),
         Err(e) => return usage_error(&args::message(e)),
@@ -247,6 +434,52 @@ mod tests {
         assert_eq!(parse_bytes("x"), None);
         assert_eq!(parse_bytes("\u{e9}k"), None);
         assert_eq!(parse_bytes("0xffffffffffffffffk"), None);
+    }
+
+    fn svm(a: &[&str]) -> Result<SvmOptions, Stop> {
+        let args: Vec<OsString> = a.iter().map(OsString::from).collect();
+        parse_svm(&mut args::parser(&args))
+    }
+
+    #[test]
+    fn svm_options_are_bounded() {
+        let o = svm(&["--live", "1e4", "--devices", "4", "--json"]).unwrap();
+        assert_eq!(
+            (o.cfg.live, o.cfg.devices, o.cfg.steps),
+            (10_000, 4, 10_000)
+        );
+        assert!(o.json && !o.cfg.guarded);
+        let o = svm(&[
+            "--live",
+            "1e6",
+            "--devices",
+            "8",
+            "--steps",
+            "1e7",
+            "--guarded",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.cfg.live, o.cfg.devices, o.cfg.steps),
+            (1_000_000, 8, 10_000_000)
+        );
+        assert!(o.cfg.guarded);
+        for (bad, needle) in [
+            (&["--devices", "1"][..], "--live N is required"),
+            (&["--live", "0"], "1..=1e6"),
+            (&["--live", "1000001"], "1..=1e6"),
+            (&["--live", "x"], "1..=1e6"),
+            (&["--live", "10", "--devices", "9"], "0..=8"),
+            (&["--live", "10", "--devices", "-1"], "0..=8"),
+            (&["--live", "10", "--steps", "0"], "1..=1e7"),
+            (&["--live", "10", "--steps", "1e8"], "1..=1e7"),
+            (&["--live", "10", "--align", "4096"], "align"),
+        ] {
+            match svm(bad) {
+                Err(Stop::Usage(m)) => assert!(m.contains(needle), "{bad:?}: {m}"),
+                other => panic!("{bad:?} accepted: {:?}", other.map(|o| o.cfg)),
+            }
+        }
     }
 
     fn churn(a: &[&str]) -> Result<Options, Stop> {

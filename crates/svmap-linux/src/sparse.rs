@@ -44,6 +44,8 @@ pub struct SparseHeap {
     index: AddressMap,
     live_bytes: u64,
     guarded: bool,
+    /// System calls made since creation (punches, `mprotect`s).
+    syscalls: u64,
     fd: OwnedFd,
     res: Reservation,
 }
@@ -76,6 +78,7 @@ impl SparseHeap {
             index: AddressMap::new(),
             live_bytes: 0,
             guarded,
+            syscalls: 0,
             fd,
             res,
         })
@@ -94,6 +97,12 @@ impl SparseHeap {
     /// Whether freed ranges are `PROT_NONE`.
     pub fn is_guarded(&self) -> bool {
         self.guarded
+    }
+
+    /// System calls made since the heap was set up: punches and
+    /// `mprotect`s (not the set-up's own).
+    pub fn syscalls(&self) -> u64 {
+        self.syscalls
     }
 
     /// Number of live buffers.
@@ -196,6 +205,7 @@ impl SparseHeap {
             return Err(Error::HeapFull { len, align: PAGE });
         }
         if self.guarded {
+            self.syscalls += 1;
             self.res
                 .protect(addr, len, Access::ReadWrite)
                 .map_err(|e| sys_err("mprotect", addr, len, e))?;
@@ -241,6 +251,7 @@ impl SparseHeap {
             });
         }
         let off = addr - self.start();
+        self.syscalls += 1;
         rustix::fs::fallocate(
             &self.fd,
             rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
@@ -249,6 +260,7 @@ impl SparseHeap {
         )
         .map_err(|e| sys_err("fallocate(PUNCH_HOLE)", addr, len, e.into()))?;
         if self.guarded {
+            self.syscalls += 1;
             self.res
                 .protect(addr, len, Access::None)
                 .map_err(|e| sys_err("mprotect", addr, len, e))?;
@@ -270,6 +282,7 @@ impl SparseHeap {
     /// Changes the CPU access of `[addr, addr + len)` (a part of the heap)
     /// with one `mprotect`.
     pub fn protect(&mut self, addr: u64, len: u64, access: Access) -> Result<(), Error> {
+        self.syscalls += 1;
         self.res
             .protect(addr, len, access)
             .map_err(|e| sys_err("mprotect", addr, len, e))

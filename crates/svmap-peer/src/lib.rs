@@ -512,6 +512,8 @@ pub(crate) enum ChanError {
 pub(crate) struct Channel {
     fd: OwnedFd,
     buf: Vec<u8>,
+    /// System calls made on the socket so far (sendmsg, recvmsg, poll).
+    syscalls: u64,
 }
 
 impl Channel {
@@ -519,6 +521,7 @@ impl Channel {
         Channel {
             fd,
             buf: vec![0; wire::MAX_PACKET],
+            syscalls: 0,
         }
     }
 
@@ -555,10 +558,12 @@ impl Channel {
     ) -> Result<(), ChanError> {
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
         loop {
+            self.syscalls += 1;
             match sys::send_packet(self.fd.as_fd(), bytes, &fds) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.0 == libc::EAGAIN => {
                     let ms = Self::remaining_ms(deadline)?;
+                    self.syscalls += 1;
                     let rev = sys::poll_one(self.fd.as_fd(), PollFlags::OUT, ms)
                         .map_err(|e| ChanError::Sys("poll", e))?;
                     if rev.intersects(PollFlags::HUP | PollFlags::ERR) {
@@ -580,6 +585,7 @@ impl Channel {
         deadline: Option<Instant>,
     ) -> Result<(u64, Msg, Vec<OwnedFd>), ChanError> {
         loop {
+            self.syscalls += 1;
             match sys::recv_packet(self.fd.as_fd(), &mut self.buf) {
                 Ok(r) => {
                     if r.len == 0 && !r.truncated && r.fds.is_empty() {
@@ -608,6 +614,7 @@ impl Channel {
                 }
                 Err(e) if e.0 == libc::EAGAIN => {
                     let ms = Self::remaining_ms(deadline)?;
+                    self.syscalls += 1;
                     sys::poll_one(self.fd.as_fd(), PollFlags::IN, ms)
                         .map_err(|e| ChanError::Sys("poll", e))?;
                 }
@@ -1334,6 +1341,14 @@ impl DirectPeer {
     /// The peer's pid.
     pub fn pid(&self) -> u32 {
         self.inner.pid
+    }
+
+    /// System calls this side has made on the peer's socket so far
+    /// (`sendmsg`, `recvmsg`, `poll`): a request costs one `sendmsg` and
+    /// one `recvmsg`, plus a `poll` and a second `recvmsg` when the answer
+    /// was not there yet.
+    pub fn syscalls(&self) -> u64 {
+        self.inner.chan.syscalls
     }
 
     /// The configuration.

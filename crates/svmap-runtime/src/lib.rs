@@ -41,6 +41,8 @@ pub use svmap_linux::sparse;
 mod directory;
 mod peer;
 
+pub mod bench;
+
 pub use directory::{HeapDirectory, HeapEntry};
 pub use peer::PeerDevice;
 
@@ -171,6 +173,19 @@ impl LinuxCpu {
             Kind::Window(h) | Kind::Svm(h) if addr < r.end => h.locate(addr),
             _ => None,
         }
+    }
+
+    /// System calls made so far by the heaps this backend owns now
+    /// ([`SparseHeap::syscalls`]): on the hot path, the frees' punches (and
+    /// the guarded mode's `mprotect`s).
+    pub fn syscalls(&self) -> u64 {
+        self.regions
+            .values()
+            .map(|r| match &r.kind {
+                Kind::Window(h) | Kind::Svm(h) => h.syscalls(),
+                Kind::DeviceOnly(_) => 0,
+            })
+            .sum()
     }
 
     /// Number of regions (window pieces, SVM ranges outside windows,

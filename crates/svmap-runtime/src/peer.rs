@@ -77,6 +77,12 @@ impl PeerDevice {
         self.peer.pid()
     }
 
+    /// System calls made on the peer's socket so far
+    /// ([`DirectPeer::syscalls`]).
+    pub fn syscalls(&self) -> u64 {
+        self.peer.syscalls()
+    }
+
     /// Number of heaps attached in the peer.
     pub fn attachments(&self) -> usize {
         self.attached.len()

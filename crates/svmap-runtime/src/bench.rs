@@ -1,0 +1,455 @@
+//! The measurement behind `svmap bench svm`: alloc + free pairs on real
+//! memory through the engine with `K` device processes, and, in the same
+//! run, the same sizes through plain `mmap` + `munmap`, a `MAP_SHARED`
+//! memfd `mmap` + `munmap`, and the per-buffer-memfd
+//! [`svmap_linux::heap::Heap`].
+//!
+//! Every implementation gets the same kind of work: `live` buffers with
+//! sizes log-uniform from 4 KiB to 2 MiB (the churn workload's
+//! generator, fixed seed), one word written in each so that it holds a
+//! real page, then `steps` steps that each free a random live buffer and
+//! allocate (and touch) a new one. The figure is the wall time of the steps
+//! divided by their number.
+//!
+//! System calls per pair are counted by the code that makes them: the
+//! sparse heaps' counters ([`crate::LinuxCpu::syscalls`]) and the device
+//! sockets' ([`crate::PeerDevice::syscalls`]); for the baselines they are
+//! the calls each pair makes by construction (listed at each).
+
+#![allow(unsafe_code)] // mmap, munmap and one write per buffer; each block has a SAFETY comment
+
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use svmap_bench::workload::{SplitMix64, SEED};
+use svmap_core::linux::MmConfig;
+use svmap_linux::heap::Heap;
+use svmap_peer::PeerConfig;
+use svmap_svm::{BackendError, DeviceBackend, DeviceConfig, Engine, ModelDevice, Prot};
+
+use crate::{seed_from_self, LinuxCpu, PeerDevice};
+
+/// Most live buffers: 1e6 (the sizes average about 330 KiB of address
+/// space, far below the smallest device window of 2^40 bytes).
+pub const MAX_LIVE: usize = 1_000_000;
+/// Most device processes.
+pub const MAX_DEVICES: usize = 8;
+/// Most timed steps.
+pub const MAX_STEPS: usize = 10_000_000;
+/// The baselines that hold one VMA (and, for the memfd heap, one
+/// descriptor) per buffer run with at most this many live buffers, below
+/// `vm.max_map_count` (65530 by default); `RLIMIT_NOFILE` lowers it further
+/// for the memfd heap.
+pub const BASELINE_LIVE_CAP: usize = 30_000;
+
+/// What to measure.
+#[derive(Debug)]
+pub struct Config {
+    /// Live buffers, 1..=[`MAX_LIVE`].
+    pub live: usize,
+    /// Device processes, 0..=[`MAX_DEVICES`].
+    pub devices: usize,
+    /// Timed alloc + free steps, 1..=[`MAX_STEPS`].
+    pub steps: usize,
+    /// Freed ranges `PROT_NONE` on the CPU (the sparse heap's guarded mode).
+    pub guarded: bool,
+}
+
+/// The figures of one implementation.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    /// Live buffers it ran with.
+    pub live: usize,
+    /// Nanoseconds per alloc + free pair.
+    pub ns_per_pair: f64,
+    /// System calls per pair.
+    pub syscalls_per_pair: f64,
+    /// Of those, the ones on device sockets.
+    pub device_syscalls_per_pair: f64,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The runtime (engine + Linux CPU backend + device processes).
+    pub runtime: Figures,
+    /// Plain private anonymous `mmap` + `munmap`.
+    pub mmap: Figures,
+    /// `memfd_create` + `ftruncate` + `MAP_SHARED` `mmap` + `close`, then `munmap`.
+    pub memfd: Figures,
+    /// The per-buffer-memfd heap.
+    pub heap: Figures,
+    /// `RssShmem` of this process (KiB) before the runtime's buffers exist.
+    pub rss_shmem_start_kib: u64,
+    /// ... with every buffer live, after the timed steps.
+    pub rss_shmem_peak_kib: u64,
+    /// ... after every buffer was freed.
+    pub rss_shmem_after_free_kib: u64,
+    /// Device widths (bits), one per device process.
+    pub device_bits: Vec<u32>,
+    /// Wall time of the whole run.
+    pub wall: Duration,
+}
+
+/// The sizes of the fill and the steps (victim index, new size).
+struct Work {
+    fill: Vec<u64>,
+    steps: Vec<(usize, u64)>,
+}
+
+fn work(live: usize, steps: usize) -> Work {
+    let mut rng = SplitMix64::new(SEED);
+    let fill = (0..live).map(|_| rng.size()).collect();
+    let n = u32::try_from(live).unwrap_or(u32::MAX);
+    let steps = (0..steps)
+        .map(|_| (rng.below(n) as usize, rng.size()))
+        .collect();
+    Work { fill, steps }
+}
+
+/// One implementation under test.
+trait Subject {
+    fn alloc(&mut self, len: u64) -> Result<u64, String>;
+    fn free(&mut self, addr: u64, len: u64) -> Result<(), String>;
+    /// System calls made so far.
+    fn syscalls(&self) -> u64;
+    /// Of those, the ones on device sockets.
+    fn device_syscalls(&self) -> u64 {
+        0
+    }
+}
+
+fn touch(addr: u64) {
+    // SAFETY: `addr` starts a buffer that the subject just allocated,
+    // read-write and at least one page long.
+    unsafe { std::ptr::write_volatile(addr as *mut u64, addr) };
+}
+
+/// Fills, runs the timed steps, and frees everything; `after_steps` runs
+/// with every buffer still live.
+fn drive<S: Subject>(
+    s: &mut S,
+    w: &Work,
+    mut after_steps: impl FnMut(&mut S),
+) -> Result<Figures, String> {
+    let mut live: Vec<(u64, u64)> = Vec::with_capacity(w.fill.len());
+    let mut result = Ok(());
+    for &len in &w.fill {
+        match s.alloc(len) {
+            Ok(a) => {
+                touch(a);
+                live.push((a, len));
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let mut figures = Figures {
+        live: live.len(),
+        ..Figures::default()
+    };
+    if result.is_ok() {
+        let (calls0, dev0) = (s.syscalls(), s.device_syscalls());
+        let t0 = Instant::now();
+        for &(victim, len) in &w.steps {
+            let (a, l) = live[victim];
+            if let Err(e) = s.free(a, l) {
+                result = Err(e);
+                break;
+            }
+            match s.alloc(len) {
+                Ok(b) => {
+                    touch(b);
+                    live[victim] = (b, len);
+                }
+                Err(e) => {
+                    // The slot is gone: drop it from what is freed below.
+                    live.swap_remove(victim);
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let t = t0.elapsed();
+        let n = w.steps.len().max(1) as f64;
+        figures.ns_per_pair = t.as_nanos() as f64 / n;
+        figures.syscalls_per_pair = (s.syscalls() - calls0) as f64 / n;
+        figures.device_syscalls_per_pair = (s.device_syscalls() - dev0) as f64 / n;
+        if result.is_ok() {
+            after_steps(s);
+        }
+    }
+    for (a, l) in live {
+        let r = s.free(a, l);
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    result.map(|()| figures)
+}
+
+/// Private anonymous `mmap` + `munmap`: 2 system calls per pair.
+struct Mmap(u64);
+
+impl Subject for Mmap {
+    fn alloc(&mut self, len: u64) -> Result<u64, String> {
+        self.0 += 1;
+        // SAFETY: a new mapping at an address the kernel chooses; it
+        // replaces nothing.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len as usize,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }
+        .map_err(|e| format!("mmap: {e}"))?;
+        Ok(p as u64)
+    }
+
+    fn free(&mut self, addr: u64, len: u64) -> Result<(), String> {
+        self.0 += 1;
+        // SAFETY: [addr, addr + len) is a mapping `alloc` made; nothing
+        // refers to it any more.
+        unsafe { rustix::mm::munmap(addr as *mut _, len as usize) }
+            .map_err(|e| format!("munmap: {e}"))
+    }
+
+    fn syscalls(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A memfd per buffer, `MAP_SHARED`, closed once mapped: `memfd_create`,
+/// `ftruncate`, `mmap`, `close`, then `munmap`: 5 system calls per pair.
+struct Memfd(u64);
+
+impl Subject for Memfd {
+    fn alloc(&mut self, len: u64) -> Result<u64, String> {
+        self.0 += 4;
+        let fd = rustix::fs::memfd_create(c"svmap-bench", rustix::fs::MemfdFlags::CLOEXEC)
+            .map_err(|e| format!("memfd_create: {e}"))?;
+        rustix::fs::ftruncate(&fd, len).map_err(|e| format!("ftruncate: {e}"))?;
+        // SAFETY: a new shared mapping of our own memfd at an address the
+        // kernel chooses; it replaces nothing.
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd.as_fd(),
+                0,
+            )
+        }
+        .map_err(|e| format!("mmap(MAP_SHARED): {e}"))?;
+        drop(fd);
+        Ok(p as u64)
+    }
+
+    fn free(&mut self, addr: u64, len: u64) -> Result<(), String> {
+        Mmap(0).free(addr, len)?;
+        self.0 += 1;
+        Ok(())
+    }
+
+    fn syscalls(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The per-buffer-memfd heap: alloc is `memfd_create`, `ftruncate`,
+/// `F_ADD_SEALS`, `mmap`; free is `mmap(PROT_NONE)` and `close`: 6 per
+/// pair.
+struct PerBuffer(Heap, u64);
+
+impl Subject for PerBuffer {
+    fn alloc(&mut self, len: u64) -> Result<u64, String> {
+        self.1 += 4;
+        self.0
+            .alloc(len, 4096)
+            .map(|p| p.as_ptr() as u64)
+            .map_err(|e| e.to_string())
+    }
+
+    fn free(&mut self, addr: u64, _len: u64) -> Result<(), String> {
+        self.1 += 2;
+        let p = std::ptr::NonNull::new(addr as *mut u8).ok_or("null buffer")?;
+        self.0.free(p).map_err(|e| e.to_string())
+    }
+
+    fn syscalls(&self) -> u64 {
+        self.1
+    }
+}
+
+/// A device of the bench: a device process, or (with no device process)
+/// the model device that only gives the window its width.
+#[derive(Debug)]
+enum Device {
+    Model(ModelDevice),
+    Process(Box<PeerDevice>),
+}
+
+impl DeviceBackend for Device {
+    fn map(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        match self {
+            Device::Model(d) => d.map(start, end),
+            Device::Process(d) => d.map(start, end),
+        }
+    }
+    fn invalidate(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        match self {
+            Device::Model(d) => d.invalidate(start, end),
+            Device::Process(d) => d.invalidate(start, end),
+        }
+    }
+    fn protect(&mut self, start: u64, end: u64, prot: Prot) -> Result<(), BackendError> {
+        match self {
+            Device::Model(d) => d.protect(start, end, prot),
+            Device::Process(d) => d.protect(start, end, prot),
+        }
+    }
+    fn unmap(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        match self {
+            Device::Model(d) => d.unmap(start, end),
+            Device::Process(d) => d.unmap(start, end),
+        }
+    }
+    fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        match self {
+            Device::Model(d) => d.map_region(start, end),
+            Device::Process(d) => d.map_region(start, end),
+        }
+    }
+}
+
+struct Runtime {
+    engine: Engine<LinuxCpu, Device>,
+    names: Vec<String>,
+}
+
+impl Subject for Runtime {
+    fn device_syscalls(&self) -> u64 {
+        self.engine
+            .device_backends()
+            .iter()
+            .map(|d| match d {
+                Device::Model(_) => 0,
+                Device::Process(p) => p.syscalls(),
+            })
+            .sum()
+    }
+
+    fn alloc(&mut self, len: u64) -> Result<u64, String> {
+        self.engine
+            .svm_alloc(len, None, &self.names, false)
+            .map_err(|e| e.to_string())
+    }
+
+    fn free(&mut self, addr: u64, _len: u64) -> Result<(), String> {
+        self.engine.svm_free(addr).map_err(|e| e.to_string())
+    }
+
+    fn syscalls(&self) -> u64 {
+        self.engine.cpu_backend().syscalls() + self.device_syscalls()
+    }
+}
+
+/// `RssShmem` of this process in KiB.
+pub fn rss_shmem_kib() -> Result<u64, String> {
+    let s = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("RssShmem:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no RssShmem line in /proc/self/status".to_owned())
+}
+
+/// The width of device `i`: 40 and 44 bits in turn.
+fn device_bits(i: usize) -> u32 {
+    if i.is_multiple_of(2) {
+        40
+    } else {
+        44
+    }
+}
+
+/// Runs the benchmark. `peer` makes the command of one device process
+/// (`svmap device-peer`). The baselines run first, then the runtime: its
+/// window takes every free address below the devices' limit.
+pub fn run(cfg: &Config, peer: &dyn Fn() -> std::io::Result<Command>) -> Result<Report, String> {
+    if !(1..=MAX_LIVE).contains(&cfg.live)
+        || cfg.devices > MAX_DEVICES
+        || !(1..=MAX_STEPS).contains(&cfg.steps)
+    {
+        return Err(format!("configuration out of bounds: {cfg:?}"));
+    }
+    let t0 = Instant::now();
+    let mut report = Report::default();
+    let base_live = cfg.live.min(BASELINE_LIVE_CAP);
+    let base = work(base_live, cfg.steps);
+    report.mmap = drive(&mut Mmap(0), &base, |_| {}).map_err(|e| format!("mmap baseline: {e}"))?;
+    report.memfd =
+        drive(&mut Memfd(0), &base, |_| {}).map_err(|e| format!("memfd baseline: {e}"))?;
+    // One descriptor per live buffer: stay well below the soft limit.
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let heap_live = base_live.min(
+        usize::try_from(nofile.saturating_sub(256))
+            .unwrap_or(1)
+            .max(1),
+    );
+    let heap_work = work(heap_live, cfg.steps);
+    {
+        let heap = Heap::below_bits(44, 1 << 42).map_err(|e| format!("memfd heap: {e}"))?;
+        report.heap = drive(&mut PerBuffer(heap, 0), &heap_work, |_| {})
+            .map_err(|e| format!("memfd heap: {e}"))?;
+    }
+
+    let cpu = LinuxCpu::new(cfg.guarded);
+    let dir = cpu.directory();
+    let mut engine: Engine<LinuxCpu, Device> = Engine::new(MmConfig::default(), cpu);
+    seed_from_self(&mut engine).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if cfg.devices == 0 {
+        // No device process: a model device gives the window its width.
+        engine
+            .add_device_with(DeviceConfig::new("host", 44), Device::Model(ModelDevice))
+            .map_err(|e| e.to_string())?;
+        names.push("host".to_owned());
+    }
+    for i in 0..cfg.devices {
+        let bits = device_bits(i);
+        let mut pc = PeerConfig::new(bits, 1);
+        pc.timeout = Duration::from_secs(30);
+        let cmd = peer().map_err(|e| format!("the device process command: {e}"))?;
+        let dev = PeerDevice::spawn(cmd, &pc, dir.clone())
+            .map_err(|e| format!("starting device process {i}: {e}"))?;
+        let name = format!("dev{i}");
+        engine
+            .add_device_with(
+                DeviceConfig::new(&name, bits),
+                Device::Process(Box::new(dev)),
+            )
+            .map_err(|e| e.to_string())?;
+        report.device_bits.push(bits);
+        names.push(name);
+    }
+    engine.reserve_window(&names).map_err(|e| e.to_string())?;
+    let mut rt = Runtime { engine, names };
+    report.rss_shmem_start_kib = rss_shmem_kib()?;
+    let w = work(cfg.live, cfg.steps);
+    let mut peak = 0;
+    report.runtime = drive(&mut rt, &w, |_| peak = rss_shmem_kib().unwrap_or(0))
+        .map_err(|e| format!("runtime: {e}"))?;
+    report.rss_shmem_peak_kib = peak;
+    report.rss_shmem_after_free_kib = rss_shmem_kib()?;
+    report.wall = t0.elapsed();
+    Ok(report)
+}
