@@ -236,9 +236,12 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "{call} failed with ENOMEM: the process's address-space limit RLIMIT_AS \
-                 (ulimit -v) is {limit:#x} bytes and it already maps {vm_size:#x} bytes \
-                 (VmSize), so {len:#x} more do not fit; reservations count in full although \
-                 they use no memory: raise the limit or reserve less"
+                 (ulimit -v) is {limit:#x} bytes ({}) and it already maps {vm_size:#x} bytes \
+                 ({}, VmSize), so {len:#x} more ({}) do not fit; reservations count in full \
+                 although they use no memory: raise the limit or reserve less",
+                Mib(*limit),
+                Mib(*vm_size),
+                Mib(*len)
             ),
             Error::WindowFull {
                 low,
@@ -283,5 +286,39 @@ impl std::error::Error for Error {
             Error::Io { source, .. } | Error::Spawn { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+/// A byte count in MiB for messages: exact when it is a whole number of
+/// MiB, else with one decimal.
+struct Mib(u64);
+
+impl fmt::Display for Mib {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: u64 = 1 << 20;
+        if self.0.is_multiple_of(MIB) {
+            write!(f, "{} MiB", self.0 / MIB)
+        } else {
+            write!(f, "{:.1} MiB", self.0 as f64 / MIB as f64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod mib_tests {
+    use super::*;
+
+    #[test]
+    fn the_address_space_limit_names_its_sizes_in_bytes_and_mib() {
+        let e = Error::AddressSpaceLimit {
+            call: "mmap",
+            len: 0x1000_0000,
+            vm_size: 0x8e_7000,
+            limit: 0xa00_0000,
+        };
+        let text = e.to_string();
+        assert!(text.contains("is 0xa000000 bytes (160 MiB)"), "{text}");
+        assert!(text.contains("0x8e7000 bytes (8.9 MiB, VmSize)"), "{text}");
+        assert!(text.contains("0x10000000 more (256 MiB)"), "{text}");
     }
 }
