@@ -16,7 +16,8 @@ use crate::args::{self, Arg, Stop};
 pub const HELP: &str = r#"svmap bench: measure svmap's address map or its SVM runtime
 
 Usage: svmap bench churn --live N [--align BYTES] [--highest] [--quick] [--json]
-       svmap bench svm --live N [--devices K] [--steps S] [--guarded] [--json]
+       svmap bench svm --live N [--devices K] [--steps S] [--punch-batch BYTES]
+                       [--guarded] [--json]
 
 svmap bench churn: svmap's own address map on the churn workload.
 
@@ -64,20 +65,26 @@ same work through plain mmap + munmap, a MAP_SHARED memfd mmap + munmap,
 and the per-buffer-memfd heap (these with at most 30000 live buffers, below
 vm.max_map_count; the heap also below RLIMIT_NOFILE). RssShmem is read
 before the runtime's buffers exist, with all of them live, and after
-freeing them all.
+freeing them all (before and after the sparse heap's batch of pending
+punches is flushed).
 
 Options:
   --live N        live buffers, 1..=1e6 (required)
   --devices K     device processes, 0..=8 (default 0)
   --steps S       timed steps, 1..=1e7 (default 10000)
+  --punch-batch BYTES
+                  freed bytes the sparse heap may leave unpunched before it
+                  punches them (coalesced), 0..=1g; 0 punches every free at
+                  once; default 16m; suffixes k, m, g allowed
   --guarded       freed ranges PROT_NONE on the CPU (use after free faults)
   --json          one JSON line: live, devices, device_bits, steps, guarded,
+                  punch_batch,
                   ns_per_pair, syscalls_per_pair, device_syscalls_per_pair,
                   mmap_ns_per_pair, mmap_syscalls_per_pair, mmap_live,
                   memfd_ns_per_pair, memfd_syscalls_per_pair,
                   heap_ns_per_pair, heap_syscalls_per_pair, heap_live,
                   ratio_vs_mmap, rss_shmem_start_kib, rss_shmem_peak_kib,
-                  rss_shmem_after_free_kib, wall_s
+                  rss_shmem_unflushed_kib, rss_shmem_after_free_kib, wall_s
   -h, --help      this help
 
 System calls are counted by the code that makes them (the sparse heaps'
@@ -204,6 +211,7 @@ fn count_in(opt: &str, v: &str, lo: usize, hi: usize, range: &str) -> Result<usi
 /// The arguments after `bench svm`.
 fn parse_svm(p: &mut args::Parser) -> Result<SvmOptions, Stop> {
     let (mut live, mut devices, mut steps, mut guarded, mut json) = (None, 0, 10_000, false, false);
+    let mut punch_batch = svmap_runtime::sparse::DEFAULT_PUNCH_BATCH;
     while let Some(arg) = p.next()? {
         match arg {
             Arg::Long("live") => {
@@ -218,6 +226,20 @@ fn parse_svm(p: &mut args::Parser) -> Result<SvmOptions, Stop> {
                 let v = args::text("--steps", args::value(p, "--steps", "a positive count")?)?;
                 steps = count_in("--steps", &v, 1, bench::MAX_STEPS, "1..=1e7")?;
             }
+            Arg::Long("punch-batch") => {
+                let v = args::text(
+                    "--punch-batch",
+                    args::value(p, "--punch-batch", "a byte count")?,
+                )?;
+                match parse_bytes(&v) {
+                    Some(b) if b <= bench::MAX_PUNCH_BATCH => punch_batch = b,
+                    _ => {
+                        return Err(Stop::Usage(format!(
+                            "--punch-batch {v:?} is not a byte count in 0..=1g (e.g. 0, 4m)"
+                        )))
+                    }
+                }
+            }
             Arg::Long("guarded") => guarded = true,
             Arg::Long("json") => json = true,
             Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
@@ -231,6 +253,7 @@ fn parse_svm(p: &mut args::Parser) -> Result<SvmOptions, Stop> {
             devices,
             steps,
             guarded,
+            punch_batch,
         },
         json,
     })
@@ -273,6 +296,7 @@ fn run_svm(p: &mut args::Parser) -> i32 {
             "device_bits": r.device_bits,
             "steps": cfg.steps,
             "guarded": cfg.guarded,
+            "punch_batch": r.punch_batch,
             "ns_per_pair": r.runtime.ns_per_pair,
             "syscalls_per_pair": r.runtime.syscalls_per_pair,
             "device_syscalls_per_pair": r.runtime.device_syscalls_per_pair,
@@ -287,17 +311,19 @@ fn run_svm(p: &mut args::Parser) -> i32 {
             "ratio_vs_mmap": ratio,
             "rss_shmem_start_kib": r.rss_shmem_start_kib,
             "rss_shmem_peak_kib": r.rss_shmem_peak_kib,
+            "rss_shmem_unflushed_kib": r.rss_shmem_unflushed_kib,
             "rss_shmem_after_free_kib": r.rss_shmem_after_free_kib,
             "wall_s": r.wall.as_secs_f64(),
         });
         println!("{v}");
     } else {
         println!(
-            "svmap svm: {} live buffers, {} device processes {:?}, {} steps{}",
+            "svmap svm: {} live buffers, {} device processes {:?}, {} steps, punch batch {}{}",
             cfg.live,
             cfg.devices,
             r.device_bits,
             cfg.steps,
+            r.punch_batch,
             if cfg.guarded { ", guarded" } else { "" }
         );
         println!(
@@ -321,8 +347,11 @@ fn run_svm(p: &mut args::Parser) -> i32 {
         );
         println!("  mmap + munmap / runtime: {ratio:.2}x");
         println!(
-            "  RssShmem KiB: {} before, {} with all live, {} after freeing all",
-            r.rss_shmem_start_kib, r.rss_shmem_peak_kib, r.rss_shmem_after_free_kib
+            "  RssShmem KiB: {} before, {} with all live, {} after freeing all, {} flushed",
+            r.rss_shmem_start_kib,
+            r.rss_shmem_peak_kib,
+            r.rss_shmem_unflushed_kib,
+            r.rss_shmem_after_free_kib
         );
         println!("  wall time: {:.1?}", r.wall);
     }
@@ -464,6 +493,14 @@ mod tests {
             (1_000_000, 8, 10_000_000)
         );
         assert!(o.cfg.guarded);
+        assert_eq!(
+            o.cfg.punch_batch,
+            svmap_runtime::sparse::DEFAULT_PUNCH_BATCH
+        );
+        let o = svm(&["--live", "1", "--punch-batch", "0"]).unwrap();
+        assert_eq!(o.cfg.punch_batch, 0);
+        let o = svm(&["--live", "1", "--punch-batch", "1g"]).unwrap();
+        assert_eq!(o.cfg.punch_batch, 1 << 30);
         for (bad, needle) in [
             (&["--devices", "1"][..], "--live N is required"),
             (&["--live", "0"], "1..=1e6"),
@@ -474,6 +511,8 @@ mod tests {
             (&["--live", "10", "--steps", "0"], "1..=1e7"),
             (&["--live", "10", "--steps", "1e8"], "1..=1e7"),
             (&["--live", "10", "--align", "4096"], "align"),
+            (&["--live", "10", "--punch-batch", "2g"], "0..=1g"),
+            (&["--live", "10", "--punch-batch", "x"], "0..=1g"),
         ] {
             match svm(bad) {
                 Err(Stop::Usage(m)) => assert!(m.contains(needle), "{bad:?}: {m}"),

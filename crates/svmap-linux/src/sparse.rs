@@ -6,8 +6,11 @@
 //!  one memfd of (end - addr) bytes, MAP_SHARED | MAP_FIXED over all of it
 //!  [ buf A ][ free: hole ][ buf B ][ free: hole ..................... ]
 //!  offset of a buffer in the memfd = its address - addr
-//!  alloc: nothing but the index (guarded mode: one mprotect)
-//!  free:  fallocate(PUNCH_HOLE | KEEP_SIZE) (guarded mode: + mprotect)
+//!  alloc: nothing but the index (guarded mode: one mprotect); punches
+//!         the part of the pending batch it reuses, if any
+//!  free:  the range joins the pending batch (guarded mode: + mprotect);
+//!         the batch is punched, fallocate(PUNCH_HOLE | KEEP_SIZE) per
+//!         coalesced run, once it holds more than the bound
 //! ```
 //!
 //! Compared with [`crate::heap::Heap`] (one memfd, one VMA and four system
@@ -15,9 +18,23 @@
 //! and no VMA: the whole window is one VMA and one descriptor, so
 //! `vm.max_map_count` and `RLIMIT_NOFILE` do not bound the number of
 //! buffers. The memfd is as large as the window but sparse: only touched
-//! pages take memory, and a free punches its pages out of the file, so the
-//! memory goes back at once (`RssShmem` falls) and the range reads zeros
-//! when it is handed out again.
+//! pages take memory, and freed pages are punched out of the file, so the
+//! memory goes back (`RssShmem` falls) and the range reads zeros when it is
+//! handed out again.
+//!
+//! **Punch batching.** A punch (`fallocate(PUNCH_HOLE)`) is the one system
+//! call of a free and most of its cost, so frees are not punched one by
+//! one: a freed range joins a batch of pending ranges (adjacent ones
+//! coalesce), and the batch is punched, one call per coalesced run, as soon
+//! as it holds more than the bound ([`DEFAULT_PUNCH_BATCH`], set with
+//! [`SparseHeap::set_punch_batch`]; 0 punches every free at once) or more
+//! than [`MAX_PENDING_RUNS`] runs. So the freed memory not yet returned
+//! never exceeds the bound, whatever the frees. Pending pages are punched
+//! before they are handed out again (a claim that overlaps the batch
+//! punches the overlap first, so a new buffer always reads zeros), by
+//! [`SparseHeap::flush`], and when the heap is dropped. Until then a freed
+//! range's old contents may still be read through a stale pointer (in the
+//! unguarded mode, which promises nothing about freed ranges).
 //!
 //! Another process maps the same memory by mapping the memfd
 //! ([`SparseHeap::fd`]) at the same address, or one buffer at its offset
@@ -28,6 +45,7 @@
 //! per alloc and per free, and a VMA for every run of live buffers between
 //! free ranges.
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use svmap_core::{AddressMap, FitError, FitRequest, SearchParams, VmaFlags};
@@ -36,17 +54,126 @@ use crate::error::Error;
 use crate::reserve::Reservation;
 use crate::sys::{self, Access, PAGE};
 
-/// The sparse shared heap over one reservation. Dropping it unmaps the
-/// reservation and closes the memfd.
+/// The default bound of the punch batch: 16 MiB of freed address range
+/// not yet punched.
+pub const DEFAULT_PUNCH_BATCH: u64 = 16 << 20;
+/// The most coalesced runs the punch batch holds before it is punched.
+pub const MAX_PENDING_RUNS: usize = 64;
+
+/// Freed ranges of the memfd not punched yet: offsets, coalesced. Dropping
+/// it punches them all (then closes the memfd).
+#[derive(Debug)]
+struct Punches {
+    fd: OwnedFd,
+    /// start offset -> end offset; runs never touch or overlap.
+    runs: BTreeMap<u64, u64>,
+    bytes: u64,
+    bound: u64,
+    /// System calls made since creation (punches, `mprotect`s).
+    syscalls: u64,
+}
+
+impl Punches {
+    fn punch(&mut self, off: u64, len: u64) -> Result<(), crate::error::Errno> {
+        self.syscalls += 1;
+        rustix::fs::fallocate(
+            &self.fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            off,
+            len,
+        )
+        .map_err(Into::into)
+    }
+
+    /// Adds `[off, end)` (free, not pending) to the batch, coalescing.
+    fn add(&mut self, mut off: u64, mut end: u64) {
+        self.bytes += end - off;
+        if let Some((&s, &e)) = self.runs.range(..=off).next_back() {
+            if e == off {
+                self.runs.remove(&s);
+                off = s;
+            }
+        }
+        if let Some(e) = self.runs.remove(&end) {
+            end = e;
+        }
+        self.runs.insert(off, end);
+    }
+
+    /// The span from the start of the first to the end of the last pending
+    /// run that overlaps `[off, end)`, if any: whole runs, so that a run is
+    /// punched once and never left in pieces.
+    fn span_within(&self, off: u64, end: u64) -> Option<(u64, u64)> {
+        let first = match self.runs.range(..off).next_back() {
+            Some((&s, &e)) if e > off => s,
+            _ => off,
+        };
+        let mut it = self.runs.range(first..end);
+        let (&s, &e) = it.next()?;
+        let last_end = it.next_back().map_or(e, |(_, &e)| e);
+        Some((s, last_end))
+    }
+
+    fn over_bound(&self) -> bool {
+        self.bytes > self.bound || self.runs.len() > MAX_PENDING_RUNS
+    }
+
+    /// Punches the pending parts of `[off, end)`; what is left of a run
+    /// outside it stays pending. On an error the run that failed stays
+    /// pending whole.
+    fn punch_within(&mut self, off: u64, end: u64) -> Result<(), (u64, u64, crate::error::Errno)> {
+        self.take_within(off, end, true)
+    }
+
+    /// Takes the pending parts of `[off, end)` out of the batch, punching
+    /// them first if `punch`.
+    fn take_within(
+        &mut self,
+        off: u64,
+        end: u64,
+        punch: bool,
+    ) -> Result<(), (u64, u64, crate::error::Errno)> {
+        let first = match self.runs.range(..off).next_back() {
+            Some((&s, &e)) if e > off => s,
+            _ => off,
+        };
+        let hit: Vec<(u64, u64)> = self.runs.range(first..end).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in hit {
+            let (ps, pe) = (s.max(off), e.min(end));
+            if punch {
+                self.punch(ps, pe - ps)
+                    .map_err(|errno| (ps, pe - ps, errno))?;
+            }
+            self.runs.remove(&s);
+            self.bytes -= pe - ps;
+            if s < ps {
+                self.runs.insert(s, ps);
+            }
+            if pe < e {
+                self.runs.insert(pe, e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Punches {
+    fn drop(&mut self) {
+        // Best effort: a failed punch leaves pages in a file that closing
+        // gives back anyway unless another process still maps it.
+        let _ = self.punch_within(0, u64::MAX);
+    }
+}
+
+/// The sparse shared heap over one reservation. Dropping it punches the
+/// pending batch, unmaps the reservation and closes the memfd.
 #[derive(Debug)]
 pub struct SparseHeap {
     /// Live buffers (exact ranges), for the gap search and the frees.
     index: AddressMap,
     live_bytes: u64,
     guarded: bool,
-    /// System calls made since creation (punches, `mprotect`s).
-    syscalls: u64,
-    fd: OwnedFd,
+    punches: Punches,
     res: Reservation,
 }
 
@@ -78,8 +205,13 @@ impl SparseHeap {
             index: AddressMap::new(),
             live_bytes: 0,
             guarded,
-            syscalls: 0,
-            fd,
+            punches: Punches {
+                fd,
+                runs: BTreeMap::new(),
+                bytes: 0,
+                bound: DEFAULT_PUNCH_BATCH,
+                syscalls: 0,
+            },
             res,
         })
     }
@@ -102,7 +234,47 @@ impl SparseHeap {
     /// System calls made since the heap was set up: punches and
     /// `mprotect`s (not the set-up's own).
     pub fn syscalls(&self) -> u64 {
-        self.syscalls
+        self.punches.syscalls
+    }
+
+    /// Sets the bound of the punch batch in bytes (0: every free is
+    /// punched at once) and punches the batch if it holds more.
+    pub fn set_punch_batch(&mut self, bytes: u64) -> Result<(), Error> {
+        self.punches.bound = bytes;
+        if self.punches.over_bound() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The bound of the punch batch in bytes.
+    pub fn punch_batch(&self) -> u64 {
+        self.punches.bound
+    }
+
+    /// Freed bytes not punched yet (at most [`Self::punch_batch`]).
+    pub fn pending_bytes(&self) -> u64 {
+        self.punches.bytes
+    }
+
+    /// Punches every pending freed range now: their memory goes back.
+    /// Runs separated only by free pages are punched in one call.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let start = self.start();
+        while let Some((&s, &e0)) = self.punches.runs.iter().next() {
+            let mut e = e0;
+            for (&s2, &e2) in self.punches.runs.range(e..) {
+                if self.index.first_overlap(start + e, start + s2).is_some() {
+                    break;
+                }
+                e = e2;
+            }
+            self.punches
+                .punch(s, e - s)
+                .map_err(|err| sys_err("fallocate(PUNCH_HOLE)", start + s, e - s, err))?;
+            let _ = self.punches.take_within(s, e, false);
+        }
+        Ok(())
     }
 
     /// Number of live buffers.
@@ -117,14 +289,14 @@ impl SparseHeap {
 
     /// The memfd behind the whole heap: offset `o` is address `start() + o`.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.punches.fd.as_fd()
     }
 
     /// The memfd, the offset and the length of the live buffer that
     /// contains `addr`, for mapping it in another process.
     pub fn locate(&self, addr: u64) -> Option<(BorrowedFd<'_>, u64, u64)> {
         let v = self.index.vma_at(addr)?;
-        Some((self.fd.as_fd(), v.start - self.start(), v.end - v.start))
+        Some((self.fd(), v.start - self.start(), v.end - v.start))
     }
 
     fn page_len(len: u64) -> Result<u64, Error> {
@@ -204,8 +376,18 @@ impl SparseHeap {
         if self.index.first_overlap(addr, addr + len).is_some() {
             return Err(Error::HeapFull { len, align: PAGE });
         }
+        // A reused range reads zeros: punch the pending runs it overlaps,
+        // whole, in one call over their span (the gaps between them are
+        // free pages of the range: punched already or never touched).
+        let off = addr - self.start();
+        if let Some((ps, pe)) = self.punches.span_within(off, off + len) {
+            self.punches
+                .punch(ps, pe - ps)
+                .map_err(|e| sys_err("fallocate(PUNCH_HOLE)", self.res.addr() + ps, pe - ps, e))?;
+            let _ = self.punches.take_within(ps, pe, false);
+        }
         if self.guarded {
-            self.syscalls += 1;
+            self.punches.syscalls += 1;
             self.res
                 .protect(addr, len, Access::ReadWrite)
                 .map_err(|e| sys_err("mprotect", addr, len, e))?;
@@ -251,16 +433,12 @@ impl SparseHeap {
             });
         }
         let off = addr - self.start();
-        self.syscalls += 1;
-        rustix::fs::fallocate(
-            &self.fd,
-            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-            off,
-            len,
-        )
-        .map_err(|e| sys_err("fallocate(PUNCH_HOLE)", addr, len, e.into()))?;
+        // Pending parts of the range rejoin the batch with the rest of it.
+        if !self.punches.runs.is_empty() {
+            let _ = self.punches.take_within(off, off + len, false);
+        }
         if self.guarded {
-            self.syscalls += 1;
+            self.punches.syscalls += 1;
             self.res
                 .protect(addr, len, Access::None)
                 .map_err(|e| sys_err("mprotect", addr, len, e))?;
@@ -276,13 +454,17 @@ impl SparseHeap {
                 what: e.to_string(),
             })?;
         self.live_bytes -= before;
+        self.punches.add(off, off + len);
+        if self.punches.over_bound() {
+            self.flush()?;
+        }
         Ok(())
     }
 
     /// Changes the CPU access of `[addr, addr + len)` (a part of the heap)
     /// with one `mprotect`.
     pub fn protect(&mut self, addr: u64, len: u64, access: Access) -> Result<(), Error> {
-        self.syscalls += 1;
+        self.punches.syscalls += 1;
         self.res
             .protect(addr, len, access)
             .map_err(|e| sys_err("mprotect", addr, len, e))

@@ -192,3 +192,143 @@ fn guarded_mode_makes_freed_ranges_inaccessible() {
     u.free(c).unwrap();
     assert_eq!(perms_at(c), "rw-s");
 }
+
+fn write_word(a: u64, v: u64) {
+    #[allow(unsafe_code)]
+    // SAFETY: `a` is inside a live read-write buffer of a test heap.
+    unsafe {
+        (a as *mut u64).write_volatile(v)
+    };
+}
+
+fn read_word(a: u64) -> u64 {
+    #[allow(unsafe_code)]
+    // SAFETY: `a` is inside a read-write range of a test heap (unguarded).
+    unsafe {
+        (a as *const u64).read_volatile()
+    }
+}
+
+/// Frees join the punch batch (no system call); adjacent ones coalesce
+/// into one punch; a flush punches them all and their bytes read zeros
+/// through the memfd.
+#[test]
+fn frees_are_batched_coalesced_and_flushed() {
+    let mut h = heap(64 * PAGE, false);
+    h.set_punch_batch(1 << 20).unwrap();
+    let bufs: Vec<u64> = (0..8).map(|_| h.alloc(PAGE, PAGE).unwrap()).collect();
+    for (i, &a) in bufs.iter().enumerate() {
+        write_word(a, 0x1000 + i as u64);
+    }
+    let calls0 = h.syscalls();
+    // Every other buffer, then the rest: the last frees join the runs.
+    for &a in bufs.iter().step_by(2).chain(bufs.iter().skip(1).step_by(2)) {
+        h.free(a).unwrap();
+    }
+    assert_eq!(h.syscalls(), calls0, "a free below the bound makes no call");
+    assert_eq!(h.pending_bytes(), 8 * PAGE);
+    // Not punched yet: the file still holds the old words.
+    let (fd, start) = (h.fd(), h.start());
+    assert_eq!(read_at(fd, bufs[3] - start), 0x1003);
+    h.flush().unwrap();
+    assert_eq!(h.pending_bytes(), 0);
+    assert_eq!(h.syscalls(), calls0 + 1, "eight adjacent frees, one punch");
+    for &a in &bufs {
+        assert_eq!(read_at(h.fd(), a - h.start()), 0, "{a:#x} punched");
+    }
+}
+
+/// A range reused while its pages are still pending is punched first: a
+/// new buffer reads zeros; the pending run it overlaps is punched whole
+/// (one call), a run it does not overlap stays pending.
+#[test]
+fn a_reused_pending_range_reads_zeros() {
+    let mut h = heap(64 * PAGE, false);
+    h.set_punch_batch(1 << 20).unwrap();
+    let a = h.alloc(4 * PAGE, PAGE).unwrap();
+    let keep = h.alloc(PAGE, PAGE).unwrap();
+    let far = h.alloc(2 * PAGE, PAGE).unwrap();
+    for p in 0..4 {
+        write_word(a + p * PAGE, 0xdead_0000 + p);
+    }
+    write_word(far, 0xfa);
+    h.free(a).unwrap();
+    h.free(far).unwrap();
+    assert_eq!(h.pending_bytes(), 6 * PAGE);
+    let calls = h.syscalls();
+    // Lowest fit: the first two pages of the first freed range.
+    let b = h.alloc(2 * PAGE, PAGE).unwrap();
+    assert_eq!(b, a);
+    assert_eq!((read_word(b), read_word(b + PAGE)), (0, 0));
+    // Its run was punched whole, in one call; the other run still pending
+    // and still holding its word in the file.
+    assert_eq!(h.syscalls(), calls + 1);
+    assert_eq!(h.pending_bytes(), 2 * PAGE);
+    assert_eq!(read_at(h.fd(), a + 3 * PAGE - h.start()), 0);
+    assert_eq!(read_at(h.fd(), far - h.start()), 0xfa);
+    // A claim at an exact address inside the other run.
+    h.claim(far + PAGE, PAGE).unwrap();
+    assert_eq!(read_word(far + PAGE), 0);
+    assert_eq!(read_at(h.fd(), far - h.start()), 0);
+    assert_eq!((h.pending_bytes(), h.syscalls()), (0, calls + 2));
+    assert_eq!(h.live(), 3, "{keep:#x} and the two new buffers");
+}
+
+/// Whatever the frees, the bytes not yet punched never exceed the bound,
+/// and with a bound of 0 every free is punched at once.
+#[test]
+fn pending_bytes_never_exceed_the_bound() {
+    const BOUND: u64 = 24 * PAGE;
+    let mut h = heap(4096 * PAGE, false);
+    h.set_punch_batch(BOUND).unwrap();
+    assert_eq!(h.punch_batch(), BOUND);
+    let mut rng = 0x1234_5678_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut live: Vec<u64> = Vec::new();
+    let mut freed: Vec<u64> = Vec::new();
+    let mut peak = 0u64;
+    for _ in 0..3000 {
+        if live.is_empty() || (next() % 3 != 0 && live.len() < 200) {
+            let len = (1 + next() % 16) * PAGE;
+            let a = h.alloc(len, PAGE).unwrap();
+            write_word(a, a);
+            live.push(a);
+        } else {
+            let i = (next() % live.len() as u64) as usize;
+            let a = live.swap_remove(i);
+            h.free(a).unwrap();
+            freed.push(a);
+        }
+        peak = peak.max(h.pending_bytes());
+        assert!(h.pending_bytes() <= BOUND, "{} pending", h.pending_bytes());
+    }
+    assert!(peak > 0, "the batch was used");
+    // Every live buffer still holds its word (no punch touched it).
+    for &a in &live {
+        assert_eq!(read_word(a), a);
+    }
+    // After a flush every freed page that is free now reads zeros in the
+    // file: nothing freed stays unpunched.
+    h.flush().unwrap();
+    assert_eq!(h.pending_bytes(), 0);
+    let mut checked = 0;
+    for &a in &freed {
+        if h.locate(a).is_none() {
+            assert_eq!(read_at(h.fd(), a - h.start()), 0, "{a:#x}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+    // Lowering the bound punches what is over it.
+    h.set_punch_batch(0).unwrap();
+    assert_eq!(h.pending_bytes(), 0);
+    let a = live[0];
+    let calls = h.syscalls();
+    h.free(a).unwrap();
+    assert_eq!((h.pending_bytes(), h.syscalls()), (0, calls + 1));
+}

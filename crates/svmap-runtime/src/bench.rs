@@ -35,6 +35,8 @@ use crate::{seed_from_self, LinuxCpu, PeerDevice};
 pub const MAX_LIVE: usize = 1_000_000;
 /// Most device processes.
 pub const MAX_DEVICES: usize = 8;
+/// Largest punch batch bound: 1 GiB.
+pub const MAX_PUNCH_BATCH: u64 = 1 << 30;
 /// Most timed steps.
 pub const MAX_STEPS: usize = 10_000_000;
 /// The baselines that hold one VMA (and, for the memfd heap, one
@@ -54,6 +56,9 @@ pub struct Config {
     pub steps: usize,
     /// Freed ranges `PROT_NONE` on the CPU (the sparse heap's guarded mode).
     pub guarded: bool,
+    /// The bound of the sparse heaps' punch batch in bytes (0: every free
+    /// punched at once).
+    pub punch_batch: u64,
 }
 
 /// The figures of one implementation.
@@ -84,8 +89,13 @@ pub struct Report {
     pub rss_shmem_start_kib: u64,
     /// ... with every buffer live, after the timed steps.
     pub rss_shmem_peak_kib: u64,
-    /// ... after every buffer was freed.
+    /// ... after every buffer was freed, before the punch batch is
+    /// flushed (at most the batch's bound above the start).
+    pub rss_shmem_unflushed_kib: u64,
+    /// ... after every buffer was freed and the batch flushed.
     pub rss_shmem_after_free_kib: u64,
+    /// The bound of the sparse heaps' punch batch (bytes).
+    pub punch_batch: u64,
     /// Device widths (bits), one per device process.
     pub device_bits: Vec<u32>,
     /// Wall time of the whole run.
@@ -386,6 +396,7 @@ pub fn run(cfg: &Config, peer: &dyn Fn() -> std::io::Result<Command>) -> Result<
     if !(1..=MAX_LIVE).contains(&cfg.live)
         || cfg.devices > MAX_DEVICES
         || !(1..=MAX_STEPS).contains(&cfg.steps)
+        || cfg.punch_batch > MAX_PUNCH_BATCH
     {
         return Err(format!("configuration out of bounds: {cfg:?}"));
     }
@@ -412,7 +423,10 @@ pub fn run(cfg: &Config, peer: &dyn Fn() -> std::io::Result<Command>) -> Result<
             .map_err(|e| format!("memfd heap: {e}"))?;
     }
 
-    let cpu = LinuxCpu::new(cfg.guarded);
+    let mut cpu = LinuxCpu::new(cfg.guarded);
+    cpu.set_punch_batch(cfg.punch_batch)
+        .map_err(|e| e.to_string())?;
+    report.punch_batch = cfg.punch_batch;
     let dir = cpu.directory();
     let mut engine: Engine<LinuxCpu, Device> = Engine::new(MmConfig::default(), cpu);
     seed_from_self(&mut engine).map_err(|e| e.to_string())?;
@@ -449,6 +463,11 @@ pub fn run(cfg: &Config, peer: &dyn Fn() -> std::io::Result<Command>) -> Result<
     report.runtime = drive(&mut rt, &w, |_| peak = rss_shmem_kib().unwrap_or(0))
         .map_err(|e| format!("runtime: {e}"))?;
     report.rss_shmem_peak_kib = peak;
+    report.rss_shmem_unflushed_kib = rss_shmem_kib()?;
+    rt.engine
+        .cpu_backend_mut()
+        .flush()
+        .map_err(|e| format!("flushing the punch batch: {e}"))?;
     report.rss_shmem_after_free_kib = rss_shmem_kib()?;
     report.wall = t0.elapsed();
     Ok(report)

@@ -9,7 +9,7 @@
 //! | `reserve` (window piece) | `MAP_FIXED_NOREPLACE` reservation (`PROT_NONE`, `MAP_NORESERVE`), made a [`SparseHeap`]: one memfd mapped once over it |
 //! | `map` inside a window piece | [`SparseHeap::claim`]: no system call (guarded mode: one `mprotect`) |
 //! | `map` elsewhere | a fresh `MAP_FIXED_NOREPLACE` reservation of exactly the range with its own sparse memfd (fails with `EEXIST` rather than replace anything) |
-//! | `unmap` back to a window | [`SparseHeap::release`]: `fallocate(PUNCH_HOLE)` (guarded: + `mprotect(PROT_NONE)`) |
+//! | `unmap` back to a window | [`SparseHeap::release`]: the range joins the heap's punch batch, punched (`fallocate(PUNCH_HOLE)`) once the batch exceeds its bound or before the range is reused (guarded: + `mprotect(PROT_NONE)`) |
 //! | `unmap` to the system | the range's own mapping is unmapped |
 //! | `protect` | one `mprotect` |
 //! | `map_device_only`, fault | an svmap-owned `PROT_NONE` reservation: a CPU touch raises `SIGSEGV` |
@@ -77,7 +77,7 @@ impl Region {
 /// The Linux CPU backend: the engine's CPU decisions on this process. See
 /// the crate documentation. Dropping it unmaps every region it owns (and
 /// leaves alone the ones it was told to forget).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LinuxCpu {
     /// Owned regions by start address; they never overlap.
     regions: BTreeMap<u64, Region>,
@@ -85,6 +85,8 @@ pub struct LinuxCpu {
     /// they are unmapped.
     protected: BTreeMap<u64, u64>,
     guarded: bool,
+    /// The bound of every heap's punch batch.
+    punch_batch: u64,
     /// The memfds of the heaps, for the device backends.
     directory: HeapDirectory,
 }
@@ -112,6 +114,13 @@ fn access(p: Prot) -> Access {
     }
 }
 
+impl Default for LinuxCpu {
+    /// [`LinuxCpu::new`] unguarded.
+    fn default() -> LinuxCpu {
+        LinuxCpu::new(false)
+    }
+}
+
 impl LinuxCpu {
     /// A backend that owns nothing yet. With `guarded`, free pages of
     /// window heaps are `PROT_NONE` (a use after free faults); without,
@@ -121,8 +130,47 @@ impl LinuxCpu {
             regions: BTreeMap::new(),
             protected: BTreeMap::new(),
             guarded,
+            punch_batch: sparse::DEFAULT_PUNCH_BATCH,
             directory: HeapDirectory::default(),
         }
+    }
+
+    /// Sets the bound of the punch batch of every heap, now and later
+    /// ([`SparseHeap::set_punch_batch`]; 0 punches every free at once).
+    pub fn set_punch_batch(&mut self, bytes: u64) -> Result<(), BackendError> {
+        self.punch_batch = bytes;
+        for (&s, r) in &mut self.regions {
+            if let Kind::Window(h) | Kind::Svm(h) = &mut r.kind {
+                h.set_punch_batch(bytes)
+                    .map_err(|e| from_linux(e, s, r.end))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Punches every heap's pending freed ranges now
+    /// ([`SparseHeap::flush`]): all freed memory goes back.
+    pub fn flush(&mut self) -> Result<(), BackendError> {
+        for (&s, r) in &mut self.regions {
+            if let Kind::Window(h) | Kind::Svm(h) = &mut r.kind {
+                if !r.lost {
+                    h.flush().map_err(|e| from_linux(e, s, r.end))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Freed bytes the heaps have not punched yet (each heap's at most its
+    /// bound).
+    pub fn pending_bytes(&self) -> u64 {
+        self.regions
+            .values()
+            .map(|r| match &r.kind {
+                Kind::Window(h) | Kind::Svm(h) => h.pending_bytes(),
+                Kind::DeviceOnly(_) => 0,
+            })
+            .sum()
     }
 
     /// The directory of this backend's heaps (one memfd each), shared
@@ -202,7 +250,9 @@ impl LinuxCpu {
 impl CpuBackend for LinuxCpu {
     fn reserve(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         let res = Self::new_reservation(start, end)?;
-        let heap = SparseHeap::new(res, self.guarded).map_err(|e| from_linux(e, start, end))?;
+        let mut heap = SparseHeap::new(res, self.guarded).map_err(|e| from_linux(e, start, end))?;
+        heap.set_punch_batch(self.punch_batch)
+            .map_err(|e| from_linux(e, start, end))?;
         self.add_region(start, end, Kind::Window(heap))
     }
 

@@ -100,6 +100,13 @@ proptest! {
                     match perms_at(a) {
                         None => {}
                         Some(p) if p.starts_with("rw") => {
+                            // A free page of a window heap: its punch may
+                            // wait in the heap's bounded batch; once the
+                            // batch is flushed it reads zeros.
+                            let pending = real.cpu_backend().pending_bytes();
+                            prop_assert!(pending <= real.cpu_backend().regions() as u64 * svmap_runtime::sparse::DEFAULT_PUNCH_BATCH);
+                            real.cpu_backend_mut().flush().unwrap();
+                            prop_assert_eq!(real.cpu_backend().pending_bytes(), 0);
                             // SAFETY: mapped read-write (a free page of a
                             // window heap, owned by the real engine).
                             prop_assert_eq!(unsafe { std::ptr::read_volatile(a as *const u64) }, 0);
