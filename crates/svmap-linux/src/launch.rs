@@ -183,11 +183,11 @@ fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Trac
     let mut rooms: HashMap<i32, Room> = HashMap::new();
     // The first stop: SIGTRAP after the root's exec (the return value is
     // already in the registers there).
-    match ts::wait(root).map_err(|e| io_err("waitpid", e))? {
+    match ts::wait_for(root).map_err(|e| io_err("waitpid", e))? {
         Some((_, st)) if st.stop_signal() == Some(libc::SIGTRAP) => {}
         Some((_, st)) if st.exited() => {
             return Ok(Traced::Done {
-                status: ExitStatus::from_raw(st.0),
+                status: ExitStatus::from_raw(st.raw()),
                 failed: false,
             })
         }
@@ -215,13 +215,13 @@ fn trace_loop(opts: &TraceOptions, rep: &mut Reporter, root: i32) -> Result<Trac
             let _ = ts::detach(root, 0);
         }
     }
-    while let Some((pid, st)) = ts::wait(-1).map_err(|e| io_err("waitpid", e))? {
+    while let Some((pid, st)) = ts::wait_any().map_err(|e| io_err("waitpid", e))? {
         if st.exited() {
             started.remove(&pid);
             exec_pending.remove(&pid);
             rooms.remove(&pid);
             if pid == root {
-                root_status = Some(ExitStatus::from_raw(st.0));
+                root_status = Some(ExitStatus::from_raw(st.raw()));
             }
             continue;
         }
@@ -857,7 +857,7 @@ impl Injector {
         loop {
             ts::set_regs(self.pid, &r).map_err(|x| e("PTRACE_SETREGS", x))?;
             ts::single_step(self.pid).map_err(|x| e("PTRACE_SINGLESTEP", x))?;
-            let Some((_, st)) = ts::wait(self.pid).map_err(|x| e("waitpid", x))? else {
+            let Some((_, st)) = ts::wait_for(self.pid).map_err(|x| e("waitpid", x))? else {
                 return Err(gone());
             };
             if st.exited() {
