@@ -110,3 +110,53 @@ fn through_the_loader_the_program_text_lies_below_the_limit() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Runs a hot loop so that LuaJIT compiles it, then prints every anonymous
+/// executable mapping (LuaJIT's machine-code areas) as `jit START END`.
+const LUA_JIT_AREAS: &str = r#"
+local t = 0
+for i = 1, 2e6 do t = t + (i % 7) end
+for line in io.lines("/proc/self/maps") do
+  local a, b, p, inode, path = line:match("^(%x+)-(%x+) (%S+) %S+ %S+ (%d+)%s*(.*)$")
+  if p and p:sub(3, 3) == "x" and inode == "0" and path == "" then
+    print("jit " .. a .. " " .. b)
+  end
+end
+print("sum " .. t)
+"#;
+
+/// LuaJIT keeps its machine code within ±2 GiB of its own text. Fenced with
+/// the executable above 2^N it finds no such place and runs without
+/// compiled code (far slower); through the loader its text, and so its
+/// machine code, lie below 2^N.
+#[test]
+fn luajit_compiles_below_the_limit_only_through_the_loader() {
+    if Command::new("luajit").arg("-v").output().is_err() {
+        eprintln!("skipped: no luajit");
+        return;
+    }
+    let areas = |extra: &[&str]| -> Vec<(u64, u64)> {
+        let out = Command::new(env!("CARGO_BIN_EXE_svmap"))
+            .args(["run", "--va-bits", &BITS.to_string()])
+            .args(extra)
+            .args(["--", "luajit", "-e", LUA_JIT_AREAS])
+            .output()
+            .unwrap();
+        let s = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{s}\n{}", text(&out.stderr));
+        // The loop ran to its end either way.
+        assert!(s.lines().any(|l| l == "sum 5999997"), "{s}");
+        let h = |x: &str| u64::from_str_radix(x, 16).unwrap();
+        s.lines()
+            .filter_map(|l| l.strip_prefix("jit "))
+            .map(|r| {
+                let (a, b) = r.split_once(' ').unwrap();
+                (h(a), h(b))
+            })
+            .collect()
+    };
+    assert_eq!(areas(&[]), vec![], "fenced without the loader");
+    let below = areas(&["--via-loader"]);
+    assert!(!below.is_empty(), "no machine code through the loader");
+    assert!(below.iter().all(|&(_, e)| e <= LIMIT), "{below:x?}");
+}
