@@ -617,6 +617,53 @@ impl<F: PtFormat> SvmSpace<F> {
         self.invalidate_end();
     }
 
+    /// [`Self::cpu_remove`] of `[start, end)` when the CPU holds exactly
+    /// one VMA there, `[start, end)` itself, not a window piece and not
+    /// growing down, and the caller makes the range a window piece again at
+    /// once ([`Self::insert_piece_keep_cover`]). A piece counts as occupied
+    /// in the CPU and combined covers just as the VMA does, so those covers
+    /// keep their counts and are not touched; everything else changes as
+    /// in `cpu_remove`. Returns `false`, having changed nothing, unless
+    /// those conditions hold.
+    fn remove_for_piece(&mut self, start: u64, end: u64) -> bool {
+        if !self.covers_live {
+            return false;
+        }
+        let only = {
+            let mut it = self.mm.space().range(start, end);
+            match (it.next(), it.next()) {
+                (Some(v), None) => Some(v),
+                _ => None,
+            }
+        };
+        let Some(v) = only else {
+            return false;
+        };
+        if v.start != start
+            || v.end != end
+            || v.flags.contains(VmaFlags::GROWSDOWN)
+            || self.is_piece(&v)
+        {
+            return false;
+        }
+        self.invalidate_start(start, end);
+        if let Some(c) = &mut self.svm_cover {
+            c.remove(start, end);
+        }
+        let _ = self.mm.space_mut().unmap(start, end);
+        // No window piece lies in or across the range (the one VMA there
+        // is not a piece), so `win_pieces` has nothing to remove.
+        self.prot.remove_range(start, end);
+        self.reserved.remove_range(start, end);
+        for (s, e, id) in self.svm.remove_range(start, end) {
+            for &d in &self.allocs[&id].devices {
+                let _ = self.devices[d].occ.unmap(s, e);
+            }
+        }
+        self.invalidate_end();
+        true
+    }
+
     /// Searches `map` in `[low, high)` and verifies each candidate on the
     /// listed devices (and, with `window`, against the pieces of every other
     /// window), restarting past each conflict; returns the result and the
@@ -689,14 +736,69 @@ impl<F: PtFormat> SvmSpace<F> {
         self.win_pieces.insert(s, e, id);
     }
 
+    /// [`Self::insert_piece`] of a range [`Self::remove_for_piece`] just
+    /// took from the CPU: the covers still count it.
+    fn insert_piece_keep_cover(&mut self, s: u64, e: u64, id: u64) {
+        let r = self.mm.space_mut().insert(s, e, VmaFlags::NONE);
+        debug_assert!(r.is_ok(), "window piece over a CPU VMA: {r:?}");
+        self.win_pieces.insert(s, e, id);
+    }
+
     /// Removes every window piece in `[start, end)` from the CPU (splitting
-    /// pieces), to make room for an SVM range carved from a window.
+    /// pieces).
     fn carve(&mut self, start: u64, end: u64) {
         for (s, e, _) in self.win_pieces.remove_range(start, end) {
             let _ = self.mm.space_mut().unmap(s, e);
             self.piece_cover(s, e, false);
             self.prot.remove_range(s, e);
         }
+    }
+
+    /// Places the SVM range `[start, end)` carved from a window: every
+    /// window piece in it leaves the CPU (splitting pieces), then the range
+    /// is inserted as a CPU VMA, as [`Self::cpu_insert`] does. A piece
+    /// counts as occupied in the CPU and combined covers just as the range
+    /// does, so those two covers change only where the range is not a
+    /// piece (removing a piece and adding the range back over it would
+    /// leave the same counts, at the price of four cover updates);
+    /// the in-window cover gains the whole range.
+    fn carve_insert(&mut self, start: u64, end: u64) -> Result<(), SvmError> {
+        let pieces = self.win_pieces.remove_range(start, end);
+        for &(s, e, _) in &pieces {
+            let _ = self.mm.space_mut().unmap(s, e);
+            self.prot.remove_range(s, e);
+        }
+        if let Err(e) = self.mm.space_mut().insert(start, end, VmaFlags::NONE) {
+            // Cannot happen (the search saw the range free but for the
+            // pieces); leave the covers as the pieces' removal alone would.
+            for &(s, e, _) in &pieces {
+                self.piece_cover(s, e, false);
+            }
+            return Err(match e {
+                svmap_core::MapError::Overlap { existing, .. } => SvmError::Overlap {
+                    start,
+                    end,
+                    existing: (existing.start, existing.end),
+                },
+                _ => SvmError::EmptyRange { start, end },
+            });
+        }
+        if self.covers_live {
+            let mut at = start;
+            for &(s, e, _) in &pieces {
+                if at < s {
+                    self.piece_cover(at, s, true);
+                }
+                at = e;
+            }
+            if at < end {
+                self.piece_cover(at, end, true);
+            }
+            if let Some(c) = &mut self.svm_cover {
+                c.add(start, end);
+            }
+        }
+        Ok(())
     }
 
     // ----- window reservations ---------------------------------------------------
@@ -1182,14 +1284,15 @@ impl<F: PtFormat> SvmSpace<F> {
                 r?
             }
         };
-        if carved_from.is_some() {
-            self.carve(addr, addr + len);
-        }
         let end = addr + len;
         debug_assert!(addr >= low && end <= high && addr % align == 0);
         let id = self.next_id;
         self.next_id += 1;
-        self.cpu_insert(addr, end, VmaFlags::NONE)?;
+        if carved_from.is_some() {
+            self.carve_insert(addr, end)?;
+        } else {
+            self.cpu_insert(addr, end, VmaFlags::NONE)?;
+        }
         self.svm.insert(addr, end, id);
         for &d in &devs {
             let dev = &mut self.devices[d];
@@ -1236,16 +1339,26 @@ impl<F: PtFormat> SvmSpace<F> {
             .filter(|(_, _, &pid)| pid == id)
             .map(|(s, e, _)| (s, e))
             .collect();
+        let win = a
+            .window
+            .and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)));
+        // Whether each piece went back whole with its cover kept.
+        let mut kept = Vec::with_capacity(pieces.len());
         for &(s, e) in &pieces {
-            self.cpu_remove(s, e);
+            let whole =
+                win.is_some_and(|(_, ws, we)| ws <= s && e <= we) && self.remove_for_piece(s, e);
+            if !whole {
+                self.cpu_remove(s, e);
+            }
+            kept.push(whole);
         }
         // A range carved from a window goes back into it.
-        if let Some(w) = a
-            .window
-            .and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)))
-        {
-            let (wid, ws, we) = w;
-            for (s, e) in pieces {
+        if let Some((wid, ws, we)) = win {
+            for ((s, e), whole) in pieces.into_iter().zip(kept) {
+                if whole {
+                    self.insert_piece_keep_cover(s, e, wid);
+                    continue;
+                }
                 let (s, e) = (s.max(ws), e.min(we));
                 if s < e {
                     self.insert_piece(s, e, wid);
