@@ -379,3 +379,48 @@ fn inspect_tells_the_fence_apart_from_memory() {
         "{t}"
     );
 }
+
+/// The C++ case: libstdc++'s own start-up allocates before `main`, and the
+/// heap it starts keeps serving `new` in `main`.
+const CXX_PROG: &str = r#"
+#include <cstdio>
+#include <string>
+#include <vector>
+static std::vector<std::string *> early(100, nullptr);
+int main() {
+    for (auto &p : early) p = new std::string(40, 'e');
+    for (auto *p : early) std::printf("addr %p\n", (void *)p->data());
+    for (int i = 0; i < 2000; i++) {
+        std::string *s = new std::string(40, 'x');
+        std::printf("addr %p\n", (void *)s);
+        std::printf("addr %p\n", (void *)s->data());
+    }
+    return 3;
+}
+"#;
+
+#[test]
+fn a_cxx_program_allocates_below_the_limit_in_main() {
+    let dir = scratch("cxx");
+    let src = dir.join("prog.cc");
+    std::fs::write(&src, CXX_PROG).unwrap();
+    let exe = dir.join("prog-cxx");
+    match Command::new("g++")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("g++ failed: {}", text(&o.stderr)),
+        Err(e) => {
+            eprintln!("skipped: no g++ ({e})");
+            return;
+        }
+    }
+    let out = run_fenced(&[], &exe, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    all_below(&out, 100 + 2 * 2000);
+    let _ = std::fs::remove_dir_all(dir);
+}
