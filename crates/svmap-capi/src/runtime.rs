@@ -16,7 +16,7 @@ use crate::svm::{
     SVMAP_PROT_READ_WRITE,
 };
 use crate::svmap_status_t::{self, *};
-use crate::{c_str, ffi_status, ffi_value, handle, range_end, Failure, Out};
+use crate::{c_str, ffi_status, ffi_value, handle, range_end, status_of_errno, Failure, Out};
 
 /// A device callback on `[start, end)`: returns 0 when done, anything else
 /// when it failed (the value is reported in the error message).
@@ -137,6 +137,13 @@ fn engine_failure(e: EngineError) -> Failure {
             error: BackendError::NotOwned { .. },
             ..
         } => Failure::new(SVMAP_EEXIST, e.to_string()),
+        EngineError::Cpu {
+            error: BackendError::Sys { errno, .. },
+            ..
+        } => Failure::new(status_of_errno(errno), e.to_string()),
+        // The engine refused to hand a device a range past its limit: a
+        // bug of the space, not of the caller or the system.
+        EngineError::LimitGuard { .. } => Failure::new(SVMAP_INTERNAL, e.to_string()),
         e => Failure::new(SVMAP_EIO, e.to_string()),
     }
 }
@@ -355,4 +362,68 @@ pub unsafe extern "C" fn svmap_runtime_buffer_fd(
         len_out.write(len);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu_sys(errno: i32) -> EngineError {
+        EngineError::Cpu {
+            op: "map",
+            start: 0x10_0000,
+            end: 0x20_0000,
+            error: BackendError::Sys {
+                call: "mmap",
+                errno,
+            },
+        }
+    }
+
+    /// A system call of the CPU backend that failed keeps its errno as the
+    /// status, and the message keeps the call and the range.
+    #[test]
+    fn cpu_errno_becomes_its_status() {
+        for (errno, status) in [
+            (12, SVMAP_ENOMEM),
+            (22, SVMAP_EINVAL),
+            (1, SVMAP_EPERM),
+            (5, SVMAP_EIO),
+        ] {
+            let e = cpu_sys(errno);
+            let text = e.to_string();
+            let f = engine_failure(e);
+            assert_eq!(f.status, status, "errno {errno}: {text}");
+            assert_eq!(f.msg, text);
+            assert!(
+                f.msg.contains("mmap") && f.msg.contains("0x100000"),
+                "{}",
+                f.msg
+            );
+        }
+    }
+
+    /// The limit guard is a bug of the space (`SVMAP_INTERNAL`); a CPU
+    /// backend error that is not a system call stays `SVMAP_EIO`.
+    #[test]
+    fn limit_guard_is_internal_and_other_cpu_errors_are_eio() {
+        let e = EngineError::LimitGuard {
+            device: "gpu0".into(),
+            start: 1 << 47,
+            end: (1 << 47) + 0x1000,
+            limit: 1 << 47,
+        };
+        let text = e.to_string();
+        let f = engine_failure(e);
+        assert_eq!(f.status, SVMAP_INTERNAL, "{text}");
+        assert_eq!(f.msg, text);
+
+        let f = engine_failure(EngineError::Cpu {
+            op: "protect",
+            start: 0,
+            end: 0x1000,
+            error: BackendError::Other("odd".into()),
+        });
+        assert_eq!(f.status, SVMAP_EIO, "{}", f.msg);
+    }
 }
