@@ -394,8 +394,12 @@ fn peer_killed_from_outside() {
 
 #[test]
 fn a_hung_peer_times_out_and_is_killed() {
+    // The timeout bounds every wait on the peer (its start, the alloc and
+    // the write below too), so it is short enough to keep the test quick
+    // but long enough for a loaded machine to answer the calls that do not
+    // hang.
     let mut cfg = config();
-    cfg.timeout = Duration::from_millis(300);
+    cfg.timeout = Duration::from_secs(2);
     let mut peer = start_with(Some("hang-walk"), &cfg);
     let a = peer.alloc(64 * KIB).unwrap();
     peer.write_u64(a.addr + 8, 1).unwrap();
@@ -404,7 +408,8 @@ fn a_hung_peer_times_out_and_is_killed() {
         Err(PeerError::Timeout { after, .. }) => assert_eq!(after, cfg.timeout),
         other => panic!("{other:?}"),
     }
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // A guard against a wait that never ends, not a speed check.
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     assert_eq!(peer.exit_status().unwrap().signal, Some(9));
     assert_eq!(peer.read_u64(a.addr + 8).unwrap(), 1);
     assert_killed(peer.sum_u64(a.addr, 8));
