@@ -81,15 +81,17 @@ fn problem(line: &str, forbidden: &[(String, &'static str)]) -> Option<String> {
             return Some(format!("{why} ({needle:?})"));
         }
     }
-    // "issue" (any case) followed by blanks, an optional '#', and a digit.
+    // "issue" or "issues" (any case) followed by blanks, '-', ':' or '#',
+    // and a digit.
     let lower = line.to_ascii_lowercase();
     let word = ["is", "sue"].concat();
     let mut from = 0;
     while let Some(i) = lower[from..].find(&word) {
         let at = from + i;
         let before_ok = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric();
-        let rest = lower[at + word.len()..].trim_start_matches([' ', '\t']);
-        let rest = rest.strip_prefix('#').unwrap_or(rest);
+        let rest = &lower[at + word.len()..];
+        let rest = rest.strip_prefix('s').unwrap_or(rest);
+        let rest = rest.trim_start_matches([' ', '\t', '-', ':', '#']);
         if before_ok && rest.starts_with(|c: char| c.is_ascii_digit()) {
             return Some("cites a work item by number".to_string());
         }
@@ -178,6 +180,12 @@ fn the_checker_finds_what_it_must() {
     assert!(hits(&format!("{}.md says", "LINUX-SEMANTICS")));
     assert!(hits(&format!("fixes {} 12", ["Is", "sue"].concat())));
     assert!(hits(&format!("({} #7)", ["is", "sue"].concat())));
+    for form in ["s 12", "-12", ": 12", "s: 3"] {
+        assert!(
+            hits(&format!("see {}{form}", ["is", "sue"].concat())),
+            "{form}"
+        );
+    }
     assert!(hits("/nowhere/checkout/svmap/crates"));
     assert!(!hits("docs/trace-format.md and docs/design.md"));
     assert!(!hits("/proc/self/maps and /sys/kernel/mm"));

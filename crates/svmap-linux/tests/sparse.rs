@@ -74,21 +74,25 @@ fn read_at(fd: std::os::fd::BorrowedFd<'_>, off: u64) -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// The test moves 4 GiB through shmem; the defaults of `vm.max_map_count`
-/// (65530) and `RLIMIT_NOFILE` would stop the per-buffer-memfd heap at
-/// about 65,000 buffers.
+/// The defaults of `vm.max_map_count` (65530) and `RLIMIT_NOFILE` would
+/// stop the per-buffer-memfd heap at about 65,000 buffers. Every 16th
+/// buffer is written (250 MiB of shmem, not 4 GiB, so that the test stays
+/// light beside the other tests of a loaded machine).
 #[test]
 #[allow(unsafe_code)]
 fn a_million_live_buffers_in_one_vma_and_one_descriptor() {
     const N: u64 = 1_000_000;
+    const TOUCH_EVERY: u64 = 16;
     let (vmas0, fds0, shmem0) = (vma_count(), fd_count(), rss_shmem_kib());
     let mut h = heap(N * PAGE + 16 * PAGE, false);
     let mut addrs = Vec::with_capacity(N as usize);
     for i in 0..N {
         let a = h.alloc(PAGE, PAGE).unwrap();
-        // SAFETY: `a` starts a live read-write 4 KiB buffer of the heap
-        // that nothing else refers to.
-        unsafe { (a as *mut u64).write(i ^ 0x5a5a_5a5a) };
+        if i % TOUCH_EVERY == 0 {
+            // SAFETY: `a` starts a live read-write 4 KiB buffer of the heap
+            // that nothing else refers to.
+            unsafe { (a as *mut u64).write(i ^ 0x5a5a_5a5a) };
+        }
         addrs.push(a);
     }
     assert_eq!(h.live(), N as usize);
@@ -108,12 +112,13 @@ fn a_million_live_buffers_in_one_vma_and_one_descriptor() {
         "{fds0} descriptors before, {fds} with the heap"
     );
     let peak = rss_shmem_kib();
+    let touched = N / TOUCH_EVERY;
     assert!(
-        peak >= shmem0 + N * 4 * 99 / 100,
-        "RssShmem {shmem0} -> {peak} KiB for {N} touched pages"
+        peak >= shmem0 + touched * 4 * 99 / 100,
+        "RssShmem {shmem0} -> {peak} KiB for {touched} touched pages"
     );
     // Contents through the memfd at each buffer's offset.
-    for &i in &[0u64, 1, 4095, 500_000, N - 1] {
+    for &i in &[0u64, TOUCH_EVERY, 4096, 500_000, N - TOUCH_EVERY] {
         let a = addrs[i as usize];
         let (fd, off, len) = h.locate(a).unwrap();
         assert_eq!((off, len), (a - h.start(), PAGE));

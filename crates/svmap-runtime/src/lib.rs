@@ -41,6 +41,7 @@ pub use svmap_linux::sparse;
 mod directory;
 mod peer;
 
+#[cfg(feature = "bench")]
 pub mod bench;
 
 pub use directory::{HeapDirectory, HeapEntry};
