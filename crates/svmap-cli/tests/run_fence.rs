@@ -9,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 const BITS: u32 = 36;
 const LIMIT: u64 = 1 << BITS;
@@ -206,17 +208,12 @@ fn fork_and_exec_children_are_fenced_too() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The exit code of `child` within `limit` (128 + N for a death by
+/// signal N), or `None` (the child then killed) when it did not exit.
 fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if let Some(st) = child.try_wait().unwrap() {
-            use std::os::unix::process::ExitStatusExt;
-            return Some(st.code().unwrap_or(128 + st.signal().unwrap_or(0)));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    None
+    use std::os::unix::process::ExitStatusExt;
+    let st = common::wait_output(child, limit)?.status;
+    Some(st.code().unwrap_or(128 + st.signal().unwrap_or(0)))
 }
 
 #[test]

@@ -8,7 +8,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
 
 fn svmap() -> Command {
     Command::new(env!("CARGO_BIN_EXE_svmap"))
@@ -128,35 +130,28 @@ fn thread_sanitizer_programs_are_refused_with_their_fixed_ranges() {
     refused("thread", &["ThreadSanitizer", "0x720000000000"]);
 }
 
-fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> Option<Output> {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            let mut out = Output {
-                status: child.wait().unwrap(),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
-            use std::io::Read;
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_end(&mut out.stdout)
-                .unwrap();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_end(&mut out.stderr)
-                .unwrap();
-            return Some(out);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+/// The wait used below reads the child's pipes while it runs: a child
+/// that writes far more than a pipe holds on both still finishes.
+#[test]
+fn waiting_reads_output_larger_than_a_pipe() {
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "head -c 1000000 /dev/zero; head -c 300000 /dev/zero >&2; exit 3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = common::wait_output(&mut child, Duration::from_secs(120))
+        .expect("a child writing 1.3 MB did not finish");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.stdout.len(), 1_000_000);
+    assert_eq!(out.stderr.len(), 300_000);
+    // A child that does not exit is killed at the limit.
+    let mut child = Command::new("sleep").arg("1000").spawn().unwrap();
+    assert!(common::wait_output(&mut child, Duration::from_millis(200)).is_none());
+    assert!(child.try_wait().unwrap().is_some());
 }
 
 #[test]
@@ -178,7 +173,7 @@ fn valgrind_runs_fenced_and_the_preload_fence_in_its_client_is_refused() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = wait_timeout(&mut child, Duration::from_secs(600))
+        let out = common::wait_output(&mut child, Duration::from_secs(600))
             .unwrap_or_else(|| panic!("{method:?}: svmap run -- valgrind did not finish"));
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{method:?}: {err}");
