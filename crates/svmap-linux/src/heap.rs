@@ -90,44 +90,8 @@ impl Heap {
     /// Four system calls: `memfd_create`, `ftruncate`, `fcntl(F_ADD_SEALS)`,
     /// `mmap(MAP_SHARED | MAP_FIXED)`.
     pub fn alloc(&mut self, len: u64, align: u64) -> Result<NonNull<u8>, Error> {
-        if len == 0 || !align.is_power_of_two() {
-            return Err(Error::InvalidArgument {
-                what: format!("alloc(len={len:#x}, align={align:#x})"),
-            });
-        }
+        let (addr, len) = lowest_fit(&self.index, self.res.addr(), self.res.end(), len, align)?;
         let align = align.max(PAGE);
-        let len = len
-            .checked_add(PAGE - 1)
-            .ok_or_else(|| Error::InvalidArgument {
-                what: format!("length {len:#x} overflows"),
-            })?
-            & !(PAGE - 1);
-        let params = SearchParams {
-            mmap_min_addr: 0,
-            ..SearchParams::default()
-        };
-        let addr = match self.index.find_fit(
-            &FitRequest {
-                length: len,
-                low: self.res.addr().max(PAGE),
-                high: self.res.end(),
-                align,
-                align_offset: 0,
-                topdown: false,
-                respect_guard_gaps: false,
-            },
-            &params,
-        ) {
-            Ok(a) => a,
-            Err(FitError::NoSpace) | Err(FitError::EmptyWindow { .. }) => {
-                return Err(Error::HeapFull { len, align })
-            }
-            Err(e) => {
-                return Err(Error::InvalidArgument {
-                    what: e.to_string(),
-                })
-            }
-        };
         // Never null: the window starts at a page or above.
         let Some(ptr) = NonNull::new(addr as *mut u8) else {
             return Err(Error::HeapFull { len, align });
@@ -207,5 +171,53 @@ impl Heap {
     /// The live buffers, `(address, length)`, in address order.
     pub fn buffers(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.bufs.iter().map(|(&a, &(l, _))| (a, l))
+    }
+}
+
+/// Where a buffer of `len` bytes (rounded up to pages) aligned to `align`
+/// (a power of two; below a page means a page) goes in `[low, high)` of a
+/// heap whose live buffers are `index`: the lowest such address, never
+/// page 0. Returns the address and the rounded length. Both heaps place
+/// their buffers with it.
+pub(crate) fn lowest_fit(
+    index: &AddressMap,
+    low: u64,
+    high: u64,
+    len: u64,
+    align: u64,
+) -> Result<(u64, u64), Error> {
+    if len == 0 || !align.is_power_of_two() {
+        return Err(Error::InvalidArgument {
+            what: format!("alloc(len={len:#x}, align={align:#x})"),
+        });
+    }
+    let align = align.max(PAGE);
+    let len = len
+        .checked_add(PAGE - 1)
+        .ok_or_else(|| Error::InvalidArgument {
+            what: format!("length {len:#x} overflows"),
+        })?
+        & !(PAGE - 1);
+    let params = SearchParams {
+        mmap_min_addr: 0,
+        ..SearchParams::default()
+    };
+    let req = FitRequest {
+        length: len,
+        low: low.max(PAGE),
+        high,
+        align,
+        align_offset: 0,
+        topdown: false,
+        respect_guard_gaps: false,
+    };
+    match index.find_fit(&req, &params) {
+        Ok(a) => Ok((a, len)),
+        Err(FitError::NoSpace) | Err(FitError::EmptyWindow { .. }) => {
+            Err(Error::HeapFull { len, align })
+        }
+        Err(e) => Err(Error::InvalidArgument {
+            what: e.to_string(),
+        }),
     }
 }

@@ -48,7 +48,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use svmap_core::{AddressMap, FitError, FitRequest, SearchParams, VmaFlags};
+use svmap_core::{AddressMap, VmaFlags};
 
 use crate::error::Error;
 use crate::reserve::Reservation;
@@ -299,57 +299,13 @@ impl SparseHeap {
         Some((self.fd(), v.start - self.start(), v.end - v.start))
     }
 
-    fn page_len(len: u64) -> Result<u64, Error> {
-        if len == 0 {
-            return Err(Error::InvalidArgument {
-                what: "length 0".to_owned(),
-            });
-        }
-        len.checked_add(PAGE - 1)
-            .map(|l| l & !(PAGE - 1))
-            .ok_or_else(|| Error::InvalidArgument {
-                what: format!("length {len:#x} overflows"),
-            })
-    }
-
     /// Allocates `len` bytes (rounded up to pages) aligned to `align` (a
     /// power of two; below a page means a page), zero-filled, read-write,
     /// at the lowest free address (never address 0). No system call
     /// (guarded mode: one `mprotect`). Returns the address.
     pub fn alloc(&mut self, len: u64, align: u64) -> Result<u64, Error> {
-        if !align.is_power_of_two() {
-            return Err(Error::InvalidArgument {
-                what: format!("alignment {align:#x}"),
-            });
-        }
-        let len = Self::page_len(len)?;
-        let align = align.max(PAGE);
-        let params = SearchParams {
-            mmap_min_addr: 0,
-            ..SearchParams::default()
-        };
-        let addr = match self.index.find_fit(
-            &FitRequest {
-                length: len,
-                low: self.start().max(PAGE),
-                high: self.end(),
-                align,
-                align_offset: 0,
-                topdown: false,
-                respect_guard_gaps: false,
-            },
-            &params,
-        ) {
-            Ok(a) => a,
-            Err(FitError::NoSpace) | Err(FitError::EmptyWindow { .. }) => {
-                return Err(Error::HeapFull { len, align })
-            }
-            Err(e) => {
-                return Err(Error::InvalidArgument {
-                    what: e.to_string(),
-                })
-            }
-        };
+        let (addr, len) =
+            crate::heap::lowest_fit(&self.index, self.start(), self.end(), len, align)?;
         self.claim(addr, len)?;
         Ok(addr)
     }
