@@ -1,13 +1,20 @@
-//! `svmap_svm::interval` against brute-force models over a small universe,
-//! operation by operation: `IntervalMap` against a sorted list that splits
-//! and clips by hand, `CoverMap` against a count per address, and
-//! `union_of` against a bitmap. Written for the mutants of `interval.rs`
-//! that the rest of the suite let through (`docs/testing.md` lists the
-//! runs); every answer of the public API is compared, including the order
-//! and the unclipped bounds of `range`, the clipped pieces `remove_range`
-//! returns and the segments of the cover index.
+//! `svmap_svm::interval` and the mirror's page table against brute-force
+//! models over a small universe, operation by operation: `IntervalMap`
+//! against a sorted list that splits and clips by hand, `CoverMap` against a
+//! count per address, `union_of` against a bitmap, `PageTable::clear`
+//! against a map of pages (with the tables it must keep derived from the
+//! pages), the counters of the TLB and of the mirror, and the device limit. Written for the mutants of `interval.rs`
+//! and `mirror.rs` that the rest of the suite let through
+//! (`docs/testing.md` lists the runs); every answer of the public API is
+//! compared, including the order and the unclipped bounds of `range`, the
+//! clipped pieces `remove_range` returns and the segments of the cover index.
 
+use std::collections::BTreeMap;
+
+use svmap_core::linux::MmConfig;
 use svmap_svm::interval::{union_map, union_of, CoverMap, IntervalMap};
+use svmap_svm::mirror::{MirrorStats, PageTable, Perm, Snapshot, Tlb};
+use svmap_svm::{DefaultFormat, DeviceConfig, Geometry, Mirror, PtFormat, StdSync, SvmSpace};
 
 /// Addresses `0..U`; small enough that every edge is hit often.
 const U: u64 = 24;
@@ -285,4 +292,164 @@ fn union_of_matches_a_bitmap() {
         let got: Vec<_> = m.iter().map(|x| (x.start, x.end)).collect();
         assert_eq!(got, want, "{v:?}");
     }
+}
+
+/// The number of tables a page table needs for `pages`: the root, and at
+/// each lower level one table per distinct prefix of the index bits above it.
+fn tables_for(geo: &Geometry, pages: &BTreeMap<u64, u64>) -> usize {
+    let levels = geo.level_bits.len();
+    let mut tables = 1;
+    for k in 1..levels {
+        let below: u32 = geo.level_bits[k..].iter().sum();
+        let mut prefixes: Vec<u64> = pages.keys().map(|&v| v >> below).collect();
+        prefixes.dedup();
+        tables += prefixes.len();
+    }
+    tables
+}
+
+/// `clear(lo, hi)` removes exactly the present pages of `[lo, hi]`, in
+/// tables at every base (not only the first of each level), and frees
+/// exactly the tables left empty.
+#[test]
+fn page_table_clear_matches_a_map_of_pages() {
+    // 12 index bits in four levels of 3 bits: 4096 pages, tables of 8.
+    let geo = Geometry::new(24, 12, 3);
+    assert_eq!(geo.level_bits, [3, 3, 3, 3]);
+    let mut rng = Rng(0x9a6e);
+    for _ in 0..200 {
+        let mut pt: PageTable<DefaultFormat> = PageTable::new(geo.clone());
+        let mut pages = BTreeMap::new();
+        for _ in 0..rng.below(300) {
+            let v = rng.below(4096);
+            let pte = DefaultFormat::leaf(v + 1, true, v % 2 == 0);
+            pt.set(v, pte);
+            pages.insert(v, pte);
+        }
+        for _ in 0..8 {
+            // Narrow ranges inside one table and wide ones across many.
+            let lo = rng.below(4096);
+            let width = if rng.below(2) == 0 { 12 } else { 1500 };
+            let hi = lo + rng.below(width);
+            let want: Vec<u64> = pages.range(lo..=hi).map(|(&v, _)| v).collect();
+            for v in &want {
+                pages.remove(v);
+            }
+            assert_eq!(pt.clear(lo, hi), want.len(), "clear({lo}, {hi})");
+            let got: BTreeMap<u64, u64> = pt.entries().into_iter().collect();
+            assert_eq!(got, pages, "clear({lo}, {hi})");
+            assert_eq!(pt.valid_entries(), pages.len());
+            assert_eq!(pt.tables(), tables_for(&geo, &pages), "clear({lo}, {hi})");
+        }
+    }
+}
+
+#[test]
+fn leaf_ptes_keep_frame_and_permissions_apart() {
+    for frame in [0u64, 1, 0x7, 0xfff, 1 << 40] {
+        for (read, write) in [(false, false), (true, false), (false, true), (true, true)] {
+            let pte = DefaultFormat::leaf(frame, read, write);
+            assert_eq!(
+                pte,
+                (frame << 12) | 1 | (u64::from(read) << 1) | (u64::from(write) << 2)
+            );
+            assert!(DefaultFormat::is_valid(pte));
+            assert_eq!(DefaultFormat::can_read(pte), read);
+            assert_eq!(DefaultFormat::can_write(pte), write);
+            assert_eq!(DefaultFormat::frame(pte), frame);
+        }
+    }
+}
+
+#[test]
+fn tlb_counts_hits_misses_and_shoot_downs() {
+    let mut t = Tlb::new(4);
+    assert_eq!(t.lookup(1), None);
+    t.fill(1, 10);
+    t.fill(2, 20);
+    for _ in 0..3 {
+        assert_eq!(t.lookup(1), Some(10));
+    }
+    assert_eq!(t.lookup(2), Some(20));
+    assert_eq!(t.lookup(3), None);
+    assert_eq!((t.hits, t.misses), (4, 2));
+    t.shoot_down(0, 5);
+    assert_eq!(t.shot_down, 2);
+    assert_eq!(t.lookup(1), None);
+    assert_eq!((t.hits, t.misses), (4, 3));
+}
+
+/// The mirror's counters after a sequence whose every step is known: a
+/// fault that installs a PTE, a TLB hit, a second fault evicting the first
+/// page from a one-entry TLB, a page-table walk, a fault that installs
+/// nothing (no uniform page), and a fault retried once because an
+/// invalidation moved the sequence while the handler looked at the CPU side.
+#[test]
+fn mirror_counts_walks_faults_retries_and_installs() {
+    let m: Mirror<DefaultFormat, StdSync> = Mirror::new(20, 0x1000, 1);
+    let perm = |frame| Perm {
+        frame,
+        read: true,
+        write: true,
+    };
+    let mut page = |frame| {
+        move |_a: u64| Snapshot {
+            byte: Some(perm(frame)),
+            page: Some(perm(frame)),
+        }
+    };
+    assert_eq!(m.access(0x3010, true, &mut page(5)), Ok(5));
+    assert_eq!(m.access(0x3020, true, &mut page(99)), Ok(5), "a TLB hit");
+    assert_eq!(m.access(0x5010, false, &mut page(6)), Ok(6));
+    assert_eq!(m.access(0x3000, false, &mut page(99)), Ok(5), "a walk");
+    let mut byte_only = |_a: u64| Snapshot {
+        byte: Some(perm(7)),
+        page: None,
+    };
+    assert_eq!(m.access(0x7000, false, &mut byte_only), Ok(7));
+    let mut first = true;
+    let mut moving = |_a: u64| {
+        if first {
+            first = false;
+            m.invalidate(0x20000, 0x21000);
+        }
+        Snapshot {
+            byte: Some(perm(9)),
+            page: Some(perm(9)),
+        }
+    };
+    assert_eq!(m.access(0x9000, false, &mut moving), Ok(9));
+    assert_eq!(
+        m.stats(),
+        MirrorStats {
+            walks: 1,
+            faults: 4,
+            retries: 1,
+            invalidations: 1,
+            installs: 3,
+        }
+    );
+    // One hit (the second access); every other access missed.
+    assert_eq!(m.tlb_counts(), (1, 5));
+}
+
+/// A VMA that ends exactly at a device's limit `2^va_bits` is addressable by
+/// it (its last byte is `2^va_bits - 1`) and is not reported; one byte
+/// more and it is.
+#[test]
+fn a_vma_ending_at_the_device_limit_is_not_above_it() {
+    const G40: u64 = 1 << 40;
+    let mut sp: SvmSpace = SvmSpace::new(MmConfig::default());
+    sp.add_device(DeviceConfig::new("g", 40)).unwrap();
+    sp.cpu_map(G40 - 0x2000, G40, false).unwrap();
+    assert_eq!(sp.vmas_above_limit("g").unwrap(), []);
+    assert_eq!(sp.check_addressable("g", G40 - 0x2000, G40), Ok(()));
+    sp.cpu_map(G40, G40 + 0x1000, false).unwrap();
+    let above: Vec<(u64, u64)> = sp
+        .vmas_above_limit("g")
+        .unwrap()
+        .iter()
+        .map(|v| (v.start, v.end))
+        .collect();
+    assert_eq!(above, [(G40, G40 + 0x1000)]);
 }
