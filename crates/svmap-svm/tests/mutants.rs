@@ -322,7 +322,7 @@ fn page_table_clear_matches_a_map_of_pages() {
         let mut pages = BTreeMap::new();
         for _ in 0..rng.below(300) {
             let v = rng.below(4096);
-            let pte = DefaultFormat::leaf(v + 1, true, v % 2 == 0);
+            let pte = DefaultFormat::leaf(v + 1, true, v.is_multiple_of(2));
             pt.set(v, pte);
             pages.insert(v, pte);
         }
@@ -392,7 +392,7 @@ fn mirror_counts_walks_faults_retries_and_installs() {
         read: true,
         write: true,
     };
-    let mut page = |frame| {
+    let page = |frame| {
         move |_a: u64| Snapshot {
             byte: Some(perm(frame)),
             page: Some(perm(frame)),
