@@ -47,6 +47,10 @@ impl<V: Clone> IntervalMap<V> {
 
     /// The lowest range intersecting `[start, end)`. O(log n).
     pub fn first_overlap(&self, start: u64, end: u64) -> Option<(u64, u64, &V)> {
+        if start >= end {
+            // An empty or inverted query intersects nothing.
+            return None;
+        }
         if let Some((&s, (e, v))) = self.m.range(..start).next_back() {
             if *e > start {
                 return Some((s, *e, v));
@@ -67,7 +71,8 @@ impl<V: Clone> IntervalMap<V> {
             .unwrap_or(start);
         self.m
             .range(first..)
-            .take_while(move |(&s, _)| s < end)
+            // An empty or inverted query intersects nothing.
+            .take_while(move |(&s, _)| s < end && start < end)
             .map(|(&s, (e, v))| (s, *e, v))
     }
 

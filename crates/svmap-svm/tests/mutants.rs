@@ -108,11 +108,15 @@ fn compare(m: &IntervalMap<u32>, model: &Model) {
             "get({a})"
         );
     }
-    // Non-empty queries only: for an empty or inverted query that starts
-    // inside an entry, `range` and `first_overlap` report that entry.
-    for s in 0..U {
-        for e in s + 1..=U {
-            let want = model.overlapping(s, e);
+    // Every query, empty and inverted ones included: those intersect
+    // nothing, even when `s` lies inside an entry.
+    for s in 0..=U {
+        for e in 0..=U {
+            let want = if s < e {
+                model.overlapping(s, e)
+            } else {
+                Vec::new()
+            };
             let got: Vec<_> = m.range(s, e).map(|(s, e, &v)| (s, e, v)).collect();
             assert_eq!(got, want, "range({s}, {e})");
             let first = m.first_overlap(s, e).map(|(s, e, &v)| (s, e, v));
