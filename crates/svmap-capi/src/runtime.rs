@@ -8,12 +8,11 @@ use std::ffi::{c_char, c_int, c_void};
 
 use svmap_core::linux::MmConfig;
 use svmap_runtime::{seed_from_self, LinuxCpu};
-use svmap_svm::{BackendError, CpuPolicy, DeviceBackend, Engine, EngineError, Prot};
+use svmap_svm::{BackendError, DeviceBackend, Engine, EngineError, Prot};
 
 use crate::svm::{
-    c_str_array, device_config, svm_failure, svmap_cpu_policy_t, svmap_device_config_t,
-    svmap_prot_t, SVMAP_CPU_DUMMY_PAGE, SVMAP_CPU_FAULT, SVMAP_PROT_NONE, SVMAP_PROT_READ,
-    SVMAP_PROT_READ_WRITE,
+    c_str_array, cpu_policy_of, device_config, prot_of, svm_failure, svmap_cpu_policy_t,
+    svmap_device_config_t, svmap_prot_t, SVMAP_PROT_NONE, SVMAP_PROT_READ, SVMAP_PROT_READ_WRITE,
 };
 use crate::svmap_status_t::{self, *};
 use crate::{c_str, ffi_status, ffi_value, handle, range_end, status_of_errno, Failure, Out};
@@ -283,12 +282,7 @@ pub extern "C" fn svmap_runtime_protect(
     ffi_status(|| {
         let r = handle(rt, "rt")?;
         range_end(addr, length)?;
-        let p = match prot {
-            SVMAP_PROT_NONE => Prot::None,
-            SVMAP_PROT_READ => Prot::Read,
-            SVMAP_PROT_READ_WRITE => Prot::ReadWrite,
-            p => return Err(Failure::inval(format!("unknown protection {p}"))),
-        };
+        let p = prot_of(prot)?;
         r.engine.protect(addr, length, p).map_err(engine_failure)
     })
 }
@@ -312,11 +306,7 @@ pub unsafe extern "C" fn svmap_runtime_device_map(
         let r = handle(rt, "rt")?;
         // SAFETY: the caller's contract for `device`.
         let device = unsafe { c_str(device, "device") }?;
-        let cpu = match cpu {
-            SVMAP_CPU_FAULT => CpuPolicy::Fault,
-            SVMAP_CPU_DUMMY_PAGE => CpuPolicy::DummyPage,
-            p => return Err(Failure::inval(format!("unknown CPU policy {p}"))),
-        };
+        let cpu = cpu_policy_of(cpu)?;
         r.engine
             .device_map(device, start, end, cpu)
             .map_err(engine_failure)

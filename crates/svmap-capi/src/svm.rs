@@ -256,11 +256,7 @@ pub unsafe extern "C" fn svmap_svm_device_map(
         let s = handle(svm, "svm")?;
         // SAFETY: the caller's contract for `device`.
         let device = unsafe { c_str(device, "device") }?;
-        let cpu = match cpu {
-            SVMAP_CPU_FAULT => CpuPolicy::Fault,
-            SVMAP_CPU_DUMMY_PAGE => CpuPolicy::DummyPage,
-            p => return Err(Failure::inval(format!("unknown CPU policy {p}"))),
-        };
+        let cpu = cpu_policy_of(cpu)?;
         s.svm
             .device_map(device, start, end, cpu)
             .map_err(svm_failure)
@@ -376,12 +372,7 @@ pub extern "C" fn svmap_svm_protect(
 ) -> svmap_status_t {
     ffi_status(|| {
         let s = handle(svm, "svm")?;
-        let prot = match prot {
-            SVMAP_PROT_NONE => Prot::None,
-            SVMAP_PROT_READ => Prot::Read,
-            SVMAP_PROT_READ_WRITE => Prot::ReadWrite,
-            p => return Err(Failure::inval(format!("unknown protection {p}"))),
-        };
+        let prot = prot_of(prot)?;
         range_end(start, length)?;
         s.svm.protect(start, length, prot).map_err(svm_failure)
     })
@@ -534,6 +525,26 @@ pub unsafe extern "C" fn svmap_svm_check_addressable(
             .check_addressable(device, start, end)
             .map_err(svm_failure)
     })
+}
+
+/// The protection a C caller named (`SVMAP_EINVAL` for any other value).
+pub(crate) fn prot_of(prot: svmap_prot_t) -> Result<Prot, Failure> {
+    match prot {
+        SVMAP_PROT_NONE => Ok(Prot::None),
+        SVMAP_PROT_READ => Ok(Prot::Read),
+        SVMAP_PROT_READ_WRITE => Ok(Prot::ReadWrite),
+        p => Err(Failure::inval(format!("unknown protection {p}"))),
+    }
+}
+
+/// The CPU policy of a device-only region a C caller named
+/// (`SVMAP_EINVAL` for any other value).
+pub(crate) fn cpu_policy_of(cpu: svmap_cpu_policy_t) -> Result<CpuPolicy, Failure> {
+    match cpu {
+        SVMAP_CPU_FAULT => Ok(CpuPolicy::Fault),
+        SVMAP_CPU_DUMMY_PAGE => Ok(CpuPolicy::DummyPage),
+        p => Err(Failure::inval(format!("unknown CPU policy {p}"))),
+    }
 }
 
 #[cfg(test)]

@@ -190,6 +190,24 @@ fn dev_name<F: PtFormat>(space: &SvmSpace<F>, d: usize) -> String {
     space.devices()[d].config().name.clone()
 }
 
+/// Invalidates `[s, e)` on device `d` and waits for its acknowledgement;
+/// a device that does not acknowledge is `NotAcknowledged`, naming it.
+fn invalidate_on<D: DeviceBackend, F: PtFormat>(
+    space: &SvmSpace<F>,
+    dev: &mut D,
+    d: usize,
+    s: u64,
+    e: u64,
+) -> Result<(), EngineError> {
+    dev.invalidate(s, e)
+        .map_err(|error| EngineError::NotAcknowledged {
+            device: dev_name(space, d),
+            start: s,
+            end: e,
+            error,
+        })
+}
+
 /// Invalidates and unmaps, on every device that holds it, every SVM piece
 /// of `space` in `[start, end)`. Stops at the first device that does not
 /// acknowledge.
@@ -201,14 +219,7 @@ fn drop_pieces_on_devices<D: DeviceBackend, F: PtFormat>(
 ) -> Result<(), EngineError> {
     for (s, e, ds) in space.svm_pieces_in(start, end) {
         for &d in ds {
-            devs[d]
-                .invalidate(s, e)
-                .map_err(|error| EngineError::NotAcknowledged {
-                    device: dev_name(space, d),
-                    start: s,
-                    end: e,
-                    error,
-                })?;
+            invalidate_on(space, &mut devs[d], d, s, e)?;
         }
         for &d in ds {
             devs[d].unmap(s, e).map_err(|error| EngineError::Device {
@@ -353,14 +364,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         } = self;
         for (s, e, ds) in space.svm_pieces_in(start, end) {
             for &d in ds {
-                devs[d]
-                    .invalidate(s, e)
-                    .map_err(|error| EngineError::NotAcknowledged {
-                        device: dev_name(space, d),
-                        start: s,
-                        end: e,
-                        error,
-                    })?;
+                invalidate_on(space, &mut devs[d], d, s, e)?;
             }
             cpu.protect(s, e, prot).map_err(|error| EngineError::Cpu {
                 op: "protect",
@@ -537,14 +541,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         } = self;
         for &d in scratch_devs.iter() {
             for &(s, e) in scratch_pieces.iter() {
-                devs[d]
-                    .invalidate(s, e)
-                    .map_err(|error| EngineError::NotAcknowledged {
-                        device: dev_name(space, d),
-                        start: s,
-                        end: e,
-                        error,
-                    })?;
+                invalidate_on(space, &mut devs[d], d, s, e)?;
             }
         }
         for &d in scratch_devs.iter() {
