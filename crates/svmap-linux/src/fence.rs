@@ -141,49 +141,57 @@ pub fn check_library(path: &Path) -> Result<(), Error> {
 /// `PT_INTERP`): `None` if it is not a readable 64-bit ELF file (a script,
 /// say).
 pub fn is_static_executable(path: &Path) -> Option<bool> {
-    let data = std::fs::read(path).ok()?;
-    if data.get(..4)? != b"\x7fELF" || *data.get(4)? != 2 {
-        return None;
-    }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
-    let phoff = usize::try_from(u64_at(32)?).ok()?;
-    let phentsize = u16_at(54)? as usize;
-    let phnum = u16_at(56)? as usize;
-    for i in 0..phnum {
-        if u32_at(phoff.checked_add(i.checked_mul(phentsize)?)?)? == 3 {
-            return Some(false); // PT_INTERP
-        }
-    }
-    Some(true)
+    elf_interpreter(path).map(|interp| interp.is_none())
 }
 
 /// The `PT_INTERP` path of the ELF executable at `path` (its dynamic
 /// loader); `None` for a static executable or a file that is not a 64-bit
 /// ELF file.
 pub fn interpreter_of(path: &Path) -> Option<PathBuf> {
+    elf_interpreter(path).flatten()
+}
+
+/// `Some(PT_INTERP path or None)` for a readable 64-bit ELF file, `None`
+/// otherwise. Reads only the ELF header, the program headers and the
+/// interpreter string (each bounded), never the whole file.
+fn elf_interpreter(path: &Path) -> Option<Option<PathBuf>> {
     use std::os::unix::ffi::OsStrExt;
-    let data = std::fs::read(path).ok()?;
-    if data.get(..4)? != b"\x7fELF" || *data.get(4)? != 2 {
+    use std::os::unix::fs::FileExt;
+    /// The longest interpreter path read (PATH_MAX).
+    const MAX_INTERP: u64 = 4096;
+    let f = std::fs::File::open(path).ok()?;
+    let read = |off: u64, len: usize| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off).ok()?;
+        Some(buf)
+    };
+    let eh = read(0, 64)?;
+    if eh.get(..4)? != b"\x7fELF" || *eh.get(4)? != 2 {
         return None;
     }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
-    let phoff = usize::try_from(u64_at(32)?).ok()?;
-    let phentsize = u16_at(54)? as usize;
-    for i in 0..u16_at(56)? as usize {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32_at(ph)? == 3 {
-            let off = usize::try_from(u64_at(ph + 8)?).ok()?;
-            let len = usize::try_from(u64_at(ph + 32)?).ok()?;
-            let s = data.get(off..off.checked_add(len)?)?;
+    let u16_at = |d: &[u8], o: usize| Some(u16::from_le_bytes(d.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |d: &[u8], o: usize| Some(u32::from_le_bytes(d.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |d: &[u8], o: usize| Some(u64::from_le_bytes(d.get(o..o + 8)?.try_into().ok()?));
+    let phoff = u64_at(&eh, 32)?;
+    let phentsize = usize::from(u16_at(&eh, 54)?);
+    let phnum = usize::from(u16_at(&eh, 56)?);
+    if phentsize < 56 {
+        return if phnum == 0 { Some(None) } else { None };
+    }
+    // At most 65,535 entries of at most 65,535 bytes: bounded by the format.
+    let phs = read(phoff, phnum.checked_mul(phentsize)?)?;
+    for i in 0..phnum {
+        let ph = &phs[i * phentsize..(i + 1) * phentsize];
+        if u32_at(ph, 0)? == 3 {
+            // PT_INTERP
+            let off = u64_at(ph, 8)?;
+            let len = u64_at(ph, 32)?.min(MAX_INTERP);
+            let s = read(off, usize::try_from(len).ok()?)?;
             let s = &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())];
-            return Some(PathBuf::from(OsStr::from_bytes(s)));
+            return Some(Some(PathBuf::from(OsStr::from_bytes(s))));
         }
     }
-    None
+    Some(None)
 }
 
 /// The command line that runs `cmd args...` through its dynamic loader:
