@@ -54,8 +54,8 @@ enum Kind {
     Window(SparseHeap),
     /// An SVM range outside every window piece, with its own sparse memfd.
     Svm(SparseHeap),
-    /// The CPU side of a device-only region.
-    DeviceOnly(Reservation),
+    /// The CPU side of a device-only region, with its policy.
+    DeviceOnly(Reservation, CpuPolicy),
 }
 
 #[derive(Debug)]
@@ -70,7 +70,7 @@ impl Region {
     fn leak(self) {
         match self.kind {
             Kind::Window(h) | Kind::Svm(h) => h.leak(),
-            Kind::DeviceOnly(r) => r.leak(),
+            Kind::DeviceOnly(r, _) => r.leak(),
         }
     }
 }
@@ -82,9 +82,10 @@ impl Region {
 pub struct LinuxCpu {
     /// Owned regions by start address; they never overlap.
     regions: BTreeMap<u64, Region>,
-    /// Ranges whose protection `protect` changed (start -> end), until
-    /// they are unmapped.
-    protected: BTreeMap<u64, u64>,
+    /// Ranges whose protection `protect` changed to other than read-write
+    /// (start -> (end, protection)), until they are unmapped or made
+    /// read-write again; they never overlap.
+    protected: BTreeMap<u64, (u64, Prot)>,
     guarded: bool,
     /// The bound of every heap's punch batch.
     punch_batch: u64,
@@ -169,7 +170,7 @@ impl LinuxCpu {
             .values()
             .map(|r| match &r.kind {
                 Kind::Window(h) | Kind::Svm(h) => h.pending_bytes(),
-                Kind::DeviceOnly(_) => 0,
+                Kind::DeviceOnly(..) => 0,
             })
             .sum()
     }
@@ -232,7 +233,7 @@ impl LinuxCpu {
             .values()
             .map(|r| match &r.kind {
                 Kind::Window(h) | Kind::Svm(h) => h.syscalls(),
-                Kind::DeviceOnly(_) => 0,
+                Kind::DeviceOnly(..) => 0,
             })
             .sum()
     }
@@ -241,6 +242,79 @@ impl LinuxCpu {
     /// device-only regions) this backend owns.
     pub fn regions(&self) -> usize {
         self.regions.len()
+    }
+
+    /// Forgets the protection changes inside `[start, end)` (the parts of
+    /// recorded ranges outside it stay recorded); whether there were any.
+    fn clear_protected(&mut self, start: u64, end: u64) -> bool {
+        let hit: Vec<(u64, u64, Prot)> = self
+            .protected
+            .range(..end)
+            .filter(|(_, &(e, _))| e > start)
+            .map(|(&s, &(e, p))| (s, e, p))
+            .collect();
+        for &(s, e, p) in &hit {
+            self.protected.remove(&s);
+            if s < start {
+                self.protected.insert(s, (start, p));
+            }
+            if e > end {
+                self.protected.insert(end, (e, p));
+            }
+        }
+        !hit.is_empty()
+    }
+
+    /// Checks that the CPU may read (or, with `write`, write) the 8 bytes
+    /// at `addr` without a fault: they lie in a live SVM range this backend
+    /// mapped whose protection allows it, or (reads only) in the CPU side
+    /// of a dummy-page device-only region.
+    fn check_access(&self, addr: u64, write: bool) -> Result<(), AccessError> {
+        let refuse = |why: &'static str| Err(AccessError { addr, write, why });
+        if !addr.is_multiple_of(8) {
+            return refuse("the address is not 8-byte aligned");
+        }
+        let Some((_, r)) = self.regions.range(..=addr).next_back() else {
+            return refuse("no range of this backend holds it");
+        };
+        if addr >= r.end || r.lost {
+            return refuse("no range of this backend holds it");
+        }
+        match &r.kind {
+            Kind::Window(h) | Kind::Svm(h) => {
+                if h.locate(addr).is_none() {
+                    return refuse("it is not inside a live SVM range");
+                }
+            }
+            Kind::DeviceOnly(_, CpuPolicy::DummyPage) if !write => return Ok(()),
+            Kind::DeviceOnly(_, CpuPolicy::DummyPage) => {
+                return refuse("the dummy page of a device-only region is read-only")
+            }
+            Kind::DeviceOnly(_, CpuPolicy::Fault) => {
+                return refuse("every CPU access to a fault region faults")
+            }
+        }
+        if let Some((_, &(e, p))) = self.protected.range(..=addr).next_back() {
+            if addr < e && (p == Prot::None || write) {
+                return refuse("its protection forbids the access");
+            }
+        }
+        Ok(())
+    }
+
+    /// The CPU reads the `u64` at `addr` (8-byte aligned) with a volatile
+    /// load, after checking that the load cannot fault: `addr` lies in a
+    /// live SVM range of this backend that is readable, or in a dummy-page
+    /// device-only region (which reads zeros). Anything else is refused.
+    pub fn read_u64(&self, addr: u64) -> Result<u64, AccessError> {
+        cpu_access::read(self, addr)
+    }
+
+    /// The CPU writes `value` to the `u64` at `addr` (8-byte aligned) with
+    /// a volatile store, after checking that it lies in a live read-write
+    /// SVM range of this backend. Anything else is refused.
+    pub fn write_u64(&mut self, addr: u64, value: u64) -> Result<(), AccessError> {
+        cpu_access::write(self, addr, value)
     }
 
     fn new_reservation(start: u64, end: u64) -> Result<Reservation, BackendError> {
@@ -295,28 +369,20 @@ impl CpuBackend for LinuxCpu {
                 Kind::Window(h) | Kind::Svm(h) => {
                     h.protect(start, end - start, access(prot))
                         .map_err(|e| from_linux(e, start, end))?;
-                    self.protected.insert(start, end);
+                    self.clear_protected(start, end);
+                    if prot != Prot::ReadWrite {
+                        self.protected.insert(start, (end, prot));
+                    }
                     Ok(())
                 }
-                Kind::DeviceOnly(_) => Err(BackendError::NotOwned { start, end }),
+                Kind::DeviceOnly(..) => Err(BackendError::NotOwned { start, end }),
             },
             None => Err(BackendError::NotOwned { start, end }),
         }
     }
 
     fn unmap(&mut self, start: u64, end: u64, _to: Release) -> Result<(), BackendError> {
-        let touched = self.protected.range(..end).any(|(_, &e)| e > start);
-        if touched {
-            let gone: Vec<u64> = self
-                .protected
-                .range(..end)
-                .filter(|(_, &e)| e > start)
-                .map(|(&s, _)| s)
-                .collect();
-            for s in gone {
-                self.protected.remove(&s);
-            }
-        }
+        let touched = self.clear_protected(start, end);
         let Some((s, r)) = self.containing(start, end) else {
             return Err(BackendError::NotOwned { start, end });
         };
@@ -336,7 +402,7 @@ impl CpuBackend for LinuxCpu {
                 }
                 Ok(())
             }
-            Kind::DeviceOnly(_) => Err(BackendError::NotOwned { start, end }),
+            Kind::DeviceOnly(..) => Err(BackendError::NotOwned { start, end }),
         }
     }
 
@@ -351,7 +417,7 @@ impl CpuBackend for LinuxCpu {
             res.protect(start, end - start, Access::Read)
                 .map_err(|e| sys("mprotect", e))?;
         }
-        self.add_region(start, end, Kind::DeviceOnly(res))
+        self.add_region(start, end, Kind::DeviceOnly(res, policy))
     }
 
     fn forget(&mut self, start: u64, end: u64) {
@@ -434,3 +500,162 @@ impl std::fmt::Display for SeedError {
 }
 
 impl std::error::Error for SeedError {}
+
+/// Why [`LinuxCpu::read_u64`] or [`LinuxCpu::write_u64`] refused an
+/// access (it would fault, or the address is not the backend's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessError {
+    /// The address.
+    pub addr: u64,
+    /// Whether it was a write.
+    pub write: bool,
+    /// Why it was refused.
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for AccessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU {} of {:#x} refused: {}",
+            if self.write { "write" } else { "read" },
+            self.addr,
+            self.why
+        )
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+/// How a CPU access made in a forked child ended ([`touch_in_child`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Touch {
+    /// The access completed and the child exited normally.
+    Completed,
+    /// The child was killed by this signal (11: `SIGSEGV`).
+    Signal(i32),
+    /// The child exited with this status without completing the access
+    /// (it could not set itself up).
+    Exited(i32),
+}
+
+impl std::fmt::Display for Touch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Touch::Completed => f.write_str("completed"),
+            Touch::Signal(11) => f.write_str("killed by SIGSEGV"),
+            Touch::Signal(n) => write!(f, "killed by signal {n}"),
+            Touch::Exited(c) => write!(f, "exited with status {c} before the access"),
+        }
+    }
+}
+
+/// Makes one CPU access at `addr` (8-byte aligned) in a forked child of
+/// this process and reports how the child ended: a read of the `u64`
+/// there, and with `write` a store of the value just read back to it
+/// (so the access changes no memory even in a shared mapping). The child
+/// has the default `SIGSEGV` and `SIGBUS` actions and no core dump, so a
+/// faulting access kills it with the signal. This process is unaffected
+/// whatever `addr` is. Between the fork and the child's exit only
+/// async-signal-safe calls are made, so other threads do no harm.
+pub fn touch_in_child(addr: u64, write: bool) -> Result<Touch, BackendError> {
+    if !addr.is_multiple_of(8) {
+        return Err(BackendError::Other(format!(
+            "{addr:#x} is not 8-byte aligned"
+        )));
+    }
+    cpu_access::touch_in_child(addr, write)
+}
+
+/// The raw CPU accesses: volatile loads and stores at checked addresses,
+/// and the forked child of [`touch_in_child`]. Calls `libc` for `fork`,
+/// `waitpid`, `signal`, `setrlimit` and `_exit`, which rustix does not
+/// offer (or offers only as unstable runtime calls).
+#[allow(unsafe_code)]
+mod cpu_access {
+    use svmap_svm::BackendError;
+
+    /// A volatile load of the `u64` at `addr`, once `cpu` has checked
+    /// that it cannot fault.
+    pub(crate) fn read(cpu: &super::LinuxCpu, addr: u64) -> Result<u64, super::AccessError> {
+        cpu.check_access(addr, false)?;
+        // SAFETY: check_access found the 8 aligned bytes inside a readable
+        // mapping the backend owns and keeps while `cpu` is borrowed.
+        Ok(unsafe { std::ptr::read_volatile(addr as *const u64) })
+    }
+
+    /// A volatile store of `value` at `addr`, once `cpu` has checked that
+    /// it cannot fault.
+    pub(crate) fn write(
+        cpu: &mut super::LinuxCpu,
+        addr: u64,
+        value: u64,
+    ) -> Result<(), super::AccessError> {
+        cpu.check_access(addr, true)?;
+        // SAFETY: check_access found the 8 aligned bytes inside a live
+        // read-write SVM range: shared memory the engine handed out, which
+        // holds no Rust object of this process.
+        unsafe { std::ptr::write_volatile(addr as *mut u64, value) };
+        Ok(())
+    }
+
+    pub(crate) fn touch_in_child(addr: u64, write: bool) -> Result<super::Touch, BackendError> {
+        // SAFETY: fork has no memory-safety preconditions; the child below
+        // only makes async-signal-safe calls and the access, then _exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(BackendError::Sys {
+                call: "fork",
+                errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            });
+        }
+        if pid == 0 {
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: setrlimit, signal and _exit are async-signal-safe;
+            // the access happens in this child only, whose memory is a
+            // copy of the parent's (a store writes back the value just
+            // read, so a shared mapping does not change).
+            unsafe {
+                if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0
+                    || libc::signal(libc::SIGSEGV, libc::SIG_DFL) == libc::SIG_ERR
+                    || libc::signal(libc::SIGBUS, libc::SIG_DFL) == libc::SIG_ERR
+                {
+                    libc::_exit(2);
+                }
+                let p = addr as *mut u64;
+                let v = std::ptr::read_volatile(p);
+                if write {
+                    std::ptr::write_volatile(p, v);
+                }
+                libc::_exit(0)
+            }
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for the child just forked; `status` is a valid
+            // out-pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(BackendError::Sys {
+                    call: "waitpid",
+                    errno: err.raw_os_error().unwrap_or(0),
+                });
+            }
+        }
+        Ok(if libc::WIFSIGNALED(status) {
+            super::Touch::Signal(libc::WTERMSIG(status))
+        } else {
+            match libc::WEXITSTATUS(status) {
+                0 => super::Touch::Completed,
+                c => super::Touch::Exited(c),
+            }
+        })
+    }
+}
