@@ -107,6 +107,10 @@ pub struct FitOp {
     pub topdown: bool,
     /// Keep out of guard gaps.
     pub respect_guard_gaps: bool,
+    /// The boundary the placement must not cross (0: none, then the plain
+    /// `find_fit` and `allocate` run; not necessarily a power of two: that
+    /// is an error to compare).
+    pub boundary: u64,
 }
 
 /// An `mmap()` call with a resolvable hint.
@@ -145,7 +149,8 @@ pub enum Op {
     },
     /// [`AddressMap::unmapped_area`] with these parameters.
     Search(SearchOp, SearchParams),
-    /// [`AddressMap::find_fit`] with these parameters.
+    /// [`AddressMap::find_fit`] (or, with a boundary,
+    /// [`AddressMap::find_fit_nocross`]) with these parameters.
     Fit(FitOp, SearchParams),
     /// [`AddressMap::allocate`] with these parameters (the model: its
     /// `find_fit`, then `insert`).
@@ -197,6 +202,9 @@ pub struct RunStats {
     /// `unmapped_area` results whose postconditions were checked (no
     /// wrap-around possible; see [`check_search_postconditions`]).
     pub post_checked: u64,
+    /// Fits with a boundary that found an address other than the plain
+    /// fit's (the boundary decided the answer).
+    pub boundary_moved: u64,
 }
 
 // ----- the model's lookups: linear scans, obviously right ---------------
@@ -390,28 +398,56 @@ impl Pair {
             Op::Fit(ref f, ref p) => {
                 let req = fit_request(f, |a| self.resolve(a));
                 self.stats.ops += 1;
-                let ra = self.a.space().find_fit(&req, p);
-                let rm = self.m.space().find_fit(&req, p);
+                let ra = self.a.space().find_fit_nocross(&req, f.boundary, p);
+                let rm = self.m.space().find_fit_nocross(&req, f.boundary, p);
                 assert_eq!(
                     ra,
                     rm,
-                    "op #{i} find_fit {req:#x?} {p:#x?}\ntree:\n{}",
+                    "op #{i} find_fit_nocross (boundary {:#x}) {req:#x?} {p:#x?}\ntree:\n{}",
+                    f.boundary,
                     dump(self.a.space())
                 );
+                let plain = self.a.space().find_fit(&req, p);
+                if f.boundary == 0 {
+                    // No boundary: the plain fit, the same answer.
+                    assert_eq!(
+                        plain.map_err(Nc::Fit),
+                        ra,
+                        "op #{i} find_fit {req:#x?} {p:#x?}\ntree:\n{}",
+                        dump(self.a.space())
+                    );
+                    assert_eq!(
+                        plain,
+                        self.m.space().find_fit(&req, p),
+                        "op #{i} model find_fit {req:#x?} {p:#x?}"
+                    );
+                }
                 if let Ok(addr) = ra {
                     self.stats.found += 1;
-                    check_fit_postconditions(self.a.space(), &req, p, addr);
+                    check_nocross_postconditions(self.a.space(), &req, f.boundary, p, addr);
+                    if plain != Ok(addr) {
+                        self.stats.boundary_moved += 1;
+                    }
                 }
             }
             Op::Allocate(ref f, ref p) => {
                 let req = fit_request(f, |a| self.resolve(a));
                 self.stats.ops += 1;
-                let rm = self.m.space().find_fit(&req, p);
+                let rm = self.m.space().find_fit_nocross(&req, f.boundary, p);
                 if let Ok(addr) = rm {
                     // Checked against the map before the insert.
-                    check_fit_postconditions(self.a.space(), &req, p, addr);
+                    check_nocross_postconditions(self.a.space(), &req, f.boundary, p, addr);
                 }
-                let ra = self.a.space_mut().allocate(&req, p, VmaFlags::NONE);
+                let ra = if f.boundary == 0 {
+                    self.a
+                        .space_mut()
+                        .allocate(&req, p, VmaFlags::NONE)
+                        .map_err(Nc::Fit)
+                } else {
+                    self.a
+                        .space_mut()
+                        .allocate_nocross(&req, f.boundary, p, VmaFlags::NONE)
+                };
                 assert_eq!(
                     ra,
                     rm,
@@ -633,6 +669,30 @@ pub fn check_search_postconditions(
     true
 }
 
+/// A fit's result with the error in one type for both APIs.
+type Nc = crate::NoCrossError;
+
+/// What a successful [`AddressMap::find_fit_nocross`] promises: what
+/// [`check_fit_postconditions`] checks, and with a non-zero `boundary` no
+/// multiple of it strictly inside `(addr, addr + length)`.
+pub fn check_nocross_postconditions(
+    map: &AddressMap,
+    req: &FitRequest,
+    boundary: u64,
+    p: &SearchParams,
+    addr: u64,
+) {
+    check_fit_postconditions(map, req, p, addr);
+    // The last byte lies in the block of the first (no boundary: nothing
+    // to check).
+    let last = addr + (req.length - 1);
+    assert_eq!(
+        addr.checked_div(boundary),
+        last.checked_div(boundary),
+        "find_fit_nocross {req:#x?} boundary {boundary:#x} = {addr:#x} crosses a multiple"
+    );
+}
+
 /// What a successful [`AddressMap::find_fit`] promises.
 pub fn check_fit_postconditions(map: &AddressMap, req: &FitRequest, p: &SearchParams, addr: u64) {
     let ctx = || {
@@ -800,7 +860,7 @@ pub fn concretize(case: &TestCase) -> TestCase {
             }
             Op::Allocate(f, p) => {
                 let req = fit_request(&f, |a| resolve(v, a));
-                if let Ok(a) = m.space().find_fit(&req, &p) {
+                if let Ok(a) = m.space().find_fit_nocross(&req, f.boundary, &p) {
                     let _ = crate::linux::Space::insert(
                         m.space_mut(),
                         a,
@@ -1031,7 +1091,8 @@ impl Bytes<'_> {
     }
 
     fn op(&mut self, cfg: &MmConfig) -> Op {
-        match self.u8() % 16 {
+        let k = self.u8();
+        match k % 16 {
             0..=2 => Op::Insert {
                 start: self.addr(),
                 extent: self.extent(),
@@ -1066,6 +1127,26 @@ impl Bytes<'_> {
                     align_offset: self.offset(),
                     topdown: self.bool(),
                     respect_guard_gaps: self.bool(),
+                    // From the operation's own byte, so that the bytes of
+                    // every operation decode as before.
+                    boundary: [
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        PAGE_SIZE,
+                        2 * PAGE_SIZE,
+                        0x10000,
+                        PMD_SIZE,
+                        1 << 32,
+                        1,
+                        1 << 63,
+                        0x3000,
+                    ][usize::from(k >> 4)],
                 },
                 self.params(cfg),
             ),

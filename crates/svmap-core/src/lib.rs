@@ -90,4 +90,4 @@ pub mod model;
 mod search;
 
 pub use map::{AddressMap, Iter, MapError, SearchParams, Vma, VmaFlags};
-pub use search::{FitError, FitRequest, SearchError, SearchStats, UnmappedAreaInfo};
+pub use search::{FitError, FitRequest, NoCrossError, SearchError, SearchStats, UnmappedAreaInfo};

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use crate::linux::Space;
 use crate::map::{MapError, SearchParams, Vma, VmaFlags};
-use crate::search::{FitError, FitRequest, SearchError, UnmappedAreaInfo};
+use crate::search::{FitError, FitRequest, NoCrossError, SearchError, UnmappedAreaInfo};
 
 /// A sorted list of VMAs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -194,9 +194,102 @@ impl ModelMap {
                 high: req.high,
             });
         }
+        self.best_fit(req, p, |s, e| Self::fit_in(req, s, e))
+            .ok_or(FitError::NoSpace)
+    }
+
+    /// The exact aligned fit that does not cross a multiple of `boundary`
+    /// (0: none), by trying every hole, and in a hole the pieces its
+    /// multiples of `boundary` cut it into.
+    pub fn find_fit_nocross(
+        &self,
+        req: &FitRequest,
+        boundary: u64,
+        p: &SearchParams,
+    ) -> Result<u64, NoCrossError> {
+        if req.length == 0 {
+            return Err(FitError::ZeroLength.into());
+        }
+        if !req.align.is_power_of_two() {
+            return Err(FitError::BadAlignment(req.align).into());
+        }
+        if boundary != 0 && !boundary.is_power_of_two() {
+            return Err(NoCrossError::BadBoundary(boundary));
+        }
+        let b = boundary as u128;
+        // The offset of the first allowed start of a block: starts are
+        // `align_offset + k * align`; modulo the smaller of the two powers
+        // of two they all equal `align_offset`, and that is their least
+        // possible offset in a block.
+        let offset = if boundary == 0 {
+            0
+        } else {
+            req.align_offset % req.align.min(boundary)
+        };
+        if boundary != 0 && offset as u128 + req.length as u128 > b {
+            return Err(NoCrossError::BoundaryTooSmall {
+                length: req.length,
+                boundary,
+                offset,
+            });
+        }
+        if req.high <= req.low || req.high - req.low < req.length {
+            return Err(FitError::EmptyWindow {
+                low: req.low,
+                high: req.high,
+            }
+            .into());
+        }
+        let best = self.best_fit(req, p, |s, e| {
+            if boundary == 0 || req.align >= boundary {
+                // Every aligned start sits `offset` into its block, and
+                // `offset + length <= boundary`: nothing crosses.
+                return Self::fit_in(req, s, e);
+            }
+            // Any placement lies in one block, so the lowest (highest) one
+            // lies in the lowest (highest) piece of the hole that holds
+            // one. A full block holds one (the start `offset` into it), so
+            // it is in one of the first (last) two pieces.
+            let pieces: Vec<(u128, u128)> = if req.topdown {
+                let k = (e - 1) / b; // the block of the last index
+                let mut v = Vec::new();
+                v.push((s.max(k * b), e));
+                if k > 0 && (k * b) > s {
+                    v.push((s.max((k - 1) * b), k * b));
+                }
+                v
+            } else {
+                let k = s / b + 1; // the first multiple above s
+                let mut v = Vec::new();
+                v.push((s, e.min(k * b)));
+                if k * b < e {
+                    v.push((k * b, e.min((k + 1) * b)));
+                }
+                v
+            };
+            let fits = pieces
+                .iter()
+                .filter_map(|&(ps, pe)| Self::fit_in(req, ps, pe));
+            if req.topdown {
+                fits.max()
+            } else {
+                fits.min()
+            }
+        });
+        best.ok_or(NoCrossError::Fit(FitError::NoSpace))
+    }
+
+    /// The best of `fit(s, e)` over every hole's usable range `[s, e)` (in
+    /// `u128`, to keep the model simple): the window, and with
+    /// `respect_guard_gaps` the guard gaps of the hole's two neighbours.
+    fn best_fit(
+        &self,
+        req: &FitRequest,
+        p: &SearchParams,
+        fit: impl Fn(u128, u128) -> Option<u128>,
+    ) -> Option<u64> {
         let mut best = None;
         for h in self.holes() {
-            // Usable range of the hole, in u128 to keep the model simple.
             let mut s = h.start.max(req.low) as u128;
             let mut e = (h.last as u128 + 1).min(req.high as u128); // exclusive
             if req.respect_guard_gaps {
@@ -207,22 +300,10 @@ impl ModelMap {
                     s = s.max(self.end_gap(pr, p) as u128);
                 }
             }
-            let len = req.length as u128;
-            let a = req.align as u128;
-            let off = req.align_offset as u128 % a;
-            // Every aligned start congruent to `off` in [s, e - len].
-            if e < s + len {
+            if e <= s {
                 continue;
             }
-            let candidate = if req.topdown {
-                let top = e - len;
-                let down = (top + a - off) % a; // distance above an aligned slot
-                top.checked_sub(down).filter(|x| *x >= s)
-            } else {
-                let up = (off + a - s % a) % a;
-                Some(s + up).filter(|x| x + len <= e)
-            };
-            if let Some(c) = candidate {
+            if let Some(c) = fit(s, e) {
                 let c = c as u64;
                 best = Some(match best {
                     None => c,
@@ -231,7 +312,27 @@ impl ModelMap {
                 });
             }
         }
-        best.ok_or(FitError::NoSpace)
+        best
+    }
+
+    /// The lowest (highest) start congruent to the offset in `[s, e -
+    /// length]`.
+    fn fit_in(req: &FitRequest, s: u128, e: u128) -> Option<u128> {
+        let len = req.length as u128;
+        let a = req.align as u128;
+        let off = req.align_offset as u128 % a;
+        // Every aligned start congruent to `off` in [s, e - len].
+        if e < s + len {
+            return None;
+        }
+        if req.topdown {
+            let top = e - len;
+            let down = (top + a - off) % a; // distance above an aligned slot
+            top.checked_sub(down).filter(|x| *x >= s)
+        } else {
+            let up = (off + a - s % a) % a;
+            Some(s + up).filter(|x| x + len <= e)
+        }
     }
 
     /// Number of VMAs.

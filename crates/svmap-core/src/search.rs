@@ -98,6 +98,27 @@ pub struct SearchStats {
 
 /// An exact-fit request: the lowest (or highest) aligned `[addr, addr +
 /// length)` that really fits, without the kernel's worst-case padding.
+///
+/// # Boundary
+///
+/// [`AddressMap::find_fit_nocross`] and [`AddressMap::allocate_nocross`]
+/// take a request and a **boundary** `B`: 0 for none (then they answer
+/// exactly as [`AddressMap::find_fit`] and [`AddressMap::allocate`]), or a
+/// power of two, and the placement `[addr, addr + length)` must then not
+/// cross a multiple of `B`: it lies inside one block `[k * B, (k + 1) *
+/// B)`. This is Mesa's `util_vma_heap` `nospan_minimum`, vmem's `nocross`
+/// and a DMA segment boundary. The search finds the lowest (highest)
+/// such placement exactly, with every other rule of the request (window,
+/// alignment and offset, guard gaps) unchanged.
+///
+/// Every start congruent to `align_offset` modulo `align` has an offset
+/// inside its block of at least `r = align_offset mod min(align, B)`, so a
+/// request with `r + length > B` (in particular `length > B`) has no
+/// placement anywhere: it is refused with
+/// [`NoCrossError::BoundaryTooSmall`] before any search, not answered
+/// with "no space". With `align >= B` every aligned start has the same
+/// offset `r` in its block, so a request that passes that check needs
+/// nothing more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FitRequest {
     /// Length in bytes (> 0).
@@ -156,6 +177,177 @@ impl fmt::Display for FitError {
 }
 
 impl core::error::Error for FitError {}
+
+/// Why [`AddressMap::find_fit_nocross`] or [`AddressMap::allocate_nocross`]
+/// found nothing: the failures of the plain fit, and the two of a bad
+/// boundary. The checks run in this order: length, alignment, boundary,
+/// boundary against length, window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoCrossError {
+    /// The request fails as [`AddressMap::find_fit`] (or
+    /// [`AddressMap::allocate`]) fails.
+    Fit(FitError),
+    /// The boundary is neither 0 nor a power of two.
+    BadBoundary(u64),
+    /// Every start the alignment allows lies at least `offset` bytes into
+    /// its block of `boundary` bytes, and `offset + length > boundary`: no
+    /// placement of the length avoids crossing a multiple of the boundary,
+    /// whatever the map holds. `offset` is `align_offset mod min(align,
+    /// boundary)`, 0 for the usual request, where this means `length >
+    /// boundary`.
+    BoundaryTooSmall {
+        /// Requested length.
+        length: u64,
+        /// Requested boundary.
+        boundary: u64,
+        /// The least offset of an aligned start inside its block.
+        offset: u64,
+    },
+}
+
+impl From<FitError> for NoCrossError {
+    fn from(e: FitError) -> Self {
+        NoCrossError::Fit(e)
+    }
+}
+
+impl fmt::Display for NoCrossError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            NoCrossError::Fit(e) => e.fmt(f),
+            NoCrossError::BadBoundary(b) => {
+                write!(f, "boundary {b:#x} is neither 0 nor a power of two")
+            }
+            NoCrossError::BoundaryTooSmall {
+                length,
+                boundary,
+                offset,
+            } => write!(
+                f,
+                "a length of {length:#x} at an offset of {offset:#x} into a block \
+                 crosses every multiple of the boundary {boundary:#x}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for NoCrossError {}
+
+/// The boundary rule of a fit with `align < boundary`, in the form the
+/// per-hole search uses: `bm = boundary - 1` and `r = align_offset mod
+/// align`, with `r + length <= boundary` checked.
+#[derive(Clone, Copy, Debug)]
+struct NoCross {
+    bm: u64,
+    r: u64,
+}
+
+/// Checks `boundary` against the request (whose length and alignment are
+/// already valid) and returns the rule the search must apply: `None` when
+/// nothing constrains the placement beyond the plain fit (no boundary, or
+/// `align >= boundary`, where every aligned start sits at the same offset
+/// `r` in its block and `r + length <= boundary` was checked).
+fn nocross_rule(req: &FitRequest, boundary: u64) -> Result<Option<NoCross>, NoCrossError> {
+    if boundary == 0 {
+        return Ok(None);
+    }
+    if !boundary.is_power_of_two() {
+        return Err(NoCrossError::BadBoundary(boundary));
+    }
+    // Both are powers of two, so the smaller divides the larger, and every
+    // start `a` congruent to `align_offset` modulo `align` has
+    // `a mod g == align_offset mod g` for `g = min(align, boundary)`: its
+    // offset in its block is at least `r`, and exactly `r` for the first
+    // allowed start of every block (a block start is a multiple of `g`).
+    let g = req.align.min(boundary);
+    let r = req.align_offset & (g - 1);
+    if req.length > boundary || r > boundary - req.length {
+        return Err(NoCrossError::BoundaryTooSmall {
+            length: req.length,
+            boundary,
+            offset: r,
+        });
+    }
+    Ok((req.align < boundary).then_some(NoCross {
+        bm: boundary - 1,
+        r,
+    }))
+}
+
+/// The lowest start `a` in the usable range `[s, e]` (inclusive, `e - s >=
+/// len_m1`) with `a = align_offset (mod mask + 1)`, `a + len_m1 <= e` and,
+/// with `nc`, `[a, a + len_m1]` inside one block of `nc.bm + 1` bytes.
+///
+/// Proof of the boundary step. Let `B = bm + 1`; `align = mask + 1 < B`
+/// (else there is no rule), so `align` divides `B`, and `r + len <= B`.
+/// Let `a0` be the lowest aligned start `>= s`; if `[a0, a0 + len)` does not
+/// fit in the range, no aligned start does. If it stays in `a0`'s block
+/// `[b0, b0 + B)` (its offset `a0 & bm` is at most `B - len`), `a0` is the
+/// answer. Otherwise every aligned start in `[a0, b0 + B)` has an offset at
+/// least `a0`'s and crosses too, and the lowest aligned start of the next
+/// block is `a1 = b0 + B + r` (`b0 + B` is a multiple of `align`, and `r <
+/// align`), whose range `[a1, a1 + len)` stays in that block because `r +
+/// len <= B`. So the answer is `a1` if `a1 + len_m1 <= e`, and there is
+/// none otherwise. No sum wraps: `a0 + len_m1 <= e` was checked before
+/// `b0 + B <= a0 + len_m1`.
+#[inline]
+fn lowest_in(s: u64, e: u64, len_m1: u64, mask: u64, off: u64, nc: Option<NoCross>) -> Option<u64> {
+    // Aligning may leave the range (past 2^64): then it holds no fit.
+    let a0 = s.checked_add(off.wrapping_sub(s) & mask)?;
+    if a0 > e || e - a0 < len_m1 {
+        return None;
+    }
+    let Some(NoCross { bm, r }) = nc else {
+        return Some(a0);
+    };
+    // `[a0, a0 + len)` stays in its block iff `(a0 & bm) + len <= B`, i.e.
+    // `a0 & bm <= bm - len_m1` (`len <= B`, so no wrap).
+    if a0 & bm <= bm - len_m1 {
+        return Some(a0);
+    }
+    let a1 = (a0 | bm).checked_add(1)?.checked_add(r)?;
+    (a1 <= e && e - a1 >= len_m1).then_some(a1)
+}
+
+/// The highest start `a` in the usable range `[s, e]` (inclusive, `e - s >=
+/// len_m1`) with `a = align_offset (mod mask + 1)`, `a + len_m1 <= e` and,
+/// with `nc`, `[a, a + len_m1]` inside one block of `nc.bm + 1` bytes.
+///
+/// Proof of the boundary step. With `B`, `align` and `r` as in
+/// [`lowest_in`], let `t0` be the highest aligned start with `t0 + len_m1
+/// <= e`; if `t0 < s`, no aligned start fits. If `[t0, t0 + len)` stays in
+/// `t0`'s block `[b0, b0 + B)`, `t0` is the answer. Otherwise the starts of
+/// that block whose range stays in it are those at most `u = b0 + B -
+/// len`; the highest aligned one, `t1 = u - ((u - off) & mask)`, is at
+/// least `b0 + r` (which is aligned and at most `u`, as `r + len <= B`), so
+/// `t1` lies in the same block and below `t0`, and every aligned start in
+/// `(t1, t0]` lies in that block above `u` and crosses. So the answer is
+/// `t1` if `t1 >= s`, and there is none otherwise.
+#[inline]
+fn highest_in(
+    s: u64,
+    e: u64,
+    len_m1: u64,
+    mask: u64,
+    off: u64,
+    nc: Option<NoCross>,
+) -> Option<u64> {
+    let top = e - len_m1;
+    // Aligning may leave the range (below 0): then it holds no fit.
+    let t0 = top.checked_sub(top.wrapping_sub(off) & mask)?;
+    if t0 < s {
+        return None;
+    }
+    let Some(NoCross { bm, .. }) = nc else {
+        return Some(t0);
+    };
+    if t0 & bm <= bm - len_m1 {
+        return Some(t0);
+    }
+    let u = (t0 & !bm) + (bm - len_m1);
+    let t1 = u - (u.wrapping_sub(off) & mask);
+    (t1 >= s).then_some(t1)
+}
 
 /// A [`Track`] that counts the nodes a walk scans and passes everything on.
 struct CountNodes<'a, T> {
@@ -427,7 +619,50 @@ impl AddressMap {
         params: &SearchParams,
         stats: &mut SearchStats,
     ) -> Result<u64, FitError> {
-        self.find_fit_path(req, params, stats, &mut ())
+        Self::check_fit(req)?;
+        self.find_fit_path(req, None, params, stats, &mut ())
+    }
+
+    /// [`Self::find_fit`] with a boundary (see [`FitRequest`]): the lowest
+    /// (highest) start that satisfies every rule of `req` and whose range
+    /// `[addr, addr + length)` does not cross a multiple of `boundary`. A
+    /// boundary of 0 is no constraint (the answer is `find_fit`'s); any
+    /// other must be a power of two ([`NoCrossError::BadBoundary`]), and
+    /// one that no aligned range of the length fits in between two of its
+    /// multiples is refused ([`NoCrossError::BoundaryTooSmall`]).
+    ///
+    /// Cost: the search is `find_fit`'s, pruned by the same necessary
+    /// conditions (hole length, aligned room); each candidate hole is
+    /// decided in O(1) (the lowest or highest non-crossing start in a hole
+    /// is one correction of the plain answer, see the proofs at
+    /// `lowest_in` and `highest_in` in the source). A hole the boundary
+    /// alone rejects holds a multiple of `boundary` and is shorter than
+    /// `2 * (length + align)`, so the walk tries at most one such hole per
+    /// multiple of `boundary` in the window before the answer (none when
+    /// `align >= boundary`, where the boundary constrains nothing). The
+    /// map caches no per-boundary summary, so no walk can skip those
+    /// holes for every boundary: a map of holes that each straddle a
+    /// multiple of a small boundary looks, to every cached maximum, like
+    /// one whose holes each hold a fit.
+    pub fn find_fit_nocross(
+        &self,
+        req: &FitRequest,
+        boundary: u64,
+        params: &SearchParams,
+    ) -> Result<u64, NoCrossError> {
+        self.find_fit_nocross_stats(req, boundary, params, &mut SearchStats::default())
+    }
+
+    /// [`Self::find_fit_nocross`], counting examined holes into `stats`.
+    pub fn find_fit_nocross_stats(
+        &self,
+        req: &FitRequest,
+        boundary: u64,
+        params: &SearchParams,
+        stats: &mut SearchStats,
+    ) -> Result<u64, NoCrossError> {
+        let nc = Self::check_nocross(req, boundary)?;
+        Ok(self.find_fit_path(req, nc, params, stats, &mut ())?)
     }
 
     /// Finds a range as [`Self::find_fit`] does and maps it with `flags`:
@@ -452,8 +687,82 @@ impl AddressMap {
         flags: VmaFlags,
         stats: &mut SearchStats,
     ) -> Result<u64, FitError> {
+        Self::check_fit(req)?;
+        self.allocate_checked(req, None, params, flags, stats)
+    }
+
+    /// Finds a range as [`Self::find_fit_nocross`] does and maps it with
+    /// `flags`, as [`Self::allocate`] does.
+    pub fn allocate_nocross(
+        &mut self,
+        req: &FitRequest,
+        boundary: u64,
+        params: &SearchParams,
+        flags: VmaFlags,
+    ) -> Result<u64, NoCrossError> {
+        self.allocate_nocross_stats(req, boundary, params, flags, &mut SearchStats::default())
+    }
+
+    /// [`Self::allocate_nocross`], counting examined holes into `stats`.
+    pub fn allocate_nocross_stats(
+        &mut self,
+        req: &FitRequest,
+        boundary: u64,
+        params: &SearchParams,
+        flags: VmaFlags,
+        stats: &mut SearchStats,
+    ) -> Result<u64, NoCrossError> {
+        let nc = Self::check_nocross(req, boundary)?;
+        Ok(self.allocate_checked(req, nc, params, flags, stats)?)
+    }
+
+    /// The argument checks of a fit: length, alignment, window.
+    fn check_fit(req: &FitRequest) -> Result<(), FitError> {
+        Self::check_length_align(req)?;
+        Self::check_window(req)
+    }
+
+    fn check_length_align(req: &FitRequest) -> Result<(), FitError> {
+        if req.length == 0 {
+            return Err(FitError::ZeroLength);
+        }
+        if !req.align.is_power_of_two() {
+            return Err(FitError::BadAlignment(req.align));
+        }
+        Ok(())
+    }
+
+    fn check_window(req: &FitRequest) -> Result<(), FitError> {
+        if req.high <= req.low || req.high - req.low < req.length {
+            return Err(FitError::EmptyWindow {
+                low: req.low,
+                high: req.high,
+            });
+        }
+        Ok(())
+    }
+
+    /// The argument checks of a fit with a boundary, in the documented
+    /// order (length, alignment, boundary, boundary against length,
+    /// window), and the rule the search applies.
+    fn check_nocross(req: &FitRequest, boundary: u64) -> Result<Option<NoCross>, NoCrossError> {
+        Self::check_length_align(req)?;
+        let nc = nocross_rule(req, boundary)?;
+        Self::check_window(req)?;
+        Ok(nc)
+    }
+
+    /// `allocate` after the argument checks.
+    fn allocate_checked(
+        &mut self,
+        req: &FitRequest,
+        nc: Option<NoCross>,
+        params: &SearchParams,
+        flags: VmaFlags,
+        stats: &mut SearchStats,
+    ) -> Result<u64, FitError> {
         let mut path = Path::default();
-        let addr = self.find_fit_path(req, params, stats, &mut path)?;
+        let addr = self.find_fit_path(req, nc, params, stats, &mut path)?;
         if self.t.len() >= MAX_VMAS {
             return Err(FitError::TooManyVmas);
         }
@@ -470,25 +779,16 @@ impl AddressMap {
         Ok(addr)
     }
 
+    /// The fit of a checked request (`check_fit` or `check_nocross`), with
+    /// the boundary rule `nc`.
     fn find_fit_path(
         &self,
         req: &FitRequest,
+        nc: Option<NoCross>,
         params: &SearchParams,
         stats: &mut SearchStats,
         path: &mut impl Track,
     ) -> Result<u64, FitError> {
-        if req.length == 0 {
-            return Err(FitError::ZeroLength);
-        }
-        if !req.align.is_power_of_two() {
-            return Err(FitError::BadAlignment(req.align));
-        }
-        if req.high <= req.low || req.high - req.low < req.length {
-            return Err(FitError::EmptyWindow {
-                low: req.low,
-                high: req.high,
-            });
-        }
         let mask = req.align - 1;
         let (lo, hi) = (req.low, req.high - 1);
         let len_m1 = req.length - 1;
@@ -512,16 +812,11 @@ impl AddressMap {
             if s > e || e - s < len_m1 {
                 return None;
             }
-            // Aligning may leave the hole (below 0 or past 2^64); then the
-            // hole holds no fit.
-            let addr = if req.topdown {
-                let top = e - len_m1;
-                top.checked_sub(top.wrapping_sub(req.align_offset) & mask)?
+            if req.topdown {
+                highest_in(s, e, len_m1, mask, req.align_offset, nc)
             } else {
-                s.checked_add(req.align_offset.wrapping_sub(s) & mask)?
-            };
-            let ok = addr >= s && addr <= e && e - addr >= len_m1;
-            ok.then_some(addr)
+                lowest_in(s, e, len_m1, mask, req.align_offset, nc)
+            }
         };
         // Prune with the largest cached alignment class that divides both
         // the alignment and the offset: every fit is aligned to it, so a
@@ -546,6 +841,7 @@ impl AddressMap {
         let addr = found.ok_or(FitError::NoSpace)?;
         debug_assert!(addr >= req.low && addr + len_m1 <= hi);
         debug_assert!((addr.wrapping_sub(req.align_offset)) & mask == 0);
+        debug_assert!(nc.is_none_or(|nc| addr & nc.bm <= nc.bm - len_m1));
         debug_assert!(self.first_overlap(addr, addr + req.length).is_none());
         Ok(addr)
     }

@@ -80,6 +80,7 @@ fn run_prop(
     let found = AtomicU64::new(0);
     let post = AtomicU64::new(0);
     let max_vmas = AtomicU64::new(0);
+    let moved = AtomicU64::new(0);
     let start = Instant::now();
     let mut runner = TestRunner::new(config);
     let result = runner.run(&strategy, |case| {
@@ -89,6 +90,7 @@ fn run_prop(
         found.fetch_add(s.found, Ordering::Relaxed);
         post.fetch_add(s.post_checked, Ordering::Relaxed);
         max_vmas.fetch_max(s.max_vmas as u64, Ordering::Relaxed);
+        moved.fetch_add(s.boundary_moved, Ordering::Relaxed);
         Ok(())
     });
     if let Err(e) = result {
@@ -100,13 +102,15 @@ fn run_prop(
         post_checked: post.into_inner(),
         max_vmas: max_vmas.into_inner() as usize,
         changes: 0,
+        boundary_moved: moved.into_inner(),
     };
     eprintln!(
-        "{name}: {} ops, {} found an address ({} checked against the postconditions), \
-         up to {} VMAs, {:.2?}",
+        "{name}: {} ops, {} found an address ({} checked against the postconditions, \
+         {} moved by a boundary), up to {} VMAs, {:.2?}",
         total.ops,
         total.found,
         total.post_checked,
+        total.boundary_moved,
         total.max_vmas,
         start.elapsed()
     );
@@ -361,6 +365,18 @@ impl Gen {
             },
             topdown: self.bool(),
             respect_guard_gaps: self.bool(),
+            boundary: self.boundary(),
+        }
+    }
+
+    /// A boundary for a fit: mostly none, else a power of two from a byte
+    /// to 2^63, sometimes one that is not a power of two.
+    fn boundary(&mut self) -> u64 {
+        match self.weighted(&[4, 3, 1, 1]) {
+            0 => 0,
+            1 => 1 << self.range(12, 24),
+            2 => 1 << self.range(0, 64),
+            _ => self.u64(),
         }
     }
 
@@ -871,6 +887,7 @@ fn find_fit_postconditions() {
                     align_offset: g.range(0, 64) * PAGE,
                     topdown: g.bool(),
                     respect_guard_gaps: g.bool(),
+                    boundary: 0,
                 },
                 g.params(),
             )
@@ -881,6 +898,63 @@ fn find_fit_postconditions() {
     assert!(
         !default_counts() || s.found * 8 >= s.ops,
         "only {} fits found",
+        s.found
+    );
+}
+
+/// `find_fit_nocross` and `allocate_nocross` with random boundaries (from
+/// twice the length's power of two down to a page, and sometimes invalid
+/// or too small) answer exactly as the model's search of every piece of
+/// every hole, and their results cross no multiple of the boundary; the
+/// boundary must decide a good share of the answers, or the test would
+/// not be testing it.
+#[test]
+fn find_fit_nocross_matches_model() {
+    fn fit(g: &mut Gen, base: u64) -> FitOp {
+        let length = g.range(1, 64) * PAGE;
+        let align = 1 << g.range(12, 18);
+        FitOp {
+            length,
+            low: page_limit(g, base, false),
+            high: page_limit(g, base, true),
+            align,
+            align_offset: match g.weighted(&[3, 1]) {
+                0 => 0,
+                _ => g.range(0, 64) * PAGE,
+            },
+            topdown: g.bool(),
+            respect_guard_gaps: g.bool(),
+            boundary: match g.weighted(&[8, 1, 1]) {
+                // At least the length's power of two, at most 4 times it.
+                0 => length.next_power_of_two() << g.range(0, 3),
+                1 => 1 << g.range(12, 20),
+                _ => g.range(1, 1 << 20),
+            },
+        }
+    }
+    let base = prop_oneof![Just(1u64 << 24), Just(1u64 << 32), Just(1u64 << 46)];
+    let strategy = base.prop_flat_map(|base| {
+        page_map_then(base, |g, base| {
+            if g.chance(1, 4) {
+                Op::Allocate(fit(g, base), g.params())
+            } else {
+                Op::Fit(fit(g, base), g.params())
+            }
+        })
+    });
+    let s = run_prop("find_fit_nocross_matches_model", 384, strategy, |_, _| {
+        Ok(())
+    });
+    assert_floor(s.ops, 20_000);
+    assert!(
+        !default_counts() || s.found * 8 >= s.ops,
+        "only {} fits found",
+        s.found
+    );
+    assert!(
+        !default_counts() || s.boundary_moved * 20 >= s.found,
+        "the boundary decided only {} of {} answers",
+        s.boundary_moved,
         s.found
     );
 }
@@ -902,6 +976,13 @@ fn allocate_and_free_churn() {
             align_offset: 0,
             topdown: g.u64().is_multiple_of(4),
             respect_guard_gaps: false,
+            // Now and then a 2 MiB boundary, which no range of up to 2 MiB
+            // is too long for.
+            boundary: if g.u64().is_multiple_of(8) {
+                PMD_SIZE
+            } else {
+                0
+            },
         }
     }
     fn free(g: &mut Gen) -> Op {
