@@ -22,7 +22,10 @@
 //! of its own. Its model of the rest of the CPU space is the engine's: seed
 //! it from `/proc/self/maps` with [`seed_from_self`] before deciding
 //! anything; a mapping made since then makes a `map` fail with `EEXIST`
-//! ([`BackendError::NotOwned`]) instead of replacing it.
+//! ([`BackendError::NotOwned`]) instead of replacing it. [`refresh_from_self`]
+//! brings the model in step again outside svmap's own ranges, and
+//! [`with_refresh`] (or [`svm_alloc`]) does so once when a placement fails
+//! that way, then tries again.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -31,6 +34,7 @@ use svmap_linux::error::{Errno, Error};
 use svmap_linux::reserve::Reservation;
 use svmap_linux::sparse::SparseHeap;
 use svmap_linux::sys::Access;
+use svmap_svm::refresh::{CpuMapping, RefreshError, RefreshReport};
 use svmap_svm::{
     BackendError, CpuBackend, CpuPolicy, DeviceBackend, Engine, EngineError, Prot, PtFormat,
     Release,
@@ -481,20 +485,80 @@ pub fn seed_from_self<C: CpuBackend, D: DeviceBackend, F: PtFormat>(
     Ok(n)
 }
 
-/// Why [`seed_from_self`] failed.
+/// Brings the engine's CPU space in line with this process's mappings now
+/// (`/proc/self/maps`), outside the ranges svmap owns
+/// ([`Engine::refresh_cpu`]): mappings made since the engine was seeded
+/// are entered, vanished ones removed; svmap's windows, SVM ranges and
+/// device-only regions are never changed, and conflicts with them are
+/// listed in the report.
+pub fn refresh_from_self<C: CpuBackend, D: DeviceBackend, F: PtFormat>(
+    engine: &mut Engine<C, D, F>,
+) -> Result<RefreshReport, SeedError> {
+    let view = svmap_linux::maps::read_view(svmap_linux::maps::Target::SelfProcess)
+        .map_err(SeedError::Maps)?;
+    let list: Vec<CpuMapping> = view
+        .entries
+        .iter()
+        .map(|e| CpuMapping {
+            start: e.start,
+            end: e.end,
+            growsdown: e.growsdown,
+        })
+        .collect();
+    engine.refresh_cpu(&list).map_err(SeedError::Refresh)
+}
+
+/// Runs `op` on the engine; if the CPU backend refused to place a new
+/// mapping because something the engine does not know about is there
+/// (`EEXIST` from `MAP_FIXED_NOREPLACE`: [`BackendError::NotOwned`] from
+/// `map`, `reserve` or `map_device_only`), refreshes the CPU space from
+/// `/proc/self/maps` once ([`refresh_from_self`]) and runs `op` once more.
+/// At most one refresh and two tries; the second try's error (or the first
+/// one, if the refresh fails) is returned as it is.
+pub fn with_refresh<C: CpuBackend, D: DeviceBackend, F: PtFormat, T>(
+    engine: &mut Engine<C, D, F>,
+    mut op: impl FnMut(&mut Engine<C, D, F>) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    match op(engine) {
+        Err(EngineError::Cpu {
+            op: "map" | "reserve" | "map_device_only",
+            error: BackendError::NotOwned { .. },
+            ..
+        }) if refresh_from_self(engine).is_ok() => op(engine),
+        r => r,
+    }
+}
+
+/// [`Engine::svm_alloc`] through [`with_refresh`]: an allocation whose
+/// first choice collides with a mapping made behind the engine's back
+/// refreshes the CPU space and lands elsewhere, never over that mapping.
+pub fn svm_alloc<C: CpuBackend, D: DeviceBackend, F: PtFormat, S: AsRef<str>>(
+    engine: &mut Engine<C, D, F>,
+    length: u64,
+    align: Option<u64>,
+    devices: &[S],
+    topdown: bool,
+) -> Result<u64, EngineError> {
+    with_refresh(engine, |e| e.svm_alloc(length, align, devices, topdown))
+}
+
+/// Why [`seed_from_self`] or [`refresh_from_self`] failed.
 #[derive(Debug)]
 pub enum SeedError {
-    /// `/proc/self/smaps` could not be read.
+    /// `/proc/self/smaps` (or `maps`) could not be read.
     Maps(Error),
     /// The engine refused a mapping (it already holds something there).
     Engine(EngineError),
+    /// The refresh refused the list ([`RefreshError`]).
+    Refresh(RefreshError),
 }
 
 impl std::fmt::Display for SeedError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SeedError::Maps(e) => write!(f, "reading /proc/self/smaps: {e}"),
+            SeedError::Maps(e) => write!(f, "reading /proc/self/maps: {e}"),
             SeedError::Engine(e) => write!(f, "seeding the engine: {e}"),
+            SeedError::Refresh(e) => write!(f, "refreshing the engine: {e}"),
         }
     }
 }

@@ -68,6 +68,7 @@ mod engine;
 mod error;
 pub mod interval;
 pub mod mirror;
+pub mod refresh;
 mod space;
 
 pub use backend::{
