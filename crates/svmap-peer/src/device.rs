@@ -73,9 +73,12 @@ pub enum Failpoint {
     /// at the agreed address just before reserving it, as another thread
     /// of the peer could (the round fails with `EEXIST`; the canary stays).
     StealWindow,
-    /// `die-invalidate:N`: `SIGKILL` itself on the N-th `Invalidate` of the
-    /// direct mode, after clearing the range and before acknowledging it.
+    /// `die-invalidate:N`: `SIGKILL` itself on the N-th `Invalidate` or
+    /// `InvalidateUnmap` of the direct mode, after clearing the ranges and
+    /// before acknowledging (or unmapping) them.
     DieOnInvalidate(u64),
+    /// `old-version`: answer the hello in the previous protocol version.
+    OldVersion,
 }
 
 impl Failpoint {
@@ -90,6 +93,7 @@ impl Failpoint {
             "hang-walk" => Some(Failpoint::HangInWalk),
             "garbage-sum" => Some(Failpoint::GarbageOnSum),
             "steal-window" => Some(Failpoint::StealWindow),
+            "old-version" => Some(Failpoint::OldVersion),
             _ => None,
         }
     }
@@ -169,6 +173,10 @@ fn chan_err(e: ChanError) -> Stop {
             reason,
         }),
         ChanError::Sys(call, errno) => Stop::Failed(PeerError::Sys { call, errno }),
+        ChanError::Version(theirs) => Stop::Failed(PeerError::VersionMismatch {
+            ours: super::wire::VERSION,
+            theirs,
+        }),
     }
 }
 
@@ -188,6 +196,18 @@ fn next(chan: &mut Channel) -> Result<Option<(u64, Msg, Vec<OwnedFd>)>, Stop> {
                 0,
                 code::BAD_REQUEST,
                 format!("malformed packet: {reason}"),
+            )?;
+            Ok(None)
+        }
+        Err(ChanError::Version(theirs)) => {
+            refuse(
+                chan,
+                0,
+                code::BAD_REQUEST,
+                format!(
+                    "protocol version {theirs}; this peer speaks version {}",
+                    super::wire::VERSION
+                ),
             )?;
             Ok(None)
         }
@@ -225,6 +245,12 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
                     floor: probe::mmap_floor()?,
                     high: reserve::window_high(va_bits)?,
                 };
+                if opts.failpoint == Some(Failpoint::OldVersion) {
+                    let mut p = ack.encode(id);
+                    p[4] = super::wire::VERSION - 1;
+                    chan.send_raw(&p, None, None).map_err(chan_err)?;
+                    continue;
+                }
                 chan.send(id, &ack, None, None).map_err(chan_err)?;
                 break (va_bits, page_size, tlb_entries);
             }
@@ -282,6 +308,11 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
             Msg::UnmapRange { addr, len } => dev.unmap_range(addr, len),
             Msg::Protect { addr, len, prot } => dev.protect(addr, len, prot),
             Msg::MapRegion { addr, len } => dev.map_region(addr, len),
+            Msg::InvalidateUnmap { seq, ranges } => dev.invalidate_unmap(seq, &ranges),
+            Msg::Maps if matches!(dev.mem, Mem::Direct(_)) => {
+                send_own_maps(&mut chan, id)?;
+                continue;
+            }
             Msg::Stats => Msg::StatsReply {
                 words: dev.stats().to_words(),
             },
@@ -292,6 +323,37 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
         };
         chan.send(id, &reply, None, None).map_err(chan_err)?;
     }
+}
+
+/// Answers `Maps` (`id`): this process's own mappings, in
+/// [`Msg::MapsReply`] chunks, the last one flagged.
+fn send_own_maps(chan: &mut Channel, id: u64) -> Result<(), Stop> {
+    let own = match own_view() {
+        Ok(v) => occupied(&v),
+        Err(e) => {
+            let m = Msg::Error {
+                code: code::SYS,
+                message: format!("reading this peer's mappings: {e}"),
+            };
+            return chan.send(id, &m, None, None).map_err(chan_err);
+        }
+    };
+    let mut chunks = own.chunks(super::wire::VMAS_PER_PACKET).peekable();
+    if chunks.peek().is_none() {
+        let m = Msg::MapsReply {
+            last: true,
+            ranges: Vec::new(),
+        };
+        return chan.send(id, &m, None, None).map_err(chan_err);
+    }
+    while let Some(c) = chunks.next() {
+        let m = Msg::MapsReply {
+            last: chunks.peek().is_none(),
+            ranges: c.iter().map(|&(s, e, g)| (s, e, u64::from(g))).collect(),
+        };
+        chan.send(id, &m, None, None).map_err(chan_err)?;
+    }
+    Ok(())
 }
 
 /// Agreement rounds until a `Commit` (the agreed window), or `Direct`
@@ -1026,11 +1088,53 @@ impl Device {
         Msg::UnmapAck { seq }
     }
 
+    /// Invalidates every range, acknowledges `seq`, and forgets every
+    /// range as `unmap_range` does; every range and the sequence number
+    /// are checked before anything changes.
+    fn invalidate_unmap(&mut self, seq: u64, ranges: &[(u64, u64)]) -> Msg {
+        let mut ends = Vec::with_capacity(ranges.len());
+        for &(addr, len) in ranges {
+            match self.direct_range(addr, len) {
+                Ok(e) => ends.push((addr, e)),
+                Err(m) => return m,
+            }
+        }
+        if seq <= self.last_seq {
+            return Msg::Error {
+                code: code::BAD_REQUEST,
+                message: format!(
+                    "invalidation sequence {seq} after {}: not increasing",
+                    self.last_seq
+                ),
+            };
+        }
+        for &(addr, end) in &ends {
+            self.mirror.invalidate_start(addr, end);
+            self.mirror.invalidate_end();
+        }
+        self.last_seq = seq;
+        self.invalidations += 1;
+        if self.failpoint == Some(Failpoint::DieOnInvalidate(self.invalidations)) {
+            sys::kill_self();
+        }
+        for &(addr, end) in &ends {
+            self.forget_range(addr, end);
+        }
+        Msg::UnmapAck { seq }
+    }
+
     fn unmap_range(&mut self, addr: u64, len: u64) -> Msg {
         let end = match self.direct_range(addr, len) {
             Ok(e) => e,
             Err(m) => return m,
         };
+        self.forget_range(addr, end);
+        Msg::Ack
+    }
+
+    /// Drops the device pages of `[addr, end)` and every attachment or
+    /// region entirely inside it.
+    fn forget_range(&mut self, addr: u64, end: u64) {
         self.rework(addr, end, None);
         // Attachments and regions entirely inside the range go too.
         let gone: Vec<u64> = self
@@ -1042,7 +1146,6 @@ impl Device {
         for s in gone {
             self.attachments().remove(&s);
         }
-        Msg::Ack
     }
 
     fn protect(&mut self, addr: u64, len: u64, prot: u8) -> Msg {

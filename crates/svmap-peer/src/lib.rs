@@ -61,6 +61,11 @@ use svmap_svm::interval::union_map;
 use svmap_svm::Fault;
 use wire::{Msg, Reserved, WireError};
 
+/// The most mappings [`DirectPeer::own_maps`] accepts from a peer (far
+/// above any `vm.max_map_count` in use; a bound on what a misbehaving peer
+/// can make this side hold).
+pub const MAX_OWN_MAPS: usize = 1 << 22;
+
 /// The environment variable that tells a peer which descriptor is its socket.
 pub const PEER_FD_ENV: &str = "SVMAP_PEER_FD";
 /// Fault injection for tests (see [`device::Failpoint`]).
@@ -208,6 +213,14 @@ pub enum PeerError {
         /// The address.
         addr: u64,
     },
+    /// The peer speaks another version of the protocol; it has been
+    /// killed.
+    VersionMismatch {
+        /// This side's version ([`wire::VERSION`]).
+        ours: u8,
+        /// The version of the peer's packets.
+        theirs: u8,
+    },
 }
 
 impl fmt::Display for PeerError {
@@ -264,6 +277,10 @@ impl fmt::Display for PeerError {
             PeerError::NotMapped { addr } => {
                 write!(f, "{addr:#x} is not inside a live SVM buffer")
             }
+            PeerError::VersionMismatch { ours, theirs } => write!(
+                f,
+                "the device peer speaks protocol version {theirs}, this side {ours}; it was killed"
+            ),
         }
     }
 }
@@ -503,6 +520,8 @@ pub(crate) enum ChanError {
     Timeout,
     /// A packet that is not a valid message (or carries the wrong fds).
     Malformed(String),
+    /// A packet of another protocol version (this one).
+    Version(u8),
     /// Another failure.
     Sys(&'static str, Errno),
 }
@@ -600,8 +619,15 @@ impl Channel {
                     if r.truncated_fds {
                         return Err(ChanError::Malformed("too many descriptors".into()));
                     }
-                    let (id, msg) = Msg::decode(&self.buf[..r.len])
-                        .map_err(|WireError(s)| ChanError::Malformed(s))?;
+                    let p = &self.buf[..r.len];
+                    if p.len() >= wire::HEADER
+                        && p[..4] == wire::MAGIC.to_le_bytes()
+                        && p[4] != wire::VERSION
+                    {
+                        return Err(ChanError::Version(p[4]));
+                    }
+                    let (id, msg) =
+                        Msg::decode(p).map_err(|WireError(s)| ChanError::Malformed(s))?;
                     let want_fd = matches!(msg, Msg::Map { .. } | Msg::Attach { .. });
                     if r.fds.len() != usize::from(want_fd) {
                         return Err(ChanError::Malformed(format!(
@@ -761,6 +787,13 @@ impl Peer {
             ChanError::Malformed(reason) => {
                 self.kill();
                 PeerError::Malformed { during, reason }
+            }
+            ChanError::Version(theirs) => {
+                self.kill();
+                PeerError::VersionMismatch {
+                    ours: wire::VERSION,
+                    theirs,
+                }
             }
             ChanError::Sys(call, errno) => {
                 self.kill();
@@ -1426,6 +1459,84 @@ impl DirectPeer {
         }
     }
 
+    /// Invalidates every range of `ranges` (`(addr, len)`, at most
+    /// [`wire::RANGES_PER_PACKET`]) and then forgets it as
+    /// [`Self::unmap_range`] does, in one request: one round trip for the
+    /// whole batch. Returns the acknowledged sequence number. The peer
+    /// checks every range before it acts on any; on any failure but such a
+    /// refusal the peer is dead afterwards, and none of the ranges counts
+    /// as acknowledged.
+    pub fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<u64, PeerError> {
+        let during = "an invalidation";
+        if ranges.is_empty() || ranges.len() > wire::RANGES_PER_PACKET {
+            return Err(PeerError::InvalidArgument {
+                what: format!(
+                    "{} ranges in one invalidation (1..={})",
+                    ranges.len(),
+                    wire::RANGES_PER_PACKET
+                ),
+            });
+        }
+        let seq = self.inner.next_seq;
+        self.inner.next_seq += 1;
+        let msg = Msg::InvalidateUnmap {
+            seq,
+            ranges: ranges.to_vec(),
+        };
+        match self.inner.call(&msg, None, during)? {
+            Msg::UnmapAck { seq: s } if s == seq => Ok(seq),
+            m => Err(self.inner.unexpected(&m, during)),
+        }
+    }
+
+    /// The peer's own mappings (its `/proc/self/maps`, user half):
+    /// `(start, end, grows_down)`, ascending. An `attach` or a region over
+    /// one of them fails with `EEXIST` in the peer.
+    pub fn own_maps(&mut self) -> Result<Vec<Occupied>, PeerError> {
+        let during = "reading the peer's mappings";
+        self.inner.alive(during)?;
+        let id = self.inner.next_id;
+        self.inner.next_id += 1;
+        let dl = self.inner.deadline();
+        if let Err(e) = self.inner.chan.send(id, &Msg::Maps, None, dl) {
+            return Err(self.inner.fail(e, during));
+        }
+        let mut out: Vec<Occupied> = Vec::new();
+        loop {
+            match self.inner.answer(id, during)? {
+                Msg::MapsReply { last, ranges } => {
+                    if out.len() + ranges.len() > MAX_OWN_MAPS {
+                        return Err(self.inner.fail(
+                            ChanError::Malformed(format!("more than {MAX_OWN_MAPS} mappings")),
+                            during,
+                        ));
+                    }
+                    for (s, e, f) in ranges {
+                        if out.last().is_some_and(|&(_, pe, _)| pe > s) {
+                            return Err(self.inner.fail(
+                                ChanError::Malformed(format!(
+                                    "mapping [{s:#x}, {e:#x}) out of order"
+                                )),
+                                during,
+                            ));
+                        }
+                        out.push((s, e, f == 1));
+                    }
+                    if last {
+                        return Ok(out);
+                    }
+                }
+                m => return Err(self.inner.unexpected(&m, during)),
+            }
+        }
+    }
+
+    /// Requests sent to the peer so far (each one round trip; the
+    /// shutdown is not counted).
+    pub fn requests(&self) -> u64 {
+        self.inner.next_id - 1
+    }
+
     /// Forgets the device mapping of `[addr, addr + len)` (after an
     /// acknowledged invalidation); an attachment entirely inside it is
     /// unmapped in the peer.
@@ -1563,6 +1674,24 @@ mod tests {
         p[5] = 99; // unknown kind
         c.send_raw(&p, None, dl).unwrap();
         expect_error(&mut c, 0, wire::code::BAD_REQUEST);
+        // A hello of another protocol version is refused with a message
+        // that names both versions.
+        let mut p = Msg::Hello {
+            va_bits: 40,
+            page_size: 4096,
+            tlb_entries: 1,
+        }
+        .encode(4);
+        p[4] = wire::VERSION - 1;
+        c.send_raw(&p, None, dl).unwrap();
+        match c.recv(dl) {
+            Ok((0, Msg::Error { code, message }, _)) => {
+                assert_eq!(code, wire::code::BAD_REQUEST);
+                let want = format!("version {}", wire::VERSION - 1);
+                assert!(message.contains(&want), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
         // A device operation before the hello.
         c.send(
             6,

@@ -30,14 +30,19 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"SVMP");
 /// map-count limits; 3: the direct mode, where the CPU side decides every
 /// address: [`Msg::Direct`], [`Msg::Attach`], [`Msg::MapRange`],
 /// [`Msg::Invalidate`], [`Msg::UnmapRange`], [`Msg::Protect`],
-/// [`Msg::MapRegion`]).
-pub const VERSION: u8 = 3;
+/// [`Msg::MapRegion`]; 4: [`Msg::InvalidateUnmap`], several ranges
+/// invalidated, acknowledged and unmapped in one request, and
+/// [`Msg::Maps`] / [`Msg::MapsReply`], the peer's own mappings).
+pub const VERSION: u8 = 4;
 /// Header bytes.
 pub const HEADER: usize = 16;
 /// The largest packet either side sends or accepts.
 pub const MAX_PACKET: usize = 64 * 1024;
 /// Ranges per [`Msg::Vmas`] packet (24 bytes each, under [`MAX_PACKET`]).
 pub const VMAS_PER_PACKET: usize = 2000;
+/// Ranges per [`Msg::InvalidateUnmap`] packet (16 bytes each, under
+/// [`MAX_PACKET`]).
+pub const RANGES_PER_PACKET: usize = 4000;
 
 /// How a reservation attempt went on the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -302,6 +307,29 @@ pub enum Msg {
         /// Length.
         len: u64,
     },
+    /// CPU -> peer (direct mode): invalidate every range (device pages and
+    /// TLB entries cleared), then forget every one as
+    /// [`Msg::UnmapRange`] does; answered once, with [`Msg::UnmapAck`] of
+    /// `seq`, after all of it. The peer checks every range before it acts
+    /// on any: a bad one refuses the whole request.
+    InvalidateUnmap {
+        /// Invalidation sequence number (strictly increasing, shared with
+        /// [`Msg::Invalidate`]).
+        seq: u64,
+        /// The ranges as `(addr, len)`, 1..=[`RANGES_PER_PACKET`] of them.
+        ranges: Vec<(u64, u64)>,
+    },
+    /// CPU -> peer (direct mode): send the peer's own mappings (its
+    /// `/proc/self/maps`). Answered with one or more [`Msg::MapsReply`].
+    Maps,
+    /// Peer -> CPU: a chunk of the peer's own mappings, `(start, end,
+    /// flags)` as in [`Msg::Vmas`]; `last` on the final chunk.
+    MapsReply {
+        /// The final chunk.
+        last: bool,
+        /// The ranges.
+        ranges: Vec<(u64, u64, u64)>,
+    },
 }
 
 /// A packet that is not a valid message.
@@ -351,6 +379,9 @@ impl Msg {
             Msg::UnmapRange { .. } => 27,
             Msg::Protect { .. } => 28,
             Msg::MapRegion { .. } => 29,
+            Msg::InvalidateUnmap { .. } => 30,
+            Msg::Maps => 31,
+            Msg::MapsReply { .. } => 32,
         }
     }
 
@@ -386,6 +417,9 @@ impl Msg {
             Msg::UnmapRange { .. } => "unmap-range",
             Msg::Protect { .. } => "protect",
             Msg::MapRegion { .. } => "map-region",
+            Msg::InvalidateUnmap { .. } => "invalidate-unmap",
+            Msg::Maps => "maps",
+            Msg::MapsReply { .. } => "maps-reply",
         }
     }
 
@@ -470,7 +504,24 @@ impl Msg {
                 w(*len);
             }
             Msg::Abandon { attempt } => w(u64::from(*attempt)),
-            Msg::Ack | Msg::Stats | Msg::Shutdown | Msg::Direct => {}
+            Msg::Ack | Msg::Stats | Msg::Shutdown | Msg::Direct | Msg::Maps => {}
+            Msg::InvalidateUnmap { seq, ranges } => {
+                w(*seq);
+                w(ranges.len() as u64);
+                for &(a, l) in ranges {
+                    w(a);
+                    w(l);
+                }
+            }
+            Msg::MapsReply { last, ranges } => {
+                w(u64::from(*last));
+                w(ranges.len() as u64);
+                for &(s, e, f) in ranges {
+                    w(s);
+                    w(e);
+                    w(f);
+                }
+            }
             Msg::Attach { addr, len }
             | Msg::UnmapRange { addr, len }
             | Msg::MapRegion { addr, len } => {
@@ -561,6 +612,8 @@ impl Msg {
         if p[4] != VERSION {
             return bad(format!("protocol version {} (want {VERSION})", p[4]));
         }
+        // (The channel checks the version before decoding, to report a
+        // peer of another version as such.)
         if p[6] != 0 || p[7] != 0 {
             return bad("reserved header bytes are not zero");
         }
@@ -743,6 +796,35 @@ impl Msg {
                 addr: r.u64()?,
                 len: r.u64()?,
             },
+            30 => {
+                let seq = r.u64()?;
+                let n = r.u64()?;
+                if n == 0 || n > RANGES_PER_PACKET as u64 || n * 16 != r.left() as u64 {
+                    return bad(format!("range count {n} does not match the body"));
+                }
+                let mut ranges = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    ranges.push((r.u64()?, r.u64()?));
+                }
+                Msg::InvalidateUnmap { seq, ranges }
+            }
+            31 => Msg::Maps,
+            32 => {
+                let last = r.bool()?;
+                let n = r.u64()?;
+                if n > VMAS_PER_PACKET as u64 || n * 24 != r.left() as u64 {
+                    return bad(format!("maps count {n} does not match the body"));
+                }
+                let mut ranges = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let (s, e, f) = (r.u64()?, r.u64()?, r.u64()?);
+                    if s >= e || s % 4096 != 0 || e % 4096 != 0 || f > 1 {
+                        return bad(format!("bad range [{s:#x}, {e:#x}) flags {f}"));
+                    }
+                    ranges.push((s, e, f));
+                }
+                Msg::MapsReply { last, ranges }
+            }
             k => return bad(format!("unknown message kind {k}")),
         };
         if r.left() != 0 {
@@ -918,6 +1000,15 @@ mod tests {
                 addr: 0x40_0000,
                 len: 0x2000,
             },
+            Msg::InvalidateUnmap {
+                seq: 5,
+                ranges: vec![(0x10_0000, 0x1000), (0x20_0000, 0x3000)],
+            },
+            Msg::Maps,
+            Msg::MapsReply {
+                last: false,
+                ranges: vec![(0x40_0000, 0x41_0000, 0), (0x7ff0_0000, 0x7ff1_0000, 1)],
+            },
         ]
     }
 
@@ -975,6 +1066,33 @@ mod tests {
         }
         .encode(0);
         q[HEADER + 16] = 3;
+        assert!(Msg::decode(&q).is_err());
+        // A batch with no range, or more than a packet's worth.
+        let empty = Msg::InvalidateUnmap {
+            seq: 1,
+            ranges: Vec::new(),
+        }
+        .encode(0);
+        assert!(Msg::decode(&empty).is_err());
+        let full = Msg::InvalidateUnmap {
+            seq: 1,
+            ranges: vec![(0x1000, 0x1000); RANGES_PER_PACKET],
+        }
+        .encode(0);
+        assert!(full.len() <= MAX_PACKET);
+        assert!(Msg::decode(&full).is_ok());
+        let over = Msg::InvalidateUnmap {
+            seq: 1,
+            ranges: vec![(0x1000, 0x1000); RANGES_PER_PACKET + 1],
+        }
+        .encode(0);
+        assert!(Msg::decode(&over).is_err());
+        // A maps chunk with an unaligned range.
+        let q = Msg::MapsReply {
+            last: true,
+            ranges: vec![(0x1000, 0x1800, 0)],
+        }
+        .encode(0);
         assert!(Msg::decode(&q).is_err());
     }
 }

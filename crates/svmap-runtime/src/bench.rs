@@ -26,6 +26,7 @@ use svmap_bench::workload::{SplitMix64, SEED};
 use svmap_core::linux::MmConfig;
 use svmap_linux::heap::Heap;
 use svmap_peer::PeerConfig;
+use svmap_svm::backend::BatchError;
 use svmap_svm::{BackendError, DeviceBackend, DeviceConfig, Engine, ModelDevice, Prot};
 
 use crate::{seed_from_self, LinuxCpu, PeerDevice};
@@ -328,6 +329,12 @@ impl DeviceBackend for Device {
         match self {
             Device::Model(d) => d.unmap(start, end),
             Device::Process(d) => d.unmap(start, end),
+        }
+    }
+    fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        match self {
+            Device::Model(d) => d.invalidate_unmap(ranges),
+            Device::Process(d) => d.invalidate_unmap(ranges),
         }
     }
     fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {

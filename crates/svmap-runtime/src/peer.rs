@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::process::Command;
 
+use svmap_peer::wire::RANGES_PER_PACKET;
 use svmap_peer::{DirectPeer, PeerConfig, PeerError};
+use svmap_svm::backend::BatchError;
 use svmap_svm::{BackendError, DeviceBackend, Prot};
 
 use crate::directory::HeapDirectory;
@@ -19,6 +21,7 @@ use crate::directory::HeapDirectory;
 /// | `invalidate` | `Invalidate{seq}`, acknowledged once the device's page-table entries and TLB entries of the range are gone |
 /// | `protect` | `Protect` |
 /// | `unmap` | `UnmapRange` (an attachment entirely inside the range is unmapped there too) |
+/// | `invalidate_unmap` (a free) | `InvalidateUnmap{seq}`: every range of the batch invalidated, acknowledged and unmapped in one request (up to 4,000 ranges a request) |
 /// | `map_region` | `MapRegion`: private memory of the peer, which this process cannot see |
 ///
 /// A peer that dies, does not answer in time or misbehaves is dead from
@@ -83,6 +86,25 @@ impl PeerDevice {
         self.peer.syscalls()
     }
 
+    /// Requests sent to the device process so far (each one round trip).
+    pub fn requests(&self) -> u64 {
+        self.peer.requests()
+    }
+
+    /// Forgets the attachments that lie entirely inside `[start, end)`
+    /// (the peer unmapped them with the range).
+    fn forget_attachments(&mut self, start: u64, end: u64) {
+        let gone: Vec<u64> = self
+            .attached
+            .range(start..end)
+            .filter(|(_, &(e, _))| e <= end)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in gone {
+            self.attached.remove(&s);
+        }
+    }
+
     /// Number of heaps attached in the peer.
     pub fn attachments(&self) -> usize {
         self.attached.len()
@@ -141,14 +163,25 @@ impl DeviceBackend for PeerDevice {
         self.peer
             .unmap_range(start, end - start)
             .map_err(backend_error)?;
-        let gone: Vec<u64> = self
-            .attached
-            .range(start..end)
-            .filter(|(_, &(e, _))| e <= end)
-            .map(|(&s, _)| s)
-            .collect();
-        for s in gone {
-            self.attached.remove(&s);
+        self.forget_attachments(start, end);
+        Ok(())
+    }
+
+    fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        let mut batch = Vec::with_capacity(ranges.len().min(RANGES_PER_PACKET));
+        for (k, chunk) in ranges.chunks(RANGES_PER_PACKET).enumerate() {
+            batch.clear();
+            batch.extend(chunk.iter().map(|&(s, e)| (s, e - s)));
+            if let Err(e) = self.peer.invalidate_unmap(&batch) {
+                return Err(BatchError {
+                    done: k * RANGES_PER_PACKET,
+                    acknowledged: false,
+                    error: backend_error(e),
+                });
+            }
+            for &(s, e) in chunk {
+                self.forget_attachments(s, e);
+            }
         }
         Ok(())
     }

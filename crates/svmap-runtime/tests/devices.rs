@@ -233,8 +233,22 @@ fn device_killed_before_an_invalidation() {
         other => panic!("free with a killed device: {other:?}"),
     }
     assert_not_reused(&mut e, a, end, "gpu40");
-    // The CPU's memory is intact, and the live device still reads it.
-    assert_eq!(dev(&mut e, 0).peer().sum_u64(a, end - a).unwrap(), sum);
+    // The CPU's memory is intact. The live device came first: it
+    // acknowledged and unmapped the range in the same request, so it
+    // faults there now.
+    let mut cpu_sum = 0u64;
+    for w in (a..end).step_by(8) {
+        // SAFETY: [a, end) stays allocated and mapped read-write on the CPU.
+        cpu_sum = cpu_sum.wrapping_add(unsafe { std::ptr::read_volatile(w as *const u64) });
+    }
+    assert_eq!(cpu_sum, sum);
+    assert!(matches!(
+        dev(&mut e, 0).peer().sum_u64(a, 8),
+        Err(PeerError::DeviceFault {
+            fault: Fault::Unmapped,
+            ..
+        })
+    ));
     // Every later call to the dead device names it too.
     assert!(matches!(
         e.svm_free(a),

@@ -26,7 +26,8 @@
 //! It calls a device backend only with ranges below the device's limit
 //! `2^va_bits`, and it calls [`DeviceBackend::invalidate`] on every device
 //! that held a range, with every call acknowledged, before that range can
-//! be handed out again.
+//! be handed out again (a free does it with
+//! [`DeviceBackend::invalidate_unmap`], invalidation and unmap together).
 //!
 //! Boxed backends work too: `Box<dyn CpuBackend>` and `Box<dyn
 //! DeviceBackend>` implement the traits, so one engine can drive devices
@@ -83,6 +84,38 @@ impl fmt::Display for BackendError {
 }
 
 impl std::error::Error for BackendError {}
+
+/// How far [`DeviceBackend::invalidate_unmap`] got before it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchError {
+    /// The first `done` ranges of the batch were invalidated, acknowledged
+    /// and unmapped; range `done` (and every later one) was not finished.
+    pub done: usize,
+    /// Whether range `done` was acknowledged (its unmap failed: the device
+    /// has stopped using it but may still map it) or not (its invalidation
+    /// was not acknowledged: the device may still use it).
+    pub acknowledged: bool,
+    /// Why.
+    pub error: BackendError,
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "range {} of the batch {}: {}",
+            self.done,
+            if self.acknowledged {
+                "was acknowledged but not unmapped"
+            } else {
+                "was not acknowledged"
+            },
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for BatchError {}
 
 /// Where a range goes when the CPU side lets it go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +186,32 @@ pub trait DeviceBackend {
     fn protect(&mut self, start: u64, end: u64, prot: Prot) -> Result<(), BackendError>;
     /// Unmaps `[start, end)` (after an acknowledged invalidation).
     fn unmap(&mut self, start: u64, end: u64) -> Result<(), BackendError>;
+    /// For every range of `ranges`, in order: [`Self::invalidate`] it, wait
+    /// for the acknowledgement, then [`Self::unmap`] it. What a free needs
+    /// from one device, in as few round trips as the backend can manage
+    /// (a device process does the whole batch in one request). The default
+    /// calls `invalidate` and `unmap` per range.
+    ///
+    /// On failure, [`BatchError::done`] says how many leading ranges were
+    /// finished; the rest count as not done. The engine may call this
+    /// again for ranges the device no longer maps (a free retried after a
+    /// later step failed): invalidating and unmapping a range that is not
+    /// mapped must succeed.
+    fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        for (i, &(s, e)) in ranges.iter().enumerate() {
+            self.invalidate(s, e).map_err(|error| BatchError {
+                done: i,
+                acknowledged: false,
+                error,
+            })?;
+            self.unmap(s, e).map_err(|error| BatchError {
+                done: i,
+                acknowledged: true,
+                error,
+            })?;
+        }
+        Ok(())
+    }
     /// Backs the device-only region `[start, end)` with memory the CPU
     /// process cannot see.
     fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError>;
@@ -255,6 +314,9 @@ impl<B: DeviceBackend + ?Sized> DeviceBackend for Box<B> {
     }
     fn unmap(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         (**self).unmap(start, end)
+    }
+    fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        (**self).invalidate_unmap(ranges)
     }
     fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         (**self).map_region(start, end)

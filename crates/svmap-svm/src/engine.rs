@@ -37,7 +37,8 @@ use svmap_core::linux::{Fixed, MmConfig, MmapRequest};
 use svmap_core::{SearchError, UnmappedAreaInfo};
 
 use crate::backend::{
-    BackendError, CpuBackend, DeviceBackend, DeviceFault, ModelCpu, ModelDevice, Release,
+    BackendError, BatchError, CpuBackend, DeviceBackend, DeviceFault, ModelCpu, ModelDevice,
+    Release,
 };
 use crate::error::{Fault, SvmError};
 use crate::mirror::{DefaultFormat, PtFormat};
@@ -206,6 +207,34 @@ fn invalidate_on<D: DeviceBackend, F: PtFormat>(
             end: e,
             error,
         })
+}
+
+/// The engine error for a failed [`DeviceBackend::invalidate_unmap`] of
+/// `ranges` on device `d`: `NotAcknowledged` for the first range not
+/// acknowledged, or a `Device` `unmap` error for an acknowledged one.
+fn batch_error<F: PtFormat>(
+    space: &SvmSpace<F>,
+    d: usize,
+    ranges: &[(u64, u64)],
+    b: BatchError,
+) -> EngineError {
+    let (start, end) = ranges.get(b.done).copied().unwrap_or((0, 0));
+    if b.acknowledged {
+        EngineError::Device {
+            device: dev_name(space, d),
+            op: "unmap",
+            start,
+            end,
+            error: b.error,
+        }
+    } else {
+        EngineError::NotAcknowledged {
+            device: dev_name(space, d),
+            start,
+            end,
+            error: b.error,
+        }
+    }
 }
 
 /// Invalidates and unmaps, on every device that holds it, every SVM piece
@@ -513,11 +542,37 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         Ok(addr)
     }
 
-    /// `svm_free`: every device of the range invalidates what is left of it
-    /// and must acknowledge; then the devices unmap it, the CPU backend
-    /// unmaps it (back into its window, or to the system), and only then
-    /// [`SvmSpace::svm_free`] makes it free for reuse. On any backend error
-    /// the range stays allocated.
+    /// `svm_free`: every device of the range invalidates what is left of
+    /// it, acknowledges and unmaps it ([`DeviceBackend::invalidate_unmap`],
+    /// one call per device: one round trip for a device process); then the
+    /// CPU backend unmaps it (back into its window, or to the system), and
+    /// only then [`SvmSpace::svm_free`] makes it free for reuse.
+    ///
+    /// # A free that fails partway
+    ///
+    /// The rule: the range becomes free in the space only when every
+    /// device of it has acknowledged and unmapped every piece and the CPU
+    /// backend has unmapped it; on any failure it stays allocated, whole,
+    /// so no device and no CPU mapping can still hold a range the space
+    /// considers free, and nothing is ever placed over a range a device
+    /// may still use. In particular:
+    ///
+    /// - a device that does not acknowledge gives
+    ///   [`EngineError::NotAcknowledged`] naming it; devices before it in
+    ///   definition order have already invalidated and unmapped the range,
+    ///   later ones are not called;
+    /// - a device that acknowledges but fails to unmap gives
+    ///   [`EngineError::Device`] (`op` `"unmap"`);
+    /// - a CPU `unmap` that fails (after every device unmapped the range)
+    ///   gives [`EngineError::Cpu`]; the CPU keeps its mapping of that
+    ///   piece and of every later one (a range that a CPU `unmap` split
+    ///   has several pieces).
+    ///
+    /// Such a range may thus be allocated in the space while some devices
+    /// no longer map it (a device access there faults); calling `svm_free`
+    /// again retries every step (backends accept invalidating and
+    /// unmapping a range they no longer map), and a device that is gone
+    /// for good is removed from the engine instead.
     pub fn svm_free(&mut self, addr: u64) -> Result<(), EngineError> {
         let Some(v) = self.space.alloc_at(addr) else {
             return Err(SvmError::NotAnSvmRange { addr }.into());
@@ -539,20 +594,11 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             scratch_devs,
             scratch_pieces,
         } = self;
-        for &d in scratch_devs.iter() {
-            for &(s, e) in scratch_pieces.iter() {
-                invalidate_on(space, &mut devs[d], d, s, e)?;
-            }
-        }
-        for &d in scratch_devs.iter() {
-            for &(s, e) in scratch_pieces.iter() {
-                devs[d].unmap(s, e).map_err(|error| EngineError::Device {
-                    device: dev_name(space, d),
-                    op: "unmap",
-                    start: s,
-                    end: e,
-                    error,
-                })?;
+        if !scratch_pieces.is_empty() {
+            for &d in scratch_devs.iter() {
+                devs[d]
+                    .invalidate_unmap(scratch_pieces)
+                    .map_err(|b| batch_error(space, d, scratch_pieces, b))?;
             }
         }
         for &(s, e) in scratch_pieces.iter() {
@@ -564,6 +610,106 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             })?;
         }
         Ok(space.svm_free(addr)?)
+    }
+
+    /// Frees every SVM range that starts at an address of `addrs`, as
+    /// [`Self::svm_free`] does, but with one
+    /// [`DeviceBackend::invalidate_unmap`] per device for the whole batch
+    /// (one round trip per device process, whatever the number of ranges).
+    ///
+    /// Every address is checked first: one that is not the start of an SVM
+    /// range, or that is listed twice (a double free), is refused with
+    /// [`SvmError::NotAnSvmRange`] and nothing changes.
+    ///
+    /// Then the same all-or-nothing rule holds per range: a range becomes
+    /// free only when every device of it has acknowledged and unmapped it
+    /// and the CPU backend has unmapped it. A device that does not
+    /// acknowledge leaves every range of the batch it held and had not
+    /// acknowledged allocated; the others are freed. The error returned is
+    /// the first one met (devices in definition order, then the CPU), so a
+    /// `NotAcknowledged` names the device; [`SvmSpace::alloc_at`] tells
+    /// which ranges are still allocated.
+    pub fn svm_free_many(&mut self, addrs: &[u64]) -> Result<(), EngineError> {
+        // (alloc index, piece start, piece end) for every piece, and the
+        // window release of each allocation.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut pieces: Vec<(usize, u64, u64)> = Vec::new();
+        let mut release = Vec::with_capacity(addrs.len());
+        // The pieces of allocation i are pieces[span[i].0..span[i].1].
+        let mut span = Vec::with_capacity(addrs.len());
+        let ndev = self.devs.len();
+        let mut holders: Vec<Vec<usize>> = vec![Vec::new(); ndev];
+        for (i, &addr) in addrs.iter().enumerate() {
+            let v = match self.space.alloc_at(addr) {
+                Some(v) if seen.insert(addr) => v,
+                _ => return Err(SvmError::NotAnSvmRange { addr }.into()),
+            };
+            release.push(if v.window.is_some() {
+                Release::ToWindow
+            } else {
+                Release::ToSystem
+            });
+            for &d in v.devices {
+                holders[d].push(i);
+            }
+            let from = pieces.len();
+            pieces.extend(self.space.alloc_pieces(v.id).map(|(s, e)| (i, s, e)));
+            span.push((from, pieces.len()));
+        }
+        let mut failed = vec![false; addrs.len()];
+        let mut first: Option<EngineError> = None;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for (d, held) in holders.iter().enumerate() {
+            if held.is_empty() {
+                continue;
+            }
+            ranges.clear();
+            owner.clear();
+            for &(i, s, e) in &pieces {
+                if held.binary_search(&i).is_ok() {
+                    ranges.push((s, e));
+                    owner.push(i);
+                }
+            }
+            if ranges.is_empty() {
+                continue;
+            }
+            if let Err(b) = self.devs[d].invalidate_unmap(&ranges) {
+                for &i in &owner[b.done.min(owner.len())..] {
+                    failed[i] = true;
+                }
+                let e = batch_error(&self.space, d, &ranges, b);
+                first.get_or_insert(e);
+            }
+        }
+        for (i, &addr) in addrs.iter().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            let mut cpu_ok = true;
+            for &(_, s, e) in &pieces[span[i].0..span[i].1] {
+                if let Err(error) = self.cpu.unmap(s, e, release[i]) {
+                    first.get_or_insert(EngineError::Cpu {
+                        op: "unmap",
+                        start: s,
+                        end: e,
+                        error,
+                    });
+                    cpu_ok = false;
+                    break;
+                }
+            }
+            if cpu_ok {
+                if let Err(e) = self.space.svm_free(addr) {
+                    first.get_or_insert(e.into());
+                }
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 
     /// [`SvmSpace::reserve_window`] decides; then the CPU backend reserves

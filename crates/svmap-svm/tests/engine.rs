@@ -450,3 +450,153 @@ fn boxed_backends_mix() {
     assert!(world.borrow().dev_mapped[0].is_empty());
     assert!(world.borrow().cpu_mapped.is_empty());
 }
+
+/// A device that records every batch of `invalidate_unmap` and can stop
+/// acknowledging after a number of ranges.
+#[derive(Default)]
+struct Batches {
+    /// Per device: the batches it was given.
+    seen: Vec<Vec<Vec<(u64, u64)>>>,
+    /// Per device: acknowledge only this many ranges of the next batch.
+    ack_only: Vec<Option<usize>>,
+}
+
+struct BatchDev(Rc<RefCell<Batches>>, usize);
+
+impl DeviceBackend for BatchDev {
+    fn map(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn invalidate(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn protect(&mut self, _: u64, _: u64, _: Prot) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn unmap(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn map_region(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn invalidate_unmap(
+        &mut self,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), svmap_svm::backend::BatchError> {
+        let mut b = self.0.borrow_mut();
+        b.seen[self.1].push(ranges.to_vec());
+        match b.ack_only[self.1].take() {
+            Some(n) if n < ranges.len() => Err(svmap_svm::backend::BatchError {
+                done: n,
+                acknowledged: false,
+                error: BackendError::Gone {
+                    detail: "stopped answering".into(),
+                },
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn batch_engine(n: usize) -> (Engine<svmap_svm::ModelCpu, BatchDev>, Rc<RefCell<Batches>>) {
+    let b = Rc::new(RefCell::new(Batches {
+        seen: vec![Vec::new(); n],
+        ack_only: vec![None; n],
+    }));
+    let mut eng = Engine::new(cfg(), svmap_svm::ModelCpu);
+    for i in 0..n {
+        eng.add_device_with(device(i), BatchDev(b.clone(), i))
+            .unwrap();
+    }
+    (eng, b)
+}
+
+fn range_of<C: CpuBackend, D: DeviceBackend>(eng: &Engine<C, D>, a: u64) -> (u64, u64) {
+    let v = eng.alloc_at(a).unwrap();
+    (v.start, v.end)
+}
+
+/// A free is one `invalidate_unmap` per device of the range, holding every
+/// piece; a batch free is one per device that holds any of its ranges,
+/// holding exactly those.
+#[test]
+fn a_free_is_one_batch_per_device() {
+    let (mut eng, b) = batch_engine(3);
+    let a = eng.svm_alloc(0x3000, None, &["d0", "d1"], false).unwrap();
+    let ra = range_of(&eng, a);
+    eng.svm_free(a).unwrap();
+    {
+        let b = b.borrow();
+        assert_eq!(b.seen[0], vec![vec![ra]]);
+        assert_eq!(b.seen[1], vec![vec![ra]]);
+        assert!(b.seen[2].is_empty());
+    }
+    // A range split by a CPU unmap: both pieces in the one batch.
+    let s = eng.svm_alloc(0x6000, None, &["d2"], false).unwrap();
+    let rs = range_of(&eng, s);
+    eng.cpu_unmap(rs.0 + 0x2000, 0x1000).unwrap();
+    eng.svm_free(s).unwrap();
+    assert_eq!(
+        b.borrow().seen[2].last().unwrap(),
+        &vec![(rs.0, rs.0 + 0x2000), (rs.0 + 0x3000, rs.1)]
+    );
+    // Batch free of ranges held by different device sets.
+    for v in &mut b.borrow_mut().seen {
+        v.clear();
+    }
+    let x = eng.svm_alloc(0x2000, None, &["d0"], false).unwrap();
+    let y = eng.svm_alloc(0x2000, None, &["d0", "d2"], false).unwrap();
+    let z = eng.svm_alloc(0x4000, None, &["d2"], true).unwrap();
+    let (rx, ry, rz) = (range_of(&eng, x), range_of(&eng, y), range_of(&eng, z));
+    eng.svm_free_many(&[z, x, y]).unwrap();
+    for a in [x, y, z] {
+        assert!(eng.alloc_at(a).is_none());
+    }
+    let b = b.borrow();
+    assert_eq!(b.seen[0], vec![vec![rx, ry]]);
+    assert!(b.seen[1].is_empty());
+    assert_eq!(b.seen[2], vec![vec![rz, ry]]);
+    eng.check_invariants();
+}
+
+/// A device that stops acknowledging partway through a batch keeps exactly
+/// the ranges it had not acknowledged allocated; the others are free. Bad
+/// input changes nothing.
+#[test]
+fn a_batch_free_keeps_what_was_not_acknowledged() {
+    let (mut eng, b) = batch_engine(2);
+    let addrs: Vec<u64> = (0..4)
+        .map(|k| {
+            let devs: &[&str] = if k % 2 == 0 { &["d0", "d1"] } else { &["d0"] };
+            eng.svm_alloc(0x2000, None, devs, false).unwrap()
+        })
+        .collect();
+    // A double free or an unknown address is refused before anything.
+    for bad in [vec![addrs[0], addrs[1], addrs[0]], vec![addrs[2], 0x7000]] {
+        assert!(matches!(
+            eng.svm_free_many(&bad),
+            Err(EngineError::Svm(svmap_svm::SvmError::NotAnSvmRange { .. }))
+        ));
+        assert!(b.borrow().seen.iter().all(|v| v.is_empty()));
+        assert!(addrs.iter().all(|&a| eng.alloc_at(a).is_some()));
+    }
+    // d1 holds addrs[0] and addrs[2] and acknowledges only the first.
+    b.borrow_mut().ack_only[1] = Some(1);
+    match eng.svm_free_many(&addrs) {
+        Err(EngineError::NotAcknowledged { device, start, .. }) => {
+            assert_eq!((device.as_str(), start), ("d1", addrs[2]))
+        }
+        other => panic!("batch with a device that stops: {other:?}"),
+    }
+    let still: Vec<bool> = addrs.iter().map(|&a| eng.alloc_at(a).is_some()).collect();
+    assert_eq!(still, [false, false, true, false]);
+    eng.check_invariants();
+    // The kept range is not handed out again until it is freed.
+    let r2 = range_of(&eng, addrs[2]);
+    for _ in 0..4 {
+        let n = eng.svm_alloc(0x2000, None, &["d0", "d1"], false).unwrap();
+        assert!(n >= r2.1 || n + 0x2000 <= r2.0);
+    }
+    eng.svm_free_many(&[addrs[2]]).unwrap();
+    assert!(eng.alloc_at(addrs[2]).is_none());
+}

@@ -1,0 +1,200 @@
+//! The engine with device processes: what a free costs in round trips,
+//! batch frees, a device process killed during a batch.
+//!
+//! The device processes are this test binary itself, re-executed to run
+//! only `peer_role`, which serves the socket it inherited when
+//! `SVMAP_PEER_FD` is set (and does nothing in a normal test run).
+
+#![allow(unsafe_code)]
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use svmap_core::linux::MmConfig;
+use svmap_peer::{device, PeerConfig, PeerError, FAILPOINT_ENV, PEER_FD_ENV};
+use svmap_runtime::{seed_from_self, LinuxCpu, PeerDevice};
+use svmap_svm::{BackendError, DeviceConfig, Engine, EngineError, Fault};
+
+const DEVS: [(&str, u32); 2] = [("gpu40", 40), ("gpu44", 44)];
+const BOTH: [&str; 2] = ["gpu40", "gpu44"];
+
+#[test]
+fn peer_role() {
+    if std::env::var_os(PEER_FD_ENV).is_some() {
+        std::process::exit(device::serve_from_env());
+    }
+}
+
+fn peer_command(failpoint: Option<&str>) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "peer_role",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .stdout(Stdio::null())
+    .env_remove(FAILPOINT_ENV);
+    if let Some(f) = failpoint {
+        c.env(FAILPOINT_ENV, f);
+    }
+    c
+}
+
+type Real = Engine<LinuxCpu, PeerDevice>;
+
+/// One engine at a time: a window takes every free address below 2^40 of
+/// this process, which the other tests' engines need too.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The engine on this process with the two device processes; `fail[i]`
+/// is device `i`'s failpoint.
+fn engine(fail: [Option<&str>; 2]) -> Real {
+    let cpu = LinuxCpu::new(false);
+    let dir = cpu.directory();
+    let mut e: Real = Engine::new(MmConfig::default(), cpu);
+    seed_from_self(&mut e).unwrap();
+    for (i, (name, bits)) in DEVS.into_iter().enumerate() {
+        let mut cfg = PeerConfig::new(bits, 1);
+        cfg.timeout = Duration::from_secs(30);
+        let dev = PeerDevice::spawn(peer_command(fail[i]), &cfg, dir.clone())
+            .expect("start the device process");
+        e.add_device_with(DeviceConfig::new(name, bits), dev)
+            .unwrap();
+    }
+    e
+}
+
+fn dev(e: &mut Real, i: usize) -> &mut PeerDevice {
+    &mut e.device_backends_mut()[i]
+}
+
+fn requests(e: &Real) -> [u64; 2] {
+    let d = e.device_backends();
+    [d[0].requests(), d[1].requests()]
+}
+
+/// Writes words derived from `seed` over `[a, a + len)`; their wrapping sum.
+fn fill(a: u64, len: u64, seed: u64) -> u64 {
+    let mut sum = 0u64;
+    for (k, w) in (a..a + len).step_by(8).enumerate() {
+        let v = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ k as u64;
+        // SAFETY: [a, a + len) is a live read-write SVM range of the engine.
+        unsafe { std::ptr::write_volatile(w as *mut u64, v) };
+        sum = sum.wrapping_add(v);
+    }
+    sum
+}
+
+fn assert_unmapped(e: &mut Real, i: usize, a: u64) {
+    match dev(e, i).peer().sum_u64(a, 8) {
+        Err(PeerError::DeviceFault {
+            fault: Fault::Unmapped,
+            addr,
+            ..
+        }) => assert_eq!(addr, a),
+        other => panic!("device {i} after free at {a:#x}: {other:?}"),
+    }
+}
+
+fn check_round_trips(window: bool) {
+    let _one = serial();
+    let mut e = engine([None, None]);
+    if window {
+        e.reserve_window(&BOTH).unwrap();
+    }
+    let mut live = Vec::new();
+    for k in 0..10u64 {
+        let len = 0x1000 << (k % 6);
+        let a = e.svm_alloc(len, None, &BOTH, k % 2 == 0).unwrap();
+        let end = e.alloc_at(a).unwrap().end;
+        let sum = fill(a, end - a, k + 1);
+        for i in 0..2 {
+            assert_eq!(dev(&mut e, i).peer().sum_u64(a, end - a).unwrap(), sum);
+        }
+        live.push(a);
+    }
+    // One free: one request per device.
+    let a = live.pop().unwrap();
+    let r0 = requests(&e);
+    e.svm_free(a).unwrap();
+    assert_eq!(requests(&e), [r0[0] + 1, r0[1] + 1]);
+    for i in 0..2 {
+        assert_unmapped(&mut e, i, a);
+    }
+    // Nine frees in one batch: still one request per device.
+    let r1 = requests(&e);
+    e.svm_free_many(&live).unwrap();
+    assert_eq!(requests(&e), [r1[0] + 1, r1[1] + 1]);
+    for &a in &live {
+        assert!(e.alloc_at(a).is_none());
+        for i in 0..2 {
+            assert_unmapped(&mut e, i, a);
+        }
+    }
+    for i in 0..2 {
+        let s = dev(&mut e, i).peer().device_stats().unwrap();
+        assert_eq!(s.live_buffers, 0, "device {i}");
+        if !window {
+            // Each range had its own heap: its attachment went with it.
+            assert_eq!(dev(&mut e, i).attachments(), 0, "device {i}");
+        }
+    }
+}
+
+#[test]
+fn a_free_is_one_round_trip_per_device_in_a_window() {
+    check_round_trips(true);
+}
+
+#[test]
+fn a_free_is_one_round_trip_per_device_outside_windows() {
+    check_round_trips(false);
+}
+
+/// A device process that dies during a batch free: every range it held
+/// stays allocated and is not reused; the ranges only the other device
+/// held are free.
+#[test]
+fn device_killed_during_a_batch_free() {
+    let _one = serial();
+    let mut e = engine([Some("die-invalidate:1"), None]);
+    e.reserve_window(&BOTH).unwrap();
+    let shared = e.svm_alloc(0x8000, None, &BOTH, false).unwrap();
+    let only44 = e.svm_alloc(0x4000, None, &["gpu44"], false).unwrap();
+    let only40 = e.svm_alloc(0x4000, None, &["gpu40"], false).unwrap();
+    let sum = fill(shared, 0x8000, 3);
+    match e.svm_free_many(&[shared, only44, only40]) {
+        Err(EngineError::NotAcknowledged {
+            device,
+            error: BackendError::Gone { .. },
+            ..
+        }) => assert_eq!(device, "gpu40"),
+        other => panic!("batch free with a device dying in it: {other:?}"),
+    }
+    assert!(e.alloc_at(shared).is_some());
+    assert!(e.alloc_at(only40).is_some());
+    assert!(e.alloc_at(only44).is_none());
+    // The kept ranges are not handed out again.
+    for _ in 0..8 {
+        let b = e.svm_alloc(0x4000, None, &["gpu44"], false).unwrap();
+        for a in [shared, only40] {
+            let v = e.alloc_at(a).unwrap();
+            assert!(b + 0x4000 <= v.start || v.end <= b, "{b:#x} reuses {a:#x}");
+        }
+    }
+    // The CPU's memory is intact; the live device unmapped the shared
+    // range (it acknowledged), so it faults there.
+    // SAFETY: `shared` is still allocated and mapped read-write on the CPU.
+    let first = unsafe { std::ptr::read_volatile(shared as *const u64) };
+    assert_eq!(first, 3u64.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let _ = sum;
+    assert_unmapped(&mut e, 1, shared);
+}
