@@ -45,6 +45,12 @@ impl<V: Clone> IntervalMap<V> {
         (*e > addr).then_some((s, *e, v))
     }
 
+    /// The range that starts exactly at `start`, as `(end, value)`: one key
+    /// lookup, cheaper than [`Self::get`]. O(log n).
+    pub fn get_exact(&self, start: u64) -> Option<(u64, &V)> {
+        self.m.get(&start).map(|(e, v)| (*e, v))
+    }
+
     /// The lowest range intersecting `[start, end)`. O(log n).
     pub fn first_overlap(&self, start: u64, end: u64) -> Option<(u64, u64, &V)> {
         if start >= end {
@@ -100,22 +106,45 @@ impl<V: Clone> IntervalMap<V> {
         }
     }
 
+    /// The range with the highest start below `addr`, if any (it may end
+    /// at or above `addr`). O(log n).
+    pub fn last_before(&self, addr: u64) -> Option<(u64, u64, &V)> {
+        let (&s, (e, v)) = self.m.range(..addr).next_back()?;
+        Some((s, *e, v))
+    }
+
     /// Removes everything in `[start, end)`, splitting ranges that
     /// straddle an edge, and returns the removed pieces (clipped) in order.
     /// O(log n + k).
     pub fn remove_range(&mut self, start: u64, end: u64) -> Vec<(u64, u64, V)> {
+        let mut out = Vec::new();
+        self.remove_range_each(start, end, |s, e, v| out.push((s, e, v)));
+        out
+    }
+
+    /// [`Self::remove_range`] that hands each removed piece (clipped, in
+    /// order) to `f` instead of collecting them: no allocation. O((1 + k)
+    /// log n).
+    pub fn remove_range_each(&mut self, start: u64, end: u64, mut f: impl FnMut(u64, u64, V)) {
         if start >= end || self.m.is_empty() {
-            return Vec::new();
+            return;
+        }
+        // The common case: exactly one range `[start, end)` is there (one
+        // descent; a range that starts at `start` but ends elsewhere goes
+        // back and takes the general path).
+        if let Some((e, v)) = self.m.remove(&start) {
+            if e == end {
+                f(start, e, v);
+                return;
+            }
+            self.m.insert(start, (e, v));
         }
         self.split_at(start);
         self.split_at(end);
-        let keys: Vec<u64> = self.m.range(start..end).map(|(&s, _)| s).collect();
-        keys.into_iter()
-            .map(|s| {
-                let (e, v) = self.m.remove(&s).expect("key just listed");
-                (s, e, v)
-            })
-            .collect()
+        while let Some((&s, _)) = self.m.range(start..end).next() {
+            let (e, v) = self.m.remove(&s).expect("key just found");
+            f(s, e, v);
+        }
     }
 
     /// Sets `[start, end)` to `v` (replacing what was there).
@@ -175,6 +204,11 @@ impl CoverMap {
         if start >= end {
             return;
         }
+        // The common case: nothing covers any of it yet.
+        if self.counts.first_overlap(start, end).is_none() {
+            self.put(start, end, 1);
+            return;
+        }
         let old = self.counts.remove_range(start, end);
         if !old.is_empty() {
             let _ = self.index.unmap(start, end);
@@ -196,6 +230,15 @@ impl CoverMap {
     pub fn remove(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
+        }
+        // The common case: one segment `[start, end)` covered once.
+        if let Some((s, e, &c)) = self.counts.get(start) {
+            if s == start && e == end && c == 1 {
+                self.counts.m.remove(&start);
+                let r = self.index.unmap(start, end);
+                debug_assert!(r.is_ok(), "cover index out of step: {r:?}");
+                return;
+            }
         }
         let old = self.counts.remove_range(start, end);
         let _ = self.index.unmap(start, end);

@@ -54,7 +54,8 @@
 //! the protection map, once `protect` has been used), so a trace of
 //! address-space operations replays at the core map's speed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 
 use svmap_core::linux::{Fixed, Mm, MmConfig, MmapRequest, PAGE_SIZE};
 use svmap_core::{
@@ -189,9 +190,10 @@ pub struct Device<F: PtFormat = DefaultFormat> {
     cfg: DeviceConfig,
     /// `2^va_bits`.
     limit: u128,
-    /// Device-only regions and the SVM pieces mapped to this device.
-    occ: AddressMap,
-    /// Device-only regions.
+    /// Device-only regions. What else the device holds, the SVM pieces
+    /// mapped to it, is in the space ([`SvmSpace::device_occupancy`]):
+    /// every SVM piece is a CPU VMA, so only the regions can make a range
+    /// that is free on the CPU busy on the device.
     regions: IntervalMap<CpuPolicy>,
     mmu: Mirror<F>,
 }
@@ -205,11 +207,6 @@ impl<F: PtFormat> Device<F> {
     /// `2^va_bits`, saturated at `u64::MAX` for 64 bits.
     pub fn limit(&self) -> u64 {
         self.limit.min(u128::from(u64::MAX)) as u64
-    }
-
-    /// Everything this device holds (regions and SVM pieces).
-    pub fn occupancy(&self) -> &AddressMap {
-        &self.occ
     }
 
     /// Its device-only regions.
@@ -291,13 +288,26 @@ pub struct SvmSpace<F: PtFormat = DefaultFormat> {
     prot: IntervalMap<Prot>,
     reserved: IntervalMap<CpuPolicy>,
     svm: IntervalMap<u64>,
-    allocs: BTreeMap<u64, Alloc>,
-    by_start: BTreeMap<u64, Vec<u64>>,
+    allocs: HashMap<u64, Alloc, MixState>,
+    /// The latest allocation that starts at each address (what `svm_free`
+    /// of the address frees).
+    by_start: HashMap<u64, u64, MixState>,
+    /// Older allocations that start at the same address as a later one
+    /// (the earlier lost its first page to a CPU unmap), oldest first.
+    by_start_older: BTreeMap<u64, Vec<u64>>,
     next_id: u64,
     cpu_cover: CoverMap,
     all_cover: CoverMap,
-    /// Whether `cpu_cover` and `all_cover` are built and kept in step (from
-    /// the first `add_device` or `svm_alloc` on); both are empty before.
+    /// Whether the space has had a device or an `svm_alloc`: from then on
+    /// CPU removals do the full work (SVM pieces, invalidations).
+    svm_used: bool,
+    /// Whether a grows-down VMA has ever been inserted into the CPU map.
+    growsdown_seen: bool,
+    /// Whether `cpu_cover` and `all_cover` are built and kept in step; both
+    /// are empty before. They are built once SVM is used and the CPU map
+    /// alone no longer answers the searches: a grows-down VMA (its guard
+    /// gap), a device-only region or a window (see the module
+    /// documentation).
     covers_live: bool,
     /// Window reservations by id.
     windows: BTreeMap<u64, Window>,
@@ -318,6 +328,47 @@ impl<F: PtFormat> Default for SvmSpace<F> {
     }
 }
 
+/// The hash of the space's exact-key maps (allocation ids and starts): the
+/// SplitMix64 finalizer of the key mixed with a per-map random seed. Much
+/// cheaper than SipHash for a `u64`, and the seed keeps the bucket of an
+/// address out of reach of whoever chooses the addresses.
+#[derive(Clone, Copy, Debug)]
+struct MixState(u64);
+
+impl Default for MixState {
+    fn default() -> Self {
+        MixState(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl BuildHasher for MixState {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(self.0)
+    }
+}
+
+/// See [`MixState`].
+#[derive(Clone, Copy, Debug)]
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let mut z = (x ^ self.0).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = z ^ (z >> 31);
+    }
+}
+
 fn round_up(x: u64, p: u64) -> Option<u64> {
     Some(x.checked_add(p - 1)? & !(p - 1))
 }
@@ -331,9 +382,9 @@ struct Query {
     topdown: bool,
 }
 
-/// One exact-fit search of the holes of `map` in `[low, high)`.
-fn fit_one(map: &AddressMap, low: u64, high: u64, q: Query) -> Result<u64, SvmError> {
-    let req = FitRequest {
+/// The exact-fit request of `q` in `[low, high)`.
+fn fit_request(low: u64, high: u64, q: Query) -> FitRequest {
+    FitRequest {
         length: q.len,
         low,
         high,
@@ -341,19 +392,28 @@ fn fit_one(map: &AddressMap, low: u64, high: u64, q: Query) -> Result<u64, SvmEr
         align_offset: 0,
         topdown: q.topdown,
         respect_guard_gaps: false,
-    };
-    map.find_fit(&req, &SearchParams::default())
-        .map_err(|e| match e {
-            FitError::NoSpace | FitError::EmptyWindow { .. } | FitError::TooManyVmas => {
-                SvmError::NoSpace {
-                    length: q.len,
-                    align: q.align,
-                }
+    }
+}
+
+/// What a failed search of `q` means for `svm_alloc`.
+fn fit_error(e: FitError, q: Query) -> SvmError {
+    match e {
+        FitError::NoSpace | FitError::EmptyWindow { .. } | FitError::TooManyVmas => {
+            SvmError::NoSpace {
+                length: q.len,
+                align: q.align,
             }
-            FitError::ZeroLength | FitError::BadAlignment(_) => {
-                unreachable!("checked by svm_alloc: {e}")
-            }
-        })
+        }
+        FitError::ZeroLength | FitError::BadAlignment(_) => {
+            unreachable!("checked by svm_alloc: {e}")
+        }
+    }
+}
+
+/// One exact-fit search of the holes of `map` in `[low, high)`.
+fn fit_one(map: &AddressMap, low: u64, high: u64, q: Query) -> Result<u64, SvmError> {
+    map.find_fit(&fit_request(low, high, q), &SearchParams::default())
+        .map_err(|e| fit_error(e, q))
 }
 
 impl<F: PtFormat> SvmSpace<F> {
@@ -364,11 +424,14 @@ impl<F: PtFormat> SvmSpace<F> {
             prot: IntervalMap::new(),
             reserved: IntervalMap::new(),
             svm: IntervalMap::new(),
-            allocs: BTreeMap::new(),
-            by_start: BTreeMap::new(),
+            allocs: HashMap::default(),
+            by_start: HashMap::default(),
+            by_start_older: BTreeMap::new(),
             next_id: 1,
             cpu_cover: CoverMap::new(),
             all_cover: CoverMap::new(),
+            svm_used: false,
+            growsdown_seen: false,
             covers_live: false,
             windows: BTreeMap::new(),
             next_window: 1,
@@ -405,11 +468,42 @@ impl<F: PtFormat> SvmSpace<F> {
         self.stats
     }
 
-    /// The combined index of everything occupied in any space. It is built
-    /// at the first [`Self::add_device`] or [`Self::svm_alloc`] (see the
-    /// module documentation) and is empty before.
+    /// The combined index of everything occupied in any space: empty
+    /// until the first [`Self::add_device`] or [`Self::svm_alloc`]; then
+    /// the CPU map itself while that is all there is (no grows-down VMA,
+    /// no device-only region, no window), and the combined cover from the
+    /// first of those on (see the module documentation).
     pub fn combined_index(&self) -> &AddressMap {
-        self.all_cover.index()
+        if self.svm_used && !self.covers_live {
+            self.mm.space()
+        } else {
+            self.all_cover.index()
+        }
+    }
+
+    /// Everything device `device` holds: its device-only regions and the
+    /// SVM pieces mapped to it, one VMA each (flags
+    /// [`VmaFlags::NONE`]). Built on each call, O(n log n): for checks and
+    /// tools, not for the allocation path. Errors: `UnknownDevice`.
+    pub fn device_occupancy(&self, device: &str) -> Result<AddressMap, SvmError> {
+        let d = self.dev_index(device)?;
+        let mut m = AddressMap::new();
+        let held = self
+            .svm
+            .iter()
+            .filter(|(_, _, id)| self.allocs[*id].devices.contains(&d))
+            .map(|(s, e, _)| (s, e));
+        for (s, e) in self.devices[d]
+            .regions
+            .iter()
+            .map(|(s, e, _)| (s, e))
+            .chain(held)
+        {
+            // Regions and the pieces of one device never overlap.
+            let r = m.insert(s, e, VmaFlags::NONE);
+            debug_assert!(r.is_ok(), "device ranges overlap: {r:?}");
+        }
+        Ok(m)
     }
 
     /// The CPU protection of the page at `addr` (`rw` outside `protect`ed
@@ -439,6 +533,15 @@ impl<F: PtFormat> SvmSpace<F> {
             .collect()
     }
 
+    /// [`Self::dev_index`] that first tries device `hint` (callers usually
+    /// list the devices in definition order): one string comparison.
+    fn dev_index_at(&self, name: &str, hint: usize) -> Result<usize, SvmError> {
+        match self.devices.get(hint) {
+            Some(d) if d.cfg.name == name => Ok(hint),
+            _ => self.dev_index(name),
+        }
+    }
+
     fn dev_index(&self, name: &str) -> Result<usize, SvmError> {
         self.names
             .get(name)
@@ -458,6 +561,16 @@ impl<F: PtFormat> SvmSpace<F> {
             (v.start.saturating_sub(gap), v.end)
         } else {
             (v.start, v.end)
+        }
+    }
+
+    /// From the first `add_device` or `svm_alloc` on: CPU removals do the
+    /// full work, and the covers are built if the CPU map alone does not
+    /// answer the searches.
+    fn use_svm(&mut self) {
+        self.svm_used = true;
+        if self.growsdown_seen {
+            self.activate_covers();
         }
     }
 
@@ -540,8 +653,32 @@ impl<F: PtFormat> SvmSpace<F> {
                 },
                 _ => SvmError::EmptyRange { start, end },
             })?;
-        self.cover_add(&Vma { start, end, flags });
+        self.after_cpu_insert(&Vma { start, end, flags });
         Ok(())
+    }
+
+    /// Keeps the covers in step with a VMA just inserted into the CPU map
+    /// (not a window piece), and builds them at the first grows-down VMA
+    /// once SVM is used.
+    fn after_cpu_insert(&mut self, v: &Vma) {
+        if v.flags.contains(VmaFlags::GROWSDOWN) {
+            self.growsdown_seen = true;
+        }
+        if self.covers_live {
+            self.cover_add(v);
+        } else if self.growsdown_seen && self.svm_used {
+            // Builds them from the CPU map, `v` included.
+            self.activate_covers();
+        }
+    }
+
+    /// The one CPU VMA in `[start, end)`, if exactly one lies there.
+    fn sole_vma(&self, start: u64, end: u64) -> Option<Vma> {
+        let mut it = self.mm.space().range(start, end);
+        match (it.next(), it.next()) {
+            (Some(v), None) => Some(v),
+            _ => None,
+        }
     }
 
     fn invalidate_start(&self, start: u64, end: u64) {
@@ -564,23 +701,31 @@ impl<F: PtFormat> SvmSpace<F> {
         if start >= end {
             return;
         }
-        if !self.covers_live {
+        if !self.svm_used {
             // No devices, SVM ranges or reservations yet: the CPU map and
             // the protections are all there is.
             let _ = self.mm.space_mut().unmap(start, end);
-            if !self.prot.is_empty() {
-                self.prot.remove_range(start, end);
-            }
+            self.prot.remove_range_each(start, end, |_, _, _| {});
             return;
         }
         self.invalidate_start(start, end);
-        let vmas: Vec<(Vma, bool)> = self
-            .mm
-            .space()
-            .range(start, end)
-            .map(|v| (v, self.is_piece(&v)))
-            .collect();
-        if !vmas.is_empty() {
+        if !self.covers_live {
+            // No covers (so no windows): the CPU map is all there is.
+            let _ = self.mm.space_mut().unmap(start, end);
+        } else if let Some(v) = self
+            .sole_vma(start, end)
+            .filter(|v| v.start == start && v.end == end && !self.is_piece(v))
+        {
+            // The common case: one whole VMA that is not a window piece.
+            self.cover_remove(&v);
+            let _ = self.mm.space_mut().unmap(start, end);
+        } else {
+            let vmas: Vec<(Vma, bool)> = self
+                .mm
+                .space()
+                .range(start, end)
+                .map(|v| (v, self.is_piece(&v)))
+                .collect();
             for &(v, piece) in &vmas {
                 if piece {
                     self.piece_cover(v.start, v.end, false);
@@ -590,14 +735,9 @@ impl<F: PtFormat> SvmSpace<F> {
             }
             let _ = self.mm.space_mut().unmap(start, end);
             for &(v, piece) in &vmas {
-                let mut rest = Vec::new();
-                if v.start < start {
-                    rest.push(Vma { end: start, ..v });
-                }
-                if v.end > end {
-                    rest.push(Vma { start: end, ..v });
-                }
-                for r in rest {
+                let below = (v.start < start).then_some(Vma { end: start, ..v });
+                let above = (v.end > end).then_some(Vma { start: end, ..v });
+                for r in below.into_iter().chain(above) {
                     if piece {
                         self.piece_cover(r.start, r.end, true);
                     } else {
@@ -605,62 +745,46 @@ impl<F: PtFormat> SvmSpace<F> {
                     }
                 }
             }
-            self.win_pieces.remove_range(start, end);
+            self.win_pieces.remove_range_each(start, end, |_, _, _| {});
         }
-        self.prot.remove_range(start, end);
-        self.reserved.remove_range(start, end);
-        for (s, e, id) in self.svm.remove_range(start, end) {
-            for &d in &self.allocs[&id].devices {
-                let _ = self.devices[d].occ.unmap(s, e);
-            }
-        }
+        self.prot.remove_range_each(start, end, |_, _, _| {});
+        self.reserved.remove_range_each(start, end, |_, _, _| {});
+        self.svm.remove_range_each(start, end, |_, _, _| {});
         self.invalidate_end();
     }
 
-    /// [`Self::cpu_remove`] of `[start, end)` when the CPU holds exactly
-    /// one VMA there, `[start, end)` itself, not a window piece and not
-    /// growing down, and the caller makes the range a window piece again at
-    /// once ([`Self::insert_piece_keep_cover`]). A piece counts as occupied
-    /// in the CPU and combined covers just as the VMA does, so those covers
-    /// keep their counts and are not touched; everything else changes as
-    /// in `cpu_remove`. Returns `false`, having changed nothing, unless
-    /// those conditions hold.
-    fn remove_for_piece(&mut self, start: u64, end: u64) -> bool {
+    /// [`Self::cpu_remove`] of `[start, end)` followed by
+    /// [`Self::insert_piece`] of it into window `wid`, when the CPU holds
+    /// exactly one VMA there, `[start, end)` itself, a plain one (no flags)
+    /// that is not a window piece: the SVM range becomes a window piece
+    /// again. The CPU map keeps the VMA as it is (a piece is a plain VMA
+    /// too), and a piece counts as occupied in the CPU and combined covers
+    /// just as the VMA does, so those covers keep their counts; the
+    /// in-window cover loses the range, the devices are invalidated, and the
+    /// SVM, protection and reservation maps lose it as in `cpu_remove`.
+    /// Returns `false`, having changed nothing, unless those conditions
+    /// hold.
+    fn svm_to_piece(&mut self, start: u64, end: u64, wid: u64) -> bool {
         if !self.covers_live {
             return false;
         }
-        let only = {
-            let mut it = self.mm.space().range(start, end);
-            match (it.next(), it.next()) {
-                (Some(v), None) => Some(v),
-                _ => None,
-            }
-        };
-        let Some(v) = only else {
+        let Some(v) = self.sole_vma(start, end) else {
             return false;
         };
-        if v.start != start
-            || v.end != end
-            || v.flags.contains(VmaFlags::GROWSDOWN)
-            || self.is_piece(&v)
-        {
+        if v.start != start || v.end != end || v.flags != VmaFlags::NONE || self.is_piece(&v) {
             return false;
         }
         self.invalidate_start(start, end);
         if let Some(c) = &mut self.svm_cover {
             c.remove(start, end);
         }
-        let _ = self.mm.space_mut().unmap(start, end);
         // No window piece lies in or across the range (the one VMA there
         // is not a piece), so `win_pieces` has nothing to remove.
-        self.prot.remove_range(start, end);
-        self.reserved.remove_range(start, end);
-        for (s, e, id) in self.svm.remove_range(start, end) {
-            for &d in &self.allocs[&id].devices {
-                let _ = self.devices[d].occ.unmap(s, e);
-            }
-        }
+        self.prot.remove_range_each(start, end, |_, _, _| {});
+        self.reserved.remove_range_each(start, end, |_, _, _| {});
+        self.svm.remove_range_each(start, end, |_, _, _| {});
         self.invalidate_end();
+        self.win_pieces.insert(start, end, wid);
         true
     }
 
@@ -695,14 +819,17 @@ impl<F: PtFormat> SvmSpace<F> {
             };
             let ce = c + q.len;
             let mut conflict = false;
+            // Only a device-only region can make a range that is free in
+            // `map` busy on a device: every SVM piece a device holds is a
+            // CPU VMA, occupied in `map` too.
             for &d in devs {
-                let occ = &self.devices[d].occ;
-                if let Some(v) = occ.first_overlap(c, ce) {
+                let regions = &self.devices[d].regions;
+                if let Some((vs, _, _)) = regions.first_overlap(c, ce) {
                     conflict = true;
                     if q.topdown {
-                        hi = hi.min(v.start);
-                    } else if let Some(p) = occ.prev_vma(ce) {
-                        lo = lo.max(p.end);
+                        hi = hi.min(vs);
+                    } else if let Some((_, pe, _)) = regions.last_before(ce) {
+                        lo = lo.max(pe);
                     }
                 }
             }
@@ -736,14 +863,6 @@ impl<F: PtFormat> SvmSpace<F> {
         self.win_pieces.insert(s, e, id);
     }
 
-    /// [`Self::insert_piece`] of a range [`Self::remove_for_piece`] just
-    /// took from the CPU: the covers still count it.
-    fn insert_piece_keep_cover(&mut self, s: u64, e: u64, id: u64) {
-        let r = self.mm.space_mut().insert(s, e, VmaFlags::NONE);
-        debug_assert!(r.is_ok(), "window piece over a CPU VMA: {r:?}");
-        self.win_pieces.insert(s, e, id);
-    }
-
     /// Removes every window piece in `[start, end)` from the CPU (splitting
     /// pieces).
     fn carve(&mut self, start: u64, end: u64) {
@@ -763,6 +882,23 @@ impl<F: PtFormat> SvmSpace<F> {
     /// leave the same counts, at the price of four cover updates);
     /// the in-window cover gains the whole range.
     fn carve_insert(&mut self, start: u64, end: u64) -> Result<(), SvmError> {
+        if let Some((ps, pe, _)) = self.win_pieces.get(start) {
+            if end <= pe {
+                // The common case: the range lies in one piece. The CPU
+                // map keeps the VMA where the range is the whole piece.
+                self.win_pieces.remove_range_each(start, end, |_, _, _| {});
+                if (ps, pe) != (start, end) {
+                    let _ = self.mm.space_mut().unmap(start, end);
+                    let r = self.mm.space_mut().insert(start, end, VmaFlags::NONE);
+                    debug_assert!(r.is_ok(), "carved range over a CPU VMA: {r:?}");
+                }
+                self.prot.remove_range_each(start, end, |_, _, _| {});
+                if let Some(c) = &mut self.svm_cover {
+                    c.add(start, end);
+                }
+                return Ok(());
+            }
+        }
         let pieces = self.win_pieces.remove_range(start, end);
         for &(s, e, _) in &pieces {
             let _ = self.mm.space_mut().unmap(s, e);
@@ -1002,19 +1138,21 @@ impl<F: PtFormat> SvmSpace<F> {
     pub fn cpu_mmap(&mut self, req: &MmapRequest) -> Result<u64, SvmError> {
         // Before the covers are live there are no devices, SVM ranges or
         // reservations: only protections need the full removal.
-        let plain = !self.covers_live && self.prot.is_empty();
+        let plain = !self.svm_used && self.prot.is_empty();
         if req.fixed == Fixed::Fixed && !plain {
             let (addr, len) = self.mm.get_unmapped_area(req).map_err(SvmError::Mmap)?;
             self.cpu_remove(addr, addr + len);
         }
         let addr = self.mm.mmap(req).map_err(SvmError::Mmap)?;
-        if self.covers_live {
+        if self.covers_live || (req.growsdown && self.svm_used) {
             let v = self
                 .mm
                 .space()
                 .vma_at(addr)
                 .expect("mmap inserted a VMA at its result");
-            self.cover_add(&v);
+            self.after_cpu_insert(&v);
+        } else if req.growsdown {
+            self.growsdown_seen = true;
         }
         Ok(addr)
     }
@@ -1114,13 +1252,12 @@ impl<F: PtFormat> SvmSpace<F> {
         if self.devices.len() >= MAX_DEVICES {
             return Err(SvmError::TooManyDevices { max: MAX_DEVICES });
         }
-        self.activate_covers();
+        self.use_svm();
         self.names.insert(cfg.name.clone(), self.devices.len());
         self.devices.push(Device {
             mmu: Mirror::new(cfg.va_bits, cfg.page_size, cfg.tlb_entries),
             cfg,
             limit,
-            occ: AddressMap::new(),
             regions: IntervalMap::new(),
         });
         Ok(())
@@ -1158,21 +1295,28 @@ impl<F: PtFormat> SvmSpace<F> {
                 va_bits: dev.cfg.va_bits,
             });
         }
+        // The SVM pieces the device holds are CPU VMAs: the CPU map finds
+        // them first.
         let clash = self
             .mm
             .space()
             .first_overlap(start, end)
-            .or_else(|| dev.occ.first_overlap(start, end));
-        if let Some(v) = clash {
+            .map(|v| (v.start, v.end))
+            .or_else(|| {
+                dev.regions
+                    .first_overlap(start, end)
+                    .map(|(s, e, _)| (s, e))
+            });
+        if let Some(existing) = clash {
             return Err(SvmError::Overlap {
                 start,
                 end,
-                existing: (v.start, v.end),
+                existing,
             });
         }
-        let dev = &mut self.devices[d];
-        dev.regions.insert(start, end, cpu);
-        let _ = dev.occ.insert(start, end, VmaFlags::NONE);
+        // The combined index now differs from the CPU map.
+        self.activate_covers();
+        self.devices[d].regions.insert(start, end, cpu);
         self.all_cover.add(start, end);
         let ts = self.mm.config().task_size;
         if start < ts {
@@ -1205,14 +1349,15 @@ impl<F: PtFormat> SvmSpace<F> {
         }
         let mut devs = devices
             .iter()
-            .map(|n| self.dev_index(n.as_ref()))
+            .enumerate()
+            .map(|(i, n)| self.dev_index_at(n.as_ref(), i))
             .collect::<Result<Vec<_>, _>>()?;
         if length == 0 {
             return Err(SvmError::ZeroLength);
         }
         devs.sort_unstable();
         devs.dedup();
-        self.activate_covers();
+        self.use_svm();
         let cfg = *self.mm.config();
         let page = devs
             .iter()
@@ -1268,17 +1413,36 @@ impl<F: PtFormat> SvmSpace<F> {
                 carved_from = Some(wid);
             }
         }
+        // Without covers the CPU map is the combined index: search it and
+        // insert into the hole found in one descent.
+        let mut inserted = false;
         let addr = match addr {
             Some(a) => a,
             None if devs.len() == self.devices.len() => {
                 self.stats.combined_searches += 1;
                 self.stats.last_iterations = 1;
-                fit_one(self.all_cover.index(), low, high, q)?
+                if self.covers_live {
+                    fit_one(self.all_cover.index(), low, high, q)?
+                } else {
+                    inserted = true;
+                    self.mm
+                        .space_mut()
+                        .allocate(
+                            &fit_request(low, high, q),
+                            &SearchParams::default(),
+                            VmaFlags::NONE,
+                        )
+                        .map_err(|e| fit_error(e, q))?
+                }
             }
             None => {
                 self.stats.subset_searches += 1;
-                let (r, iters) =
-                    self.fit_verified(self.cpu_cover.index(), &devs, low, high, q, None);
+                let map = if self.covers_live {
+                    self.cpu_cover.index()
+                } else {
+                    self.mm.space()
+                };
+                let (r, iters) = self.fit_verified(map, &devs, low, high, q, None);
                 self.stats.subset_iterations += iters;
                 self.stats.last_iterations = iters;
                 r?
@@ -1290,14 +1454,16 @@ impl<F: PtFormat> SvmSpace<F> {
         self.next_id += 1;
         if carved_from.is_some() {
             self.carve_insert(addr, end)?;
-        } else {
+        } else if !inserted {
             self.cpu_insert(addr, end, VmaFlags::NONE)?;
         }
         self.svm.insert(addr, end, id);
         for &d in &devs {
             let dev = &mut self.devices[d];
-            let r = dev.occ.insert(addr, end, VmaFlags::NONE);
-            debug_assert!(r.is_ok(), "placed over a device range: {r:?}");
+            debug_assert!(
+                dev.regions.first_overlap(addr, end).is_none(),
+                "placed over a device region"
+            );
             if dev.cfg.populate == Populate::AtAlloc {
                 let perm = Perm {
                     frame: frame_of(id),
@@ -1316,7 +1482,9 @@ impl<F: PtFormat> SvmSpace<F> {
                 window: carved_from,
             },
         );
-        self.by_start.entry(addr).or_default().push(id);
+        if let Some(older) = self.by_start.insert(addr, id) {
+            self.by_start_older.entry(addr).or_default().push(older);
+        }
         Ok(addr)
     }
 
@@ -1330,48 +1498,63 @@ impl<F: PtFormat> SvmSpace<F> {
         let id = *self
             .by_start
             .get(&addr)
-            .and_then(|v| v.last())
             .ok_or(SvmError::NotAnSvmRange { addr })?;
-        let a = self.allocs[&id].clone();
-        let pieces: Vec<(u64, u64)> = self
+        let (start, end, window) = {
+            let a = &self.allocs[&id];
+            (a.start, a.end, a.window)
+        };
+        let win = window.and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)));
+        let whole = self
             .svm
-            .range(a.start, a.end)
-            .filter(|(_, _, &pid)| pid == id)
-            .map(|(s, e, _)| (s, e))
-            .collect();
-        let win = a
-            .window
-            .and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)));
-        // Whether each piece went back whole with its cover kept.
-        let mut kept = Vec::with_capacity(pieces.len());
-        for &(s, e) in &pieces {
-            let whole =
-                win.is_some_and(|(_, ws, we)| ws <= s && e <= we) && self.remove_for_piece(s, e);
-            if !whole {
-                self.cpu_remove(s, e);
-            }
-            kept.push(whole);
-        }
-        // A range carved from a window goes back into it.
-        if let Some((wid, ws, we)) = win {
-            for ((s, e), whole) in pieces.into_iter().zip(kept) {
-                if whole {
-                    self.insert_piece_keep_cover(s, e, wid);
-                    continue;
-                }
-                let (s, e) = (s.max(ws), e.min(we));
-                if s < e {
-                    self.insert_piece(s, e, wid);
-                }
+            .get_exact(start)
+            .is_some_and(|(e, &pid)| (e, pid) == (end, id));
+        if whole {
+            // The common case: one piece, the whole range.
+            self.free_piece(start, end, win);
+        } else {
+            // The pieces in order, each removed before the next is sought.
+            let mut at = start;
+            loop {
+                let next = self
+                    .svm
+                    .range(at, end)
+                    .find(|&(_, _, &pid)| pid == id)
+                    .map(|(s, e, _)| (s, e));
+                let Some((s, e)) = next else {
+                    break;
+                };
+                at = e;
+                self.free_piece(s, e, win);
             }
         }
         self.allocs.remove(&id);
-        let ids = self.by_start.get_mut(&addr).expect("listed above");
-        ids.pop();
-        if ids.is_empty() {
-            self.by_start.remove(&addr);
+        self.by_start.remove(&addr);
+        if let Some(older) = self.by_start_older.get_mut(&addr) {
+            let prev = older.pop().expect("no empty lists are kept");
+            if older.is_empty() {
+                self.by_start_older.remove(&addr);
+            }
+            self.by_start.insert(addr, prev);
         }
         Ok(())
+    }
+
+    /// Frees the SVM piece `[s, e)` on the CPU and every device; a piece
+    /// of a range carved from the live window `win` (id, start, end) goes
+    /// back into it as far as it lies inside.
+    fn free_piece(&mut self, s: u64, e: u64, win: Option<(u64, u64, u64)>) {
+        match win {
+            Some((wid, ws, we)) => {
+                if !(ws <= s && e <= we && self.svm_to_piece(s, e, wid)) {
+                    self.cpu_remove(s, e);
+                    let (s, e) = (s.max(ws), e.min(we));
+                    if s < e {
+                        self.insert_piece(s, e, wid);
+                    }
+                }
+            }
+            None => self.cpu_remove(s, e),
+        }
     }
 
     // ----- device accesses ----------------------------------------------------
@@ -1546,8 +1729,23 @@ impl<F: PtFormat> SvmSpace<F> {
                 "combined index out of step"
             );
         } else {
-            assert!(self.devices.is_empty(), "devices without live covers");
-            assert!(self.allocs.is_empty(), "SVM ranges without live covers");
+            // The CPU map alone answers the searches: no guard gap once SVM
+            // is used, no device-only region, no window.
+            if self.svm_used {
+                assert!(!self.growsdown_seen, "grows-down VMA without live covers");
+                assert!(
+                    cpu.iter().all(|v| !v.flags.contains(VmaFlags::GROWSDOWN)),
+                    "grows-down VMA without live covers"
+                );
+            } else {
+                assert!(self.devices.is_empty(), "devices before SVM use");
+                assert!(self.allocs.is_empty(), "SVM ranges before SVM use");
+            }
+            assert!(
+                self.devices.iter().all(|d| d.regions.is_empty()),
+                "device-only regions without live covers"
+            );
+            assert!(self.windows.is_empty(), "window without live covers");
             assert_eq!(self.cpu_cover.segments(), 0, "cover built too early");
             assert_eq!(self.all_cover.segments(), 0, "cover built too early");
         }
@@ -1597,7 +1795,6 @@ impl<F: PtFormat> SvmSpace<F> {
             }
         }
         // SVM pieces.
-        let mut held = vec![0usize; self.devices.len()];
         for (s, e, id) in self.svm.iter() {
             let a = self.allocs.get(id).expect("piece of a freed range");
             assert!(a.start <= s && e <= a.end, "piece outside its range");
@@ -1611,31 +1808,34 @@ impl<F: PtFormat> SvmSpace<F> {
                     "piece above limit of {}",
                     dev.cfg.name
                 );
-                let o = dev.occ.vma_at(s).expect("piece missing on a device");
-                assert_eq!(
-                    (o.start, o.end),
-                    (s, e),
-                    "piece differs on {}",
+                assert!(
+                    dev.regions.first_overlap(s, e).is_none(),
+                    "piece over a device-only region of {}",
                     dev.cfg.name
                 );
-                held[d] += 1;
             }
         }
-        for (id, a) in &self.allocs {
+        // Every allocation is indexed by its start exactly once: the
+        // latest in `by_start`, older ones below it, ids ascending.
+        let mut indexed = 0;
+        for (start, id) in &self.by_start {
+            let older = self.by_start_older.get(start).map_or(&[][..], |v| &v[..]);
             assert!(
-                self.by_start[&a.start].contains(id),
-                "allocation not indexed"
+                older.windows(2).all(|w| w[0] < w[1]) && older.last().is_none_or(|o| o < id),
+                "allocations at {start:#x} out of order"
             );
+            for i in older.iter().chain([id]) {
+                assert_eq!(self.allocs.get(i).map(|a| a.start), Some(*start));
+                indexed += 1;
+            }
         }
+        for (start, v) in &self.by_start_older {
+            assert!(!v.is_empty(), "empty list of older allocations");
+            assert!(self.by_start.contains_key(start), "older without a latest");
+        }
+        assert_eq!(indexed, self.allocs.len(), "allocation not indexed");
         for (i, d) in self.devices.iter().enumerate() {
-            d.occ.check_invariants();
             d.regions.check_invariants();
-            assert_eq!(
-                d.occ.len(),
-                d.regions.len() + held[i],
-                "device {} holds something unaccounted",
-                d.cfg.name
-            );
             // No stale translation.
             d.mmu.check_tlb();
             let shift = d.cfg.page_size.trailing_zeros();
@@ -1651,5 +1851,97 @@ impl<F: PtFormat> SvmSpace<F> {
                 );
             }
         }
+    }
+
+    // ----- device ranges held by other means; devices gone -----------------
+
+    /// Marks `[start, end)` as held on `device` by something svmap does not
+    /// own, such as the device process's own mappings (its binary,
+    /// libraries, stack, heap): no SVM range for the device is placed
+    /// there and no device-only region may overlap it, while the CPU side
+    /// is left alone (the CPU may map anything there). It is kept as a
+    /// device-only region without a CPU side ([`Device::regions`] lists it,
+    /// with policy [`CpuPolicy::Fault`]). The range is rounded out to the
+    /// device page size and clipped to the device's limit; parts the
+    /// device already holds (regions, its SVM pieces) are skipped. Returns
+    /// the bytes added. Errors: `UnknownDevice`; `EmptyRange` (`end <=
+    /// start`).
+    pub fn device_hold(&mut self, device: &str, start: u64, end: u64) -> Result<u64, SvmError> {
+        let d = self.dev_index(device)?;
+        if end <= start {
+            return Err(SvmError::EmptyRange { start, end });
+        }
+        let dev = &self.devices[d];
+        let ps = dev.cfg.page_size;
+        let lim = dev.limit.min(u128::from(u64::MAX)) as u64 & !(ps - 1);
+        let s = start & !(ps - 1);
+        let e = end.checked_add(ps - 1).map_or(u64::MAX & !(ps - 1), |x| x & !(ps - 1));
+        let e = e.min(lim);
+        if s >= e {
+            return Ok(0);
+        }
+        let mut busy: Vec<(u64, u64)> = dev.regions.range(s, e).map(|(a, b, _)| (a, b)).collect();
+        busy.extend(
+            self.svm
+                .range(s, e)
+                .filter(|(_, _, id)| self.allocs[*id].devices.contains(&d))
+                .map(|(a, b, _)| (a, b)),
+        );
+        busy.sort_unstable();
+        let mut free = Vec::new();
+        let mut at = s;
+        for (a, b) in busy {
+            if a > at {
+                free.push((at, a.min(e)));
+            }
+            at = at.max(b);
+        }
+        if at < e {
+            free.push((at, e));
+        }
+        self.activate_covers();
+        let mut added = 0;
+        for (a, b) in free {
+            self.devices[d].regions.insert(a, b, CpuPolicy::Fault);
+            self.all_cover.add(a, b);
+            added += b - a;
+        }
+        Ok(added)
+    }
+
+    /// Removes `device` from the space: its device-only regions and its
+    /// MMU go, it leaves every SVM range and window it belonged to (they
+    /// stay allocated and reserved for the other devices; a range it held
+    /// alone stays an SVM range of the CPU with no device), and later
+    /// devices move down one index. The CPU side of its device-only
+    /// regions stays reserved with its policy (nothing is placed there).
+    /// Errors: `UnknownDevice`.
+    pub fn remove_device(&mut self, device: &str) -> Result<(), SvmError> {
+        let d = self.dev_index(device)?;
+        let dev = self.devices.remove(d);
+        for (s, e, _) in dev.regions.iter() {
+            self.all_cover.remove(s, e);
+        }
+        self.names.remove(device);
+        let shift = |v: &mut Vec<usize>| {
+            v.retain(|&x| x != d);
+            for x in v.iter_mut() {
+                if *x > d {
+                    *x -= 1;
+                }
+            }
+        };
+        for a in self.allocs.values_mut() {
+            shift(&mut a.devices);
+        }
+        for w in self.windows.values_mut() {
+            shift(&mut w.devices);
+        }
+        for x in self.names.values_mut() {
+            if *x > d {
+                *x -= 1;
+            }
+        }
+        Ok(())
     }
 }

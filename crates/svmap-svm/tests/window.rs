@@ -325,6 +325,10 @@ fn scan_fit(
         .map(|d| sp.device(d).unwrap().limit())
         .fold(TS, u64::min)
         .min(w.end);
+    let occ: Vec<_> = devs
+        .iter()
+        .map(|d| sp.device_occupancy(d).unwrap())
+        .collect();
     let free = |a: u64| -> bool {
         let cpu_ok = match sp.mm().space().vma_at(a) {
             None => true,
@@ -335,9 +339,7 @@ fn scan_fit(
                 && a < v.start
                 && a >= v.start.saturating_sub(GAP)
         });
-        let dev_ok = devs
-            .iter()
-            .all(|d| sp.device(d).unwrap().occupancy().vma_at(a).is_none());
+        let dev_ok = occ.iter().all(|o| o.vma_at(a).is_none());
         cpu_ok && gap_ok && dev_ok
     };
     let fits = |c: u64| (c..c + len).step_by(PG as usize).all(free);

@@ -23,7 +23,7 @@ pub struct AllocView<'a> {
 impl<F: PtFormat> SvmSpace<F> {
     /// The SVM range that `svm_free(addr)` would free now, if any.
     pub fn alloc_at(&self, addr: u64) -> Option<AllocView<'_>> {
-        let id = *self.by_start.get(&addr)?.last()?;
+        let id = *self.by_start.get(&addr)?;
         let a = self.allocs.get(&id)?;
         Some(AllocView {
             id,
@@ -40,10 +40,21 @@ impl<F: PtFormat> SvmSpace<F> {
     /// The pieces of SVM range `id` the CPU still maps, ascending.
     pub fn alloc_pieces(&self, id: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let (s, e) = self.allocs.get(&id).map_or((0, 0), |a| (a.start, a.end));
-        self.svm
-            .range(s, e)
-            .filter(move |&(_, _, &p)| p == id)
-            .map(|(s, e, _)| (s, e))
+        // The common case: one piece, the whole range (one lookup).
+        let whole = self
+            .svm
+            .get_exact(s)
+            .is_some_and(|(pe, &p)| (pe, p) == (e, id));
+        let rest = (!whole).then(|| {
+            self.svm
+                .range(s, e)
+                .filter(move |&(_, _, &p)| p == id)
+                .map(|(s, e, _)| (s, e))
+        });
+        whole
+            .then_some((s, e))
+            .into_iter()
+            .chain(rest.into_iter().flatten())
     }
 
     /// Every SVM piece that overlaps `[start, end)`, clipped to it, with the
