@@ -1064,6 +1064,42 @@ enum svmap_status_t svmap_space_allocate(struct svmap_space_t *space,
                                          uint64_t *out_addr);
 
 /**
+ * `svmap_space_find_fit` with a boundary: the range `[*out_addr, *out_addr
+ * + req->length)` also does not cross a multiple of `boundary` (it lies
+ * inside one block `[k * boundary, (k + 1) * boundary)`), as Mesa's
+ * `nospan_minimum`, vmem's `nocross` and DMA segment boundaries require.
+ * The lowest (with `topdown`, highest) such range, exactly. A `boundary`
+ * of 0 is no constraint (the answer is `svmap_space_find_fit`'s).
+ * `SVMAP_EINVAL` besides `svmap_space_find_fit`'s cases: a boundary that
+ * is neither 0 nor a power of two, or one that no range of the length can
+ * fit in between two multiples (`length > boundary`, or more generally
+ * `(align_offset mod min(align, boundary)) + length > boundary`);
+ * `SVMAP_ENOMEM` if no range in the window satisfies every rule.
+ *
+ * # Safety
+ *
+ * `out_addr` is NULL (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
+ */
+enum svmap_status_t svmap_space_find_fit_nocross(const struct svmap_space_t *space,
+                                                 const struct svmap_fit_request_t *req,
+                                                 uint64_t boundary,
+                                                 uint64_t *out_addr);
+
+/**
+ * `svmap_space_find_fit_nocross`, then maps the range it found (no
+ * flags), as `svmap_space_allocate` does; the same statuses as
+ * `svmap_space_find_fit_nocross` (nothing is mapped on an error).
+ *
+ * # Safety
+ *
+ * `out_addr` is NULL (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
+ */
+enum svmap_status_t svmap_space_allocate_nocross(struct svmap_space_t *space,
+                                                 const struct svmap_fit_request_t *req,
+                                                 uint64_t boundary,
+                                                 uint64_t *out_addr);
+
+/**
  * What an anonymous private `mmap(req)` does in this space under the
  * x86-64 policy (hint, `MAP_FIXED`, `MAP_FIXED_NOREPLACE`, `MAP_32BIT`,
  * layouts, THP alignment): maps it and writes its address, or returns the

@@ -4,7 +4,9 @@
 //! placement policy.
 
 use svmap_core::linux::{Errno, Fixed, Layout, Mm, MmConfig, MmapRequest};
-use svmap_core::{FitError, FitRequest, MapError, SearchError, UnmappedAreaInfo, VmaFlags};
+use svmap_core::{
+    FitError, FitRequest, MapError, NoCrossError, SearchError, UnmappedAreaInfo, VmaFlags,
+};
 
 use crate::svmap_status_t::{self, *};
 use crate::{c_bool, ffi_status, ffi_value, handle, status_of_errno, Failure, FfiResult, Out};
@@ -375,6 +377,17 @@ fn fit_failure(what: &str, e: FitError) -> Failure {
     Failure::new(st, format!("{what}: {e}"))
 }
 
+/// The status of a failed fit with a boundary: a bad or too small boundary
+/// is `SVMAP_EINVAL`, the rest as `fit_failure`.
+fn nocross_failure(what: &str, e: NoCrossError) -> Failure {
+    match e {
+        NoCrossError::Fit(e) => fit_failure(what, e),
+        NoCrossError::BadBoundary(_) | NoCrossError::BoundaryTooSmall { .. } => {
+            Failure::new(SVMAP_EINVAL, format!("{what}: {e}"))
+        }
+    }
+}
+
 /// The exact aligned fit `req` on this space: `req->low` is raised to the
 /// space's `mmap_min_addr`, and with `respect_guard_gaps` the space's
 /// `stack_guard_gap` is kept free below grows-down VMAs. `SVMAP_ENOMEM` if
@@ -430,6 +443,71 @@ pub unsafe extern "C" fn svmap_space_allocate(
             s.mm.space_mut()
                 .allocate(&fit, &params, VmaFlags::NONE)
                 .map_err(|e| fit_failure("allocate", e))?;
+        out.write(addr);
+        Ok(())
+    })
+}
+
+/// `svmap_space_find_fit` with a boundary: the range `[*out_addr, *out_addr
+/// + req->length)` also does not cross a multiple of `boundary` (it lies
+/// inside one block `[k * boundary, (k + 1) * boundary)`), as Mesa's
+/// `nospan_minimum`, vmem's `nocross` and DMA segment boundaries require.
+/// The lowest (with `topdown`, highest) such range, exactly. A `boundary`
+/// of 0 is no constraint (the answer is `svmap_space_find_fit`'s).
+/// `SVMAP_EINVAL` besides `svmap_space_find_fit`'s cases: a boundary that
+/// is neither 0 nor a power of two, or one that no range of the length can
+/// fit in between two multiples (`length > boundary`, or more generally
+/// `(align_offset mod min(align, boundary)) + length > boundary`);
+/// `SVMAP_ENOMEM` if no range in the window satisfies every rule.
+///
+/// # Safety
+///
+/// `out_addr` is NULL (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn svmap_space_find_fit_nocross(
+    space: Option<&svmap_space_t>,
+    req: Option<&svmap_fit_request_t>,
+    boundary: u64,
+    out_addr: *mut u64,
+) -> svmap_status_t {
+    ffi_status(|| {
+        // SAFETY: the caller's contract for `out_addr`.
+        let out = unsafe { Out::new(out_addr, "out_addr") }?;
+        let s = handle(space, "space")?;
+        let fit = fit_request(s, handle(req, "req")?)?;
+        let addr =
+            s.mm.space()
+                .find_fit_nocross(&fit, boundary, s.mm.search_params())
+                .map_err(|e| nocross_failure("find_fit_nocross", e))?;
+        out.write(addr);
+        Ok(())
+    })
+}
+
+/// `svmap_space_find_fit_nocross`, then maps the range it found (no
+/// flags), as `svmap_space_allocate` does; the same statuses as
+/// `svmap_space_find_fit_nocross` (nothing is mapped on an error).
+///
+/// # Safety
+///
+/// `out_addr` is NULL (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn svmap_space_allocate_nocross(
+    space: Option<&mut svmap_space_t>,
+    req: Option<&svmap_fit_request_t>,
+    boundary: u64,
+    out_addr: *mut u64,
+) -> svmap_status_t {
+    ffi_status(|| {
+        // SAFETY: the caller's contract for `out_addr`.
+        let out = unsafe { Out::new(out_addr, "out_addr") }?;
+        let s = handle(space, "space")?;
+        let fit = fit_request(s, handle(req, "req")?)?;
+        let params = *s.mm.search_params();
+        let addr =
+            s.mm.space_mut()
+                .allocate_nocross(&fit, boundary, &params, VmaFlags::NONE)
+                .map_err(|e| nocross_failure("allocate_nocross", e))?;
         out.write(addr);
         Ok(())
     })

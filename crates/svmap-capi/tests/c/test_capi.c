@@ -175,6 +175,68 @@ static void test_space(void) {
     OK(svmap_space_unmap(s, addr, addr + 0x1000));
     CHECK(svmap_space_vma_count(s) == before);
 
+    /* the fit with a boundary: no range crosses a multiple of it. Above the
+     * VMA [1 MiB, 2 MiB) everything is free; a 12 KiB range from 0x20f000
+     * would cross 0x210000, so with 64 KiB blocks the lowest one starts at
+     * that multiple, and the highest below 0x212000 ends at it. */
+    fit.length = 0x3000;
+    fit.low = 0x20f000;
+    fit.high = 0x300000;
+    fit.align = 0x1000;
+    fit.align_offset = 0;
+    fit.topdown = false;
+    OK(svmap_space_find_fit(s, &fit, &addr));
+    CHECK(addr == 0x20f000);
+    OK(svmap_space_find_fit_nocross(s, &fit, 0, &addr)); /* 0: no boundary */
+    CHECK(addr == 0x20f000);
+    OK(svmap_space_find_fit_nocross(s, &fit, 0x10000, &addr));
+    CHECK(addr == 0x210000);
+    fit.low = 0x200000;
+    fit.high = 0x212000;
+    fit.topdown = true;
+    OK(svmap_space_find_fit(s, &fit, &addr));
+    CHECK(addr == 0x20f000);
+    OK(svmap_space_find_fit_nocross(s, &fit, 0x10000, &addr));
+    CHECK(addr == 0x210000 - 0x3000);
+    /* [0x20f000, 0x212000) is two pieces of 4 and 8 KiB: no room */
+    fit.low = 0x20f000;
+    addr = 42;
+    EXPECT(svmap_space_find_fit_nocross(s, &fit, 0x10000, &addr), SVMAP_ENOMEM);
+    CHECK(addr == 42);
+    EXPECT(svmap_space_allocate_nocross(s, &fit, 0x10000, &addr), SVMAP_ENOMEM);
+    /* typed refusals: not a power of two, shorter than the length */
+    EXPECT(svmap_space_find_fit_nocross(s, &fit, 0x3000, &addr), SVMAP_EINVAL);
+    CHECK(contains(svmap_last_error_message(), "power of two"));
+    EXPECT(svmap_space_allocate_nocross(s, &fit, 0x3000, &addr), SVMAP_EINVAL);
+    EXPECT(svmap_space_find_fit_nocross(s, &fit, 0x2000, &addr), SVMAP_EINVAL);
+    CHECK(contains(svmap_last_error_message(), "crosses every multiple"));
+    EXPECT(svmap_space_allocate_nocross(s, &fit, 0x2000, &addr), SVMAP_EINVAL);
+    EXPECT(svmap_space_find_fit_nocross(NULL, &fit, 0x10000, &addr), SVMAP_EINVAL);
+    EXPECT(svmap_space_allocate_nocross(s, NULL, 0x10000, &addr), SVMAP_EINVAL);
+    EXPECT(svmap_space_allocate_nocross(s, &fit, 0x10000, NULL), SVMAP_EINVAL);
+    CHECK(svmap_space_vma_count(s) == before);
+    /* an allocator with 64 KiB blocks: every range is the one the search
+     * predicted, is mapped, and stays inside its block; five 12 KiB ranges
+     * fill a block to 60 KiB, so the sixth starts the next block */
+    fit.low = 0x200000;
+    fit.high = 0x300000;
+    fit.topdown = false;
+    uint64_t got[16];
+    for (int i = 0; i < 16; i++) {
+        uint64_t predicted = 0;
+        OK(svmap_space_find_fit_nocross(s, &fit, 0x10000, &predicted));
+        OK(svmap_space_allocate_nocross(s, &fit, 0x10000, &got[i]));
+        CHECK(got[i] == predicted);
+        CHECK(got[i] >> 16 == (got[i] + fit.length - 1) >> 16);
+        OK(svmap_space_find_vma(s, got[i], &v));
+        CHECK(v.start == got[i] && v.end == got[i] + fit.length);
+        CHECK(i == 0 || got[i] > got[i - 1]);
+    }
+    CHECK(got[0] == 0x200000 && got[4] == 0x20c000 && got[5] == 0x210000);
+    CHECK(svmap_space_vma_count(s) == before + 16);
+    for (int i = 0; i < 16; i++) OK(svmap_space_unmap(s, got[i], got[i] + fit.length));
+    CHECK(svmap_space_vma_count(s) == before);
+
     /* the x86-64 mmap policy */
     svmap_mmap_request_t req = {0};
     req.length = 0x1000;

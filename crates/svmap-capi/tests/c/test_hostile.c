@@ -58,6 +58,8 @@ static void test_null_everywhere(void) {
     REFUSED(svmap_space_unmapped_area(NULL, NULL, NULL), SVMAP_EINVAL);
     REFUSED(svmap_space_find_fit(NULL, NULL, NULL), SVMAP_EINVAL);
     REFUSED(svmap_space_allocate(NULL, NULL, NULL), SVMAP_EINVAL);
+    REFUSED(svmap_space_find_fit_nocross(NULL, NULL, 0, NULL), SVMAP_EINVAL);
+    REFUSED(svmap_space_allocate_nocross(NULL, NULL, 0, NULL), SVMAP_EINVAL);
     REFUSED(svmap_space_mmap(NULL, NULL, NULL), SVMAP_EINVAL);
     REFUSED(svmap_space_munmap(NULL, 0, 0), SVMAP_EINVAL);
     REFUSED(svmap_space_find_vma(NULL, 0, NULL), SVMAP_EINVAL);
@@ -153,6 +155,8 @@ static void test_bad_enums_and_bools(void) {
     poke_bool(&fit.topdown, 7);
     REFUSED(svmap_space_find_fit(s, &fit, &addr), SVMAP_EINVAL);
     REFUSED(svmap_space_allocate(s, &fit, &addr), SVMAP_EINVAL);
+    REFUSED(svmap_space_find_fit_nocross(s, &fit, 0, &addr), SVMAP_EINVAL);
+    REFUSED(svmap_space_allocate_nocross(s, &fit, 0, &addr), SVMAP_EINVAL);
     fit.topdown = true;
     poke_bool(&fit.respect_guard_gaps, 7);
     REFUSED(svmap_space_find_fit(s, &fit, &addr), SVMAP_EINVAL);
@@ -166,6 +170,12 @@ static void test_bad_enums_and_bools(void) {
     fit.low = 0;
     fit.align = 3;
     REFUSED(svmap_space_find_fit(s, &fit, &addr), SVMAP_EINVAL);
+    fit.align = 1;
+    REFUSED(svmap_space_find_fit_nocross(s, &fit, UINT64_MAX, &addr), SVMAP_EINVAL);
+    REFUSED(svmap_space_find_fit_nocross(s, &fit, 1, &addr), SVMAP_EINVAL); /* 4096 > 1 */
+    fit.length = UINT64_MAX;
+    REFUSED(svmap_space_allocate_nocross(s, &fit, 1ull << 63, &addr), SVMAP_EINVAL);
+    fit.length = 4096;
 
     svmap_unmapped_area_info_t info;
     memset(&info, 0, sizeof info);
