@@ -7,7 +7,8 @@
 //!   caches the largest free gap of every subtree. It answers the Linux
 //!   kernel's `unmapped_area()` / `unmapped_area_topdown()` to the bit
 //!   ([`AddressMap::unmapped_area`]) and an exact aligned fit
-//!   ([`AddressMap::find_fit`]) in O(log n).
+//!   ([`AddressMap::find_fit`]) in O(log n), also one that must not cross
+//!   a multiple of a power of two ([`AddressMap::find_fit_nocross`]).
 //! - [`linux`]: the x86-64 `mmap` placement policy on top
 //!   ([`linux::Mm::mmap`]): hints, `MAP_FIXED`, `MAP_FIXED_NOREPLACE`,
 //!   `MAP_32BIT`, `MAP_GROWSDOWN`, top-down and legacy layouts, the

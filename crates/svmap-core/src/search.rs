@@ -118,7 +118,8 @@ pub struct SearchStats {
 /// [`NoCrossError::BoundaryTooSmall`] before any search, not answered
 /// with "no space". With `align >= B` every aligned start has the same
 /// offset `r` in its block, so a request that passes that check needs
-/// nothing more.
+/// nothing more. (Mesa lets an allocation longer than its boundary cross
+/// it; such a caller passes a boundary only for lengths up to it.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FitRequest {
     /// Length in bytes (> 0).
