@@ -1,5 +1,5 @@
-//! `svmap demo [--va-bits N] [--buffers N] [--svg PATH] [--json]`: the whole
-//! SVM story on this machine ([`svmap_cli::demo`]).
+//! `svmap demo [--va-bits N] [--second-va-bits M] [--buffers N] [--svg PATH]
+//! [--json]`: the SVM runtime on this machine ([`svmap_cli::demo`]).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,29 +9,36 @@ use svmap_cli::demo::{self, DemoOptions};
 use crate::args::{self, Arg, Stop};
 
 /// Help text of `svmap demo`.
-pub const HELP: &str = r##"svmap demo: CPU and a device at identical addresses, in a few seconds
+pub const HELP: &str = r##"svmap demo: the CPU and two devices at identical addresses, in well under a second
 
-Usage: svmap demo [--va-bits N] [--buffers N] [--svg PATH] [--json]
+Usage: svmap demo [--va-bits N] [--second-va-bits M] [--buffers N] [--svg PATH] [--json]
 
-Runs on any Linux machine, no GPU needed. It
-  (a) inspects its own address space against a device with N address bits,
-  (b) starts a device peer process (svmap device-peer, found next to this
-      executable) and reserves a window free in both processes below 2^N,
-  (c) allocates SVM buffers at identical addresses in both,
-  (d) builds a 100000-node pointer-linked list on the CPU side that the
-      device walks through its MMU (count and checksum compared),
-  (e) frees a buffer and shows that the device's next access faults,
-  (f) shows that memory allocated before the device was set up (above 2^N
-      in the top-down layout) is refused with a clear error, and
-  (g) writes an SVG picture of both address spaces.
+Runs on any Linux machine, no GPU needed: the SVM runtime (the engine on
+this process's memory) with two device processes (svmap device-peer, found
+next to this executable), each hosting a device MMU model. It
+  (a) inspects its own address space against the first device's limit 2^N,
+  (b) seeds the engine with this process's mappings and starts the device
+      processes (N and M address bits),
+  (c) allocates SVM buffers for both devices: the CPU writes them and both
+      device processes read the same bytes at the identical addresses,
+  (d) builds a 100000-node pointer-linked list on the CPU that both devices
+      walk through their MMUs (count and checksum compared),
+  (e) sets up one device-only region per CPU policy: a forked child that
+      touches the fault region dies with SIGSEGV; the CPU reads zeros from
+      the dummy-page region while its device keeps its own data there,
+  (f) frees a buffer: both devices invalidate it first, and their next
+      access faults,
+  (g) shows that memory allocated before the devices were set up (above
+      2^N in the top-down layout) is refused with a clear error, and
+  (h) writes an SVG picture of the three address spaces.
 
 Options:
-  --va-bits N   the device's address bits, 30..=56 (default 40; the demo
-                reserves a 256 MiB window below 2^N)
-  --buffers N   SVM buffers to spread the list over, 2..=256 (default 8)
-  --svg PATH    where to write the picture (default ./svmap-demo.svg)
-  --json        one JSON object instead of the text account
-  -h, --help    print this help
+  --va-bits N          the first device's address bits, 30..=56 (default 40)
+  --second-va-bits M   the second device's address bits, 30..=56 (default 44)
+  --buffers N          SVM buffers to spread the list over, 2..=256 (default 8)
+  --svg PATH           where to write the picture (default ./svmap-demo.svg)
+  --json               one JSON object instead of the text account
+  -h, --help           print this help
 
 Exit status:
   0  every step had the expected outcome
@@ -41,12 +48,12 @@ Exit status:
 
 Examples:
   svmap demo
-  svmap demo --va-bits 44 --buffers 16 --svg /tmp/spaces.svg
+  svmap demo --va-bits 44 --second-va-bits 47 --buffers 16 --svg /tmp/spaces.svg
   svmap demo --json
 "##;
 
 fn usage_error(msg: &str) -> i32 {
-    eprintln!("svmap demo: {msg}\n\nUsage: svmap demo [--va-bits N] [--buffers N] [--svg PATH] [--json]\nTry 'svmap demo --help'.");
+    eprintln!("svmap demo: {msg}\n\nUsage: svmap demo [--va-bits N] [--second-va-bits M] [--buffers N] [--svg PATH] [--json]\nTry 'svmap demo --help'.");
     2
 }
 
@@ -73,6 +80,11 @@ fn parse_options(args: &[OsString]) -> Result<DemoOptions, Stop> {
             Arg::Long("va-bits") => {
                 let v = args::value(&mut p, "--va-bits", "a number of bits")?;
                 o.va_bits = args::number_in("--va-bits", v, 30..=56, "a number of address bits")?;
+            }
+            Arg::Long("second-va-bits") => {
+                let v = args::value(&mut p, "--second-va-bits", "a number of bits")?;
+                o.second_va_bits =
+                    args::number_in("--second-va-bits", v, 30..=56, "a number of address bits")?;
             }
             Arg::Long("buffers") => {
                 let v = args::value(&mut p, "--buffers", "a count")?;
@@ -142,6 +154,7 @@ mod tests {
         let o = parse(&args(&[
             "--va-bits",
             "44",
+            "--second-va-bits=47",
             "--buffers=16",
             "--svg",
             "x.svg",
@@ -152,6 +165,7 @@ mod tests {
             o,
             DemoOptions {
                 va_bits: 44,
+                second_va_bits: 47,
                 buffers: 16,
                 svg: Some(PathBuf::from("x.svg")),
                 json: true
@@ -160,6 +174,7 @@ mod tests {
         for bad in [
             &["--va-bits"][..],
             &["--va-bits", "12"],
+            &["--second-va-bits", "57"],
             &["--buffers", "1"],
             &["--svg", ""],
             &["--frobnicate"],

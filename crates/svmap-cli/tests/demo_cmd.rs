@@ -24,6 +24,17 @@ fn demo_runs_every_step_from_another_directory() {
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
     assert_eq!(v["ok"], true, "{v}");
+    // Both device processes are `svmap device-peer`, and they are gone.
+    let devs = v["devices"]["list"].as_array().expect("devices");
+    assert_eq!(devs.len(), 2, "{v}");
+    for d in devs {
+        let pid = d["pid"].as_u64().expect("a pid");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !cmdline.windows(11).any(|w| w == b"device-peer"),
+            "device process {pid} still runs"
+        );
+    }
     // A hang guard, not a speed check: 20 times the 5 s of a loaded run.
     assert!(took.as_secs() < 100, "the demo took {took:?}");
     // The picture went to the working directory by default.
@@ -47,13 +58,22 @@ fn demo_text_tells_the_story() {
         .expect("run svmap demo");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("= CPU's: match").count(), 2, "{text}");
     for needle in [
-        "identical addresses",
-        "checksum",
-        "= CPU's: match",
-        "faulted: unmapped",
+        "devices of 40 and 44 bits at identical addresses",
+        "gpu0 (40-bit",
+        "gpu1 (44-bit",
+        "both devices read the same sum",
+        "gpu0 walked 100000 nodes",
+        "gpu1 walked 100000 nodes",
+        "a forked child's CPU read: killed by SIGSEGV",
+        "the CPU reads zeros",
+        "a forked child's CPU write: killed by SIGSEGV",
+        "gpu0 faulted: unmapped",
+        "gpu1 faulted: unmapped",
         "refused",
         "lies above the limit",
+        "all steps as expected",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
