@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::process::Command;
 
+use svmap_linux::reserve::STACK_GUARD_GAP;
 use svmap_peer::wire::RANGES_PER_PACKET;
 use svmap_peer::{DirectPeer, PeerConfig, PeerError};
 use svmap_svm::backend::BatchError;
@@ -23,6 +24,7 @@ use crate::directory::HeapDirectory;
 /// | `unmap` | `UnmapRange` (an attachment entirely inside the range is unmapped there too) |
 /// | `invalidate_unmap` (a free) | `InvalidateUnmap{seq}`: every range of the batch invalidated, acknowledged and unmapped in one request (up to 4,000 ranges a request) |
 /// | `map_region` | `MapRegion`: private memory of the peer, which this process cannot see |
+/// | `own_mappings` (when the engine adds the device) | `Maps`: the peer's own mappings, held on the device so that no `Attach` or `MapRange` lands on them |
 ///
 /// A peer that dies, does not answer in time or misbehaves is dead from
 /// then on: the call fails with [`BackendError::Gone`] or
@@ -190,5 +192,21 @@ impl DeviceBackend for PeerDevice {
         self.peer
             .map_region(start, end - start)
             .map_err(backend_error)
+    }
+
+    /// The peer's own mappings (`Maps`: its `/proc/self/maps`), a stack
+    /// with the guard gap below it.
+    fn own_mappings(&mut self) -> Result<Vec<(u64, u64)>, BackendError> {
+        let own = self.peer.own_maps().map_err(backend_error)?;
+        Ok(own
+            .into_iter()
+            .map(|(s, e, down)| {
+                if down {
+                    (s.saturating_sub(STACK_GUARD_GAP), e)
+                } else {
+                    (s, e)
+                }
+            })
+            .collect())
     }
 }

@@ -198,3 +198,123 @@ fn device_killed_during_a_batch_free() {
     let _ = sum;
     assert_unmapped(&mut e, 1, shared);
 }
+
+fn kill9(pid: u32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+}
+
+/// A device process killed with SIGKILL: removing it from the engine frees
+/// the range whose only missing acknowledgement was its own, keeps the
+/// range it held alone allocated for the CPU, and the live device goes on.
+#[test]
+fn a_killed_device_is_removed_and_its_ranges_reclaimed() {
+    let _one = serial();
+    let mut e = engine([None, None]);
+    e.reserve_window(&BOTH).unwrap();
+    let shared = e.svm_alloc(0x8000, None, &BOTH, true).unwrap();
+    let alone = e.svm_alloc(0x4000, None, &["gpu44"], true).unwrap();
+    let live = e.svm_alloc(0x4000, None, &["gpu40"], true).unwrap();
+    let live_sum = fill(live, 0x4000, 9);
+    let pid = dev(&mut e, 1).pid();
+    kill9(pid);
+    match e.svm_free(shared) {
+        Err(EngineError::NotAcknowledged { device, .. }) => assert_eq!(device, "gpu44"),
+        other => panic!("free with a killed device: {other:?}"),
+    }
+    assert_eq!(e.pending_frees(), vec![shared]);
+    let mut r = e.remove_device("gpu44").unwrap();
+    assert!(matches!(
+        r.detached,
+        Err(ref b) if matches!(b.error, BackendError::Gone { .. })
+    ));
+    assert_eq!(r.freed, vec![shared]);
+    assert!(r.retry.is_ok());
+    let status = r.backend.peer().exit_status().expect("the process is gone");
+    assert_eq!(status.signal, Some(9));
+    assert!(e.alloc_at(shared).is_none());
+    assert!(e.pending_frees().is_empty());
+    // The range it held alone stays allocated, for the CPU only.
+    assert_eq!(e.alloc_at(alone).unwrap().devices, &[] as &[usize]);
+    // The live device was invalidated for the shared range and still
+    // reads its own buffer; the freed range is handed out again to it.
+    assert_unmapped(&mut e, 0, shared);
+    assert_eq!(
+        dev(&mut e, 0).peer().sum_u64(live, 0x4000).unwrap(),
+        live_sum
+    );
+    let again = e.svm_alloc(0x8000, None, &["gpu40"], true).unwrap();
+    assert_eq!(again, shared);
+    let sum = fill(again, 0x8000, 4);
+    assert_eq!(dev(&mut e, 0).peer().sum_u64(again, 0x8000).unwrap(), sum);
+    e.svm_free_many(&[again, live, alone]).unwrap();
+    e.check_invariants();
+}
+
+/// The device process's own mappings (its binary, libraries, stack) lie
+/// inside a 47-bit device's window: they are held on the device when it is
+/// added, nothing is attached or mapped over them, and allocations
+/// succeed elsewhere.
+#[test]
+fn the_peers_own_mappings_are_never_used() {
+    use svmap_linux::maps::{self, Kind, Target};
+    let _one = serial();
+    let cpu = LinuxCpu::new(false);
+    let dir = cpu.directory();
+    let mut e: Real = Engine::new(MmConfig::default(), cpu);
+    seed_from_self(&mut e).unwrap();
+    let mut cfg = PeerConfig::new(47, 1);
+    cfg.timeout = Duration::from_secs(30);
+    let d = PeerDevice::spawn(peer_command(None), &cfg, dir).unwrap();
+    let pid = d.pid();
+    e.add_device_with(DeviceConfig::new("gpu47", 47), d)
+        .unwrap();
+    let limit = 1u64 << 47;
+    let own: Vec<(u64, u64)> = maps::read_view(Target::Pid(pid))
+        .unwrap()
+        .entries
+        .iter()
+        .filter(|m| matches!(m.kind(), Kind::File | Kind::Stack) && m.end <= limit)
+        .map(|m| (m.start, m.end))
+        .collect();
+    assert!(!own.is_empty());
+    let regions = e.device("gpu47").unwrap().regions();
+    for &(s, end) in &own {
+        let mut at = s;
+        while at < end {
+            let (_, re, _) = regions
+                .get(at)
+                .unwrap_or_else(|| panic!("the peer's [{s:#x}, {end:#x}) is not held at {at:#x}"));
+            at = re;
+        }
+    }
+    // Nothing else may go there either.
+    let (s0, _) = own[0];
+    assert!(matches!(
+        e.device_map("gpu47", s0, s0 + 0x1000, svmap_svm::CpuPolicy::Fault),
+        Err(EngineError::Svm(svmap_svm::SvmError::Overlap { .. }))
+    ));
+    // Allocations from the top, where the peer's stack and libraries are:
+    // each one is attached and mapped in the peer (an attach over one of
+    // its mappings would fail) and never overlaps them.
+    let mut live = Vec::new();
+    for k in 0..16u64 {
+        let len = 0x1_0000 << (k % 4);
+        let a = e.svm_alloc(len, None, &["gpu47"], true).unwrap();
+        let end = e.alloc_at(a).unwrap().end;
+        for &(s, oe) in &own {
+            assert!(
+                end <= s || oe <= a,
+                "[{a:#x}, {end:#x}) over the peer's [{s:#x}, {oe:#x})"
+            );
+        }
+        let sum = fill(a, end - a, k);
+        assert_eq!(dev(&mut e, 0).peer().sum_u64(a, end - a).unwrap(), sum);
+        live.push(a);
+    }
+    e.svm_free_many(&live).unwrap();
+    e.check_invariants();
+}

@@ -220,6 +220,14 @@ pub trait DeviceBackend {
     fn take_faults(&mut self, out: &mut Vec<DeviceFault>) {
         let _ = out;
     }
+    /// The ranges the device already holds by its own means, where a `map`
+    /// at the same address would fail (a device process's binary,
+    /// libraries, stack with its guard gap, heap). Asked once, when the
+    /// engine adds the device; the engine never places an SVM range for
+    /// the device there. The default: none.
+    fn own_mappings(&mut self) -> Result<Vec<(u64, u64)>, BackendError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The model CPU backend: no system calls, never fails. The model of the
@@ -323,5 +331,8 @@ impl<B: DeviceBackend + ?Sized> DeviceBackend for Box<B> {
     }
     fn take_faults(&mut self, out: &mut Vec<DeviceFault>) {
         (**self).take_faults(out)
+    }
+    fn own_mappings(&mut self) -> Result<Vec<(u64, u64)>, BackendError> {
+        (**self).own_mappings()
     }
 }

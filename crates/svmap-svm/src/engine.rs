@@ -9,18 +9,25 @@
 //! | operation | backend calls, in order |
 //! | --- | --- |
 //! | `svm_alloc` | decide; CPU `map`; every device of the set `map` |
-//! | `svm_free` | every device of the range `invalidate` (all must acknowledge); every device `unmap`; CPU `unmap`; only then the range is free in the space |
+//! | `svm_free` | every device of the range `invalidate_unmap` (invalidate, acknowledge, unmap: one call per device); CPU `unmap`; only then the range is free in the space |
+//! | `svm_free_many` | one `invalidate_unmap` per device with every range of the batch it holds; CPU `unmap` per range all devices finished; those ranges are free |
+//! | `add_device` | the backend's `own_mappings` become ranges held on the device ([`SvmSpace::device_hold`]) |
+//! | `remove_device` | the device `invalidate_unmap`s what it still holds (a dead one does not answer); it leaves the space; failed frees of its ranges are retried on the devices that remain |
 //! | `protect` | decide; per SVM piece: every device of it `invalidate`, CPU `protect`, device `protect` |
 //! | `device_map` | decide; CPU `map_device_only` (the part below `task_size`); device `map_region` |
 //! | `reserve_window` | decide; CPU `reserve` per piece |
 //! | `release_window` | CPU `release` per piece; then the space releases |
 //! | `cpu_unmap`, `MAP_FIXED` `cpu_mmap` (observed) | every device of each SVM piece there `invalidate` and `unmap`; the space changes; CPU `forget` |
-//! | `cpu_map`, `cpu_mmap`, `find`, `add_device` | the space only |
+//! | `cpu_map`, `cpu_mmap`, `find`, `device_hold` | the space only |
 //!
 //! A device that does not acknowledge an invalidation gives
 //! [`EngineError::NotAcknowledged`] naming it, and the range stays
 //! allocated in the space, so it is never handed out again while a device
-//! may still use it. No device backend is ever given a range at or above
+//! may still use it: a range is handed out again only after every device
+//! that held it and is still in the engine has acknowledged its
+//! invalidation ([`Engine::remove_device`] says when a device may leave
+//! without acknowledging). A free that fails partway keeps the range
+//! allocated whole ([`Engine::svm_free`] has the rule). No device backend is ever given a range at or above
 //! its limit `2^va_bits` (checked before every call:
 //! [`EngineError::LimitGuard`]).
 //!
@@ -172,6 +179,27 @@ pub struct Engine<C = ModelCpu, D = ModelDevice, F: PtFormat = DefaultFormat> {
     scratch_devs: Vec<usize>,
     /// Reused: the pieces of the range being changed.
     scratch_pieces: Vec<(u64, u64)>,
+    /// Frees that failed, `(addr, allocation id)`: retried when a device
+    /// that held the range is removed.
+    pending: Vec<(u64, u64)>,
+}
+
+/// What [`Engine::remove_device`] did.
+#[derive(Debug)]
+pub struct RemovedDevice<D> {
+    /// The device's backend, handed back (drop it to let the device go).
+    pub backend: D,
+    /// The final invalidation of every SVM piece the device still held,
+    /// in one [`DeviceBackend::invalidate_unmap`]: `Ok` when the device
+    /// acknowledged (it was detached cleanly), the error when it did not
+    /// (it is gone).
+    pub detached: Result<(), BatchError>,
+    /// Ranges whose free had failed and that are free now (the removed
+    /// device was the only one that had not acknowledged).
+    pub freed: Vec<u64>,
+    /// The retried frees: the first error, if some of them still failed on
+    /// another device (those ranges stay allocated).
+    pub retry: Result<(), EngineError>,
 }
 
 impl Default for Engine {
@@ -272,6 +300,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             devs: Vec::new(),
             scratch_devs: Vec::new(),
             scratch_pieces: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -310,10 +339,145 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     }
 
     /// Adds a device ([`SvmSpace::add_device`]) driven by `backend`.
-    pub fn add_device_with(&mut self, cfg: DeviceConfig, backend: D) -> Result<(), EngineError> {
+    ///
+    /// The ranges the backend reports the device holds by its own means
+    /// ([`DeviceBackend::own_mappings`]: a device process's binary,
+    /// libraries, stack and heap) are entered into its space with
+    /// [`SvmSpace::device_hold`], so no SVM range for the device is placed
+    /// over them. If the backend cannot tell them, the device is not added.
+    pub fn add_device_with(
+        &mut self,
+        cfg: DeviceConfig,
+        mut backend: D,
+    ) -> Result<(), EngineError> {
+        let name = cfg.name.clone();
+        let own = backend.own_mappings();
         self.space.add_device(cfg)?;
+        let own = match own {
+            Ok(v) => v,
+            Err(error) => {
+                self.space
+                    .remove_device(&name)
+                    .expect("the device was just added");
+                return Err(EngineError::Device {
+                    device: name,
+                    op: "own_mappings",
+                    start: 0,
+                    end: 0,
+                    error,
+                });
+            }
+        };
+        for (s, e) in own {
+            if s < e {
+                self.space.device_hold(&name, s, e)?;
+            }
+        }
         self.devs.push(backend);
         Ok(())
+    }
+
+    /// Marks `[start, end)` as held on `device` by other means
+    /// ([`SvmSpace::device_hold`]); no backend call.
+    pub fn device_hold(&mut self, device: &str, start: u64, end: u64) -> Result<u64, EngineError> {
+        Ok(self.space.device_hold(device, start, end)?)
+    }
+
+    /// The start addresses of the ranges whose free failed and that are
+    /// still allocated (retried by [`Self::remove_device`]).
+    pub fn pending_frees(&self) -> Vec<u64> {
+        self.pending
+            .iter()
+            .filter(|&&(a, id)| self.space.alloc_at(a).is_some_and(|v| v.id == id))
+            .map(|&(a, _)| a)
+            .collect()
+    }
+
+    /// Records the outcome of a free of `addr` (allocation `id` before it).
+    fn note_free(&mut self, addr: u64, id: Option<u64>, ok: bool) {
+        if ok {
+            if !self.pending.is_empty() {
+                self.pending.retain(|&(a, _)| a != addr);
+            }
+            return;
+        }
+        let Some(id) = id else { return };
+        if self.space.alloc_at(addr).is_some_and(|v| v.id == id)
+            && !self.pending.contains(&(addr, id))
+        {
+            self.pending.push((addr, id));
+        }
+    }
+
+    /// Removes device `device` from the engine: a device that died, or one
+    /// that is detached for good.
+    ///
+    /// First the device is asked, in one
+    /// [`DeviceBackend::invalidate_unmap`], to invalidate and unmap every
+    /// SVM piece it still holds ([`RemovedDevice::detached`]). Whatever the
+    /// answer, the device then leaves the space ([`SvmSpace::remove_device`]:
+    /// its device-only regions and its part in window reservations go; SVM
+    /// ranges shared with other devices stay allocated on those), its
+    /// backend is handed back, and every free that had failed on a range
+    /// the device held is retried ([`Self::svm_free_many`]) on the devices
+    /// that remain: a range whose only missing acknowledgement was the
+    /// removed device's becomes free once the remaining devices and the
+    /// CPU backend have unmapped it.
+    ///
+    /// # The invariant
+    ///
+    /// A range is handed out again only after every device that held it
+    /// and is still in the engine has invalidated it and acknowledged. A
+    /// removed device is no longer asked: so remove a device that did not
+    /// acknowledge only once it can no longer touch memory (its process
+    /// has exited or was killed and reaped, its driver is gone). A
+    /// `PeerDevice` that fails with `Gone` or `Timeout` is such a device:
+    /// its process has exited, or was killed and reaped, before the error
+    /// is returned. Errors: `UnknownDevice` (nothing changes).
+    pub fn remove_device(&mut self, device: &str) -> Result<RemovedDevice<D>, EngineError> {
+        let d = self
+            .space
+            .devices()
+            .iter()
+            .position(|x| x.config().name == device)
+            .ok_or_else(|| SvmError::UnknownDevice {
+                name: device.to_owned(),
+            })?;
+        let held: Vec<(u64, u64)> = self
+            .space
+            .svm_pieces_in(0, u64::MAX)
+            .filter(|(_, _, ds)| ds.contains(&d))
+            .map(|(s, e, _)| (s, e))
+            .collect();
+        let detached = if held.is_empty() {
+            Ok(())
+        } else {
+            self.devs[d].invalidate_unmap(&held)
+        };
+        let retry_addrs: Vec<u64> = self
+            .pending
+            .iter()
+            .filter_map(|&(a, id)| {
+                let v = self.space.alloc_at(a)?;
+                (v.id == id && v.devices.contains(&d)).then_some(a)
+            })
+            .collect();
+        self.space
+            .remove_device(device)
+            .expect("the device was found above");
+        let backend = self.devs.remove(d);
+        let retry = self.svm_free_many(&retry_addrs);
+        let freed: Vec<u64> = retry_addrs
+            .iter()
+            .copied()
+            .filter(|&a| self.space.alloc_at(a).is_none())
+            .collect();
+        Ok(RemovedDevice {
+            backend,
+            detached,
+            freed,
+            retry,
+        })
     }
 
     /// Adds a device with a default backend.
@@ -572,8 +736,17 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     /// no longer map it (a device access there faults); calling `svm_free`
     /// again retries every step (backends accept invalidating and
     /// unmapping a range they no longer map), and a device that is gone
-    /// for good is removed from the engine instead.
+    /// for good is removed with [`Self::remove_device`], which retries the
+    /// free on the devices that remain.
     pub fn svm_free(&mut self, addr: u64) -> Result<(), EngineError> {
+        let id = self.space.alloc_at(addr).map(|v| v.id);
+        let r = self.free_one(addr);
+        self.note_free(addr, id, r.is_ok());
+        r
+    }
+
+    /// [`Self::svm_free`] without the bookkeeping of failed frees.
+    fn free_one(&mut self, addr: u64) -> Result<(), EngineError> {
         let Some(v) = self.space.alloc_at(addr) else {
             return Err(SvmError::NotAnSvmRange { addr }.into());
         };
@@ -593,6 +766,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             devs,
             scratch_devs,
             scratch_pieces,
+            ..
         } = self;
         if !scratch_pieces.is_empty() {
             for &d in scratch_devs.iter() {
@@ -637,6 +811,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         let mut release = Vec::with_capacity(addrs.len());
         // The pieces of allocation i are pieces[span[i].0..span[i].1].
         let mut span = Vec::with_capacity(addrs.len());
+        let mut ids = Vec::with_capacity(addrs.len());
         let ndev = self.devs.len();
         let mut holders: Vec<Vec<usize>> = vec![Vec::new(); ndev];
         for (i, &addr) in addrs.iter().enumerate() {
@@ -644,6 +819,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                 Some(v) if seen.insert(addr) => v,
                 _ => return Err(SvmError::NotAnSvmRange { addr }.into()),
             };
+            ids.push(v.id);
             release.push(if v.window.is_some() {
                 Release::ToWindow
             } else {
@@ -705,6 +881,9 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                     first.get_or_insert(e.into());
                 }
             }
+        }
+        for (i, &addr) in addrs.iter().enumerate() {
+            self.note_free(addr, Some(ids[i]), self.space.alloc_at(addr).is_none());
         }
         match first {
             None => Ok(()),

@@ -1875,7 +1875,7 @@ impl<F: PtFormat> SvmSpace<F> {
         let ps = dev.cfg.page_size;
         let lim = dev.limit.min(u128::from(u64::MAX)) as u64 & !(ps - 1);
         let s = start & !(ps - 1);
-        let e = end.checked_add(ps - 1).map_or(u64::MAX & !(ps - 1), |x| x & !(ps - 1));
+        let e = end.checked_add(ps - 1).map_or(!(ps - 1), |x| x & !(ps - 1));
         let e = e.min(lim);
         if s >= e {
             return Ok(0);

@@ -47,6 +47,18 @@ struct World {
     violations: Vec<String>,
     /// Backend calls seen.
     calls: u64,
+    /// Per device (missing: false): refuses every invalidation from now on.
+    dead: Vec<bool>,
+    /// Per device (missing: false): refuse the next unmap.
+    fail_unmap: Vec<bool>,
+    /// The CPU backend refuses the next unmap.
+    cpu_fail_unmap: bool,
+    /// Per device (missing: none): the ranges it holds by its own means.
+    own: Vec<Vec<(u64, u64)>>,
+}
+
+fn flag(v: &[bool], d: usize) -> bool {
+    v.get(d).copied().unwrap_or(false)
 }
 
 fn overlaps(v: &[(u64, u64)], s: u64, e: u64) -> bool {
@@ -128,6 +140,12 @@ impl CpuBackend for RecCpu {
     fn unmap(&mut self, s: u64, e: u64, _: Release) -> Result<(), BackendError> {
         let mut w = self.0.borrow_mut();
         w.calls += 1;
+        if std::mem::take(&mut w.cpu_fail_unmap) {
+            return Err(BackendError::Sys {
+                call: "munmap",
+                errno: 12,
+            });
+        }
         for d in 0..w.dev_mapped.len() {
             if overlaps(&w.dev_mapped[d], s, e) {
                 w.violations.push(format!(
@@ -187,6 +205,11 @@ impl DeviceBackend for RecDev {
         if std::mem::take(&mut w.nack[d]) {
             return Err(BackendError::Timeout { waited_ms: 0 });
         }
+        if flag(&w.dead, d) {
+            return Err(BackendError::Gone {
+                detail: "killed".into(),
+            });
+        }
         w.dev_invalidated[d].push((s, e));
         Ok(())
     }
@@ -210,6 +233,10 @@ impl DeviceBackend for RecDev {
             w.violations
                 .push(format!("device {d} unmap of {s:#x} without invalidation"));
         }
+        if w.fail_unmap.get(d) == Some(&true) {
+            w.fail_unmap[d] = false;
+            return Err(BackendError::Other("unmap refused".into()));
+        }
         cut(&mut w.dev_mapped[d], s, e);
         Ok(())
     }
@@ -220,6 +247,63 @@ impl DeviceBackend for RecDev {
         Self::check_limit(&mut w, d, s, e, "map_region");
         Ok(())
     }
+    fn own_mappings(&mut self) -> Result<Vec<(u64, u64)>, BackendError> {
+        Ok(self.0.borrow().own.get(self.1).cloned().unwrap_or_default())
+    }
+}
+
+/// Checks the state rule of a free that fails partway: no device and no
+/// CPU mapping holds a range the space considers free (every range a
+/// recording backend still maps lies in SVM pieces of that device).
+fn assert_consistent<C: CpuBackend, D: DeviceBackend>(
+    eng: &Engine<C, D>,
+    world: &World,
+    names: &[usize],
+) {
+    let pieces: Vec<(u64, u64, Vec<usize>)> = eng
+        .svm_pieces_in(0, u64::MAX)
+        .map(|(s, e, ds)| (s, e, ds.to_vec()))
+        .collect();
+    for &(s, e) in &world.cpu_mapped {
+        let held: Vec<(u64, u64)> = pieces.iter().map(|&(a, b, _)| (a, b)).collect();
+        assert!(
+            covered(&held, s, e),
+            "CPU maps [{s:#x}, {e:#x}) outside SVM ranges"
+        );
+    }
+    // `names[i]`: the world index of the engine's device i.
+    for (i, &d) in names.iter().enumerate() {
+        let held: Vec<(u64, u64)> = pieces
+            .iter()
+            .filter(|p| p.2.contains(&i))
+            .map(|&(a, b, _)| (a, b))
+            .collect();
+        for &(s, e) in &world.dev_mapped[d] {
+            assert!(
+                covered(&held, s, e),
+                "device {d} maps [{s:#x}, {e:#x}) that the space does not give it"
+            );
+        }
+    }
+}
+
+fn rec_engine(n: usize) -> (Engine<RecCpu, RecDev>, Rc<RefCell<World>>) {
+    let world = Rc::new(RefCell::new(World::default()));
+    let mut eng: Engine<RecCpu, RecDev> = Engine::new(cfg(), RecCpu(world.clone()));
+    for i in 0..n {
+        {
+            let mut w = world.borrow_mut();
+            w.dev_mapped.push(Vec::new());
+            w.dev_invalidated.push(Vec::new());
+            w.limits.push(1u64 << device(i).va_bits);
+            w.nack.push(false);
+            w.dead.push(false);
+            w.fail_unmap.push(false);
+        }
+        eng.add_device_with(device(i), RecDev(world.clone(), i))
+            .unwrap();
+    }
+    (eng, world)
 }
 
 #[derive(Clone, Debug)]
@@ -232,6 +316,9 @@ enum Op {
     Unmap(u64, u64),
     MmapFixed(u64, u64),
     Nack(usize),
+    FreeMany(Vec<usize>),
+    FailUnmap(usize),
+    CpuFailUnmap,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -244,6 +331,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (16u64..256, 1u64..12).prop_map(|(s, n)| Op::Unmap(s * PG, n * PG)),
         1 => (16u64..256, 1u64..6).prop_map(|(s, n)| Op::MmapFixed(s * PG, n * PG)),
         2 => (0usize..3).prop_map(Op::Nack),
+        2 => proptest::collection::vec(0usize..16, 1..5).prop_map(Op::FreeMany),
+        1 => (0usize..3).prop_map(Op::FailUnmap),
+        1 => Just(Op::CpuFailUnmap),
     ]
 }
 
@@ -282,6 +372,7 @@ proptest! {
                 w.dev_invalidated.push(Vec::new());
                 w.limits.push(1u64 << device(i).va_bits);
                 w.nack.push(false);
+                w.fail_unmap.push(false);
             }
             eng.add_device_with(device(i), RecDev(world.clone(), i)).unwrap();
         }
@@ -298,14 +389,50 @@ proptest! {
                     let before = eng.alloc_at(a).map(|v| v.id);
                     match eng.svm_free(a) {
                         Ok(()) => { live.retain(|&x| x != a); }
-                        Err(EngineError::NotAcknowledged { device, .. }) => {
+                        Err(EngineError::NotAcknowledged { device, .. })
+                        | Err(EngineError::Device { device, op: "unmap", .. }) => {
                             prop_assert!(DEVS.iter().any(|d| d.0 == device));
                             // Still allocated, the same range.
+                            prop_assert_eq!(eng.alloc_at(a).map(|v| v.id), before);
+                        }
+                        Err(EngineError::Cpu { op: "unmap", .. }) => {
                             prop_assert_eq!(eng.alloc_at(a).map(|v| v.id), before);
                         }
                         Err(e) => prop_assert!(false, "free {a:#x}: {e}"),
                     }
                 }
+                Op::FreeMany(ref idx) if !live.is_empty() => {
+                    let mut addrs: Vec<u64> = idx.iter().map(|&i| live[i % live.len()]).collect();
+                    addrs.sort_unstable();
+                    addrs.dedup();
+                    let before: Vec<Option<u64>> =
+                        addrs.iter().map(|&a| eng.alloc_at(a).map(|v| v.id)).collect();
+                    let r = eng.svm_free_many(&addrs);
+                    for (k, &a) in addrs.iter().enumerate() {
+                        // Freed (no piece left), or kept whole: still the
+                        // allocation at its address. (An older allocation
+                        // at the same start shows up once the later one
+                        // is freed.)
+                        let id = before[k].expect("live ranges are allocated");
+                        let gone = eng.alloc_pieces(id).next().is_none();
+                        let kept = eng.alloc_at(a).map(|v| v.id) == Some(id);
+                        prop_assert!(gone != kept, "{a:#x}: gone {gone}, kept {kept}");
+                        if r.is_ok() {
+                            prop_assert!(gone, "batch ok but {a:#x} kept");
+                        }
+                    }
+                    match r {
+                        Ok(())
+                        | Err(EngineError::NotAcknowledged { .. })
+                        | Err(EngineError::Device { op: "unmap", .. })
+                        | Err(EngineError::Cpu { op: "unmap", .. }) => {}
+                        Err(e) => prop_assert!(false, "free_many {addrs:#x?}: {e}"),
+                    }
+                    live.retain(|&x| eng.alloc_at(x).is_some());
+                }
+                Op::FreeMany(_) => {}
+                Op::FailUnmap(d) => world.borrow_mut().fail_unmap[d] = true,
+                Op::CpuFailUnmap => world.borrow_mut().cpu_fail_unmap = true,
                 Op::Free(_) => {}
                 Op::Protect(i, p) if !live.is_empty() => {
                     let a = live[i % live.len()];
@@ -337,6 +464,7 @@ proptest! {
             eng.check_invariants();
             let w = world.borrow();
             prop_assert!(w.violations.is_empty(), "{:?}", w.violations);
+            assert_consistent(&eng, &w, &[0, 1, 2]);
         }
     }
 
@@ -362,7 +490,24 @@ proptest! {
                     let a = live.remove(i % live.len());
                     prop_assert_eq!(eng.svm_free(a), sp.svm_free(a).map_err(EngineError::Svm));
                 }
-                Op::Free(_) | Op::Nack(_) => {}
+                Op::Free(_) | Op::Nack(_) | Op::FailUnmap(_) | Op::CpuFailUnmap => {}
+                Op::FreeMany(ref idx) => {
+                    let mut addrs: Vec<u64> = idx
+                        .iter()
+                        .filter_map(|&i| live.get(i % live.len().max(1)).copied())
+                        .collect();
+                    addrs.sort_unstable();
+                    addrs.dedup();
+                    let r = eng.svm_free_many(&addrs);
+                    let mut want = Ok(());
+                    for &a in &addrs {
+                        if let Err(e) = sp.svm_free(a) {
+                            want = Err(EngineError::Svm(e));
+                        }
+                    }
+                    prop_assert_eq!(r, want);
+                    live.retain(|a| !addrs.contains(a));
+                }
                 Op::Protect(i, p) => {
                     let a = live.get(i % live.len().max(1)).copied().unwrap_or(0x20000);
                     prop_assert_eq!(eng.protect(a, 0x2000, prot(p)), sp.protect(a, 0x2000, prot(p)).map_err(EngineError::Svm));
@@ -599,4 +744,187 @@ fn a_batch_free_keeps_what_was_not_acknowledged() {
     }
     eng.svm_free_many(&[addrs[2]]).unwrap();
     assert!(eng.alloc_at(addrs[2]).is_none());
+}
+
+/// A free that fails at each step leaves the range allocated (the same
+/// allocation) exactly while a step failed, no backend holds a range the
+/// space considers free, and a retry completes it.
+#[test]
+fn a_free_that_fails_partway_leaves_a_consistent_state() {
+    let (mut eng, world) = rec_engine(2);
+    let both = ["d0", "d1"];
+    // (what fails, the error's kind)
+    type Arm = fn(&mut World);
+    let steps: [(&str, Arm); 3] = [
+        ("d1 does not acknowledge", |w| w.nack[1] = true),
+        ("d1 acknowledges, its unmap fails", |w| {
+            w.fail_unmap[1] = true
+        }),
+        ("the CPU unmap fails", |w| w.cpu_fail_unmap = true),
+    ];
+    for (what, arm) in steps {
+        let a = eng.svm_alloc(0x4000, None, &both, false).unwrap();
+        let id = eng.alloc_at(a).unwrap().id;
+        arm(&mut world.borrow_mut());
+        let r = eng.svm_free(a);
+        match (what, &r) {
+            ("d1 does not acknowledge", Err(EngineError::NotAcknowledged { device, .. }))
+            | (
+                "d1 acknowledges, its unmap fails",
+                Err(EngineError::Device {
+                    device,
+                    op: "unmap",
+                    ..
+                }),
+            ) => assert_eq!(device, "d1"),
+            ("the CPU unmap fails", Err(EngineError::Cpu { op: "unmap", .. })) => {}
+            _ => panic!("{what}: {r:?}"),
+        }
+        assert_eq!(eng.alloc_at(a).map(|v| v.id), Some(id), "{what}");
+        assert_eq!(eng.pending_frees(), vec![a], "{what}");
+        assert_consistent(&eng, &world.borrow(), &[0, 1]);
+        eng.check_invariants();
+        // Not handed out again while it is allocated.
+        let b = eng.svm_alloc(0x4000, None, &both, false).unwrap();
+        assert!(b + 0x4000 <= a || a + 0x4000 <= b, "{what}: {b:#x}");
+        // A retry goes through every step again and frees it.
+        eng.svm_free(a).unwrap();
+        assert!(eng.alloc_at(a).is_none(), "{what}");
+        assert!(eng.pending_frees().is_empty());
+        eng.svm_free(b).unwrap();
+        assert_consistent(&eng, &world.borrow(), &[0, 1]);
+        let w = world.borrow();
+        assert!(w.violations.is_empty(), "{what}: {:?}", w.violations);
+        assert!(w.cpu_mapped.is_empty() && w.dev_mapped.iter().all(|v| v.is_empty()));
+    }
+}
+
+/// A device that dies: removing it frees the ranges whose only missing
+/// acknowledgement was its own, keeps the ranges shared with live devices
+/// allocated on those, and the remaining devices keep working by name.
+#[test]
+fn removing_a_dead_device_reclaims_its_ranges() {
+    let (mut eng, world) = rec_engine(3);
+    let shared = eng.svm_alloc(0x4000, None, &["d0", "d1"], true).unwrap();
+    let shared_live = eng.svm_alloc(0x2000, None, &["d1", "d2"], true).unwrap();
+    let alone = eng.svm_alloc(0x2000, None, &["d1"], true).unwrap();
+    let other = eng.svm_alloc(0x2000, None, &["d2"], true).unwrap();
+    eng.device_map("d1", 0xe_0000, 0xe_4000, CpuPolicy::Fault)
+        .unwrap();
+    {
+        // d1 dies: its mappings die with it.
+        let mut w = world.borrow_mut();
+        w.dead[1] = true;
+        w.dev_mapped[1].clear();
+    }
+    for a in [shared, alone] {
+        assert!(matches!(
+            eng.svm_free(a),
+            Err(EngineError::NotAcknowledged { ref device, .. }) if device == "d1"
+        ));
+    }
+    let mut pending = eng.pending_frees();
+    pending.sort_unstable();
+    let mut want = vec![shared, alone];
+    want.sort_unstable();
+    assert_eq!(pending, want);
+    assert!(matches!(
+        eng.remove_device("nope"),
+        Err(EngineError::Svm(svmap_svm::SvmError::UnknownDevice { .. }))
+    ));
+    let r = eng.remove_device("d1").unwrap();
+    assert!(r.detached.is_err(), "a dead device does not acknowledge");
+    assert_eq!(r.backend.1, 1);
+    assert!(r.retry.is_ok());
+    let mut freed = r.freed.clone();
+    freed.sort_unstable();
+    assert_eq!(freed, want);
+    assert!(eng.pending_frees().is_empty());
+    let names: Vec<&str> = eng
+        .devices()
+        .iter()
+        .map(|d| d.config().name.as_str())
+        .collect();
+    assert_eq!(names, ["d0", "d2"]);
+    // The range shared with a live device stays allocated on it alone.
+    let v = eng.alloc_at(shared_live).unwrap();
+    assert_eq!(v.devices, &[1]);
+    assert_eq!(eng.alloc_at(other).unwrap().devices, &[1]);
+    // The region's CPU side stays reserved; its device side is gone.
+    assert_eq!(eng.reservation_at(0xe_0000), Some(CpuPolicy::Fault));
+    assert!(eng.devices().iter().all(|d| d.regions().is_empty()));
+    eng.check_invariants();
+    assert_consistent(&eng, &world.borrow(), &[0, 2]);
+    // The freed range is reused by the live device; the others still work.
+    let again = eng.svm_alloc(0x4000, None, &["d0"], true).unwrap();
+    assert_eq!(again, shared);
+    eng.svm_free(shared_live).unwrap();
+    eng.svm_free(other).unwrap();
+    eng.svm_free(again).unwrap();
+    eng.check_invariants();
+    let w = world.borrow();
+    assert!(w.violations.is_empty(), "{:?}", w.violations);
+    assert!(w.dev_mapped[0].is_empty() && w.dev_mapped[2].is_empty());
+}
+
+/// A live device removed while it holds ranges is detached cleanly: it
+/// invalidates and unmaps them first, and the ranges stay allocated for
+/// the CPU.
+#[test]
+fn removing_a_live_device_detaches_it() {
+    let (mut eng, world) = rec_engine(2);
+    let a = eng.svm_alloc(0x2000, None, &["d0"], false).unwrap();
+    let b = eng.svm_alloc(0x2000, None, &["d0", "d1"], false).unwrap();
+    let r = eng.remove_device("d0").unwrap();
+    assert!(r.detached.is_ok());
+    assert!(r.freed.is_empty());
+    assert!(world.borrow().dev_mapped[0].is_empty());
+    assert_eq!(eng.alloc_at(a).unwrap().devices, &[] as &[usize]);
+    assert_eq!(eng.alloc_at(b).unwrap().devices, &[0]);
+    eng.check_invariants();
+    eng.svm_free(a).unwrap();
+    eng.svm_free(b).unwrap();
+    assert!(world.borrow().violations.is_empty());
+}
+
+/// Ranges a device holds by its own means are never given to it; with
+/// them unknown the same allocations do land there.
+#[test]
+fn a_device_is_never_given_what_it_holds_by_itself() {
+    let own = (0x8_0000u64, 0x9_0000u64);
+    let run = |hold: bool| -> Vec<u64> {
+        let world = Rc::new(RefCell::new(World::default()));
+        {
+            let mut w = world.borrow_mut();
+            w.dev_mapped.push(Vec::new());
+            w.dev_invalidated.push(Vec::new());
+            w.limits.push(1 << 20);
+            w.nack.push(false);
+            if hold {
+                w.own.push(vec![own]);
+            }
+        }
+        let mut eng: Engine<RecCpu, RecDev> = Engine::new(cfg(), RecCpu(world.clone()));
+        eng.add_device_with(device(1), RecDev(world.clone(), 0))
+            .unwrap();
+        let mut got = Vec::new();
+        while let Ok(a) = eng.svm_alloc(0x8000, None, &["d1"], false) {
+            got.push(a);
+        }
+        eng.check_invariants();
+        if hold {
+            assert!(matches!(
+                eng.device_map("d1", own.0, own.0 + 0x2000, CpuPolicy::Fault),
+                Err(EngineError::Svm(svmap_svm::SvmError::Overlap { .. }))
+            ));
+        }
+        assert!(world.borrow().violations.is_empty());
+        got
+    };
+    let held = run(true);
+    let free = run(false);
+    let hits = |v: &[u64]| v.iter().any(|&a| a < own.1 && own.0 < a + 0x8000);
+    assert!(!held.is_empty() && !hits(&held));
+    assert!(hits(&free), "without the hold the range is used");
+    assert_eq!(free.len() - held.len(), ((own.1 - own.0) / 0x8000) as usize);
 }
