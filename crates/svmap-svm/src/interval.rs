@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use svmap_core::{AddressMap, VmaFlags};
+use svmap_core::{AddressMap, FitError, FitRequest, SearchParams, VmaFlags};
 
 /// Non-overlapping ranges `[start, end)` (`end > start`) with a value each,
 /// keyed by start.
@@ -95,17 +95,6 @@ impl<V: Clone> IntervalMap<V> {
         self.m.insert(start, (end, v));
     }
 
-    /// Splits the range containing `at` (if it straddles `at`) in two.
-    fn split_at(&mut self, at: u64) {
-        if let Some((&s, (e, v))) = self.m.range(..at).next_back() {
-            if *e > at {
-                let (e, v) = (*e, v.clone());
-                self.m.insert(s, (at, v.clone()));
-                self.m.insert(at, (e, v));
-            }
-        }
-    }
-
     /// The range with the highest start below `addr`, if any (it may end
     /// at or above `addr`). O(log n).
     pub fn last_before(&self, addr: u64) -> Option<(u64, u64, &V)> {
@@ -129,21 +118,46 @@ impl<V: Clone> IntervalMap<V> {
         if start >= end || self.m.is_empty() {
             return;
         }
-        // The common case: exactly one range `[start, end)` is there (one
-        // descent; a range that starts at `start` but ends elsewhere goes
-        // back and takes the general path).
+        let mut from = start;
         if let Some((e, v)) = self.m.remove(&start) {
-            if e == end {
-                f(start, e, v);
+            // A range starts at `start` (the common case: one descent when
+            // it reaches `end`).
+            if e > end {
+                f(start, end, v.clone());
+                self.m.insert(end, (e, v));
                 return;
             }
-            self.m.insert(start, (e, v));
+            f(start, e, v);
+            from = e;
+        } else if let Some((_, (e, v))) = self.m.range_mut(..start).next_back() {
+            // A range that straddles `start` keeps its part below `start`
+            // in place; its part past `end`, if any, goes back at `end`.
+            if *e > start {
+                let old_end = std::mem::replace(e, start);
+                let v = v.clone();
+                if old_end > end {
+                    f(start, end, v.clone());
+                    self.m.insert(end, (old_end, v));
+                    return;
+                }
+                f(start, old_end, v);
+                from = old_end;
+            }
         }
-        self.split_at(start);
-        self.split_at(end);
-        while let Some((&s, _)) = self.m.range(start..end).next() {
+        // The ranges that start in `[from, end)`, in order; the last one
+        // may reach past `end`.
+        while from < end {
+            let Some((&s, _)) = self.m.range(from..).next().filter(|(&s, _)| s < end) else {
+                return;
+            };
             let (e, v) = self.m.remove(&s).expect("key just found");
+            if e > end {
+                f(s, end, v.clone());
+                self.m.insert(end, (e, v));
+                return;
+            }
             f(s, e, v);
+            from = e;
         }
     }
 
@@ -226,14 +240,23 @@ impl CoverMap {
         }
     }
 
+    /// The lowest or highest aligned range of `req` that no added range
+    /// covers ([`AddressMap::allocate`] on the union), added once. One
+    /// descent of the index for the search and the insertion.
+    pub fn allocate(&mut self, req: &FitRequest, params: &SearchParams) -> Result<u64, FitError> {
+        let a = self.index.allocate(req, params, VmaFlags::NONE)?;
+        self.counts.insert(a, a + req.length, 1);
+        Ok(a)
+    }
+
     /// Removes one cover of `[start, end)`, which must have been added.
     pub fn remove(&mut self, start: u64, end: u64) {
         if start >= end {
             return;
         }
         // The common case: one segment `[start, end)` covered once.
-        if let Some((s, e, &c)) = self.counts.get(start) {
-            if s == start && e == end && c == 1 {
+        if let Some((e, &c)) = self.counts.get_exact(start) {
+            if e == end && c == 1 {
                 self.counts.m.remove(&start);
                 let r = self.index.unmap(start, end);
                 debug_assert!(r.is_ok(), "cover index out of step: {r:?}");

@@ -309,6 +309,8 @@ pub struct SvmSpace<F: PtFormat = DefaultFormat> {
     /// gap), a device-only region or a window (see the module
     /// documentation).
     covers_live: bool,
+    /// Reused by `carve_insert`: the window pieces it removes.
+    scratch_pieces: Vec<(u64, u64)>,
     /// Window reservations by id.
     windows: BTreeMap<u64, Window>,
     next_window: u64,
@@ -433,6 +435,7 @@ impl<F: PtFormat> SvmSpace<F> {
             svm_used: false,
             growsdown_seen: false,
             covers_live: false,
+            scratch_pieces: Vec::new(),
             windows: BTreeMap::new(),
             next_window: 1,
             win_pieces: IntervalMap::new(),
@@ -637,7 +640,8 @@ impl<F: PtFormat> SvmSpace<F> {
 
     /// Whether the CPU VMA `v` is a window piece.
     fn is_piece(&self, v: &Vma) -> bool {
-        self.win_pieces.get(v.start).is_some()
+        // A piece is a CPU VMA: one that holds `v.start` starts there.
+        self.win_pieces.get_exact(v.start).is_some()
     }
 
     /// Inserts a CPU VMA that the caller has checked to be free.
@@ -672,13 +676,13 @@ impl<F: PtFormat> SvmSpace<F> {
         }
     }
 
-    /// The one CPU VMA in `[start, end)`, if exactly one lies there.
-    fn sole_vma(&self, start: u64, end: u64) -> Option<Vma> {
-        let mut it = self.mm.space().range(start, end);
-        match (it.next(), it.next()) {
-            (Some(v), None) => Some(v),
-            _ => None,
-        }
+    /// The CPU VMA that is exactly `[start, end)`, if there is one (then
+    /// nothing else lies there).
+    fn vma_exactly(&self, start: u64, end: u64) -> Option<Vma> {
+        self.mm
+            .space()
+            .vma_at(start)
+            .filter(|v| v.start == start && v.end == end)
     }
 
     fn invalidate_start(&self, start: u64, end: u64) {
@@ -712,10 +716,7 @@ impl<F: PtFormat> SvmSpace<F> {
         if !self.covers_live {
             // No covers (so no windows): the CPU map is all there is.
             let _ = self.mm.space_mut().unmap(start, end);
-        } else if let Some(v) = self
-            .sole_vma(start, end)
-            .filter(|v| v.start == start && v.end == end && !self.is_piece(v))
-        {
+        } else if let Some(v) = self.vma_exactly(start, end).filter(|v| !self.is_piece(v)) {
             // The common case: one whole VMA that is not a window piece.
             self.cover_remove(&v);
             let _ = self.mm.space_mut().unmap(start, end);
@@ -768,10 +769,10 @@ impl<F: PtFormat> SvmSpace<F> {
         if !self.covers_live {
             return false;
         }
-        let Some(v) = self.sole_vma(start, end) else {
+        let Some(v) = self.vma_exactly(start, end) else {
             return false;
         };
-        if v.start != start || v.end != end || v.flags != VmaFlags::NONE || self.is_piece(&v) {
+        if v.flags != VmaFlags::NONE || self.is_piece(&v) {
             return false;
         }
         self.invalidate_start(start, end);
@@ -881,35 +882,40 @@ impl<F: PtFormat> SvmSpace<F> {
     /// piece (removing a piece and adding the range back over it would
     /// leave the same counts, at the price of four cover updates);
     /// the in-window cover gains the whole range.
-    fn carve_insert(&mut self, start: u64, end: u64) -> Result<(), SvmError> {
-        if let Some((ps, pe, _)) = self.win_pieces.get(start) {
-            if end <= pe {
-                // The common case: the range lies in one piece. The CPU
-                // map keeps the VMA where the range is the whole piece.
-                self.win_pieces.remove_range_each(start, end, |_, _, _| {});
-                if (ps, pe) != (start, end) {
-                    let _ = self.mm.space_mut().unmap(start, end);
-                    let r = self.mm.space_mut().insert(start, end, VmaFlags::NONE);
-                    debug_assert!(r.is_ok(), "carved range over a CPU VMA: {r:?}");
-                }
-                self.prot.remove_range_each(start, end, |_, _, _| {});
-                if let Some(c) = &mut self.svm_cover {
-                    c.add(start, end);
-                }
-                return Ok(());
-            }
-        }
-        let pieces = self.win_pieces.remove_range(start, end);
-        for &(s, e, _) in &pieces {
-            let _ = self.mm.space_mut().unmap(s, e);
-            self.prot.remove_range(s, e);
-        }
-        if let Err(e) = self.mm.space_mut().insert(start, end, VmaFlags::NONE) {
+    ///
+    /// With `counted`, the in-window cover already holds the range (the
+    /// search inserted it).
+    fn carve_insert(&mut self, start: u64, end: u64, counted: bool) -> Result<(), SvmError> {
+        let whole = self
+            .win_pieces
+            .get_exact(start)
+            .is_some_and(|(e, _)| e == end);
+        let mut pieces = std::mem::take(&mut self.scratch_pieces);
+        pieces.clear();
+        self.win_pieces
+            .remove_range_each(start, end, |s, e, _| pieces.push((s, e)));
+        // Only pieces lie in the range on the CPU: one unmap takes them
+        // all (splitting the edge ones). Where the range is one whole piece
+        // the CPU map keeps the VMA as it is.
+        let inserted = if whole {
+            Ok(())
+        } else {
+            let _ = self.mm.space_mut().unmap(start, end);
+            self.mm.space_mut().insert(start, end, VmaFlags::NONE)
+        };
+        self.prot.remove_range_each(start, end, |_, _, _| {});
+        if let Err(e) = inserted {
             // Cannot happen (the search saw the range free but for the
             // pieces); leave the covers as the pieces' removal alone would.
-            for &(s, e, _) in &pieces {
+            for &(s, e) in &pieces {
                 self.piece_cover(s, e, false);
             }
+            if counted {
+                if let Some(c) = &mut self.svm_cover {
+                    c.remove(start, end);
+                }
+            }
+            self.scratch_pieces = pieces;
             return Err(match e {
                 svmap_core::MapError::Overlap { existing, .. } => SvmError::Overlap {
                     start,
@@ -921,7 +927,7 @@ impl<F: PtFormat> SvmSpace<F> {
         }
         if self.covers_live {
             let mut at = start;
-            for &(s, e, _) in &pieces {
+            for &(s, e) in &pieces {
                 if at < s {
                     self.piece_cover(at, s, true);
                 }
@@ -930,10 +936,13 @@ impl<F: PtFormat> SvmSpace<F> {
             if at < end {
                 self.piece_cover(at, end, true);
             }
-            if let Some(c) = &mut self.svm_cover {
-                c.add(start, end);
+            if !counted {
+                if let Some(c) = &mut self.svm_cover {
+                    c.add(start, end);
+                }
             }
         }
+        self.scratch_pieces = pieces;
         Ok(())
     }
 
@@ -1397,15 +1406,32 @@ impl<F: PtFormat> SvmSpace<F> {
         };
         let mut carved_from = None;
         let mut addr = None;
-        if let (Some((wid, ws, we)), Some(cover)) = (window, &self.svm_cover) {
-            let (r, iters) = self.fit_verified(
-                cover.index(),
-                &devs,
-                low.max(ws),
-                high.min(we),
-                q,
-                Some(wid),
-            );
+        // Whether the in-window cover already holds the range.
+        let mut counted = false;
+        if let (Some((wid, ws, we)), true) = (window, self.svm_cover.is_some()) {
+            let (lo, hi) = (low.max(ws), high.min(we));
+            // With one window and no region on these devices nothing can
+            // make a range that is free in the cover busy: search and insert
+            // into the cover in one descent.
+            let plain =
+                self.windows.len() == 1 && devs.iter().all(|&d| self.devices[d].regions.is_empty());
+            let (r, iters) = match &mut self.svm_cover {
+                Some(cover) if plain => {
+                    if hi <= lo || hi - lo < q.len {
+                        (Err(SvmError::NoSpace { length: len, align }), 1)
+                    } else {
+                        let r = cover
+                            .allocate(&fit_request(lo, hi, q), &SearchParams::default())
+                            .map_err(|e| fit_error(e, q));
+                        counted = r.is_ok();
+                        (r, 1)
+                    }
+                }
+                _ => {
+                    let cover = self.svm_cover.as_ref().expect("checked above");
+                    self.fit_verified(cover.index(), &devs, lo, hi, q, Some(wid))
+                }
+            };
             self.stats.window_searches += 1;
             self.stats.last_iterations = iters;
             if let Ok(a) = r {
@@ -1453,7 +1479,7 @@ impl<F: PtFormat> SvmSpace<F> {
         let id = self.next_id;
         self.next_id += 1;
         if carved_from.is_some() {
-            self.carve_insert(addr, end)?;
+            self.carve_insert(addr, end, counted)?;
         } else if !inserted {
             self.cpu_insert(addr, end, VmaFlags::NONE)?;
         }

@@ -457,3 +457,67 @@ fn a_vma_ending_at_the_device_limit_is_not_above_it() {
         .collect();
     assert_eq!(above, [(G40, G40 + 0x1000)]);
 }
+
+#[test]
+fn cover_map_allocate_takes_the_lowest_or_highest_free_run() {
+    use svmap_core::{FitRequest, SearchParams};
+    let mut rng = Rng(0xa110c);
+    for _ in 0..60 {
+        let mut c = CoverMap::new();
+        let mut count = [0u32; U as usize];
+        let mut live: Vec<(u64, u64)> = Vec::new();
+        for _ in 0..40 {
+            match rng.below(4) {
+                0 | 1 => {
+                    let len = 1 + rng.below(5);
+                    let topdown = rng.below(2) == 0;
+                    let free = |a: u64| (a..a + len).all(|x| count[x as usize] == 0);
+                    let mut fits = (0..=U - len).filter(|&a| free(a));
+                    let want = if topdown {
+                        fits.next_back()
+                    } else {
+                        fits.next()
+                    };
+                    let req = FitRequest {
+                        length: len,
+                        low: 0,
+                        high: U,
+                        align: 1,
+                        align_offset: 0,
+                        topdown,
+                        respect_guard_gaps: false,
+                    };
+                    let got = c.allocate(&req, &SearchParams::default()).ok();
+                    assert_eq!(got, want, "allocate({len}, topdown {topdown})");
+                    if let Some(a) = got {
+                        live.push((a, a + len));
+                        count[a as usize..(a + len) as usize]
+                            .iter_mut()
+                            .for_each(|x| *x += 1);
+                    }
+                }
+                2 => {
+                    let (s, e) = rng.range();
+                    c.add(s, e);
+                    if s < e {
+                        live.push((s, e));
+                        count[s as usize..e as usize]
+                            .iter_mut()
+                            .for_each(|x| *x += 1);
+                    }
+                }
+                _ => {
+                    if let Some(i) = (!live.is_empty()).then(|| rng.below(live.len() as u64)) {
+                        let (s, e) = live.swap_remove(i as usize);
+                        c.remove(s, e);
+                        count[s as usize..e as usize]
+                            .iter_mut()
+                            .for_each(|x| *x -= 1);
+                    }
+                }
+            }
+            c.check_invariants();
+            assert_eq!(c.union(), runs(&count));
+        }
+    }
+}
