@@ -33,6 +33,12 @@
 //!   unmapped); `Protect`: change the device's access to a range;
 //!   `MapRegion`: back a device-only region with private memory of this
 //!   process, which the CPU process cannot see.
+//! - `InvalidateUnmap{seq, ranges}`: a free in one request: every range
+//!   checked, then invalidated, `seq` recorded, every range forgotten as
+//!   `UnmapRange` does; one `UnmapAck{seq}` for the whole batch.
+//! - `Maps`: this process's own mappings (`/proc/self/maps`) in
+//!   `MapsReply` chunks, so that the CPU side never places anything over
+//!   them.
 //!
 //! The peer never blocks on anything but its socket; it exits when the CPU
 //! side closes it or sends `Shutdown`.

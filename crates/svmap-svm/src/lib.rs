@@ -74,7 +74,7 @@ mod space;
 pub use backend::{
     BackendError, CpuBackend, DeviceBackend, DeviceFault, ModelCpu, ModelDevice, Release,
 };
-pub use engine::{Engine, EngineError};
+pub use engine::{Engine, EngineError, RemovedDevice};
 pub use error::{Fault, SvmError};
 pub use mirror::{DefaultFormat, Geometry, Mirror, PtFormat, StdSync, SyncFamily};
 pub use space::{
