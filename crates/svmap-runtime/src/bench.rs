@@ -337,6 +337,12 @@ impl DeviceBackend for Device {
             Device::Process(d) => d.invalidate_unmap(ranges),
         }
     }
+    fn own_mappings(&mut self) -> Result<Vec<(u64, u64)>, BackendError> {
+        match self {
+            Device::Model(d) => d.own_mappings(),
+            Device::Process(d) => d.own_mappings(),
+        }
+    }
     fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         match self {
             Device::Model(d) => d.map_region(start, end),
