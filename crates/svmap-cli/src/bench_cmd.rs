@@ -1,7 +1,8 @@
 //! `svmap bench churn`: the churn workload of `docs/PERFORMANCE.md` on
 //! svmap's own map alone, for users and for tools that read its JSON line;
 //! `svmap bench svm`: alloc + free pairs on real memory through the SVM
-//! runtime with device processes, against `mmap` + `munmap`.
+//! runtime with device processes, against `mmap` + `munmap`;
+//! `svmap bench svm-layer`: the pure SVM layer against the bare map.
 
 use std::ffi::OsString;
 
@@ -18,6 +19,7 @@ pub const HELP: &str = r#"svmap bench: measure svmap's address map or its SVM ru
 Usage: svmap bench churn --live N [--align BYTES] [--highest] [--quick] [--json]
        svmap bench svm --live N [--devices K] [--steps S] [--punch-batch BYTES]
                        [--guarded] [--json]
+       svmap bench svm-layer [--live N]... [--steps S] [--json]
 
 svmap bench churn: svmap's own address map on the churn workload.
 
@@ -93,6 +95,32 @@ baselines' are the calls each pair makes by construction (2, 5 and 6).
 
 Example:
   cargo run --release -- bench svm --live 10000 --devices 2
+
+Exit status: 0 measured; 1 the measurement failed; 2 usage error.
+
+svmap bench svm-layer: the SVM engine's own cost, without memory or device
+processes. For each N, in one run and on the same sequence (N live ranges,
+sizes log-uniform from 4 KiB to 2 MiB, fixed seed, lowest address first,
+then S steps that each free a random range and allocate a new one): the
+bare address map (AddressMap::allocate + unmap), then svm_alloc + svm_free
+of the engine with the model backends (no system calls) with 0, 1 and 8
+devices (40 and 44 bits in turn), and with 1 device and its window
+reserved first, as the runtime does. Each figure is the median ns per pair
+of 3 repetitions of S/3 steps.
+
+Options:
+  --live N        live ranges, 1..=1e6; repeat for several (default 1e3,
+                  1e4 and 1e5)
+  --steps S       timed steps per subject, 3..=1e7 (default 60000)
+  --json          one JSON line per N: live, steps, map_ns_per_pair,
+                  svm0_ns_per_pair, svm1_ns_per_pair, svm8_ns_per_pair,
+                  svm1_window_ns_per_pair, and each of those four divided
+                  by map_ns_per_pair (svm0_vs_map, svm1_vs_map, svm8_vs_map,
+                  svm1_window_vs_map)
+  -h, --help      this help
+
+Example:
+  cargo run --release -- bench svm-layer --json
 
 Exit status: 0 measured; 1 the measurement failed; 2 usage error.
 "#;
@@ -358,18 +386,125 @@ fn run_svm(p: &mut args::Parser) -> i32 {
     0
 }
 
+/// What `svmap bench svm-layer` was asked for.
+#[derive(Debug)]
+struct LayerOptions {
+    live: Vec<usize>,
+    steps: usize,
+    json: bool,
+}
+
+/// The arguments after `bench svm-layer`.
+fn parse_layer(p: &mut args::Parser) -> Result<LayerOptions, Stop> {
+    let (mut live, mut steps, mut json) = (Vec::new(), 60_000, false);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Arg::Long("live") => {
+                let v = args::text("--live", args::value(p, "--live", "a positive count")?)?;
+                live.push(count_in("--live", &v, 1, bench::MAX_LAYER_LIVE, "1..=1e6")?);
+            }
+            Arg::Long("steps") => {
+                let v = args::text("--steps", args::value(p, "--steps", "a positive count")?)?;
+                steps = count_in(
+                    "--steps",
+                    &v,
+                    bench::LAYER_REPS,
+                    bench::MAX_STEPS,
+                    "3..=1e7",
+                )?;
+            }
+            Arg::Long("json") => json = true,
+            Arg::Short('h') | Arg::Long("help") => return Err(Stop::Help),
+            other => return Err(args::unknown(other)),
+        }
+    }
+    if live.is_empty() {
+        live = vec![1_000, 10_000, 100_000];
+    }
+    Ok(LayerOptions { live, steps, json })
+}
+
+fn run_layer(p: &mut args::Parser) -> i32 {
+    let LayerOptions { live, steps, json } = match parse_layer(p) {
+        Ok(o) => o,
+        Err(Stop::Help) => {
+            print!("{HELP}");
+            return 0;
+        }
+        Err(Stop::Usage(m)) => return usage_error(&m),
+    };
+    if !json {
+        println!("svmap svm-layer: ns per alloc + free pair, {steps} steps per subject");
+        println!(
+            "  {:>8} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7} {:>7} {:>7}",
+            "live",
+            "map",
+            "svm K=0",
+            "svm K=1",
+            "svm K=8",
+            "K=1 window",
+            "K=0/map",
+            "K=1/map",
+            "K=8/map"
+        );
+    }
+    for n in live {
+        let r = match bench::run_layer(n, steps) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("svmap bench svm-layer: {e}");
+                return 1;
+            }
+        };
+        let vs = |x: f64| x / r.map_ns.max(f64::MIN_POSITIVE);
+        if json {
+            let v = serde_json::json!({
+                "live": r.live,
+                "steps": r.steps,
+                "map_ns_per_pair": r.map_ns,
+                "svm0_ns_per_pair": r.svm_ns[0],
+                "svm1_ns_per_pair": r.svm_ns[1],
+                "svm8_ns_per_pair": r.svm_ns[2],
+                "svm1_window_ns_per_pair": r.window_ns,
+                "svm0_vs_map": vs(r.svm_ns[0]),
+                "svm1_vs_map": vs(r.svm_ns[1]),
+                "svm8_vs_map": vs(r.svm_ns[2]),
+                "svm1_window_vs_map": vs(r.window_ns),
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "  {:>8} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>11.0} {:>7.2} {:>7.2} {:>7.2}",
+                r.live,
+                r.map_ns,
+                r.svm_ns[0],
+                r.svm_ns[1],
+                r.svm_ns[2],
+                r.window_ns,
+                vs(r.svm_ns[0]),
+                vs(r.svm_ns[1]),
+                vs(r.svm_ns[2])
+            );
+        }
+    }
+    0
+}
+
 /// Runs `svmap bench` with the arguments after `bench`.
 pub fn run(args: &[OsString]) -> i32 {
     let mut p = args::parser(args);
     match p.next() {
         Ok(Some(Arg::Value(b))) if b == "svm" => return run_svm(&mut p),
+        Ok(Some(Arg::Value(b))) if b == "svm-layer" => return run_layer(&mut p),
         Ok(Some(Arg::Value(b))) if b == "churn" => {}
         Ok(Some(Arg::Short('h') | Arg::Long("help"))) | Ok(None) => {
             print!("{HELP}");
             return if args.is_empty() { 2 } else { 0 };
         }
         Ok(Some(Arg::Value(other))) => {
-            return usage_error(&format!("unknown benchmark {other:?} (try churn or svm)"))
+            return usage_error(&format!(
+                "unknown benchmark {other:?} (try churn, svm or svm-layer)"
+            ))
         }
         Ok(Some(other)) => return usage_error(&args::message(other.unexpected())),
         Err(e) => return usage_error(&args::message(e)),
@@ -517,6 +652,32 @@ mod tests {
             match svm(bad) {
                 Err(Stop::Usage(m)) => assert!(m.contains(needle), "{bad:?}: {m}"),
                 other => panic!("{bad:?} accepted: {:?}", other.map(|o| o.cfg)),
+            }
+        }
+    }
+
+    #[test]
+    fn svm_layer_options_are_bounded() {
+        let layer = |a: &[&str]| {
+            let args: Vec<OsString> = a.iter().map(OsString::from).collect();
+            parse_layer(&mut args::parser(&args))
+        };
+        let o = layer(&[]).unwrap();
+        assert_eq!(
+            (o.live, o.steps, o.json),
+            (vec![1_000, 10_000, 100_000], 60_000, false)
+        );
+        let o = layer(&["--live", "1e3", "--live", "5", "--steps", "3", "--json"]).unwrap();
+        assert_eq!((o.live, o.steps, o.json), (vec![1_000, 5], 3, true));
+        for (bad, want) in [
+            (&["--live", "0"][..], "1..=1e6"),
+            (&["--live", "2e6"], "1..=1e6"),
+            (&["--steps", "2"], "3..=1e7"),
+            (&["--devices", "1"], "--devices"),
+        ] {
+            match layer(bad) {
+                Err(Stop::Usage(m)) => assert!(m.contains(want), "{bad:?}: {m}"),
+                other => panic!("{bad:?}: {other:?}"),
             }
         }
     }

@@ -485,3 +485,144 @@ pub fn run(cfg: &Config, peer: &dyn Fn() -> std::io::Result<Command>) -> Result<
     report.wall = t0.elapsed();
     Ok(report)
 }
+
+/// The device counts of [`run_layer`]: none, one and eight.
+pub const LAYER_DEVICES: [usize; 3] = [0, 1, 8];
+/// Most live ranges of [`run_layer`].
+pub const MAX_LAYER_LIVE: usize = 1_000_000;
+/// Timed repetitions per subject in [`run_layer`]; the median counts.
+pub const LAYER_REPS: usize = 3;
+
+/// What [`run_layer`] measured at one number of live ranges: ns per
+/// alloc + free pair, each the median of [`LAYER_REPS`] repetitions of
+/// `steps / LAYER_REPS` steps.
+#[derive(Clone, Debug, Default)]
+pub struct LayerRow {
+    /// Live ranges.
+    pub live: usize,
+    /// Timed steps per subject.
+    pub steps: usize,
+    /// The bare map: `AddressMap::allocate` + `unmap` in `[mmap_min_addr,
+    /// 2^40)`.
+    pub map_ns: f64,
+    /// `Engine<ModelCpu, ModelDevice>::svm_alloc` + `svm_free` for every
+    /// device, with [`LAYER_DEVICES`] devices (40 and 44 bits in turn), no
+    /// window.
+    pub svm_ns: [f64; 3],
+    /// The same with one device and its window reserved first (what the
+    /// runtime does).
+    pub window_ns: f64,
+}
+
+/// One subject of [`run_layer`].
+trait LayerSubject {
+    fn alloc(&mut self, len: u64) -> Result<u64, String>;
+    fn free(&mut self, addr: u64, len: u64) -> Result<(), String>;
+}
+
+struct BareMap(svmap_core::AddressMap);
+
+impl LayerSubject for BareMap {
+    fn alloc(&mut self, len: u64) -> Result<u64, String> {
+        let req = svmap_core::FitRequest {
+            length: len,
+            low: MmConfig::default().mmap_min_addr,
+            high: 1 << 40,
+            align: 4096,
+            align_offset: 0,
+            topdown: false,
+            respect_guard_gaps: false,
+        };
+        self.0
+            .allocate(
+                &req,
+                &svmap_core::SearchParams::default(),
+                svmap_core::VmaFlags::NONE,
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    fn free(&mut self, addr: u64, len: u64) -> Result<(), String> {
+        self.0
+            .unmap(addr, addr + len)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+struct ModelEngine(Engine, Vec<String>);
+
+impl LayerSubject for ModelEngine {
+    fn alloc(&mut self, len: u64) -> Result<u64, String> {
+        self.0
+            .svm_alloc(len, None, &self.1, false)
+            .map_err(|e| e.to_string())
+    }
+
+    fn free(&mut self, addr: u64, _len: u64) -> Result<(), String> {
+        self.0.svm_free(addr).map_err(|e| e.to_string())
+    }
+}
+
+fn model_engine(devices: usize, window: bool) -> Result<ModelEngine, String> {
+    let mut e = Engine::default();
+    let names: Vec<String> = (0..devices).map(|i| format!("dev{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        e.add_device(DeviceConfig::new(n, device_bits(i)))
+            .map_err(|e| e.to_string())?;
+    }
+    if window {
+        e.reserve_window(&names).map_err(|e| e.to_string())?;
+    }
+    Ok(ModelEngine(e, names))
+}
+
+/// Fills, then times [`LAYER_REPS`] repetitions of the steps; the median
+/// ns per pair.
+fn churn_layer<S: LayerSubject>(s: &mut S, w: &Work) -> Result<f64, String> {
+    let mut live = Vec::with_capacity(w.fill.len());
+    for &len in &w.fill {
+        live.push((s.alloc(len)?, len));
+    }
+    let per = (w.steps.len() / LAYER_REPS).max(1);
+    let mut reps = Vec::with_capacity(LAYER_REPS);
+    for chunk in w.steps.chunks(per).take(LAYER_REPS) {
+        let t = Instant::now();
+        for &(victim, len) in chunk {
+            let (a, l) = live[victim];
+            s.free(a, l)?;
+            live[victim] = (s.alloc(len)?, len);
+        }
+        reps.push(t.elapsed().as_nanos() as f64 / chunk.len() as f64);
+    }
+    reps.sort_by(f64::total_cmp);
+    Ok(reps[reps.len() / 2])
+}
+
+/// The pure SVM layer against the bare map at `live` live ranges: the
+/// churn workload (sizes log-uniform from 4 KiB to 2 MiB, fixed seed,
+/// lowest address first), `steps` timed steps per subject, every subject
+/// on the same sequence, one after the other. No memory is touched and no
+/// system call made.
+pub fn run_layer(live: usize, steps: usize) -> Result<LayerRow, String> {
+    if !(1..=MAX_LAYER_LIVE).contains(&live) || !(LAYER_REPS..=MAX_STEPS).contains(&steps) {
+        return Err(format!(
+            "live {live} or steps {steps} out of bounds (1..={MAX_LAYER_LIVE}, {LAYER_REPS}..={MAX_STEPS})"
+        ));
+    }
+    let w = work(live, steps);
+    let mut row = LayerRow {
+        live,
+        steps,
+        ..LayerRow::default()
+    };
+    row.map_ns = churn_layer(&mut BareMap(svmap_core::AddressMap::new()), &w)
+        .map_err(|e| format!("bare map: {e}"))?;
+    for (i, &k) in LAYER_DEVICES.iter().enumerate() {
+        row.svm_ns[i] = churn_layer(&mut model_engine(k, false)?, &w)
+            .map_err(|e| format!("engine, {k} devices: {e}"))?;
+    }
+    row.window_ns = churn_layer(&mut model_engine(1, true)?, &w)
+        .map_err(|e| format!("engine, 1 device, window: {e}"))?;
+    Ok(row)
+}
