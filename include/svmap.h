@@ -297,7 +297,11 @@ typedef int (*svmap_device_protect_fn)(void *user, uint64_t start, uint64_t end,
  * `svmap_runtime_device_map`: `map_region`. No range given to a device
  * reaches `2^va_bits` of that device. An `invalidate` that fails makes
  * `svmap_runtime_free` fail with `SVMAP_EIO` naming the device, and the
- * range stays allocated (never reused).
+ * range stays allocated (never reused). Any other non-zero return fails
+ * the call with `SVMAP_EIO`, the code in the message, after undoing what
+ * the call did. A callback must return (no `longjmp` or C++ exception
+ * through svmap) and must not call the runtime: such a call fails with
+ * `SVMAP_EINVAL` (and `svmap_runtime_delete` does nothing).
  */
 typedef struct svmap_device_ops_t {
   /**
@@ -879,7 +883,13 @@ struct svmap_runtime_t *svmap_runtime_new(bool guarded);
 
 /**
  * Deletes a runtime: every range it owns is unmapped (no device callback
- * is called). Takes ownership; NULL is fine.
+ * is called). Takes ownership; NULL is fine. Called from inside one of
+ * the runtime's device callbacks it does nothing (the last error says
+ * why).
+ *
+ * # Safety
+ *
+ * `rt` is NULL or a handle from `svmap_runtime_new` not deleted yet.
  */
 void svmap_runtime_delete(struct svmap_runtime_t *rt);
 
@@ -890,7 +900,8 @@ void svmap_runtime_delete(struct svmap_runtime_t *rt);
  *
  * # Safety
  *
- * `cfg->name` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string; the
+ * `rt` as for `svmap_runtime_free`; `cfg->name` is NULL (`SVMAP_EINVAL`)
+ * or a NUL-terminated string; the
  * callbacks of `ops` are NULL or functions that may be called as
  * documented at [`svmap_device_ops_t`].
  */
@@ -905,8 +916,8 @@ enum svmap_status_t svmap_runtime_add_device(struct svmap_runtime_t *rt,
  *
  * # Safety
  *
- * `devices` is NULL (with `n_devices` 0) or points to `n_devices`
- * NUL-terminated strings.
+ * `rt` as for `svmap_runtime_free`; `devices` is NULL (with `n_devices`
+ * 0) or points to `n_devices` NUL-terminated strings.
  */
 enum svmap_status_t svmap_runtime_reserve_window(struct svmap_runtime_t *rt,
                                                  const char *const *devices,
@@ -932,13 +943,23 @@ enum svmap_status_t svmap_runtime_alloc(struct svmap_runtime_t *rt,
  * Frees the SVM range that starts at `addr`: every device invalidates and
  * unmaps it, then this process gives its memory back. `SVMAP_EIO` (the
  * message names the device) if a device did not acknowledge the
- * invalidation: the range then stays allocated.
+ * invalidation: the range then stays allocated. `SVMAP_EINVAL` for an
+ * address where no SVM range starts (never allocated, or freed already).
+ *
+ * # Safety
+ *
+ * `rt` is NULL (`SVMAP_EINVAL`) or a live handle from
+ * `svmap_runtime_new`, not used by another thread during the call.
  */
 enum svmap_status_t svmap_runtime_free(struct svmap_runtime_t *rt, uint64_t addr);
 
 /**
  * Changes the protection of `[addr, addr + length)` (SVM ranges) on the
  * CPU and on the devices (`SVMAP_PROT_*`).
+ *
+ * # Safety
+ *
+ * As for `svmap_runtime_free`.
  */
 enum svmap_status_t svmap_runtime_protect(struct svmap_runtime_t *rt,
                                           uint64_t addr,
@@ -952,7 +973,8 @@ enum svmap_status_t svmap_runtime_protect(struct svmap_runtime_t *rt,
  *
  * # Safety
  *
- * `device` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string.
+ * `rt` as for `svmap_runtime_free`; `device` is NULL (`SVMAP_EINVAL`) or
+ * a NUL-terminated string.
  */
 enum svmap_status_t svmap_runtime_device_map(struct svmap_runtime_t *rt,
                                              const char *device,
@@ -969,7 +991,8 @@ enum svmap_status_t svmap_runtime_device_map(struct svmap_runtime_t *rt,
  *
  * # Safety
  *
- * Each out-parameter is NULL (`SVMAP_EINVAL`) or valid for one write.
+ * `rt` as for `svmap_runtime_free`; each out-parameter is NULL
+ * (`SVMAP_EINVAL`) or valid for one write.
  */
 enum svmap_status_t svmap_runtime_buffer_fd(const struct svmap_runtime_t *rt,
                                             uint64_t addr,

@@ -4,6 +4,7 @@
 //! svmap decide every address and carries the decisions out in its own
 //! GPU VM calls.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 
 use svmap_core::linux::MmConfig;
@@ -15,7 +16,9 @@ use crate::svm::{
     svmap_device_config_t, svmap_prot_t, SVMAP_PROT_NONE, SVMAP_PROT_READ, SVMAP_PROT_READ_WRITE,
 };
 use crate::svmap_status_t::{self, *};
-use crate::{c_str, ffi_status, ffi_value, handle, range_end, status_of_errno, Failure, Out};
+use crate::{
+    c_str, ffi_status, ffi_value, handle, range_end, status_of_errno, Failure, FfiResult, Out,
+};
 
 /// A device callback on `[start, end)`: returns 0 when done, anything else
 /// when it failed (the value is reported in the error message).
@@ -38,7 +41,11 @@ pub type svmap_device_protect_fn = Option<
 /// `svmap_runtime_device_map`: `map_region`. No range given to a device
 /// reaches `2^va_bits` of that device. An `invalidate` that fails makes
 /// `svmap_runtime_free` fail with `SVMAP_EIO` naming the device, and the
-/// range stays allocated (never reused).
+/// range stays allocated (never reused). Any other non-zero return fails
+/// the call with `SVMAP_EIO`, the code in the message, after undoing what
+/// the call did. A callback must return (no `longjmp` or C++ exception
+/// through svmap) and must not call the runtime: such a call fails with
+/// `SVMAP_EINVAL` (and `svmap_runtime_delete` does nothing).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct svmap_device_ops_t {
@@ -69,6 +76,48 @@ fn done(op: &str, rc: c_int) -> Result<(), BackendError> {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a device callback: the runtime's entry
+    /// points refuse to run then (the runtime is in the middle of a call).
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (a device callback) with [`IN_CALLBACK`] set, then clears the
+/// last error that svmap calls made by the callback may have left (the
+/// call in progress sets its own when it fails).
+fn in_callback<T>(f: impl FnOnce() -> T) -> T {
+    let was = IN_CALLBACK.replace(true);
+    let r = f();
+    IN_CALLBACK.set(was);
+    // An empty call: ffi_call starts by clearing the last error.
+    let _ = crate::ffi_call(|| Ok(()));
+    r
+}
+
+/// The runtime behind `rt`, unless it is NULL or misaligned
+/// (`SVMAP_EINVAL`) or this thread is inside one of its device callbacks
+/// (`SVMAP_EINVAL`: the runtime is busy with the call that made the
+/// callback).
+///
+/// # Safety
+///
+/// `rt` is NULL, misaligned, or a handle from `svmap_runtime_new` that is
+/// not used by another thread during the call.
+unsafe fn runtime<'a>(rt: *mut svmap_runtime_t) -> FfiResult<&'a mut svmap_runtime_t> {
+    if IN_CALLBACK.get() {
+        return Err(Failure::inval(
+            "a device callback called the runtime (callbacks must not call svmap_runtime_*)",
+        ));
+    }
+    if !rt.is_aligned() {
+        return Err(Failure::inval("rt is not aligned"));
+    }
+    // SAFETY: non-null (checked by as_mut), aligned (checked), and the
+    // caller's contract: a live handle used by this thread alone; no call
+    // of this runtime is in progress on this thread (checked above).
+    unsafe { rt.as_mut() }.ok_or_else(|| Failure::null("rt"))
+}
+
 impl CDevice {
     fn range(
         &self,
@@ -82,7 +131,7 @@ impl CDevice {
             // SAFETY: the caller of `svmap_runtime_add_device` promised
             // callbacks that may be called with `user` while the runtime
             // lives.
-            Some(f) => done(op, unsafe { f(self.0.user, s, e) }),
+            Some(f) => done(op, in_callback(|| unsafe { f(self.0.user, s, e) })),
         }
     }
 }
@@ -103,7 +152,10 @@ impl DeviceBackend for CDevice {
         match self.0.protect {
             None => Ok(()),
             // SAFETY: as in `CDevice::range`.
-            Some(f) => done("protect", unsafe { f(self.0.user, s, e, p) }),
+            Some(f) => done(
+                "protect",
+                in_callback(|| unsafe { f(self.0.user, s, e, p) }),
+            ),
         }
     }
     fn unmap(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
@@ -161,11 +213,25 @@ pub extern "C" fn svmap_runtime_new(guarded: bool) -> Option<Box<svmap_runtime_t
 }
 
 /// Deletes a runtime: every range it owns is unmapped (no device callback
-/// is called). Takes ownership; NULL is fine.
+/// is called). Takes ownership; NULL is fine. Called from inside one of
+/// the runtime's device callbacks it does nothing (the last error says
+/// why).
+///
+/// # Safety
+///
+/// `rt` is NULL or a handle from `svmap_runtime_new` not deleted yet.
 #[no_mangle]
-pub extern "C" fn svmap_runtime_delete(rt: Option<Box<svmap_runtime_t>>) {
+pub unsafe extern "C" fn svmap_runtime_delete(rt: *mut svmap_runtime_t) {
     ffi_value((), || {
-        drop(rt);
+        if rt.is_null() {
+            return Ok(());
+        }
+        // SAFETY: the caller's contract (checked for use inside a
+        // callback and for alignment by `runtime`).
+        let r = unsafe { runtime(rt) }?;
+        // SAFETY: `rt` came from `Box::into_raw` in `svmap_runtime_new`
+        // (the caller's contract) and is dropped once.
+        drop(unsafe { Box::from_raw(r as *mut svmap_runtime_t) });
         Ok(())
     })
 }
@@ -176,17 +242,19 @@ pub extern "C" fn svmap_runtime_delete(rt: Option<Box<svmap_runtime_t>>) {
 ///
 /// # Safety
 ///
-/// `cfg->name` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string; the
+/// `rt` as for `svmap_runtime_free`; `cfg->name` is NULL (`SVMAP_EINVAL`)
+/// or a NUL-terminated string; the
 /// callbacks of `ops` are NULL or functions that may be called as
 /// documented at [`svmap_device_ops_t`].
 #[no_mangle]
 pub unsafe extern "C" fn svmap_runtime_add_device(
-    rt: Option<&mut svmap_runtime_t>,
+    rt: *mut svmap_runtime_t,
     cfg: Option<&svmap_device_config_t>,
     ops: Option<&svmap_device_ops_t>,
 ) -> svmap_status_t {
     ffi_status(|| {
-        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `rt`.
+        let r = unsafe { runtime(rt) }?;
         let c = handle(cfg, "cfg")?;
         let ops = *handle(ops, "ops")?;
         // SAFETY: the caller's contract for `cfg->name`.
@@ -203,16 +271,17 @@ pub unsafe extern "C" fn svmap_runtime_add_device(
 ///
 /// # Safety
 ///
-/// `devices` is NULL (with `n_devices` 0) or points to `n_devices`
-/// NUL-terminated strings.
+/// `rt` as for `svmap_runtime_free`; `devices` is NULL (with `n_devices`
+/// 0) or points to `n_devices` NUL-terminated strings.
 #[no_mangle]
 pub unsafe extern "C" fn svmap_runtime_reserve_window(
-    rt: Option<&mut svmap_runtime_t>,
+    rt: *mut svmap_runtime_t,
     devices: *const *const c_char,
     n_devices: usize,
 ) -> svmap_status_t {
     ffi_status(|| {
-        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `rt`.
+        let r = unsafe { runtime(rt) }?;
         // SAFETY: the caller's contract for `devices` and `n_devices`.
         let names = unsafe { c_str_array(devices, n_devices, "devices") }?;
         r.engine
@@ -232,7 +301,7 @@ pub unsafe extern "C" fn svmap_runtime_reserve_window(
 /// (`SVMAP_EINVAL`) or valid for writing a `uint64_t`.
 #[no_mangle]
 pub unsafe extern "C" fn svmap_runtime_alloc(
-    rt: Option<&mut svmap_runtime_t>,
+    rt: *mut svmap_runtime_t,
     length: u64,
     devices: *const *const c_char,
     n_devices: usize,
@@ -241,7 +310,8 @@ pub unsafe extern "C" fn svmap_runtime_alloc(
     ffi_status(|| {
         // SAFETY: the caller's contract for `out_addr`.
         let out = unsafe { Out::new(out_addr, "out_addr") }?;
-        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `rt`.
+        let r = unsafe { runtime(rt) }?;
         // SAFETY: the caller's contract for `devices` and `n_devices`.
         let names = unsafe { c_str_array(devices, n_devices, "devices") }?;
         let a = r
@@ -256,14 +326,18 @@ pub unsafe extern "C" fn svmap_runtime_alloc(
 /// Frees the SVM range that starts at `addr`: every device invalidates and
 /// unmaps it, then this process gives its memory back. `SVMAP_EIO` (the
 /// message names the device) if a device did not acknowledge the
-/// invalidation: the range then stays allocated.
+/// invalidation: the range then stays allocated. `SVMAP_EINVAL` for an
+/// address where no SVM range starts (never allocated, or freed already).
+///
+/// # Safety
+///
+/// `rt` is NULL (`SVMAP_EINVAL`) or a live handle from
+/// `svmap_runtime_new`, not used by another thread during the call.
 #[no_mangle]
-pub extern "C" fn svmap_runtime_free(
-    rt: Option<&mut svmap_runtime_t>,
-    addr: u64,
-) -> svmap_status_t {
+pub unsafe extern "C" fn svmap_runtime_free(rt: *mut svmap_runtime_t, addr: u64) -> svmap_status_t {
     ffi_status(|| {
-        handle(rt, "rt")?
+        // SAFETY: the caller's contract for `rt`.
+        unsafe { runtime(rt) }?
             .engine
             .svm_free(addr)
             .map_err(engine_failure)
@@ -272,15 +346,20 @@ pub extern "C" fn svmap_runtime_free(
 
 /// Changes the protection of `[addr, addr + length)` (SVM ranges) on the
 /// CPU and on the devices (`SVMAP_PROT_*`).
+///
+/// # Safety
+///
+/// As for `svmap_runtime_free`.
 #[no_mangle]
-pub extern "C" fn svmap_runtime_protect(
-    rt: Option<&mut svmap_runtime_t>,
+pub unsafe extern "C" fn svmap_runtime_protect(
+    rt: *mut svmap_runtime_t,
     addr: u64,
     length: u64,
     prot: svmap_prot_t,
 ) -> svmap_status_t {
     ffi_status(|| {
-        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `rt`.
+        let r = unsafe { runtime(rt) }?;
         range_end(addr, length)?;
         let p = prot_of(prot)?;
         r.engine.protect(addr, length, p).map_err(engine_failure)
@@ -293,17 +372,19 @@ pub extern "C" fn svmap_runtime_protect(
 ///
 /// # Safety
 ///
-/// `device` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string.
+/// `rt` as for `svmap_runtime_free`; `device` is NULL (`SVMAP_EINVAL`) or
+/// a NUL-terminated string.
 #[no_mangle]
 pub unsafe extern "C" fn svmap_runtime_device_map(
-    rt: Option<&mut svmap_runtime_t>,
+    rt: *mut svmap_runtime_t,
     device: *const c_char,
     start: u64,
     end: u64,
     cpu: svmap_cpu_policy_t,
 ) -> svmap_status_t {
     ffi_status(|| {
-        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `rt`.
+        let r = unsafe { runtime(rt) }?;
         // SAFETY: the caller's contract for `device`.
         let device = unsafe { c_str(device, "device") }?;
         let cpu = cpu_policy_of(cpu)?;
@@ -321,10 +402,11 @@ pub unsafe extern "C" fn svmap_runtime_device_map(
 ///
 /// # Safety
 ///
-/// Each out-parameter is NULL (`SVMAP_EINVAL`) or valid for one write.
+/// `rt` as for `svmap_runtime_free`; each out-parameter is NULL
+/// (`SVMAP_EINVAL`) or valid for one write.
 #[no_mangle]
 pub unsafe extern "C" fn svmap_runtime_buffer_fd(
-    rt: Option<&svmap_runtime_t>,
+    rt: *const svmap_runtime_t,
     addr: u64,
     out_fd: *mut c_int,
     out_offset: *mut u64,
@@ -339,7 +421,8 @@ pub unsafe extern "C" fn svmap_runtime_buffer_fd(
                 Out::new(out_length, "out_length")?,
             )
         };
-        let r = handle(rt, "rt")?;
+        // SAFETY: the caller's contract for `rt` (only read below).
+        let r = unsafe { runtime(rt.cast_mut()) }?;
         let (fd, off, len) = r.engine.cpu_backend().locate(addr).ok_or_else(|| {
             Failure::new(
                 SVMAP_ENOENT,

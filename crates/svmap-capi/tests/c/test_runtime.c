@@ -7,6 +7,7 @@
  * acknowledged invalidation of the same range.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -123,6 +124,12 @@ int main(void) {
     const char *g40[1] = {"gpu40"};
     /* Without a window: ranges get their own mappings; then with one. */
     for (int round = 0; round < 2; round++) {
+        if (round == 1 && getenv("SVMAP_TEST_UNDER_VALGRIND") != NULL) {
+            /* Valgrind holds ranges /proc/self/maps does not show: the
+             * window meets one and is refused, with nothing replaced. */
+            CHECK(svmap_runtime_reserve_window(rt, both, 2) == SVMAP_EEXIST);
+            continue;
+        }
         if (round == 1) CHECK(svmap_runtime_reserve_window(rt, both, 2) == SVMAP_OK);
         uint64_t addr[24];
         for (int k = 0; k < 24; k++) {
