@@ -369,8 +369,14 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             }
         };
         for (s, e) in own {
-            if s < e {
-                self.space.device_hold(&name, s, e)?;
+            if s >= e {
+                continue;
+            }
+            if let Err(err) = self.space.device_hold(&name, s, e) {
+                self.space
+                    .remove_device(&name)
+                    .expect("the device was just added");
+                return Err(err.into());
             }
         }
         self.devs.push(backend);

@@ -928,3 +928,45 @@ fn a_device_is_never_given_what_it_holds_by_itself() {
     assert!(hits(&free), "without the hold the range is used");
     assert_eq!(free.len() - held.len(), ((own.1 - own.0) / 0x8000) as usize);
 }
+
+/// A device whose backend cannot tell its own mappings is not added.
+#[test]
+fn a_device_that_cannot_tell_its_mappings_is_not_added() {
+    struct NoOwn;
+    impl DeviceBackend for NoOwn {
+        fn map(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn invalidate(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn protect(&mut self, _: u64, _: u64, _: Prot) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn unmap(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn map_region(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn own_mappings(&mut self) -> Result<Vec<(u64, u64)>, BackendError> {
+            Err(BackendError::Gone {
+                detail: "no answer".into(),
+            })
+        }
+    }
+    let mut eng: Engine<svmap_svm::ModelCpu, Box<dyn DeviceBackend>> =
+        Engine::new(cfg(), svmap_svm::ModelCpu);
+    match eng.add_device_with(device(0), Box::new(NoOwn)) {
+        Err(EngineError::Device { device, op, .. }) => {
+            assert_eq!((device.as_str(), op), ("d0", "own_mappings"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(eng.devices().is_empty() && eng.device_backends().is_empty());
+    eng.add_device_with(device(0), Box::new(svmap_svm::ModelDevice))
+        .unwrap();
+    assert_eq!(eng.devices().len(), eng.device_backends().len());
+    eng.svm_alloc(0x1000, None, &["d0"], false).unwrap();
+    eng.check_invariants();
+}
