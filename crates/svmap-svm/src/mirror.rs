@@ -286,7 +286,9 @@ impl<F: PtFormat> PageTable<F> {
     /// only entries that are present, and frees every table this empties
     /// (except the root). Returns the number of entries cleared.
     pub fn clear(&mut self, lo: u64, hi: u64) -> usize {
-        if lo > hi {
+        // An empty table (no valid entry, only the root) has nothing to
+        // clear or free: skip the walk.
+        if lo > hi || (self.valid == 0 && self.tables == 1) {
             return 0;
         }
         let mut freed = 0;
@@ -461,14 +463,13 @@ impl Tlb {
 
     /// Shoots down every entry of pages `[lo, hi]` (inclusive).
     pub fn shoot_down(&mut self, lo: u64, hi: u64) {
-        if lo > hi {
+        if lo > hi || self.map.is_empty() {
             return;
         }
-        let gone: Vec<u64> = self.map.range(lo..=hi).map(|(&v, _)| v).collect();
-        for v in &gone {
-            self.map.remove(v);
+        while let Some(v) = self.map.range(lo..=hi).next().map(|(&v, _)| v) {
+            self.map.remove(&v);
+            self.shot_down += 1;
         }
-        self.shot_down += gone.len() as u64;
     }
 
     /// Every cached `(vpn, pte)`, by page.
