@@ -912,7 +912,9 @@ enum svmap_status_t svmap_runtime_add_device(struct svmap_runtime_t *rt,
 /**
  * Reserves the common window of `devices` (`n_devices` names) in this
  * process (`PROT_NONE`, no memory): SVM ranges for those devices are
- * carved from it with no system call.
+ * carved from it with no system call. A mapping made since the runtime
+ * was created is met as in `svmap_runtime_alloc` (one refresh from
+ * `/proc/self/maps`, one more try).
  *
  * # Safety
  *
@@ -926,7 +928,10 @@ enum svmap_status_t svmap_runtime_reserve_window(struct svmap_runtime_t *rt,
 /**
  * Allocates an SVM range of `length` bytes for `devices`, mapped
  * read-write in this process and (through the callbacks) on every one of
- * them at the same address; `*out_addr` is its start.
+ * them at the same address; `*out_addr` is its start. If the address the
+ * runtime chose is taken by a mapping made since the runtime was created
+ * (it never maps over one), it reads `/proc/self/maps` once and chooses
+ * again.
  *
  * # Safety
  *

@@ -267,7 +267,9 @@ pub unsafe extern "C" fn svmap_runtime_add_device(
 
 /// Reserves the common window of `devices` (`n_devices` names) in this
 /// process (`PROT_NONE`, no memory): SVM ranges for those devices are
-/// carved from it with no system call.
+/// carved from it with no system call. A mapping made since the runtime
+/// was created is met as in `svmap_runtime_alloc` (one refresh from
+/// `/proc/self/maps`, one more try).
 ///
 /// # Safety
 ///
@@ -284,8 +286,7 @@ pub unsafe extern "C" fn svmap_runtime_reserve_window(
         let r = unsafe { runtime(rt) }?;
         // SAFETY: the caller's contract for `devices` and `n_devices`.
         let names = unsafe { c_str_array(devices, n_devices, "devices") }?;
-        r.engine
-            .reserve_window(&names)
+        svmap_runtime::with_refresh(&mut r.engine, |e| e.reserve_window(&names))
             .map(|_| ())
             .map_err(engine_failure)
     })
@@ -293,7 +294,10 @@ pub unsafe extern "C" fn svmap_runtime_reserve_window(
 
 /// Allocates an SVM range of `length` bytes for `devices`, mapped
 /// read-write in this process and (through the callbacks) on every one of
-/// them at the same address; `*out_addr` is its start.
+/// them at the same address; `*out_addr` is its start. If the address the
+/// runtime chose is taken by a mapping made since the runtime was created
+/// (it never maps over one), it reads `/proc/self/maps` once and chooses
+/// again.
 ///
 /// # Safety
 ///
@@ -314,9 +318,7 @@ pub unsafe extern "C" fn svmap_runtime_alloc(
         let r = unsafe { runtime(rt) }?;
         // SAFETY: the caller's contract for `devices` and `n_devices`.
         let names = unsafe { c_str_array(devices, n_devices, "devices") }?;
-        let a = r
-            .engine
-            .svm_alloc(length, None, &names, false)
+        let a = svmap_runtime::svm_alloc(&mut r.engine, length, None, &names, false)
             .map_err(engine_failure)?;
         out.write(a);
         Ok(())

@@ -3,14 +3,16 @@
  * under hostile input: NULL handles and pointers, NULL names, counts too
  * large to be arrays, zero, unaligned, wrapping and huge lengths, unknown
  * enums and devices, double frees, frees of addresses never allocated,
- * device callbacks that fail with garbage codes, and callbacks that call
- * back into the runtime. Each call returns its documented status with a
+ * device callbacks that fail with garbage codes, callbacks that call back
+ * into the runtime, and a mapping made behind the runtime's back. Each call returns its documented status with a
  * message, never a crash, and a failed call changes nothing the caller
  * can see. Run by tests/c_api.rs, statically linked and under valgrind.
  */
+#define _GNU_SOURCE /* MAP_ANONYMOUS, MAP_FIXED_NOREPLACE under -std=c11 */
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "check.h"
 
@@ -241,6 +243,21 @@ int main(void) {
     dev[1].rc[OP_INVALIDATE] = 0;
     OK(svmap_runtime_free(rt, addr));
     REFUSED(svmap_runtime_free(rt, addr), SVMAP_EINVAL);
+
+    /* A mapping made behind the runtime's back where its next allocation
+     * would go: the allocation lands elsewhere, and the mapping is intact. */
+    uint64_t next;
+    OK(svmap_runtime_alloc(rt, 0x3000, names, 2, &next));
+    OK(svmap_runtime_free(rt, next));
+    void *foreign = mmap((void *)next, 0x3000, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    CHECK(foreign == (void *)next);
+    *(volatile uint64_t *)foreign = 0xf0f0;
+    OK(svmap_runtime_alloc(rt, 0x3000, names, 2, &addr));
+    CHECK(addr + 0x3000 <= next || next + 0x3000 <= addr);
+    CHECK(*(volatile uint64_t *)foreign == 0xf0f0);
+    OK(svmap_runtime_free(rt, addr));
+    CHECK(munmap(foreign, 0x3000) == 0);
 
     /* A callback that calls the runtime: refused inside, the outer call
      * completes, and the runtime is still usable. */
