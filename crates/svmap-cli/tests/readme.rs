@@ -1,6 +1,7 @@
-//! What the README promises, checked: its example on real memory runs (the
-//! README shows exactly the body of `real_memory_example` between the
-//! markers), and the public types it calls thread safe are `Send + Sync`.
+//! What the README promises, checked: its examples on real memory run (the
+//! README shows exactly the bodies of `real_memory_example` and
+//! `runtime_example` between the markers), and the public types it calls
+//! thread safe are `Send + Sync`.
 
 use std::error::Error;
 
@@ -34,17 +35,90 @@ fn real_memory_example() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// The lines of this file between the README markers, without the
+/// Serves as the device process of `runtime_example` when this test
+/// binary is run again with `SVMAP_PEER_FD` set (and does nothing in a
+/// normal test run).
+#[test]
+fn peer_role() {
+    if std::env::var_os(svmap_peer::PEER_FD_ENV).is_some() {
+        std::process::exit(svmap_peer::device::serve_from_env());
+    }
+}
+
+/// The command that starts a device process: in the `svmap` binary,
+/// `svmap_peer::device_peer_command()`; here, this test binary running
+/// only `peer_role`.
+fn device_process() -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "peer_role",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .stdout(std::process::Stdio::null());
+    c
+}
+
+#[test]
+fn runtime_example() -> Result<(), Box<dyn Error>> {
+    // README RUNTIME BEGIN
+    use svmap_peer::PeerConfig;
+    use svmap_runtime::{seed_from_self, svm_alloc, LinuxCpu, PeerDevice};
+    use svmap_svm::{DeviceConfig, Engine, Prot};
+
+    // The engine on this process: it decides every address; the Linux CPU
+    // backend carries the decisions out (MAP_FIXED_NOREPLACE mappings of
+    // memfds; it never maps over anything it does not own).
+    let cpu = LinuxCpu::new(false);
+    let heaps = cpu.directory(); // the memfds, for the device processes
+    let mut engine: Engine<LinuxCpu, PeerDevice> = Engine::new(Default::default(), cpu);
+    seed_from_self(&mut engine)?; // this process's mappings (/proc/self/maps)
+                                  // A device process hosting a device with a 40-bit MMU.
+    let dev = PeerDevice::spawn(device_process(), &PeerConfig::new(40, 1), heaps)?;
+    engine.add_device_with(DeviceConfig::new("gpu0", 40), dev)?;
+    // 1 MiB at the same address here and in the device process, below 2^40
+    // (svm_alloc refreshes from /proc/self/maps once if a mapping made since
+    // the seeding is in the way).
+    let a = svm_alloc(&mut engine, 1 << 20, None, &["gpu0"], false)?;
+    assert!(a + (1 << 20) <= 1 << 40);
+    engine.cpu_backend_mut().write_u64(a + 8, 42)?; // a checked CPU store
+    let device = engine.device_backends_mut()[0].peer();
+    assert_eq!(device.sum_u64(a, 16)?, 42); // the device reads it at `a`
+                                            // Read-only for everyone: the device is invalidated first.
+    engine.protect(a, 1 << 20, Prot::Read)?;
+    assert!(engine.cpu_backend_mut().write_u64(a, 1).is_err());
+    // Free: the device invalidates and acknowledges, then the memory goes
+    // back; the device's next access faults.
+    engine.svm_free(a)?;
+    assert!(engine.device_backends_mut()[0]
+        .peer()
+        .sum_u64(a, 8)
+        .is_err());
+    // README RUNTIME END
+    Ok(())
+}
+
+/// The lines of this file between the README markers `tag`, without the
 /// function's indentation.
-fn example_body() -> String {
+fn example_body_of(tag: &str) -> String {
     let src = include_str!("readme.rs");
-    let begin = src.find("// README BEGIN\n").expect("begin marker") + "// README BEGIN\n".len();
-    let end = src[begin..].find("    // README END").expect("end marker") + begin;
+    let open = format!("// README {tag}BEGIN\n");
+    let begin = src.find(&open).expect("begin marker") + open.len();
+    let end = src[begin..]
+        .find(&format!("    // README {tag}END"))
+        .expect("end marker")
+        + begin;
     src[begin..end]
         .lines()
         .map(|l| l.strip_prefix("    ").unwrap_or(l))
         .map(|l| format!("{l}\n"))
         .collect()
+}
+
+fn example_body() -> String {
+    example_body_of("")
 }
 
 #[test]
@@ -57,6 +131,12 @@ fn the_readme_shows_the_example_that_runs() {
     assert!(
         readme.contains(&format!("```rust\n{body}```\n")),
         "README.md does not show this example verbatim in a ```rust block:\n{body}"
+    );
+    let body = example_body_of("RUNTIME ");
+    assert!(body.contains("PeerDevice::spawn"), "{body}");
+    assert!(
+        readme.contains(&format!("```rust\n{body}```\n")),
+        "README.md does not show the runtime example verbatim in a ```rust block:\n{body}"
     );
 }
 
