@@ -103,6 +103,20 @@ fn parse_options(args: &[OsString]) -> Result<DemoOptions, Stop> {
     Ok(o)
 }
 
+/// Writes `text` and a newline to stdout; a failure (a reader that went
+/// away: `EPIPE`) is reported on stderr, not a panic. Whether it worked.
+fn print(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("svmap demo: writing the report: {e}");
+            false
+        }
+    }
+}
+
 /// Runs `svmap demo` with the arguments after `demo`; returns the exit
 /// status.
 pub fn run(args: &[OsString]) -> i32 {
@@ -112,10 +126,13 @@ pub fn run(args: &[OsString]) -> i32 {
     };
     match demo::run(&opts) {
         Ok(r) => {
-            if opts.json {
-                println!("{}", r.to_json());
+            let text = if opts.json {
+                r.to_json().to_string()
             } else {
-                println!("{r}");
+                r.to_string()
+            };
+            if !print(&text) {
+                return 1;
             }
             if r.ok() {
                 0
@@ -125,14 +142,12 @@ pub fn run(args: &[OsString]) -> i32 {
         }
         Err(e) => {
             if opts.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "ok": false,
-                        "failed_step": e.step,
-                        "error": e.to_string()
-                    })
-                );
+                let j = serde_json::json!({
+                    "ok": false,
+                    "failed_step": e.step,
+                    "error": e.to_string()
+                });
+                print(&j.to_string());
             }
             eprintln!("svmap demo: {e}");
             1

@@ -80,3 +80,26 @@ fn demo_text_tells_the_story() {
     assert!(dir.join("pic.svg").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reader that goes away before the report is written: exit status 1
+/// and a message, no panic.
+#[test]
+fn demo_report_to_a_closed_pipe() {
+    use std::process::Stdio;
+    let dir = std::env::temp_dir().join(format!("svmap-demo-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_svmap"))
+        .args(["demo", "--json"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run svmap demo");
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("writing the report"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
