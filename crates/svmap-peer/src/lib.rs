@@ -683,6 +683,9 @@ pub struct Peer {
     next_seq: u64,
     tries: u32,
     setup: Duration,
+    /// A request sent without waiting for its answer: `(id, seq)` of a
+    /// batch invalidation ([`DirectPeer::send_invalidate_unmap`]).
+    in_flight: Option<(u64, u64)>,
 }
 
 fn check_config(cfg: &PeerConfig) -> Result<(), PeerError> {
@@ -747,6 +750,7 @@ impl Peer {
             next_seq: 1,
             tries: 0,
             setup: Duration::ZERO,
+            in_flight: None,
         })
     }
 
@@ -874,6 +878,7 @@ impl Peer {
         fd: Option<BorrowedFd<'_>>,
         during: &'static str,
     ) -> Result<Msg, PeerError> {
+        self.idle()?;
         self.alive(during)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -882,6 +887,17 @@ impl Peer {
             return Err(self.fail(e, during));
         }
         self.answer(id, during)
+    }
+
+    /// Refuses a request while a batch invalidation awaits its answer
+    /// (its answer would come first).
+    fn idle(&self) -> Result<(), PeerError> {
+        match self.in_flight {
+            None => Ok(()),
+            Some((_, seq)) => Err(PeerError::InvalidArgument {
+                what: format!("the invalidation {seq} awaits its answer: finish it first"),
+            }),
+        }
     }
 
     fn answer(&mut self, id: u64, during: &'static str) -> Result<Msg, PeerError> {
@@ -1467,7 +1483,18 @@ impl DirectPeer {
     /// refusal the peer is dead afterwards, and none of the ranges counts
     /// as acknowledged.
     pub fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<u64, PeerError> {
+        self.send_invalidate_unmap(ranges)?;
+        self.finish_invalidate_unmap()
+    }
+
+    /// The first half of [`Self::invalidate_unmap`]: sends the request and
+    /// returns without waiting, so that several device processes can work
+    /// on their batches at the same time. Until
+    /// [`Self::finish_invalidate_unmap`], every other request is refused
+    /// with [`PeerError::InvalidArgument`].
+    pub fn send_invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), PeerError> {
         let during = "an invalidation";
+        self.inner.idle()?;
         if ranges.is_empty() || ranges.len() > wire::RANGES_PER_PACKET {
             return Err(PeerError::InvalidArgument {
                 what: format!(
@@ -1477,13 +1504,42 @@ impl DirectPeer {
                 ),
             });
         }
+        self.inner.alive(during)?;
         let seq = self.inner.next_seq;
         self.inner.next_seq += 1;
         let msg = Msg::InvalidateUnmap {
             seq,
             ranges: ranges.to_vec(),
         };
-        match self.inner.call(&msg, None, during)? {
+        let id = self.inner.next_id;
+        self.inner.next_id += 1;
+        let dl = self.inner.deadline();
+        if let Err(e) = self.inner.chan.send(id, &msg, None, dl) {
+            return Err(self.inner.fail(e, during));
+        }
+        self.inner.in_flight = Some((id, seq));
+        Ok(())
+    }
+
+    /// Whether a batch sent with [`Self::send_invalidate_unmap`] awaits
+    /// its answer.
+    pub fn in_flight(&self) -> bool {
+        self.inner.in_flight.is_some()
+    }
+
+    /// The second half of [`Self::invalidate_unmap`]: waits (at most the
+    /// configured timeout) for the answer to the batch in flight and
+    /// returns its acknowledged sequence number.
+    pub fn finish_invalidate_unmap(&mut self) -> Result<u64, PeerError> {
+        let during = "an invalidation";
+        let (id, seq) = self
+            .inner
+            .in_flight
+            .take()
+            .ok_or_else(|| PeerError::InvalidArgument {
+                what: "no invalidation awaits its answer".into(),
+            })?;
+        match self.inner.answer(id, during)? {
             Msg::UnmapAck { seq: s } if s == seq => Ok(seq),
             m => Err(self.inner.unexpected(&m, during)),
         }
@@ -1494,6 +1550,7 @@ impl DirectPeer {
     /// one of them fails with `EEXIST` in the peer.
     pub fn own_maps(&mut self) -> Result<Vec<Occupied>, PeerError> {
         let during = "reading the peer's mappings";
+        self.inner.idle()?;
         self.inner.alive(during)?;
         let id = self.inner.next_id;
         self.inner.next_id += 1;

@@ -190,3 +190,52 @@ fn a_peer_of_another_version_is_refused() {
         other => panic!("peer of an older version: {other:?}"),
     }
 }
+
+/// Two device processes work on their batches at the same time: both
+/// requests go out before either answer is read; while a batch is in
+/// flight every other request is refused without being sent.
+#[test]
+fn batches_in_flight_on_two_peers() {
+    let res = Reservation::reserve(&ReserveRequest::below_bits(40, 4 * MIB).unwrap()).unwrap();
+    let mut heap = SparseHeap::new(res, false).unwrap();
+    let (hs, he) = (heap.start(), heap.end());
+    let mut peers = [direct(40), direct(40)];
+    let len = 64 * KIB;
+    let a = heap.alloc(len, 4 * KIB).unwrap();
+    let sum = fill(a, len, 5);
+    for p in &mut peers {
+        p.attach(hs, he - hs, heap.fd()).unwrap();
+        p.map_range(a, len, Prot::ReadWrite).unwrap();
+        assert_eq!(p.sum_u64(a, len).unwrap(), sum);
+    }
+    let r0: Vec<u64> = peers.iter().map(|p| p.requests()).collect();
+    for p in &mut peers {
+        p.send_invalidate_unmap(&[(a, len)]).unwrap();
+        assert!(p.in_flight());
+    }
+    // Refused while in flight, and nothing sent.
+    assert!(matches!(
+        peers[0].sum_u64(a, 8),
+        Err(PeerError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        peers[0].send_invalidate_unmap(&[(a, len)]),
+        Err(PeerError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        peers[0].own_maps(),
+        Err(PeerError::InvalidArgument { .. })
+    ));
+    for (i, p) in peers.iter_mut().enumerate() {
+        assert_eq!(p.requests(), r0[i] + 1);
+        let seq = p.finish_invalidate_unmap().unwrap();
+        assert!(!p.in_flight());
+        assert_eq!(p.device_stats().unwrap().last_seq, seq);
+        assert_unmapped(p, a);
+    }
+    // Nothing in flight: finishing is refused.
+    assert!(matches!(
+        peers[1].finish_invalidate_unmap(),
+        Err(PeerError::InvalidArgument { .. })
+    ));
+}

@@ -337,6 +337,18 @@ impl DeviceBackend for Device {
             Device::Process(d) => d.invalidate_unmap(ranges),
         }
     }
+    fn invalidate_unmap_start(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        match self {
+            Device::Model(d) => d.invalidate_unmap_start(ranges),
+            Device::Process(d) => d.invalidate_unmap_start(ranges),
+        }
+    }
+    fn invalidate_unmap_finish(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        match self {
+            Device::Model(d) => d.invalidate_unmap_finish(ranges),
+            Device::Process(d) => d.invalidate_unmap_finish(ranges),
+        }
+    }
     fn own_mappings(&mut self) -> Result<Vec<(u64, u64)>, BackendError> {
         match self {
             Device::Model(d) => d.own_mappings(),

@@ -169,6 +169,40 @@ impl DeviceBackend for PeerDevice {
         Ok(())
     }
 
+    /// One batch of at most 4,000 ranges is sent without waiting (the
+    /// engine asks every device before it waits); a larger one is done
+    /// here, whole.
+    fn invalidate_unmap_start(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        if ranges.len() > RANGES_PER_PACKET {
+            return self.invalidate_unmap(ranges);
+        }
+        let batch: Vec<(u64, u64)> = ranges.iter().map(|&(s, e)| (s, e - s)).collect();
+        self.peer
+            .send_invalidate_unmap(&batch)
+            .map_err(|e| BatchError {
+                done: 0,
+                acknowledged: false,
+                error: backend_error(e),
+            })
+    }
+
+    fn invalidate_unmap_finish(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        if !self.peer.in_flight() {
+            return Ok(());
+        }
+        self.peer
+            .finish_invalidate_unmap()
+            .map_err(|e| BatchError {
+                done: 0,
+                acknowledged: false,
+                error: backend_error(e),
+            })?;
+        for &(s, e) in ranges {
+            self.forget_attachments(s, e);
+        }
+        Ok(())
+    }
+
     fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
         let mut batch = Vec::with_capacity(ranges.len().min(RANGES_PER_PACKET));
         for (k, chunk) in ranges.chunks(RANGES_PER_PACKET).enumerate() {

@@ -212,6 +212,22 @@ pub trait DeviceBackend {
         }
         Ok(())
     }
+    /// The first half of [`Self::invalidate_unmap`], so that the engine can
+    /// ask every device of a free before it waits for any of them: starts
+    /// the batch (sends the request) and returns. The engine then calls
+    /// [`Self::invalidate_unmap_finish`] with the same ranges before any
+    /// other call to this backend, unless this call failed. The default
+    /// does the whole batch here.
+    fn invalidate_unmap_start(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        self.invalidate_unmap(ranges)
+    }
+    /// The second half of [`Self::invalidate_unmap`]: waits until the batch
+    /// started by [`Self::invalidate_unmap_start`] is done. The default has
+    /// nothing left to do.
+    fn invalidate_unmap_finish(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        let _ = ranges;
+        Ok(())
+    }
     /// Backs the device-only region `[start, end)` with memory the CPU
     /// process cannot see.
     fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError>;
@@ -325,6 +341,12 @@ impl<B: DeviceBackend + ?Sized> DeviceBackend for Box<B> {
     }
     fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
         (**self).invalidate_unmap(ranges)
+    }
+    fn invalidate_unmap_start(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        (**self).invalidate_unmap_start(ranges)
+    }
+    fn invalidate_unmap_finish(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
+        (**self).invalidate_unmap_finish(ranges)
     }
     fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         (**self).map_region(start, end)

@@ -9,8 +9,8 @@
 //! | operation | backend calls, in order |
 //! | --- | --- |
 //! | `svm_alloc` | decide; CPU `map`; every device of the set `map` |
-//! | `svm_free` | every device of the range `invalidate_unmap` (invalidate, acknowledge, unmap: one call per device); CPU `unmap`; only then the range is free in the space |
-//! | `svm_free_many` | one `invalidate_unmap` per device with every range of the batch it holds; CPU `unmap` per range all devices finished; those ranges are free |
+//! | `svm_free` | every device of the range `invalidate_unmap_start`, then every one `invalidate_unmap_finish` (invalidate, acknowledge, unmap: one request per device process, all in flight at once); CPU `unmap`; only then the range is free in the space |
+//! | `svm_free_many` | the same, once per device with every range of the batch it holds; CPU `unmap` per range all its devices finished; those ranges are free |
 //! | `add_device` | the backend's `own_mappings` become ranges held on the device ([`SvmSpace::device_hold`]) |
 //! | `remove_device` | the device `invalidate_unmap`s what it still holds (a dead one does not answer); it leaves the space; failed frees of its ranges are retried on the devices that remain |
 //! | `protect` | decide; per SVM piece: every device of it `invalidate`, CPU `protect`, device `protect` |
@@ -182,6 +182,16 @@ pub struct Engine<C = ModelCpu, D = ModelDevice, F: PtFormat = DefaultFormat> {
     /// Frees that failed, `(addr, allocation id)`: retried when a device
     /// that held the range is removed.
     pending: Vec<(u64, u64)>,
+}
+
+/// One device's part of [`Engine::svm_free_many`].
+struct DeviceBatch {
+    /// The pieces it holds.
+    ranges: Vec<(u64, u64)>,
+    /// The index (in the batch) of the allocation of each piece.
+    owner: Vec<usize>,
+    /// Whether its batch was started.
+    started: bool,
 }
 
 /// What [`Engine::remove_device`] did.
@@ -713,8 +723,11 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     }
 
     /// `svm_free`: every device of the range invalidates what is left of
-    /// it, acknowledges and unmaps it ([`DeviceBackend::invalidate_unmap`],
-    /// one call per device: one round trip for a device process); then the
+    /// it, acknowledges and unmaps it ([`DeviceBackend::invalidate_unmap`]
+    /// in two halves: every device is asked
+    /// ([`DeviceBackend::invalidate_unmap_start`]) before any answer is
+    /// awaited ([`DeviceBackend::invalidate_unmap_finish`]), so device
+    /// processes work at the same time, one request each); then the
     /// CPU backend unmaps it (back into its window, or to the system), and
     /// only then [`SvmSpace::svm_free`] makes it free for reuse.
     ///
@@ -728,9 +741,9 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     /// may still use. In particular:
     ///
     /// - a device that does not acknowledge gives
-    ///   [`EngineError::NotAcknowledged`] naming it; devices before it in
-    ///   definition order have already invalidated and unmapped the range,
-    ///   later ones are not called;
+    ///   [`EngineError::NotAcknowledged`] naming it (the first such device
+    ///   in definition order); every other device was asked too, and those
+    ///   that acknowledged have unmapped the range;
     /// - a device that acknowledges but fails to unmap gives
     ///   [`EngineError::Device`] (`op` `"unmap"`);
     /// - a CPU `unmap` that fails (after every device unmapped the range)
@@ -775,10 +788,32 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             ..
         } = self;
         if !scratch_pieces.is_empty() {
-            for &d in scratch_devs.iter() {
-                devs[d]
-                    .invalidate_unmap(scratch_pieces)
-                    .map_err(|b| batch_error(space, d, scratch_pieces, b))?;
+            // Every device is asked before any answer is awaited; the
+            // error reported is the first device's (definition order).
+            let mut first: Option<(usize, EngineError)> = None;
+            let mut note = |d: usize, e: EngineError| {
+                if first.as_ref().is_none_or(|&(fd, _)| d < fd) {
+                    first = Some((d, e));
+                }
+            };
+            // A device whose start failed is not finished: its index goes
+            // past the end.
+            let mut started = 0u64;
+            for (k, &d) in scratch_devs.iter().enumerate() {
+                match devs[d].invalidate_unmap_start(scratch_pieces) {
+                    Ok(()) => started |= 1 << k,
+                    Err(b) => note(d, batch_error(space, d, scratch_pieces, b)),
+                }
+            }
+            for (k, &d) in scratch_devs.iter().enumerate() {
+                if started & (1 << k) != 0 {
+                    if let Err(b) = devs[d].invalidate_unmap_finish(scratch_pieces) {
+                        note(d, batch_error(space, d, scratch_pieces, b));
+                    }
+                }
+            }
+            if let Some((_, e)) = first {
+                return Err(e);
             }
         }
         for &(s, e) in scratch_pieces.iter() {
@@ -839,32 +874,51 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             span.push((from, pieces.len()));
         }
         let mut failed = vec![false; addrs.len()];
-        let mut first: Option<EngineError> = None;
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
-        for (d, held) in holders.iter().enumerate() {
-            if held.is_empty() {
-                continue;
-            }
-            ranges.clear();
-            owner.clear();
-            for &(i, s, e) in &pieces {
-                if held.binary_search(&i).is_ok() {
-                    ranges.push((s, e));
-                    owner.push(i);
+        // Per device: its ranges, the allocation of each, whether its
+        // batch was started. Every device is asked before any answer is
+        // awaited.
+        let mut batches: Vec<DeviceBatch> = Vec::with_capacity(ndev);
+        for held in &holders {
+            let mut ranges = Vec::new();
+            let mut owner = Vec::new();
+            if !held.is_empty() {
+                for &(i, s, e) in &pieces {
+                    if held.binary_search(&i).is_ok() {
+                        ranges.push((s, e));
+                        owner.push(i);
+                    }
                 }
             }
-            if ranges.is_empty() {
+            batches.push(DeviceBatch {
+                ranges,
+                owner,
+                started: false,
+            });
+        }
+        let mut errors: Vec<Option<EngineError>> = vec![None; ndev];
+        let mut fail = |d: usize, b: BatchError, batch: &DeviceBatch| {
+            for &i in &batch.owner[b.done.min(batch.owner.len())..] {
+                failed[i] = true;
+            }
+            errors[d] = Some(batch_error(&self.space, d, &batch.ranges, b));
+        };
+        for (d, batch) in batches.iter_mut().enumerate() {
+            if batch.ranges.is_empty() {
                 continue;
             }
-            if let Err(b) = self.devs[d].invalidate_unmap(&ranges) {
-                for &i in &owner[b.done.min(owner.len())..] {
-                    failed[i] = true;
-                }
-                let e = batch_error(&self.space, d, &ranges, b);
-                first.get_or_insert(e);
+            match self.devs[d].invalidate_unmap_start(&batch.ranges) {
+                Ok(()) => batch.started = true,
+                Err(b) => fail(d, b, batch),
             }
         }
+        for (d, batch) in batches.iter().enumerate() {
+            if batch.started {
+                if let Err(b) = self.devs[d].invalidate_unmap_finish(&batch.ranges) {
+                    fail(d, b, batch);
+                }
+            }
+        }
+        let mut first: Option<EngineError> = errors.into_iter().flatten().next();
         for (i, &addr) in addrs.iter().enumerate() {
             if failed[i] {
                 continue;

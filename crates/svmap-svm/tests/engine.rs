@@ -970,3 +970,152 @@ fn a_device_that_cannot_tell_its_mappings_is_not_added() {
     eng.svm_alloc(0x1000, None, &["d0"], false).unwrap();
     eng.check_invariants();
 }
+
+/// A device that logs the two halves of its batches and can fail either.
+struct StagedDev {
+    log: Rc<RefCell<Vec<String>>>,
+    i: usize,
+    fail_start: bool,
+    fail_finish: bool,
+}
+
+impl DeviceBackend for StagedDev {
+    fn map(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn invalidate(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn protect(&mut self, _: u64, _: u64, _: Prot) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn unmap(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn map_region(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn invalidate_unmap(&mut self, _: &[(u64, u64)]) -> Result<(), svmap_svm::backend::BatchError> {
+        self.log.borrow_mut().push(format!("whole {}", self.i));
+        Ok(())
+    }
+    fn invalidate_unmap_start(
+        &mut self,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), svmap_svm::backend::BatchError> {
+        self.log
+            .borrow_mut()
+            .push(format!("start {} {}", self.i, ranges.len()));
+        if self.fail_start {
+            return Err(svmap_svm::backend::BatchError {
+                done: 0,
+                acknowledged: false,
+                error: BackendError::Gone {
+                    detail: "dead".into(),
+                },
+            });
+        }
+        Ok(())
+    }
+    fn invalidate_unmap_finish(
+        &mut self,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), svmap_svm::backend::BatchError> {
+        self.log
+            .borrow_mut()
+            .push(format!("finish {} {}", self.i, ranges.len()));
+        if self.fail_finish {
+            return Err(svmap_svm::backend::BatchError {
+                done: 0,
+                acknowledged: false,
+                error: BackendError::Timeout { waited_ms: 1 },
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Every device of a free is asked before any answer is awaited; a device
+/// whose start fails is not finished, the others are; the error names the
+/// first failing device in definition order, and the range stays.
+#[test]
+fn a_free_asks_every_device_before_waiting() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mk = |fail: [(bool, bool); 3]| {
+        log.borrow_mut().clear();
+        let mut eng: Engine<svmap_svm::ModelCpu, StagedDev> =
+            Engine::new(cfg(), svmap_svm::ModelCpu);
+        for (i, (fail_start, fail_finish)) in fail.into_iter().enumerate() {
+            let dev = StagedDev {
+                log: log.clone(),
+                i,
+                fail_start,
+                fail_finish,
+            };
+            eng.add_device_with(device(i), dev).unwrap();
+        }
+        eng
+    };
+    let all = ["d0", "d1", "d2"];
+    let mut eng = mk([(false, false); 3]);
+    let a = eng.svm_alloc(0x2000, None, &all, false).unwrap();
+    let b = eng.svm_alloc(0x2000, None, &["d0", "d2"], false).unwrap();
+    log.borrow_mut().clear();
+    eng.svm_free(a).unwrap();
+    assert_eq!(
+        *log.borrow(),
+        [
+            "start 0 1",
+            "start 1 1",
+            "start 2 1",
+            "finish 0 1",
+            "finish 1 1",
+            "finish 2 1"
+        ]
+    );
+    log.borrow_mut().clear();
+    let c = eng.svm_alloc(0x2000, None, &["d1"], false).unwrap();
+    eng.svm_free_many(&[b, c]).unwrap();
+    assert_eq!(
+        *log.borrow(),
+        [
+            "start 0 1",
+            "start 1 1",
+            "start 2 1",
+            "finish 0 1",
+            "finish 1 1",
+            "finish 2 1"
+        ]
+    );
+    // d2 fails to start, d1 fails to finish: d1 is named (first in
+    // definition order), d2 is not finished, d0 is.
+    let mut eng = mk([(false, false), (false, true), (true, false)]);
+    let a = eng.svm_alloc(0x2000, None, &all, false).unwrap();
+    log.borrow_mut().clear();
+    match eng.svm_free(a) {
+        Err(EngineError::NotAcknowledged { device, .. }) => assert_eq!(device, "d1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        *log.borrow(),
+        [
+            "start 0 1",
+            "start 1 1",
+            "start 2 1",
+            "finish 0 1",
+            "finish 1 1"
+        ]
+    );
+    assert!(eng.alloc_at(a).is_some());
+    assert_eq!(eng.pending_frees(), vec![a]);
+    // The same in a batch free: every range held by a failing device stays.
+    let b = eng.svm_alloc(0x2000, None, &["d0"], false).unwrap();
+    let c = eng.svm_alloc(0x2000, None, &["d2"], false).unwrap();
+    match eng.svm_free_many(&[a, b, c]) {
+        Err(EngineError::NotAcknowledged { device, .. }) => assert_eq!(device, "d1"),
+        other => panic!("{other:?}"),
+    }
+    assert!(eng.alloc_at(a).is_some() && eng.alloc_at(c).is_some());
+    assert!(eng.alloc_at(b).is_none());
+    eng.check_invariants();
+}
