@@ -66,7 +66,9 @@ use crate::error::{Fault, SvmError};
 use crate::interval::{union_of, CoverMap, IntervalMap};
 use crate::mirror::{DefaultFormat, Mirror, Perm, PtFormat, Snapshot};
 
+mod pieces;
 mod query;
+use pieces::Pieces;
 pub use query::AllocView;
 
 /// What a device mirrors.
@@ -287,7 +289,7 @@ pub struct SvmSpace<F: PtFormat = DefaultFormat> {
     mm: Mm,
     prot: IntervalMap<Prot>,
     reserved: IntervalMap<CpuPolicy>,
-    svm: IntervalMap<u64>,
+    svm: Pieces,
     allocs: HashMap<u64, Alloc, MixState>,
     /// The latest allocation that starts at each address (what `svm_free`
     /// of the address frees).
@@ -425,7 +427,7 @@ impl<F: PtFormat> SvmSpace<F> {
             mm: Mm::new(cfg),
             prot: IntervalMap::new(),
             reserved: IntervalMap::new(),
-            svm: IntervalMap::new(),
+            svm: Pieces::default(),
             allocs: HashMap::default(),
             by_start: HashMap::default(),
             by_start_older: BTreeMap::new(),
@@ -493,7 +495,7 @@ impl<F: PtFormat> SvmSpace<F> {
         let mut m = AddressMap::new();
         let held = self
             .svm
-            .iter()
+            .iter(self.mm.space())
             .filter(|(_, _, id)| self.allocs[*id].devices.contains(&d))
             .map(|(s, e, _)| (s, e));
         for (s, e) in self.devices[d]
@@ -524,7 +526,7 @@ impl<F: PtFormat> SvmSpace<F> {
     /// The live SVM ranges (pieces) as `(start, end, devices)`.
     pub fn svm_ranges(&self) -> Vec<(u64, u64, Vec<String>)> {
         self.svm
-            .iter()
+            .iter(self.mm.space())
             .map(|(s, e, id)| {
                 let names = self.allocs[id]
                     .devices
@@ -713,6 +715,8 @@ impl<F: PtFormat> SvmSpace<F> {
             return;
         }
         self.invalidate_start(start, end);
+        // The SVM pieces go while the CPU map still holds their VMAs.
+        self.svm.remove_range(self.mm.space(), start, end);
         if !self.covers_live {
             // No covers (so no windows): the CPU map is all there is.
             let _ = self.mm.space_mut().unmap(start, end);
@@ -750,7 +754,6 @@ impl<F: PtFormat> SvmSpace<F> {
         }
         self.prot.remove_range_each(start, end, |_, _, _| {});
         self.reserved.remove_range_each(start, end, |_, _, _| {});
-        self.svm.remove_range_each(start, end, |_, _, _| {});
         self.invalidate_end();
     }
 
@@ -783,7 +786,7 @@ impl<F: PtFormat> SvmSpace<F> {
         // is not a piece), so `win_pieces` has nothing to remove.
         self.prot.remove_range_each(start, end, |_, _, _| {});
         self.reserved.remove_range_each(start, end, |_, _, _| {});
-        self.svm.remove_range_each(start, end, |_, _, _| {});
+        self.svm.remove_range(self.mm.space(), start, end);
         self.invalidate_end();
         self.win_pieces.insert(start, end, wid);
         true
@@ -1543,7 +1546,7 @@ impl<F: PtFormat> SvmSpace<F> {
             loop {
                 let next = self
                     .svm
-                    .range(at, end)
+                    .range(self.mm.space(), at, end)
                     .find(|&(_, _, &pid)| pid == id)
                     .map(|(s, e, _)| (s, e));
                 let Some((s, e)) = next else {
@@ -1619,7 +1622,7 @@ impl<F: PtFormat> SvmSpace<F> {
         }
         let in_svm = self
             .svm
-            .get(addr)
+            .get(self.mm.space(), addr)
             .is_some_and(|(_, _, id)| self.allocs[id].devices.contains(&d));
         let in_cpu = dev.cfg.mirror == MirrorMode::System
             && self.mm.space().vma_at(addr).is_some()
@@ -1653,7 +1656,7 @@ impl<F: PtFormat> SvmSpace<F> {
                 page: covers(s, e).then_some(p),
             };
         }
-        let piece = self.svm.get(addr);
+        let piece = self.svm.get(self.mm.space(), addr);
         let src = match piece {
             Some((s, e, id)) if self.allocs[id].devices.contains(&d) => Some((s, e, frame_of(*id))),
             _ if dev.cfg.mirror == MirrorMode::System
@@ -1737,7 +1740,7 @@ impl<F: PtFormat> SvmSpace<F> {
         self.all_cover.check_invariants();
         self.prot.check_invariants();
         self.reserved.check_invariants();
-        self.svm.check_invariants();
+        self.svm.check_invariants(cpu);
         // The covers from scratch (empty until they are live).
         if self.covers_live {
             let mut contrib: Vec<(u64, u64)> = cpu.iter().map(|v| self.contribution(&v)).collect();
@@ -1799,7 +1802,7 @@ impl<F: PtFormat> SvmSpace<F> {
             let w = self.windows.get(id).expect("piece of a released window");
             assert!(w.start <= s && e <= w.end, "piece outside its window");
             assert!(self.reserved.first_overlap(s, e).is_none());
-            assert!(self.svm.first_overlap(s, e).is_none());
+            assert!(self.svm.first_overlap(cpu, s, e).is_none());
         }
         if let Some(c) = &self.svm_cover {
             c.check_invariants();
@@ -1821,7 +1824,7 @@ impl<F: PtFormat> SvmSpace<F> {
             }
         }
         // SVM pieces.
-        for (s, e, id) in self.svm.iter() {
+        for (s, e, id) in self.svm.iter(cpu) {
             let a = self.allocs.get(id).expect("piece of a freed range");
             assert!(a.start <= s && e <= a.end, "piece outside its range");
             let v = cpu.vma_at(s).expect("SVM piece not on the CPU");
@@ -1909,7 +1912,7 @@ impl<F: PtFormat> SvmSpace<F> {
         let mut busy: Vec<(u64, u64)> = dev.regions.range(s, e).map(|(a, b, _)| (a, b)).collect();
         busy.extend(
             self.svm
-                .range(s, e)
+                .range(self.mm.space(), s, e)
                 .filter(|(_, _, id)| self.allocs[*id].devices.contains(&d))
                 .map(|(a, b, _)| (a, b)),
         );

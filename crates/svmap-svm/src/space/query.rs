@@ -47,7 +47,7 @@ impl<F: PtFormat> SvmSpace<F> {
             .is_some_and(|(pe, &p)| (pe, p) == (e, id));
         let rest = (!whole).then(|| {
             self.svm
-                .range(s, e)
+                .range(self.mm.space(), s, e)
                 .filter(move |&(_, _, &p)| p == id)
                 .map(|(s, e, _)| (s, e))
         });
@@ -64,17 +64,21 @@ impl<F: PtFormat> SvmSpace<F> {
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (u64, u64, &[usize])> + '_ {
-        self.svm.range(start, end).filter_map(move |(s, e, id)| {
-            let (s, e) = (s.max(start), e.min(end));
-            let a = self.allocs.get(id)?;
-            (s < e).then_some((s, e, a.devices.as_slice()))
-        })
+        self.svm
+            .range(self.mm.space(), start, end)
+            .filter_map(move |(s, e, id)| {
+                let (s, e) = (s.max(start), e.min(end));
+                let a = self.allocs.get(id)?;
+                (s < e).then_some((s, e, a.devices.as_slice()))
+            })
     }
 
     /// Whether the CPU maps anything svmap owns in `[start, end)`: an SVM
     /// piece, a window piece or the CPU side of a device-only region.
     pub fn owns_any(&self, start: u64, end: u64) -> bool {
-        self.svm.first_overlap(start, end).is_some()
+        self.svm
+            .first_overlap(self.mm.space(), start, end)
+            .is_some()
             || self.win_pieces.first_overlap(start, end).is_some()
             || self.reserved.first_overlap(start, end).is_some()
     }
