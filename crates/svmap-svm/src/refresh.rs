@@ -203,11 +203,14 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             .flat_map(|w| w.reserved)
             .collect();
         v.extend(self.svm_pieces_in(0, u64::MAX).map(|(s, e, _)| (s, e)));
+        // Device-only regions with a CPU side (a reservation); ranges a
+        // device holds by its own means have none and are not svmap's on
+        // the CPU.
         for d in self.devices() {
             v.extend(
                 d.regions()
                     .iter()
-                    .filter(|&(s, _, _)| s < ts)
+                    .filter(|&(s, _, _)| s < ts && self.reservation_at(s).is_some())
                     .map(|(s, e, _)| (s, e.min(ts))),
             );
         }
@@ -428,6 +431,10 @@ mod tests {
         let r0 = a_end + 0x100 * p;
         e.device_map("gpu", r0, r0 + 0x10 * p, CpuPolicy::Fault)
             .unwrap();
+        // A range the device holds by its own means has no CPU side: it is
+        // not svmap's on the CPU.
+        let held = r0 + 0x200 * p;
+        e.device_hold("gpu", held, held + 0x10 * p).unwrap();
         let owned = e.owned_cpu_ranges();
         assert_eq!(owned, [(a, a_end), (r0, r0 + 0x10 * p)]);
         // A list without the SVM range, with a mapping that reaches from
@@ -464,15 +471,18 @@ mod tests {
         let err = r.clone().into_result().unwrap_err();
         assert!(matches!(err, RefreshError::Conflicts(ref c) if c.len() == 2));
         assert!(err.to_string().contains("2 conflict(s)"), "{err}");
-        // With the owned ranges listed too, only the reach-in is left.
+        // With the owned ranges listed too, only the reach-in is left; a
+        // CPU mapping where the device holds a range is foreign, entered.
         let list = [
             m(a, a_end),
             m(r0 - 4 * p, r0 + 0x10 * p),
+            m(held, held + 0x10 * p),
             m(0x7000_0000_0000, 0x7000_0001_0000),
         ];
         let r = e.refresh_cpu(&list).unwrap();
         assert_eq!(r.conflicts.len(), 1);
-        assert!(r.entered.is_empty() && r.removed.is_empty());
+        assert_eq!(r.entered, [(held, held + 0x10 * p)]);
+        assert!(r.removed.is_empty());
     }
 
     #[test]
