@@ -8,12 +8,13 @@
 //! | `mm` | the CPU VMAs: `map`/`mmap` mappings, every live SVM piece, every device-only reservation below `task_size` |
 //! | `prot` | CPU pages whose protection is not `rw` (split on change) |
 //! | `reserved` | the CPU VMAs that are device-only reservations, with their `cpu` policy |
-//! | `svm` | the live pieces of SVM ranges, with their allocation id; each is exactly one CPU VMA |
+//! | `svm` | the live pieces of SVM ranges, with their allocation id; each is exactly one CPU VMA, so they sit in a hash map by start and ordered questions walk `mm` |
+//! | `allocs`, `by_start` | each SVM range by id, and the latest id that starts at each address (hash maps) |
 //! | `cpu_cover` | the union of every CPU VMA and the guard gap below every grows-down one |
 //! | `win_pieces` | the CPU VMAs that are window-reservation pieces, with their window id |
 //! | `svm_cover` | once a window exists: `cpu_cover` without the window pieces |
 //! | `all_cover` | `cpu_cover` plus every device-only region of every device |
-//! | device `occ` | what a device holds: its device-only regions and the SVM pieces mapped to it |
+//! | device `regions` | the device's device-only regions; the SVM pieces it holds are the pieces of `svm` whose range lists it ([`SvmSpace::device_occupancy`]) |
 //! | device `mmu` | the device's page table and TLB ([`Mirror`]) |
 //!
 //! # Allocation cost
@@ -21,15 +22,24 @@
 //! `svm_alloc` for all devices is one [`AddressMap::find_fit`] over
 //! `all_cover`: O(log n) per candidate hole, one hole when the alignment is
 //! the page size. For a proper subset of the devices it searches
-//! `cpu_cover` and verifies the candidate on each listed device's `occ`; on a
-//! conflict it restarts just past the conflicting device ranges (top-down:
-//! below the lowest one; bottom-up: above the highest one). Every restart
-//! moves the window edge past at least one device range that lies in the
-//! window and is never met again, so the worst case is `1 + m` searches,
-//! where `m` is the number of ranges the listed devices hold in the window
-//! but the CPU does not: O((1 + m) (log n + k)). Typical device-only
-//! regions are few, and SVM pieces of other subsets are the only other
-//! source of `m`. [`SvmSpace::stats`] counts the iterations.
+//! `cpu_cover` and verifies the candidate on each listed device's regions
+//! (an SVM piece a device holds is a CPU VMA, occupied in `cpu_cover`
+//! too); on a conflict it restarts just past the conflicting regions
+//! (top-down: below the lowest one; bottom-up: above the highest one).
+//! Every restart moves the window edge past at least one region that lies
+//! in the window and is never met again, so the worst case is `1 + m`
+//! searches, where `m` is the number of regions the listed devices hold in
+//! the window but the CPU does not: O((1 + m) (log n + k)).
+//! [`SvmSpace::stats`] counts the iterations.
+//!
+//! While the CPU map alone answers the searches (no grows-down VMA, whose
+//! guard gap the covers add, no device-only region and no window), the
+//! covers are not built: `svm_alloc` searches the CPU map itself, for all
+//! devices with [`AddressMap::allocate`] (the search and the insertion in
+//! one descent), and `svm_free` is one CPU unmap. An allocation and a free
+//! then change one ordered map, the CPU's; the rest is hash-map work and
+//! one invalidation per device. The covers are built (O(n)) at the first
+//! grows-down VMA, region or window, and kept in step from then on.
 //!
 //! # Window reservations
 //!
@@ -43,19 +53,23 @@
 //! as free, and carves its range out of them; `svm_free` of such a range
 //! puts the freed part back into the reservation. A third cover map,
 //! `svm_cover` (every CPU VMA except pieces, plus guard gaps), exists from
-//! the first window on and is what the in-window search runs on.
+//! the first window on and is what the in-window search runs on. A piece
+//! and an SVM range count alike in `cpu_cover` and `all_cover`, so carving
+//! and giving back change only `svm_cover` there; with one window and no
+//! regions on the devices the in-window search inserts into `svm_cover` in
+//! the same descent, and a range given back whole keeps its CPU VMA (it
+//! becomes a piece again).
 //!
 //! # CPU-only spaces cost what the core map costs
 //!
-//! The two cover maps are needed only by `svm_alloc`. A space starts
-//! without them and builds them (O(n)) at its first `add_device` or
-//! `svm_alloc`; from then on every CPU operation keeps them in step. Until
-//! then `map`, `unmap`, `mmap` and `find` do only the core map's work (plus
-//! the protection map, once `protect` has been used), so a trace of
-//! address-space operations replays at the core map's speed.
+//! Until the first `add_device` or `svm_alloc`, `map`, `unmap`, `mmap` and
+//! `find` do only the core map's work (plus the protection map, once
+//! `protect` has been used), so a trace of address-space operations
+//! replays at the core map's speed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use svmap_core::linux::{Fixed, Mm, MmConfig, MmapRequest, PAGE_SIZE};
 use svmap_core::{
@@ -226,8 +240,9 @@ impl<F: PtFormat> Device<F> {
 struct Alloc {
     start: u64,
     end: u64,
-    /// Device indices, sorted.
-    devices: Vec<usize>,
+    /// Device indices, sorted; shared by the ranges of one device set
+    /// (an allocation allocates no list of its own).
+    devices: Arc<[usize]>,
     /// The window reservation it was carved from.
     window: Option<u64>,
 }
@@ -313,6 +328,10 @@ pub struct SvmSpace<F: PtFormat = DefaultFormat> {
     covers_live: bool,
     /// Reused by `carve_insert`: the window pieces it removes.
     scratch_pieces: Vec<(u64, u64)>,
+    /// Reused by `svm_alloc`: the device indices of the request.
+    scratch_devs: Vec<usize>,
+    /// The device set of the latest `svm_alloc`, shared with its range.
+    last_devs: Arc<[usize]>,
     /// Window reservations by id.
     windows: BTreeMap<u64, Window>,
     next_window: u64,
@@ -438,6 +457,8 @@ impl<F: PtFormat> SvmSpace<F> {
             growsdown_seen: false,
             covers_live: false,
             scratch_pieces: Vec::new(),
+            scratch_devs: Vec::new(),
+            last_devs: Arc::from([]),
             windows: BTreeMap::new(),
             next_window: 1,
             win_pieces: IntervalMap::new(),
@@ -545,6 +566,34 @@ impl<F: PtFormat> SvmSpace<F> {
             Some(d) if d.cfg.name == name => Ok(hint),
             _ => self.dev_index(name),
         }
+    }
+
+    /// The sorted, deduplicated indices of `devices`, shared with the
+    /// latest request when it named the same set (no allocation then).
+    fn device_set<S: AsRef<str>>(&mut self, devices: &[S]) -> Result<Arc<[usize]>, SvmError> {
+        let mut v = std::mem::take(&mut self.scratch_devs);
+        v.clear();
+        let mut r = Ok(());
+        for (i, n) in devices.iter().enumerate() {
+            match self.dev_index_at(n.as_ref(), i) {
+                Ok(d) => v.push(d),
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        v.sort_unstable();
+        v.dedup();
+        let set = if *self.last_devs == *v {
+            Arc::clone(&self.last_devs)
+        } else {
+            Arc::from(&v[..])
+        };
+        self.scratch_devs = v;
+        r?;
+        self.last_devs = Arc::clone(&set);
+        Ok(set)
     }
 
     fn dev_index(&self, name: &str) -> Result<usize, SvmError> {
@@ -687,15 +736,14 @@ impl<F: PtFormat> SvmSpace<F> {
             .filter(|v| v.start == start && v.end == end)
     }
 
-    fn invalidate_start(&self, start: u64, end: u64) {
+    /// Invalidates `[start, end)` on every device's mirror before the CPU
+    /// side changes it. The space is held exclusively (`&mut self`) while
+    /// it changes, so no device fault can run in between and each mirror's
+    /// `invalidate_start` and `invalidate_end` happen as one step
+    /// ([`Mirror::invalidate`]).
+    fn invalidate_devices(&self, start: u64, end: u64) {
         for d in &self.devices {
-            d.mmu.invalidate_start(start, end);
-        }
-    }
-
-    fn invalidate_end(&self) {
-        for d in &self.devices {
-            d.mmu.invalidate_end();
+            d.mmu.invalidate(start, end);
         }
     }
 
@@ -714,7 +762,7 @@ impl<F: PtFormat> SvmSpace<F> {
             self.prot.remove_range_each(start, end, |_, _, _| {});
             return;
         }
-        self.invalidate_start(start, end);
+        self.invalidate_devices(start, end);
         // The SVM pieces go while the CPU map still holds their VMAs.
         self.svm.remove_range(self.mm.space(), start, end);
         if !self.covers_live {
@@ -754,7 +802,6 @@ impl<F: PtFormat> SvmSpace<F> {
         }
         self.prot.remove_range_each(start, end, |_, _, _| {});
         self.reserved.remove_range_each(start, end, |_, _, _| {});
-        self.invalidate_end();
     }
 
     /// [`Self::cpu_remove`] of `[start, end)` followed by
@@ -778,7 +825,7 @@ impl<F: PtFormat> SvmSpace<F> {
         if v.flags != VmaFlags::NONE || self.is_piece(&v) {
             return false;
         }
-        self.invalidate_start(start, end);
+        self.invalidate_devices(start, end);
         if let Some(c) = &mut self.svm_cover {
             c.remove(start, end);
         }
@@ -787,7 +834,6 @@ impl<F: PtFormat> SvmSpace<F> {
         self.prot.remove_range_each(start, end, |_, _, _| {});
         self.reserved.remove_range_each(start, end, |_, _, _| {});
         self.svm.remove_range(self.mm.space(), start, end);
-        self.invalidate_end();
         self.win_pieces.insert(start, end, wid);
         true
     }
@@ -1205,14 +1251,13 @@ impl<F: PtFormat> SvmSpace<F> {
         if at < end {
             return Err(SvmError::NotMapped { addr: at });
         }
-        self.invalidate_start(start, end);
+        self.invalidate_devices(start, end);
         match prot {
             Prot::ReadWrite => {
                 self.prot.remove_range(start, end);
             }
             p => self.prot.set(start, end, p),
         }
-        self.invalidate_end();
         Ok(())
     }
 
@@ -1359,16 +1404,10 @@ impl<F: PtFormat> SvmSpace<F> {
         if !align.is_power_of_two() {
             return Err(SvmError::BadAlignment { align });
         }
-        let mut devs = devices
-            .iter()
-            .enumerate()
-            .map(|(i, n)| self.dev_index_at(n.as_ref(), i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let devs = self.device_set(devices)?;
         if length == 0 {
             return Err(SvmError::ZeroLength);
         }
-        devs.sort_unstable();
-        devs.dedup();
         self.use_svm();
         let cfg = *self.mm.config();
         let page = devs
@@ -1487,7 +1526,7 @@ impl<F: PtFormat> SvmSpace<F> {
             self.cpu_insert(addr, end, VmaFlags::NONE)?;
         }
         self.svm.insert(addr, end, id);
-        for &d in &devs {
+        for &d in devs.iter() {
             let dev = &mut self.devices[d];
             debug_assert!(
                 dev.regions.first_overlap(addr, end).is_none(),
@@ -1829,7 +1868,7 @@ impl<F: PtFormat> SvmSpace<F> {
             assert!(a.start <= s && e <= a.end, "piece outside its range");
             let v = cpu.vma_at(s).expect("SVM piece not on the CPU");
             assert_eq!((v.start, v.end), (s, e), "SVM piece is not one CPU VMA");
-            for &d in &a.devices {
+            for &d in a.devices.iter() {
                 let dev = &self.devices[d];
                 assert!(s >= dev.cfg.base, "piece below base of {}", dev.cfg.name);
                 assert!(
@@ -1961,8 +2000,11 @@ impl<F: PtFormat> SvmSpace<F> {
             }
         };
         for a in self.allocs.values_mut() {
-            shift(&mut a.devices);
+            let mut v = a.devices.to_vec();
+            shift(&mut v);
+            a.devices = Arc::from(v);
         }
+        self.last_devs = Arc::from([]);
         for w in self.windows.values_mut() {
             shift(&mut w.devices);
         }

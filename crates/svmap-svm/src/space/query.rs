@@ -29,7 +29,7 @@ impl<F: PtFormat> SvmSpace<F> {
             id,
             start: a.start,
             end: a.end,
-            devices: &a.devices,
+            devices: &a.devices[..],
             window: a
                 .window
                 .and_then(|w| self.windows.get(&w))
@@ -69,7 +69,7 @@ impl<F: PtFormat> SvmSpace<F> {
             .filter_map(move |(s, e, id)| {
                 let (s, e) = (s.max(start), e.min(end));
                 let a = self.allocs.get(id)?;
-                (s < e).then_some((s, e, a.devices.as_slice()))
+                (s < e).then_some((s, e, &a.devices[..]))
             })
     }
 
