@@ -682,6 +682,18 @@ mod tests {
         }
     }
 
+    #[test]
+    fn svm_layer_measures_every_subject_and_refuses_bad_sizes() {
+        let r = bench::run_layer(40, 30).unwrap();
+        assert_eq!((r.live, r.steps), (40, 30));
+        for x in [r.map_ns, r.svm_ns[0], r.svm_ns[1], r.svm_ns[2], r.window_ns] {
+            assert!(x.is_finite() && x > 0.0, "{r:?}");
+        }
+        assert!(bench::run_layer(0, 30).is_err());
+        assert!(bench::run_layer(bench::MAX_LAYER_LIVE + 1, 30).is_err());
+        assert!(bench::run_layer(10, bench::LAYER_REPS - 1).is_err());
+    }
+
     fn churn(a: &[&str]) -> Result<Options, Stop> {
         let args: Vec<OsString> = a.iter().map(OsString::from).collect();
         parse_churn(&mut args::parser(&args))
