@@ -1,7 +1,7 @@
 //! Two small interval structures beside the core [`AddressMap`]:
 //!
 //! - [`IntervalMap`]: non-overlapping `[start, end)` ranges with a value
-//!   each (CPU protection, reservations, live SVM pieces, device regions),
+//!   each (CPU protection, reservations, window pieces, device regions),
 //!   with splitting removal in O(log n + k).
 //! - [`CoverMap`]: a counted union of possibly overlapping ranges (the
 //!   occupancy of several spaces at once), whose union sits in an
@@ -12,9 +12,57 @@
 //!   search for the holes free in every input (the device peer's window
 //!   agreement between two processes uses it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 
 use svmap_core::{AddressMap, FitError, FitRequest, SearchParams, VmaFlags};
+
+/// The hash of the exact-key maps of the SVM layer (allocation ids, range
+/// and piece starts, cover segments): the SplitMix64 finalizer of the key
+/// mixed with a per-map random seed. Much cheaper than SipHash for a `u64`,
+/// and the seed keeps the bucket of an address out of reach of whoever
+/// chooses the addresses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MixState(u64);
+
+impl Default for MixState {
+    #[inline]
+    fn default() -> Self {
+        MixState(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl BuildHasher for MixState {
+    type Hasher = MixHasher;
+    #[inline]
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(self.0)
+    }
+}
+
+/// See [`MixState`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, x: u64) {
+        let mut z = (x ^ self.0).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        self.0 = z ^ (z >> 31);
+    }
+}
 
 /// Non-overlapping ranges `[start, end)` (`end > start`) with a value each,
 /// keyed by start.
@@ -183,10 +231,13 @@ impl<V: Clone> IntervalMap<V> {
 /// segments with a count sit in [`CoverMap::index`], an [`AddressMap`], so
 /// its gap searches see exactly the union. Segments are not merged: the
 /// segment count is at most twice the number of ranges added and live.
+/// Each segment is one VMA of the index, so the counts sit in a hash map
+/// by start and every ordered question walks the index.
 #[derive(Clone, Debug, Default)]
 pub struct CoverMap {
     index: AddressMap,
-    counts: IntervalMap<u32>,
+    /// `start -> (end, count)` of every segment.
+    counts: HashMap<u64, (u64, u32), MixState>,
 }
 
 impl CoverMap {
@@ -206,10 +257,37 @@ impl CoverMap {
     }
 
     fn put(&mut self, s: u64, e: u64, c: u32) {
-        self.counts.insert(s, e, c);
+        self.counts.insert(s, (e, c));
         // Cannot overlap: the counts map mirrors the index exactly.
         let r = self.index.insert(s, e, VmaFlags::NONE);
         debug_assert!(r.is_ok(), "cover index out of step: {r:?}");
+    }
+
+    /// Takes every segment that intersects `[start, end)` out of the counts
+    /// and the index, in order, with its count; the parts of segments that
+    /// straddle an edge stay, with their count.
+    fn take(&mut self, start: u64, end: u64) -> Vec<(u64, u64, u32)> {
+        let old: Vec<(u64, u64, u32)> = self
+            .index
+            .range(start, end)
+            .map(|v| {
+                let (e, c) = self
+                    .counts
+                    .remove(&v.start)
+                    .expect("cover index out of step");
+                debug_assert_eq!(e, v.end, "cover index out of step");
+                (v.start, v.end, c)
+            })
+            .collect();
+        let _ = self.index.unmap(start, end);
+        // The unmap leaves the outer parts of straddling segments as VMAs.
+        if let Some(&(s, _, c)) = old.first().filter(|x| x.0 < start) {
+            self.counts.insert(s, (start, c));
+        }
+        if let Some(&(_, e, c)) = old.last().filter(|x| x.1 > end) {
+            self.counts.insert(end, (e, c));
+        }
+        old
     }
 
     /// Adds one cover of `[start, end)` (nothing for an empty range).
@@ -219,16 +297,13 @@ impl CoverMap {
             return;
         }
         // The common case: nothing covers any of it yet.
-        if self.counts.first_overlap(start, end).is_none() {
+        if self.index.first_overlap(start, end).is_none() {
             self.put(start, end, 1);
             return;
         }
-        let old = self.counts.remove_range(start, end);
-        if !old.is_empty() {
-            let _ = self.index.unmap(start, end);
-        }
         let mut at = start;
-        for (s, e, c) in old {
+        for (s, e, c) in self.take(start, end) {
+            let (s, e) = (s.max(start), e.min(end));
             if at < s {
                 self.put(at, s, 1);
             }
@@ -245,7 +320,7 @@ impl CoverMap {
     /// descent of the index for the search and the insertion.
     pub fn allocate(&mut self, req: &FitRequest, params: &SearchParams) -> Result<u64, FitError> {
         let a = self.index.allocate(req, params, VmaFlags::NONE)?;
-        self.counts.insert(a, a + req.length, 1);
+        self.counts.insert(a, (a + req.length, 1));
         Ok(a)
     }
 
@@ -255,18 +330,15 @@ impl CoverMap {
             return;
         }
         // The common case: one segment `[start, end)` covered once.
-        if let Some((e, &c)) = self.counts.get_exact(start) {
-            if e == end && c == 1 {
-                self.counts.m.remove(&start);
-                let r = self.index.unmap(start, end);
-                debug_assert!(r.is_ok(), "cover index out of step: {r:?}");
-                return;
-            }
+        if self.counts.get(&start) == Some(&(end, 1)) {
+            self.counts.remove(&start);
+            let r = self.index.unmap(start, end);
+            debug_assert!(r.is_ok(), "cover index out of step: {r:?}");
+            return;
         }
-        let old = self.counts.remove_range(start, end);
-        let _ = self.index.unmap(start, end);
         let mut at = start;
-        for (s, e, c) in old {
+        for (s, e, c) in self.take(start, end) {
+            let (s, e) = (s.max(start), e.min(end));
             debug_assert_eq!(s, at, "removing an uncovered range at {at:#x}");
             if c > 1 {
                 self.put(s, e, c - 1);
@@ -279,10 +351,10 @@ impl CoverMap {
     /// The union as maximal disjoint ranges, merged (O(n); for checks).
     pub fn union(&self) -> Vec<(u64, u64)> {
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for (s, e, _) in self.counts.iter() {
+        for v in self.index.iter() {
             match out.last_mut() {
-                Some(last) if last.1 == s => last.1 = e,
-                _ => out.push((s, e)),
+                Some(last) if last.1 == v.start => last.1 = v.end,
+                _ => out.push((v.start, v.end)),
             }
         }
         out
@@ -291,11 +363,16 @@ impl CoverMap {
     /// Checks the index against the counts. Panics on a violation.
     pub fn check_invariants(&self) {
         self.index.check_invariants();
-        self.counts.check_invariants();
         assert_eq!(self.index.len(), self.counts.len(), "cover index size");
-        for (v, (s, e, c)) in self.index.iter().zip(self.counts.iter()) {
-            assert_eq!((v.start, v.end), (s, e), "cover index segment");
-            assert!(*c > 0, "zero-count segment [{s:#x}, {e:#x})");
+        for v in self.index.iter() {
+            let (s, e) = (v.start, v.end);
+            let (ce, c) = self
+                .counts
+                .get(&s)
+                .copied()
+                .expect("segment without a count");
+            assert_eq!(ce, e, "cover index segment [{s:#x}, {e:#x})");
+            assert!(c > 0, "zero-count segment [{s:#x}, {e:#x})");
         }
     }
 }

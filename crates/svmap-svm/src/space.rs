@@ -68,7 +68,6 @@
 //! replays at the core map's speed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use svmap_core::linux::{Fixed, Mm, MmConfig, MmapRequest, PAGE_SIZE};
@@ -77,7 +76,7 @@ use svmap_core::{
 };
 
 use crate::error::{Fault, SvmError};
-use crate::interval::{union_of, CoverMap, IntervalMap};
+use crate::interval::{union_of, CoverMap, IntervalMap, MixState};
 use crate::mirror::{DefaultFormat, Mirror, Perm, PtFormat, Snapshot};
 
 mod pieces;
@@ -348,47 +347,6 @@ pub struct SvmSpace<F: PtFormat = DefaultFormat> {
 impl<F: PtFormat> Default for SvmSpace<F> {
     fn default() -> Self {
         SvmSpace::new(MmConfig::default())
-    }
-}
-
-/// The hash of the space's exact-key maps (allocation ids and starts): the
-/// SplitMix64 finalizer of the key mixed with a per-map random seed. Much
-/// cheaper than SipHash for a `u64`, and the seed keeps the bucket of an
-/// address out of reach of whoever chooses the addresses.
-#[derive(Clone, Copy, Debug)]
-struct MixState(u64);
-
-impl Default for MixState {
-    fn default() -> Self {
-        MixState(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
-    }
-}
-
-impl BuildHasher for MixState {
-    type Hasher = MixHasher;
-    fn build_hasher(&self) -> MixHasher {
-        MixHasher(self.0)
-    }
-}
-
-/// See [`MixState`].
-#[derive(Clone, Copy, Debug)]
-struct MixHasher(u64);
-
-impl Hasher for MixHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        let mut z = (x ^ self.0).wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        self.0 = z ^ (z >> 31);
     }
 }
 
