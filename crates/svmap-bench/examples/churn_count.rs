@@ -54,7 +54,7 @@ fn run<C: Churn>(mut c: C, n: usize, count: usize) {
     steps(&mut c, &mut live, &timed);
     let ns = t0.elapsed().as_nanos() as f64 / count as f64;
     eprintln!(
-        "n {n} steps {count}: {ns:.0} ns/pair, {:.1} B/range (reported), holes/search {:?}, rescans/alloc {:?}",
+        "n {n} steps {count}: {ns:.0} ns/pair, {:.2} B/range (reported), holes/search {:?}, rescans/alloc {:?}",
         c.reported_heap_bytes().unwrap_or(0) as f64 / n as f64,
         c.holes_per_search(),
         c.rescans_per_alloc()

@@ -72,6 +72,11 @@ fn recompute(
     let node = t.inner(id);
     let n = node.len as usize;
     assert!(
+        node.cache_ok(),
+        "inner #{id}: stale cache of the holes between children:\n{}",
+        dump(t)
+    );
+    assert!(
         if is_root { n >= 2 } else { n >= MIN },
         "underfull inner #{id}:\n{}",
         dump(t)
