@@ -335,7 +335,7 @@ pub struct SvmSpace<F: PtFormat = DefaultFormat> {
     windows: BTreeMap<u64, Window>,
     next_window: u64,
     /// CPU VMAs that are window pieces, with their window id.
-    win_pieces: IntervalMap<u64>,
+    win_pieces: Pieces,
     /// From the first window on: every CPU VMA except window pieces, and the
     /// guard gaps.
     svm_cover: Option<CoverMap>,
@@ -419,7 +419,7 @@ impl<F: PtFormat> SvmSpace<F> {
             last_devs: Arc::from([]),
             windows: BTreeMap::new(),
             next_window: 1,
-            win_pieces: IntervalMap::new(),
+            win_pieces: Pieces::default(),
             svm_cover: None,
             devices: Vec::new(),
             names: BTreeMap::new(),
@@ -744,6 +744,8 @@ impl<F: PtFormat> SvmSpace<F> {
                     self.cover_remove(&v);
                 }
             }
+            // The window pieces go while the CPU map still holds them.
+            self.win_pieces.remove_range(self.mm.space(), start, end);
             let _ = self.mm.space_mut().unmap(start, end);
             for &(v, piece) in &vmas {
                 let below = (v.start < start).then_some(Vma { end: start, ..v });
@@ -756,7 +758,6 @@ impl<F: PtFormat> SvmSpace<F> {
                     }
                 }
             }
-            self.win_pieces.remove_range_each(start, end, |_, _, _| {});
         }
         self.prot.remove_range_each(start, end, |_, _, _| {});
         self.reserved.remove_range_each(start, end, |_, _, _| {});
@@ -844,7 +845,7 @@ impl<F: PtFormat> SvmSpace<F> {
             if let Some(w) = window {
                 let mut other = self
                     .win_pieces
-                    .range(c, ce)
+                    .range(self.mm.space(), c, ce)
                     .filter(|&(_, _, &id)| id != w)
                     .map(|(s, e, _)| (s, e));
                 if let Some((s, e)) = other.next() {
@@ -874,11 +875,16 @@ impl<F: PtFormat> SvmSpace<F> {
     /// Removes every window piece in `[start, end)` from the CPU (splitting
     /// pieces).
     fn carve(&mut self, start: u64, end: u64) {
-        for (s, e, _) in self.win_pieces.remove_range(start, end) {
+        let mut removed = std::mem::take(&mut self.scratch_pieces);
+        removed.clear();
+        self.win_pieces
+            .remove_range_with(self.mm.space(), start, end, |s, e, _| removed.push((s, e)));
+        for &(s, e) in &removed {
             let _ = self.mm.space_mut().unmap(s, e);
             self.piece_cover(s, e, false);
             self.prot.remove_range(s, e);
         }
+        self.scratch_pieces = removed;
     }
 
     /// Places the SVM range `[start, end)` carved from a window: every
@@ -900,7 +906,7 @@ impl<F: PtFormat> SvmSpace<F> {
         let mut pieces = std::mem::take(&mut self.scratch_pieces);
         pieces.clear();
         self.win_pieces
-            .remove_range_each(start, end, |s, e, _| pieces.push((s, e)));
+            .remove_range_with(self.mm.space(), start, end, |s, e, _| pieces.push((s, e)));
         // Only pieces lie in the range on the CPU: one unmap takes them
         // all (splitting the edge ones). Where the range is one whole piece
         // the CPU map keeps the VMA as it is.
@@ -1060,7 +1066,7 @@ impl<F: PtFormat> SvmSpace<F> {
             .ok_or(SvmError::UnknownWindow { id })?;
         let mine: Vec<(u64, u64)> = self
             .win_pieces
-            .range(w.start, w.end)
+            .range(self.mm.space(), w.start, w.end)
             .filter(|&(_, _, &p)| p == id)
             .map(|(s, e, _)| (s, e))
             .collect();
@@ -1084,7 +1090,7 @@ impl<F: PtFormat> SvmSpace<F> {
             end: w.end,
             reserved: self
                 .win_pieces
-                .range(w.start, w.end)
+                .range(self.mm.space(), w.start, w.end)
                 .filter(|&(_, _, &p)| p == id)
                 .map(|(s, e, _)| (s, e))
                 .collect(),
@@ -1101,7 +1107,9 @@ impl<F: PtFormat> SvmSpace<F> {
 
     /// The window whose reservation piece the CPU maps at `addr`, if any.
     pub fn window_at(&self, addr: u64) -> Option<u64> {
-        self.win_pieces.get(addr).map(|(_, _, &id)| id)
+        self.win_pieces
+            .get(self.mm.space(), addr)
+            .map(|(_, _, &id)| id)
     }
 
     // ----- CPU operations ---------------------------------------------------
@@ -1624,7 +1632,7 @@ impl<F: PtFormat> SvmSpace<F> {
         let in_cpu = dev.cfg.mirror == MirrorMode::System
             && self.mm.space().vma_at(addr).is_some()
             && self.reserved.get(addr).is_none()
-            && self.win_pieces.get(addr).is_none();
+            && self.win_pieces.get(self.mm.space(), addr).is_none();
         if !(in_svm || in_cpu) {
             return Ok(Err(Fault::Unmapped));
         }
@@ -1658,7 +1666,7 @@ impl<F: PtFormat> SvmSpace<F> {
             Some((s, e, id)) if self.allocs[id].devices.contains(&d) => Some((s, e, frame_of(*id))),
             _ if dev.cfg.mirror == MirrorMode::System
                 && self.reserved.get(addr).is_none()
-                && self.win_pieces.get(addr).is_none() =>
+                && self.win_pieces.get(self.mm.space(), addr).is_none() =>
             {
                 self.mm.space().vma_at(addr).map(|v| {
                     let frame = piece.map_or(FRAME_CPU, |(_, _, id)| frame_of(*id));
@@ -1791,8 +1799,8 @@ impl<F: PtFormat> SvmSpace<F> {
         }
         // Window pieces: one CPU VMA each, inside their live window, never a
         // device reservation or an SVM piece.
-        self.win_pieces.check_invariants();
-        for (s, e, id) in self.win_pieces.iter() {
+        self.win_pieces.check_invariants(cpu);
+        for (s, e, id) in self.win_pieces.iter(cpu) {
             let v = cpu.vma_at(s).expect("window piece without a CPU VMA");
             assert_eq!((v.start, v.end), (s, e), "window piece is not one VMA");
             assert_eq!(v.flags, VmaFlags::NONE, "window piece with flags");

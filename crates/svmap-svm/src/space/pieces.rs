@@ -1,4 +1,6 @@
-//! The live pieces of SVM ranges, each with its allocation id.
+//! Pieces of CPU VMAs with a label each: the live pieces of SVM ranges
+//! (with their allocation id) and the window-reservation pieces (with their
+//! window id).
 //!
 //! Every piece is exactly one CPU VMA, so the pieces need no order of their
 //! own: a hash map from a piece's start to its end and id labels CPU VMAs,
@@ -13,7 +15,7 @@ use svmap_core::AddressMap;
 
 use super::MixState;
 
-/// SVM pieces by start: `start -> (end, id)`. Each is a CPU VMA `[start,
+/// Labelled pieces by start: `start -> (end, id)`. Each is a CPU VMA `[start,
 /// end)`; callers keep it so (remove a piece before the CPU map loses its
 /// VMA, insert it once the VMA is there).
 #[derive(Clone, Debug, Default)]
@@ -22,6 +24,11 @@ pub(super) struct Pieces {
 }
 
 impl Pieces {
+    /// Whether there is none.
+    pub(super) fn is_empty(&self) -> bool {
+        self.m.is_empty()
+    }
+
     /// Adds the piece `[start, end)` of allocation `id`; the CPU maps
     /// exactly that VMA.
     pub(super) fn insert(&mut self, start: u64, end: u64, id: u64) {
@@ -82,13 +89,26 @@ impl Pieces {
     /// CPU unmap of `[start, end)` leaves as VMAs of their own). `mm` is
     /// the CPU map as it still is.
     pub(super) fn remove_range(&mut self, mm: &AddressMap, start: u64, end: u64) {
+        self.remove_range_with(mm, start, end, |_, _, _| {});
+    }
+
+    /// [`Self::remove_range`] that hands each removed part (clipped to
+    /// `[start, end)`, in order) with its id to `f`.
+    pub(super) fn remove_range_with(
+        &mut self,
+        mm: &AddressMap,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, u64, u64),
+    ) {
         if start >= end || self.m.is_empty() {
             return;
         }
         // The common case: one piece, exactly the range.
-        if let Some(&(e, _)) = self.m.get(&start) {
+        if let Some(&(e, id)) = self.m.get(&start) {
             if e == end {
                 self.m.remove(&start);
+                f(start, end, id);
                 return;
             }
         }
@@ -103,6 +123,7 @@ impl Pieces {
             if e > end {
                 self.m.insert(end, (e, id));
             }
+            f(v.start.max(start), e.min(end), id);
         }
     }
 
@@ -110,8 +131,8 @@ impl Pieces {
     /// violation.
     pub(super) fn check_invariants(&self, mm: &AddressMap) {
         for (&s, &(e, _)) in &self.m {
-            let v = mm.vma_at(s).expect("SVM piece not on the CPU");
-            assert_eq!((v.start, v.end), (s, e), "SVM piece is not one CPU VMA");
+            let v = mm.vma_at(s).expect("piece not on the CPU");
+            assert_eq!((v.start, v.end), (s, e), "piece is not one CPU VMA");
         }
     }
 }

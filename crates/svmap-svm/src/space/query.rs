@@ -79,7 +79,10 @@ impl<F: PtFormat> SvmSpace<F> {
         self.svm
             .first_overlap(self.mm.space(), start, end)
             .is_some()
-            || self.win_pieces.first_overlap(start, end).is_some()
+            || self
+                .win_pieces
+                .first_overlap(self.mm.space(), start, end)
+                .is_some()
             || self.reserved.first_overlap(start, end).is_some()
     }
 }
