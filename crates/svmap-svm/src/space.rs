@@ -11,7 +11,7 @@
 //! | `svm` | the live pieces of SVM ranges, with their allocation id; each is exactly one CPU VMA, so they sit in a hash map by start and ordered questions walk `mm` |
 //! | `allocs`, `by_start` | each SVM range by id, and the latest id that starts at each address (hash maps) |
 //! | `cpu_cover` | the union of every CPU VMA and the guard gap below every grows-down one |
-//! | `win_pieces` | the CPU VMAs that are window-reservation pieces, with their window id |
+//! | `win_pieces` | the CPU VMAs that are window-reservation pieces, with their window id (a hash map by start, as `svm`) |
 //! | `svm_cover` | once a window exists: `cpu_cover` without the window pieces |
 //! | `all_cover` | `cpu_cover` plus every device-only region of every device |
 //! | device `regions` | the device's device-only regions; the SVM pieces it holds are the pieces of `svm` whose range lists it ([`SvmSpace::device_occupancy`]) |
