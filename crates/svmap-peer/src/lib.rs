@@ -683,9 +683,27 @@ pub struct Peer {
     next_seq: u64,
     tries: u32,
     setup: Duration,
-    /// A request sent without waiting for its answer: `(id, seq)` of a
-    /// batch invalidation ([`DirectPeer::send_invalidate_unmap`]).
-    in_flight: Option<(u64, u64)>,
+    /// A request sent without waiting for its answer.
+    in_flight: Option<InFlight>,
+}
+
+/// A request of the direct mode sent without waiting for its answer.
+#[derive(Clone, Copy, Debug)]
+enum InFlight {
+    /// A batch invalidation ([`DirectPeer::send_invalidate_unmap`]).
+    Invalidate {
+        /// Request id.
+        id: u64,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A range mapping ([`DirectPeer::send_map_range`]).
+    Map {
+        /// Request id.
+        id: u64,
+        /// The address mapped.
+        addr: u64,
+    },
 }
 
 fn check_config(cfg: &PeerConfig) -> Result<(), PeerError> {
@@ -894,8 +912,11 @@ impl Peer {
     fn idle(&self) -> Result<(), PeerError> {
         match self.in_flight {
             None => Ok(()),
-            Some((_, seq)) => Err(PeerError::InvalidArgument {
+            Some(InFlight::Invalidate { seq, .. }) => Err(PeerError::InvalidArgument {
                 what: format!("the invalidation {seq} awaits its answer: finish it first"),
+            }),
+            Some(InFlight::Map { addr, .. }) => Err(PeerError::InvalidArgument {
+                what: format!("the mapping at {addr:#x} awaits its answer: finish it first"),
             }),
         }
     }
@@ -1446,16 +1467,8 @@ impl DirectPeer {
         len: u64,
         prot: svmap_svm::Prot,
     ) -> Result<u64, PeerError> {
-        let during = "a range mapping";
-        let msg = Msg::MapRange {
-            addr,
-            len,
-            prot: prot_word(prot),
-        };
-        match self.inner.call(&msg, None, during)? {
-            Msg::MapAck { addr: a, id } if a == addr => Ok(id),
-            m => Err(self.inner.unexpected(&m, during)),
-        }
+        self.send_map_range(addr, len, prot)?;
+        self.finish_map_range()
     }
 
     /// Invalidates `[addr, addr + len)` on the device (page-table entries
@@ -1517,14 +1530,62 @@ impl DirectPeer {
         if let Err(e) = self.inner.chan.send(id, &msg, None, dl) {
             return Err(self.inner.fail(e, during));
         }
-        self.inner.in_flight = Some((id, seq));
+        self.inner.in_flight = Some(InFlight::Invalidate { id, seq });
         Ok(())
     }
 
-    /// Whether a batch sent with [`Self::send_invalidate_unmap`] awaits
-    /// its answer.
+    /// Whether a request sent with [`Self::send_invalidate_unmap`] or
+    /// [`Self::send_map_range`] awaits its answer.
     pub fn in_flight(&self) -> bool {
         self.inner.in_flight.is_some()
+    }
+
+    /// The first half of [`Self::map_range`]: sends the request and returns
+    /// without waiting, so that several device processes can map a range
+    /// at the same time. Until [`Self::finish_map_range`], every other
+    /// request is refused with [`PeerError::InvalidArgument`].
+    pub fn send_map_range(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: svmap_svm::Prot,
+    ) -> Result<(), PeerError> {
+        let during = "a range mapping";
+        self.inner.idle()?;
+        self.inner.alive(during)?;
+        let msg = Msg::MapRange {
+            addr,
+            len,
+            prot: prot_word(prot),
+        };
+        let id = self.inner.next_id;
+        self.inner.next_id += 1;
+        let dl = self.inner.deadline();
+        if let Err(e) = self.inner.chan.send(id, &msg, None, dl) {
+            return Err(self.inner.fail(e, during));
+        }
+        self.inner.in_flight = Some(InFlight::Map { id, addr });
+        Ok(())
+    }
+
+    /// The second half of [`Self::map_range`]: waits (at most the
+    /// configured timeout) for the answer to the mapping in flight and
+    /// returns the device's id for it.
+    pub fn finish_map_range(&mut self) -> Result<u64, PeerError> {
+        let during = "a range mapping";
+        let (id, addr) = match self.inner.in_flight {
+            Some(InFlight::Map { id, addr }) => (id, addr),
+            _ => {
+                return Err(PeerError::InvalidArgument {
+                    what: "no range mapping awaits its answer".into(),
+                })
+            }
+        };
+        self.inner.in_flight = None;
+        match self.inner.answer(id, during)? {
+            Msg::MapAck { addr: a, id } if a == addr => Ok(id),
+            m => Err(self.inner.unexpected(&m, during)),
+        }
     }
 
     /// The second half of [`Self::invalidate_unmap`]: waits (at most the
@@ -1532,13 +1593,15 @@ impl DirectPeer {
     /// returns its acknowledged sequence number.
     pub fn finish_invalidate_unmap(&mut self) -> Result<u64, PeerError> {
         let during = "an invalidation";
-        let (id, seq) = self
-            .inner
-            .in_flight
-            .take()
-            .ok_or_else(|| PeerError::InvalidArgument {
-                what: "no invalidation awaits its answer".into(),
-            })?;
+        let (id, seq) = match self.inner.in_flight {
+            Some(InFlight::Invalidate { id, seq }) => (id, seq),
+            _ => {
+                return Err(PeerError::InvalidArgument {
+                    what: "no invalidation awaits its answer".into(),
+                })
+            }
+        };
+        self.inner.in_flight = None;
         match self.inner.answer(id, during)? {
             Msg::UnmapAck { seq: s } if s == seq => Ok(seq),
             m => Err(self.inner.unexpected(&m, during)),

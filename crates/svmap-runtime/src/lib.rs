@@ -26,6 +26,14 @@
 //! brings the model in step again outside svmap's own ranges, and
 //! [`with_refresh`] (or [`svm_alloc`]) does so once when a placement fails
 //! that way, then tries again.
+//!
+//! [`start`] does all of it at start-up, in the order that keeps the
+//! devices' window clear: the engine is seeded from `/proc/self/maps`, the
+//! devices are added, and the common window of every device is reserved
+//! at once (`PROT_NONE`, `MAP_NORESERVE`, `MAP_FIXED_NOREPLACE`: no memory),
+//! before the application can spread there. Later mappings of the
+//! application land outside it, and SVM ranges are carved from it with no
+//! system call and no `/proc` read.
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -424,6 +432,20 @@ impl CpuBackend for LinuxCpu {
         self.add_region(start, end, Kind::DeviceOnly(res, policy))
     }
 
+    /// Unmaps the fault or dummy-page mapping of the region (this backend
+    /// sets every device-only region up as its own reservation, never
+    /// inside a window piece, so the range goes back to the system).
+    fn release_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        match self.regions.get(&start) {
+            Some(r) if r.end == end && !r.lost && matches!(r.kind, Kind::DeviceOnly(..)) => {
+                // Dropping the reservation unmaps it.
+                drop(self.remove_region(start));
+                Ok(())
+            }
+            _ => Err(BackendError::NotOwned { start, end }),
+        }
+    }
+
     fn forget(&mut self, start: u64, end: u64) {
         let hit: Vec<u64> = self
             .regions
@@ -540,6 +562,262 @@ pub fn svm_alloc<C: CpuBackend, D: DeviceBackend, F: PtFormat, S: AsRef<str>>(
     topdown: bool,
 ) -> Result<u64, EngineError> {
     with_refresh(engine, |e| e.svm_alloc(length, align, devices, topdown))
+}
+
+/// At most this much of the devices' common window is reserved by
+/// [`start`] unless [`StartConfig::window`] says otherwise: 256 GiB, of
+/// address space only (the reservation costs no memory).
+pub const DEFAULT_WINDOW_CAP: u64 = 1 << 38;
+
+/// What [`start`] sets up.
+#[derive(Clone, Debug, Default)]
+pub struct StartConfig {
+    /// The CPU space's parameters (`task_size`, `mmap_min_addr`, the
+    /// stack guard gap): this process's.
+    pub mm: svmap_core::linux::MmConfig,
+    /// Bytes of the common window to reserve, at its top (just below the
+    /// lowest device limit). `None`: the whole window, up to
+    /// [`DEFAULT_WINDOW_CAP`]. Rounded up to the largest device page size.
+    pub window: Option<u64>,
+}
+
+/// What [`start`] hands back: the engine, with its devices and its window.
+#[derive(Debug)]
+pub struct Started<D> {
+    /// The engine on this process, seeded, with every device.
+    pub engine: Engine<LinuxCpu, D>,
+    /// The common window reserved for every device (its `reserved` pieces
+    /// are what the CPU holds; SVM ranges for any set of the devices are
+    /// carved from them).
+    pub window: svmap_svm::WindowReservation,
+}
+
+/// Why [`start`] failed; nothing it set up is kept (the engine and its
+/// backends are dropped, and with them every reservation).
+#[derive(Debug)]
+pub enum StartError {
+    /// No devices were given: there is no window to reserve.
+    NoDevices,
+    /// The devices have no common window (the highest floor is at or above
+    /// the lowest limit).
+    NoCommonWindow {
+        /// The highest floor (`mmap_min_addr`, the device bases).
+        floor: u64,
+        /// The lowest limit (`task_size`, `2^va_bits` of each device).
+        limit: u64,
+    },
+    /// The window asked for is empty or larger than the common window.
+    WindowSize {
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes the common window has.
+        available: u64,
+    },
+    /// Seeding the engine from `/proc/self/maps` failed.
+    Seed(SeedError),
+    /// A device could not be added (its name, and why).
+    Device {
+        /// The device's name.
+        name: String,
+        /// Why.
+        error: EngineError,
+    },
+    /// The window could not be reserved (the part of it that is free is
+    /// taken, or the CPU backend could not reserve a piece), even after one
+    /// refresh from `/proc/self/maps`.
+    Window(EngineError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::NoDevices => f.write_str("no devices: there is no window to reserve"),
+            StartError::NoCommonWindow { floor, limit } => write!(
+                f,
+                "the devices have no common window: floor {floor:#x} is at or above limit {limit:#x}"
+            ),
+            StartError::WindowSize {
+                requested,
+                available,
+            } => write!(
+                f,
+                "a window of {requested:#x} bytes was asked for; the common window has {available:#x}"
+            ),
+            StartError::Seed(e) => write!(f, "start-up: {e}"),
+            StartError::Device { name, error } => {
+                write!(f, "start-up: adding device {name:?}: {error}")
+            }
+            StartError::Window(e) => write!(f, "start-up: reserving the window: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Starts the runtime: an engine on this process driving `cpu` (create it
+/// first and give its [`LinuxCpu::directory`] to device processes), seeded
+/// from `/proc/self/maps`, with every device of `devices` added, and the
+/// top `cfg.window` bytes of their common window (`[max(mmap_min_addr,
+/// bases), min(task_size, 2^va_bits))`) reserved at once, before the
+/// application maps anything more. The application's later mappings land
+/// outside the reservation, and SVM ranges for any set of the devices are
+/// carved from it with no system call and no `/proc` read.
+///
+/// Every device's `base` (the floor of its SVM ranges) is raised to the
+/// start of the reserved window, so that its SVM ranges are placed there
+/// and nowhere else ([`Started::engine`] shows the configurations as
+/// added). Only the parts of the window that are free are reserved, and
+/// not the room the main stack may grow into (its `RLIMIT_STACK` and guard
+/// gap below it, when the window reaches up to the stack). If a mapping
+/// made since the seeding is in the way, the CPU space is refreshed once
+/// and the reservation tried again.
+pub fn start<D: DeviceBackend>(
+    cfg: &StartConfig,
+    cpu: LinuxCpu,
+    mut devices: Vec<(svmap_svm::DeviceConfig, D)>,
+) -> Result<Started<D>, StartError> {
+    if devices.is_empty() {
+        return Err(StartError::NoDevices);
+    }
+    let (low, high, page) = common_window(&cfg.mm, devices.iter().map(|(d, _)| d));
+    if high <= low {
+        return Err(StartError::NoCommonWindow {
+            floor: low,
+            limit: high,
+        });
+    }
+    let available = high - low;
+    let requested = cfg.window.unwrap_or(available.min(DEFAULT_WINDOW_CAP));
+    let len = requested
+        .checked_next_multiple_of(page)
+        .filter(|&l| l != 0 && l <= available)
+        .ok_or(StartError::WindowSize {
+            requested,
+            available,
+        })?;
+    let cut = high - len;
+    let mut engine: Engine<LinuxCpu, D> = Engine::new(cfg.mm, cpu);
+    // A read of /proc/self/maps that raced with another thread's mapping
+    // is inconsistent: read it again (the engine is unchanged then).
+    let mut tries = 0;
+    loop {
+        match seed_from_self(&mut engine) {
+            Ok(_) => break,
+            Err(SeedError::Maps(_)) if tries < 4 => tries += 1,
+            Err(e) => return Err(StartError::Seed(e)),
+        }
+    }
+    let mut names = Vec::with_capacity(devices.len());
+    for (mut dc, backend) in devices.drain(..) {
+        dc.base = dc.base.max(cut);
+        let name = dc.name.clone();
+        engine
+            .add_device_with(dc, backend)
+            .map_err(|error| StartError::Device {
+                name: name.clone(),
+                error,
+            })?;
+        names.push(name);
+    }
+    let stack_room = svmap_linux::sys::stack_rlimit()
+        .unwrap_or(u64::MAX)
+        .saturating_add(cfg.mm.stack_guard_gap);
+    let mut refreshed = false;
+    loop {
+        // The main stack's room is held by placeholders in the CPU space
+        // while the window is reserved (no backend call).
+        let holds = stack_rooms(&engine, cut, high, stack_room);
+        for &(s, e) in &holds {
+            engine
+                .cpu_map(s, e, false)
+                .expect("a placeholder covers free space only");
+        }
+        let r = engine.reserve_window(&names);
+        for &(s, e) in &holds {
+            engine
+                .cpu_unmap(s, e - s)
+                .expect("a placeholder is page aligned and holds no SVM range");
+        }
+        match r {
+            Ok(window) => return Ok(Started { engine, window }),
+            Err(EngineError::Cpu {
+                error: BackendError::NotOwned { .. },
+                ..
+            }) if !refreshed => {
+                refreshed = true;
+                refresh_from_self(&mut engine).map_err(StartError::Seed)?;
+            }
+            Err(e) => return Err(StartError::Window(e)),
+        }
+    }
+}
+
+/// The common window of `devices` in a CPU space of `mm`, as
+/// [`svmap_svm::SvmSpace::reserve_window`] computes it: `(low, high,
+/// page)`, the bounds rounded inwards to the largest device page size.
+fn common_window<'a>(
+    mm: &svmap_core::linux::MmConfig,
+    devices: impl Iterator<Item = &'a svmap_svm::DeviceConfig> + Clone,
+) -> (u64, u64, u64) {
+    let page = devices
+        .clone()
+        .map(|d| d.page_size)
+        .fold(svmap_core::linux::PAGE_SIZE, u64::max);
+    let floor = devices
+        .clone()
+        .map(|d| d.base)
+        .fold(mm.mmap_min_addr, u64::max);
+    let limit = devices
+        .map(|d| 1u128.checked_shl(d.va_bits).unwrap_or(u128::MAX))
+        .fold(u128::from(mm.task_size), u128::min) as u64;
+    (
+        floor.checked_next_multiple_of(page).unwrap_or(u64::MAX),
+        limit & !(page - 1),
+        page,
+    )
+}
+
+/// The free parts of the main stack's room (`stack_room` bytes below the
+/// end of each grows-down mapping) inside `[low, high)`, ascending, not
+/// overlapping: what the start-up reservation must leave to the stack.
+fn stack_rooms<C: CpuBackend, D: DeviceBackend>(
+    engine: &Engine<C, D>,
+    low: u64,
+    high: u64,
+    stack_room: u64,
+) -> Vec<(u64, u64)> {
+    let map = engine.mm().space();
+    let mut keep: Vec<(u64, u64)> = Vec::new();
+    for v in map.range(low, high) {
+        if v.flags.contains(svmap_core::VmaFlags::GROWSDOWN) {
+            let room = v.end.saturating_sub(stack_room).max(low);
+            if room < v.start {
+                keep.push((room, v.start.min(high)));
+            }
+        }
+    }
+    keep.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in keep {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let mut out = Vec::new();
+    for (s, e) in merged {
+        let mut at = s;
+        for v in map.range(s, e) {
+            if v.start > at {
+                out.push((at, v.start));
+            }
+            at = at.max(v.end);
+        }
+        if at < e {
+            out.push((at, e));
+        }
+    }
+    out
 }
 
 /// Why [`seed_from_self`] or [`refresh_from_self`] failed.

@@ -18,7 +18,7 @@ use crate::directory::HeapDirectory;
 ///
 /// | engine call | request |
 /// | --- | --- |
-/// | `map` | the first time a heap is used: `Attach` (its memfd, mapped at the same address in the peer); then `MapRange` |
+/// | `map` (`map_start`, `map_finish`) | the first time a heap is used: `Attach` (its memfd, mapped at the same address in the peer); then `MapRange`, sent by `map_start` and awaited by `map_finish` (the engine asks every device of an allocation before it waits) |
 /// | `invalidate` | `Invalidate{seq}`, acknowledged once the device's page-table entries and TLB entries of the range are gone |
 /// | `protect` | `Protect` |
 /// | `unmap` | `UnmapRange` (an attachment entirely inside the range is unmapped there too) |
@@ -144,6 +144,25 @@ impl DeviceBackend for PeerDevice {
         self.attach_for(start, end)?;
         self.peer
             .map_range(start, end - start, Prot::ReadWrite)
+            .map(|_| ())
+            .map_err(backend_error)
+    }
+
+    /// Attaches the heap if needed (one round trip, the first time), then
+    /// sends `MapRange` without waiting.
+    fn map_start(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        self.attach_for(start, end)?;
+        self.peer
+            .send_map_range(start, end - start, Prot::ReadWrite)
+            .map_err(backend_error)
+    }
+
+    fn map_finish(&mut self, _start: u64, _end: u64) -> Result<(), BackendError> {
+        if !self.peer.in_flight() {
+            return Ok(());
+        }
+        self.peer
+            .finish_map_range()
             .map(|_| ())
             .map_err(backend_error)
     }

@@ -156,6 +156,10 @@ pub trait CpuBackend {
         end: u64,
         policy: CpuPolicy,
     ) -> Result<(), BackendError>;
+    /// Gives back the CPU side of the device-only region `[start, end)`
+    /// (exactly a range set up by [`Self::map_device_only`]) once its device
+    /// is gone: the range is free on the CPU afterwards.
+    fn release_region(&mut self, start: u64, end: u64) -> Result<(), BackendError>;
     /// The CPU lost `[start, end)` by other means (an observed `munmap`, a
     /// `MAP_FIXED` mapping): whatever the backend owned there is no longer
     /// its own. It must not act on the range.
@@ -177,6 +181,22 @@ pub trait DeviceBackend {
     /// Maps the SVM range `[start, end)` read-write at the same address as
     /// the CPU.
     fn map(&mut self, start: u64, end: u64) -> Result<(), BackendError>;
+    /// The first half of [`Self::map`], so that the engine can ask every
+    /// device of an allocation before it waits for any of them: starts the
+    /// mapping (sends the request) and returns. The engine then calls
+    /// [`Self::map_finish`] with the same range before any other call to
+    /// this backend, unless this call failed. The default does the whole
+    /// `map` here.
+    fn map_start(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        self.map(start, end)
+    }
+    /// The second half of [`Self::map`]: waits until the mapping started
+    /// by [`Self::map_start`] is done. An error means the range is not
+    /// mapped on the device. The default has nothing left to do.
+    fn map_finish(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        let _ = (start, end);
+        Ok(())
+    }
     /// Invalidates `[start, end)` and waits until the device has stopped
     /// using it (its TLB is shot down and in-flight accesses are done).
     /// Only after every device has acknowledged may the range be reused;
@@ -270,6 +290,9 @@ impl CpuBackend for ModelCpu {
     fn map_device_only(&mut self, _: u64, _: u64, _: CpuPolicy) -> Result<(), BackendError> {
         Ok(())
     }
+    fn release_region(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
     fn forget(&mut self, _: u64, _: u64) {}
 }
 
@@ -321,6 +344,9 @@ impl<B: CpuBackend + ?Sized> CpuBackend for Box<B> {
     ) -> Result<(), BackendError> {
         (**self).map_device_only(start, end, policy)
     }
+    fn release_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        (**self).release_region(start, end)
+    }
     fn forget(&mut self, start: u64, end: u64) {
         (**self).forget(start, end)
     }
@@ -329,6 +355,12 @@ impl<B: CpuBackend + ?Sized> CpuBackend for Box<B> {
 impl<B: DeviceBackend + ?Sized> DeviceBackend for Box<B> {
     fn map(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         (**self).map(start, end)
+    }
+    fn map_start(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        (**self).map_start(start, end)
+    }
+    fn map_finish(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        (**self).map_finish(start, end)
     }
     fn invalidate(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         (**self).invalidate(start, end)

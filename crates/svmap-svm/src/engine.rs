@@ -179,9 +179,68 @@ pub struct Engine<C = ModelCpu, D = ModelDevice, F: PtFormat = DefaultFormat> {
     scratch_devs: Vec<usize>,
     /// Reused: the pieces of the range being changed.
     scratch_pieces: Vec<(u64, u64)>,
-    /// Frees that failed, `(addr, allocation id)`: retried when a device
-    /// that held the range is removed.
-    pending: Vec<(u64, u64)>,
+    /// Frees that failed: retried when a device that held the range is
+    /// removed; each knows the devices that no longer hold its range.
+    pending: Vec<PendingFree>,
+    /// Reused: the devices that finished their part of the current free.
+    scratch_done: Vec<usize>,
+}
+
+/// A free that failed partway.
+#[derive(Debug)]
+struct PendingFree {
+    /// Start of the range.
+    addr: u64,
+    /// End of the range (exclusive).
+    end: u64,
+    /// Its allocation id (a range allocated again at `addr` is another).
+    id: u64,
+    /// The devices (indices) that acknowledged and unmapped every piece of
+    /// it: a retry, a `protect` or an observed unmap no longer asks them.
+    done: Vec<usize>,
+}
+
+/// The devices that no longer hold allocation `id` at `addr`.
+fn done_of(pending: &[PendingFree], addr: u64, id: u64) -> &[usize] {
+    pending
+        .iter()
+        .find(|p| p.addr == addr && p.id == id)
+        .map_or(&[], |p| p.done.as_slice())
+}
+
+/// Refuses a range at or above the limit of device `d`.
+fn guard_on<F: PtFormat>(
+    space: &SvmSpace<F>,
+    d: usize,
+    start: u64,
+    end: u64,
+) -> Result<(), EngineError> {
+    let dev = &space.devices()[d];
+    let limit = 1u128 << dev.config().va_bits;
+    if u128::from(end) > limit || start >= end {
+        return Err(EngineError::LimitGuard {
+            device: dev.config().name.clone(),
+            start,
+            end,
+            limit: dev.limit(),
+        });
+    }
+    Ok(())
+}
+
+/// The devices that no longer hold the SVM piece at `s` (its free failed
+/// partway after they unmapped it).
+fn released_at<'a, F: PtFormat>(
+    space: &SvmSpace<F>,
+    pending: &'a [PendingFree],
+    s: u64,
+) -> &'a [usize] {
+    pending
+        .iter()
+        .find(|p| {
+            p.addr <= s && s < p.end && space.alloc_pieces(p.id).any(|(a, b)| a <= s && s < b)
+        })
+        .map_or(&[], |p| p.done.as_slice())
 }
 
 /// One device's part of [`Engine::svm_free_many`].
@@ -207,6 +266,11 @@ pub struct RemovedDevice<D> {
     /// Ranges whose free had failed and that are free now (the removed
     /// device was the only one that had not acknowledged).
     pub freed: Vec<u64>,
+    /// The CPU side of the device's device-only regions, given back
+    /// ([`CpuBackend::release_region`]): those ranges are free on the CPU
+    /// now. The first error, if the CPU backend could not give one back
+    /// (that range stays reserved, nothing is placed there).
+    pub released: Result<Vec<(u64, u64)>, EngineError>,
     /// The retried frees: the first error, if some of them still failed on
     /// another device (those ranges stay allocated).
     pub retry: Result<(), EngineError>,
@@ -281,14 +345,16 @@ fn batch_error<F: PtFormat>(
 fn drop_pieces_on_devices<D: DeviceBackend, F: PtFormat>(
     space: &SvmSpace<F>,
     devs: &mut [D],
+    pending: &[PendingFree],
     start: u64,
     end: u64,
 ) -> Result<(), EngineError> {
     for (s, e, ds) in space.svm_pieces_in(start, end) {
-        for &d in ds {
+        let gone = released_at(space, pending, s);
+        for &d in ds.iter().filter(|d| !gone.contains(d)) {
             invalidate_on(space, &mut devs[d], d, s, e)?;
         }
-        for &d in ds {
+        for &d in ds.iter().filter(|d| !gone.contains(d)) {
             devs[d].unmap(s, e).map_err(|error| EngineError::Device {
                 device: dev_name(space, d),
                 op: "unmap",
@@ -311,6 +377,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             scratch_devs: Vec::new(),
             scratch_pieces: Vec::new(),
             pending: Vec::new(),
+            scratch_done: Vec::new(),
         }
     }
 
@@ -404,24 +471,58 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     pub fn pending_frees(&self) -> Vec<u64> {
         self.pending
             .iter()
-            .filter(|&&(a, id)| self.space.alloc_at(a).is_some_and(|v| v.id == id))
-            .map(|&(a, _)| a)
+            .filter(|p| self.space.alloc_at(p.addr).is_some_and(|v| v.id == p.id))
+            .map(|p| p.addr)
             .collect()
     }
 
-    /// Records the outcome of a free of `addr` (allocation `id` before it).
-    fn note_free(&mut self, addr: u64, id: Option<u64>, ok: bool) {
+    /// The devices (names) that no longer hold the SVM range at `addr`: its
+    /// free failed partway after they acknowledged and unmapped it, so a
+    /// retry does not ask them again. Empty for a range whose free did not
+    /// fail.
+    pub fn released_devices(&self, addr: u64) -> Vec<String> {
+        self.pending
+            .iter()
+            .filter(|p| p.addr == addr && self.space.alloc_at(addr).is_some_and(|v| v.id == p.id))
+            .flat_map(|p| p.done.iter().map(|&d| dev_name(&self.space, d)))
+            .collect()
+    }
+
+    /// Records the outcome of a free of `addr` (allocation `id` before it):
+    /// on failure, `done` are devices that finished their part.
+    fn note_free(&mut self, addr: u64, id: Option<u64>, ok: bool, done: &[usize]) {
         if ok {
             if !self.pending.is_empty() {
-                self.pending.retain(|&(a, _)| a != addr);
+                self.pending.retain(|p| p.addr != addr);
             }
             return;
         }
         let Some(id) = id else { return };
-        if self.space.alloc_at(addr).is_some_and(|v| v.id == id)
-            && !self.pending.contains(&(addr, id))
-        {
-            self.pending.push((addr, id));
+        let Some(v) = self.space.alloc_at(addr).filter(|v| v.id == id) else {
+            return;
+        };
+        let end = v.end;
+        // Entries of ranges that are gone (an older allocation at the same
+        // address, one the CPU lost) are stale.
+        let space = &self.space;
+        self.pending
+            .retain(|p| p.id == id || space.alloc_at(p.addr).is_some_and(|v| v.id == p.id));
+        let p = match self.pending.iter_mut().position(|p| p.addr == addr) {
+            Some(i) => &mut self.pending[i],
+            None => {
+                self.pending.push(PendingFree {
+                    addr,
+                    end,
+                    id,
+                    done: Vec::new(),
+                });
+                self.pending.last_mut().expect("just pushed")
+            }
+        };
+        for &d in done {
+            if !p.done.contains(&d) {
+                p.done.push(d);
+            }
         }
     }
 
@@ -462,8 +563,19 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         let held: Vec<(u64, u64)> = self
             .space
             .svm_pieces_in(0, u64::MAX)
-            .filter(|(_, _, ds)| ds.contains(&d))
+            .filter(|&(s, _, ds)| {
+                ds.contains(&d) && !released_at(&self.space, &self.pending, s).contains(&d)
+            })
             .map(|(s, e, _)| (s, e))
+            .collect();
+        // The CPU side of its device-only regions (not the ranges it holds
+        // by its own means, which have none).
+        let ts = self.space.mm().config().task_size;
+        let regions: Vec<(u64, u64)> = self.space.devices()[d]
+            .regions()
+            .iter()
+            .filter(|&(s, _, _)| s < ts && self.space.reservation_at(s).is_some())
+            .map(|(s, e, _)| (s, e.min(ts)))
             .collect();
         let detached = if held.is_empty() {
             Ok(())
@@ -473,15 +585,46 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         let retry_addrs: Vec<u64> = self
             .pending
             .iter()
-            .filter_map(|&(a, id)| {
-                let v = self.space.alloc_at(a)?;
-                (v.id == id && v.devices.contains(&d)).then_some(a)
+            .filter_map(|p| {
+                let v = self.space.alloc_at(p.addr)?;
+                (v.id == p.id && v.devices.contains(&d)).then_some(p.addr)
             })
             .collect();
         self.space
             .remove_device(device)
             .expect("the device was found above");
         let backend = self.devs.remove(d);
+        for p in &mut self.pending {
+            p.done.retain(|&x| x != d);
+            for x in &mut p.done {
+                if *x > d {
+                    *x -= 1;
+                }
+            }
+        }
+        let mut released = Ok(Vec::with_capacity(regions.len()));
+        for (s, e) in regions {
+            match self.cpu.release_region(s, e) {
+                Ok(()) => {
+                    self.space
+                        .cpu_unmap(s, e - s)
+                        .expect("a device-only region is page aligned and non-empty");
+                    if let Ok(v) = &mut released {
+                        v.push((s, e));
+                    }
+                }
+                Err(error) => {
+                    if released.is_ok() {
+                        released = Err(EngineError::Cpu {
+                            op: "release_region",
+                            start: s,
+                            end: e,
+                            error,
+                        });
+                    }
+                }
+            }
+        }
         let retry = self.svm_free_many(&retry_addrs);
         let freed: Vec<u64> = retry_addrs
             .iter()
@@ -492,6 +635,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             backend,
             detached,
             freed,
+            released,
             retry,
         })
     }
@@ -512,7 +656,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     /// Every device of every SVM piece in `[start, end)` invalidates and
     /// unmaps it; then the CPU backend forgets what it owned there.
     fn lose(&mut self, start: u64, end: u64) -> Result<bool, EngineError> {
-        drop_pieces_on_devices(&self.space, &mut self.devs, start, end)?;
+        drop_pieces_on_devices(&self.space, &mut self.devs, &self.pending, start, end)?;
         Ok(self.space.owns_any(start, end))
     }
 
@@ -569,10 +713,17 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         self.space.protect(start, length, prot)?;
         let end = start.saturating_add(length);
         let Engine {
-            space, cpu, devs, ..
+            space,
+            cpu,
+            devs,
+            pending,
+            ..
         } = self;
         for (s, e, ds) in space.svm_pieces_in(start, end) {
-            for &d in ds {
+            // Devices that already unmapped a range whose free failed are
+            // not asked.
+            let gone = released_at(space, pending, s);
+            for &d in ds.iter().filter(|d| !gone.contains(d)) {
                 invalidate_on(space, &mut devs[d], d, s, e)?;
             }
             cpu.protect(s, e, prot).map_err(|error| EngineError::Cpu {
@@ -581,7 +732,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                 end: e,
                 error,
             })?;
-            for &d in ds {
+            for &d in ds.iter().filter(|d| !gone.contains(d)) {
                 devs[d]
                     .protect(s, e, prot)
                     .map_err(|error| EngineError::Device {
@@ -640,17 +791,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
 
     /// Refuses a device range at or above the device's limit.
     fn guard(&self, d: usize, start: u64, end: u64) -> Result<(), EngineError> {
-        let dev = &self.space.devices()[d];
-        let limit = 1u128 << dev.config().va_bits;
-        if u128::from(end) > limit || start >= end {
-            return Err(EngineError::LimitGuard {
-                device: dev.config().name.clone(),
-                start,
-                end,
-                limit: dev.limit(),
-            });
-        }
-        Ok(())
+        guard_on(&self.space, d, start, end)
     }
 
     /// `svm_alloc`: [`SvmSpace::svm_alloc`] decides; then the CPU backend
@@ -686,40 +827,89 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                 error,
             });
         }
-        for i in 0..self.scratch_devs.len() {
-            let d = self.scratch_devs[i];
-            let r = self.guard(d, addr, end).and_then(|()| {
-                self.devs[d]
-                    .map(addr, end)
-                    .map_err(|error| EngineError::Device {
-                        device: dev_name(&self.space, d),
-                        op: "map",
-                        start: addr,
-                        end,
-                        error,
-                    })
+        let Engine {
+            space,
+            cpu,
+            devs,
+            scratch_devs,
+            scratch_done,
+            ..
+        } = self;
+        // Every device is asked before any answer is awaited; the error
+        // reported is the first device's (definition order).
+        let mut first: Option<(usize, EngineError)> = None;
+        let mut note = |d: usize, e: EngineError| {
+            if first.as_ref().is_none_or(|&(fd, _)| d < fd) {
+                first = Some((d, e));
+            }
+        };
+        let map_error = |space: &SvmSpace<F>, d: usize, error| EngineError::Device {
+            device: dev_name(space, d),
+            op: "map",
+            start: addr,
+            end,
+            error,
+        };
+        // The devices whose mapping was started, then those that mapped.
+        scratch_done.clear();
+        for &d in scratch_devs.iter() {
+            let r = guard_on(space, d, addr, end).and_then(|()| {
+                devs[d]
+                    .map_start(addr, end)
+                    .map_err(|e| map_error(space, d, e))
             });
-            if let Err(e) = r {
-                // Undo on the devices mapped so far, then on the CPU.
-                for j in 0..i {
-                    let dj = self.scratch_devs[j];
-                    if let Err(error) = self.devs[dj].invalidate(addr, end) {
-                        return Err(EngineError::NotAcknowledged {
-                            device: dev_name(&self.space, dj),
-                            start: addr,
-                            end,
-                            error,
-                        });
-                    }
-                    let _ = self.devs[dj].unmap(addr, end);
-                }
-                if self.cpu.unmap(addr, end, to).is_ok() {
-                    let _ = self.space.svm_free(addr);
-                }
-                return Err(e);
+            match r {
+                Ok(()) => scratch_done.push(d),
+                Err(e) => note(d, e),
             }
         }
-        Ok(addr)
+        scratch_done.retain(|&d| match devs[d].map_finish(addr, end) {
+            Ok(()) => true,
+            Err(e) => {
+                note(d, map_error(space, d, e));
+                false
+            }
+        });
+        let Some((_, err)) = first else {
+            return Ok(addr);
+        };
+        // Undo on every device that mapped (all asked before any answer is
+        // awaited), then on the CPU.
+        let range = [(addr, end)];
+        let mut undo: Option<(usize, EngineError)> = None;
+        let mut kept: Vec<usize> = Vec::new();
+        scratch_done.retain(|&d| match devs[d].invalidate_unmap_start(&range) {
+            Ok(()) => true,
+            Err(b) => {
+                kept.push(d);
+                undo.get_or_insert((d, batch_error(space, d, &range, b)));
+                false
+            }
+        });
+        for &d in scratch_done.iter() {
+            if let Err(b) = devs[d].invalidate_unmap_finish(&range) {
+                kept.push(d);
+                if undo.as_ref().is_none_or(|&(ud, _)| d < ud) {
+                    undo = Some((d, batch_error(space, d, &range, b)));
+                }
+            }
+        }
+        if let Some((_, e)) = undo {
+            // The range stays allocated; a retried free asks only the
+            // devices that may still hold it.
+            let id = space.alloc_at(addr).map(|v| v.id);
+            let done: Vec<usize> = scratch_devs
+                .iter()
+                .copied()
+                .filter(|d| !kept.contains(d))
+                .collect();
+            self.note_free(addr, id, false, &done);
+            return Err(e);
+        }
+        if cpu.unmap(addr, end, to).is_ok() {
+            let _ = space.svm_free(addr);
+        }
+        Err(err)
     }
 
     /// `svm_free`: every device of the range invalidates what is left of
@@ -760,7 +950,12 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     pub fn svm_free(&mut self, addr: u64) -> Result<(), EngineError> {
         let id = self.space.alloc_at(addr).map(|v| v.id);
         let r = self.free_one(addr);
-        self.note_free(addr, id, r.is_ok());
+        if r.is_ok() && self.pending.is_empty() {
+            return r;
+        }
+        let done = std::mem::take(&mut self.scratch_done);
+        self.note_free(addr, id, r.is_ok(), &done);
+        self.scratch_done = done;
         r
     }
 
@@ -777,6 +972,12 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         let id = v.id;
         self.scratch_devs.clear();
         self.scratch_devs.extend_from_slice(v.devices);
+        if !self.pending.is_empty() {
+            // A retry asks only the devices that may still hold the range.
+            let done = done_of(&self.pending, addr, id);
+            self.scratch_devs.retain(|d| !done.contains(d));
+        }
+        self.scratch_done.clear();
         self.scratch_pieces.clear();
         self.scratch_pieces.extend(self.space.alloc_pieces(id));
         let Engine {
@@ -785,6 +986,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             devs,
             scratch_devs,
             scratch_pieces,
+            scratch_done,
             ..
         } = self;
         if !scratch_pieces.is_empty() {
@@ -807,8 +1009,9 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             }
             for (k, &d) in scratch_devs.iter().enumerate() {
                 if started & (1 << k) != 0 {
-                    if let Err(b) = devs[d].invalidate_unmap_finish(scratch_pieces) {
-                        note(d, batch_error(space, d, scratch_pieces, b));
+                    match devs[d].invalidate_unmap_finish(scratch_pieces) {
+                        Ok(()) => scratch_done.push(d),
+                        Err(b) => note(d, batch_error(space, d, scratch_pieces, b)),
                     }
                 }
             }
@@ -866,8 +1069,12 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             } else {
                 Release::ToSystem
             });
+            let done = done_of(&self.pending, addr, v.id);
             for &d in v.devices {
-                holders[d].push(i);
+                // A retry asks only the devices that may still hold it.
+                if !done.contains(&d) {
+                    holders[d].push(i);
+                }
             }
             let from = pieces.len();
             pieces.extend(self.space.alloc_pieces(v.id).map(|(s, e)| (i, s, e)));
@@ -896,9 +1103,12 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             });
         }
         let mut errors: Vec<Option<EngineError>> = vec![None; ndev];
+        // (device, allocation) pairs the device did not finish.
+        let mut not_done: Vec<(usize, usize)> = Vec::new();
         let mut fail = |d: usize, b: BatchError, batch: &DeviceBatch| {
             for &i in &batch.owner[b.done.min(batch.owner.len())..] {
                 failed[i] = true;
+                not_done.push((d, i));
             }
             errors[d] = Some(batch_error(&self.space, d, &batch.ranges, b));
         };
@@ -942,8 +1152,16 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                 }
             }
         }
+        let mut done = Vec::new();
         for (i, &addr) in addrs.iter().enumerate() {
-            self.note_free(addr, Some(ids[i]), self.space.alloc_at(addr).is_none());
+            let ok = self.space.alloc_at(addr).is_none();
+            done.clear();
+            if !ok {
+                done.extend((0..ndev).filter(|&d| {
+                    holders[d].binary_search(&i).is_ok() && !not_done.contains(&(d, i))
+                }));
+            }
+            self.note_free(addr, Some(ids[i]), ok, &done);
         }
         match first {
             None => Ok(()),

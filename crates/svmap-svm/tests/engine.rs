@@ -55,6 +55,13 @@ struct World {
     cpu_fail_unmap: bool,
     /// Per device (missing: none): the ranges it holds by its own means.
     own: Vec<Vec<(u64, u64)>>,
+    /// Device-only regions whose CPU side the CPU backend set up and has
+    /// not given back.
+    cpu_regions: Vec<(u64, u64)>,
+    /// The CPU backend refuses the next `release_region`.
+    cpu_fail_release_region: bool,
+    /// Every device call: (device, call, start).
+    log: Vec<(usize, &'static str, u64)>,
 }
 
 fn flag(v: &[bool], d: usize) -> bool {
@@ -162,6 +169,26 @@ impl CpuBackend for RecCpu {
         if overlaps(&w.cpu_mapped, s, e) {
             w.violations.push(format!("device-only over SVM at {s:#x}"));
         }
+        w.cpu_regions.push((s, e));
+        Ok(())
+    }
+    fn release_region(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        let mut w = self.0.borrow_mut();
+        w.calls += 1;
+        if std::mem::take(&mut w.cpu_fail_release_region) {
+            return Err(BackendError::Sys {
+                call: "munmap",
+                errno: 22,
+            });
+        }
+        match w.cpu_regions.iter().position(|&r| r == (s, e)) {
+            Some(i) => {
+                w.cpu_regions.remove(i);
+            }
+            None => w
+                .violations
+                .push(format!("release_region [{s:#x}, {e:#x}) never set up")),
+        }
         Ok(())
     }
     fn forget(&mut self, s: u64, e: u64) {
@@ -187,6 +214,7 @@ impl DeviceBackend for RecDev {
         let d = self.1;
         let mut w = self.0.borrow_mut();
         w.calls += 1;
+        w.log.push((d, "map", s));
         Self::check_limit(&mut w, d, s, e, "map");
         if overlaps(&w.dev_mapped[d], s, e) {
             w.violations.push(format!(
@@ -201,6 +229,7 @@ impl DeviceBackend for RecDev {
         let d = self.1;
         let mut w = self.0.borrow_mut();
         w.calls += 1;
+        w.log.push((d, "invalidate", s));
         Self::check_limit(&mut w, d, s, e, "invalidate");
         if std::mem::take(&mut w.nack[d]) {
             return Err(BackendError::Timeout { waited_ms: 0 });
@@ -217,6 +246,7 @@ impl DeviceBackend for RecDev {
         let d = self.1;
         let mut w = self.0.borrow_mut();
         w.calls += 1;
+        w.log.push((d, "protect", s));
         Self::check_limit(&mut w, d, s, e, "protect");
         if !covered(&w.dev_invalidated[d], s, e) {
             w.violations
@@ -228,6 +258,7 @@ impl DeviceBackend for RecDev {
         let d = self.1;
         let mut w = self.0.borrow_mut();
         w.calls += 1;
+        w.log.push((d, "unmap", s));
         Self::check_limit(&mut w, d, s, e, "unmap");
         if !covered(&w.dev_invalidated[d], s, e) {
             w.violations
@@ -850,8 +881,10 @@ fn removing_a_dead_device_reclaims_its_ranges() {
     let v = eng.alloc_at(shared_live).unwrap();
     assert_eq!(v.devices, &[1]);
     assert_eq!(eng.alloc_at(other).unwrap().devices, &[1]);
-    // The region's CPU side stays reserved; its device side is gone.
-    assert_eq!(eng.reservation_at(0xe_0000), Some(CpuPolicy::Fault));
+    // The region's CPU side is given back, its device side is gone.
+    assert_eq!(r.released, Ok(vec![(0xe_0000, 0xe_4000)]));
+    assert_eq!(eng.reservation_at(0xe_0000), None);
+    assert!(world.borrow().cpu_regions.is_empty());
     assert!(eng.devices().iter().all(|d| d.regions().is_empty()));
     eng.check_invariants();
     assert_consistent(&eng, &world.borrow(), &[0, 2]);
@@ -977,10 +1010,31 @@ struct StagedDev {
     i: usize,
     fail_start: bool,
     fail_finish: bool,
+    /// Fail the first half of the next mapping.
+    fail_map_start: bool,
+    /// Fail the second half of the next mapping.
+    fail_map_finish: bool,
 }
 
 impl DeviceBackend for StagedDev {
     fn map(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        self.log.borrow_mut().push(format!("map {}", self.i));
+        Ok(())
+    }
+    fn map_start(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        self.log.borrow_mut().push(format!("map_start {}", self.i));
+        if std::mem::take(&mut self.fail_map_start) {
+            return Err(BackendError::Gone {
+                detail: "dead".into(),
+            });
+        }
+        Ok(())
+    }
+    fn map_finish(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        self.log.borrow_mut().push(format!("map_finish {}", self.i));
+        if std::mem::take(&mut self.fail_map_finish) {
+            return Err(BackendError::Timeout { waited_ms: 1 });
+        }
         Ok(())
     }
     fn invalidate(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
@@ -1051,6 +1105,8 @@ fn a_free_asks_every_device_before_waiting() {
                 i,
                 fail_start,
                 fail_finish,
+                fail_map_start: false,
+                fail_map_finish: false,
             };
             eng.add_device_with(device(i), dev).unwrap();
         }
@@ -1073,8 +1129,8 @@ fn a_free_asks_every_device_before_waiting() {
             "finish 2 1"
         ]
     );
-    log.borrow_mut().clear();
     let c = eng.svm_alloc(0x2000, None, &["d1"], false).unwrap();
+    log.borrow_mut().clear();
     eng.svm_free_many(&[b, c]).unwrap();
     assert_eq!(
         *log.borrow(),
@@ -1118,4 +1174,260 @@ fn a_free_asks_every_device_before_waiting() {
     assert!(eng.alloc_at(a).is_some() && eng.alloc_at(c).is_some());
     assert!(eng.alloc_at(b).is_none());
     eng.check_invariants();
+}
+
+/// An allocation asks every device to map before it waits for any; a
+/// device that fails either half is not undone, every device that mapped
+/// is (all asked before any answer is awaited), the CPU unmaps, and the
+/// space is as before: the same request then gets the same address. The
+/// error names the first failing device in definition order.
+#[test]
+fn an_allocation_asks_every_device_before_waiting() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mut eng: Engine<svmap_svm::ModelCpu, StagedDev> = Engine::new(cfg(), svmap_svm::ModelCpu);
+    for i in 0..3 {
+        let dev = StagedDev {
+            log: log.clone(),
+            i,
+            fail_start: false,
+            fail_finish: false,
+            fail_map_start: false,
+            fail_map_finish: false,
+        };
+        eng.add_device_with(device(i), dev).unwrap();
+    }
+    let all = ["d0", "d1", "d2"];
+    let a = eng.svm_alloc(0x2000, None, &all, false).unwrap();
+    assert_eq!(
+        *log.borrow(),
+        [
+            "map_start 0",
+            "map_start 1",
+            "map_start 2",
+            "map_finish 0",
+            "map_finish 1",
+            "map_finish 2"
+        ]
+    );
+    let before = eng.svm_ranges();
+    // d2 fails to start, d1 fails to finish: d1 is named; only d0 mapped
+    // and only d0 is undone.
+    eng.device_backends_mut()[2].fail_map_start = true;
+    eng.device_backends_mut()[1].fail_map_finish = true;
+    log.borrow_mut().clear();
+    let at = match eng.svm_alloc(0x2000, None, &all, false) {
+        Err(EngineError::Device {
+            device, op, start, ..
+        }) => {
+            assert_eq!((device.as_str(), op), ("d1", "map"));
+            start
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        *log.borrow(),
+        [
+            "map_start 0",
+            "map_start 1",
+            "map_start 2",
+            "map_finish 0",
+            "map_finish 1",
+            "start 0 1",
+            "finish 0 1"
+        ]
+    );
+    assert!(eng.alloc_at(at).is_none());
+    assert_eq!(eng.svm_ranges(), before);
+    assert!(eng.pending_frees().is_empty());
+    eng.check_invariants();
+    // The space is unchanged: the same request lands at the same address.
+    let b = eng.svm_alloc(0x2000, None, &all, false).unwrap();
+    assert_eq!(b, at);
+    assert_ne!(a, b);
+    // A device that fails to start alone: the others are finished and
+    // undone, the failing one is neither.
+    eng.device_backends_mut()[0].fail_map_start = true;
+    log.borrow_mut().clear();
+    match eng.svm_alloc(0x2000, None, &["d0", "d2"], false) {
+        Err(EngineError::Device { device, .. }) => assert_eq!(device, "d0"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        *log.borrow(),
+        [
+            "map_start 0",
+            "map_start 2",
+            "map_finish 2",
+            "start 2 1",
+            "finish 2 1"
+        ]
+    );
+    eng.check_invariants();
+}
+
+/// When the undo of a failed allocation is not acknowledged, the range
+/// stays allocated (a device may still use it) and is a pending free; a
+/// retried free asks only the device that may still hold it.
+#[test]
+fn an_allocation_whose_undo_is_not_acknowledged_stays() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mut eng: Engine<svmap_svm::ModelCpu, StagedDev> = Engine::new(cfg(), svmap_svm::ModelCpu);
+    for i in 0..3 {
+        let dev = StagedDev {
+            log: log.clone(),
+            i,
+            fail_start: i == 0,
+            fail_finish: false,
+            fail_map_start: false,
+            fail_map_finish: i == 2,
+        };
+        eng.add_device_with(device(i), dev).unwrap();
+    }
+    let all = ["d0", "d1", "d2"];
+    let at = match eng.svm_alloc(0x2000, None, &all, false) {
+        Err(EngineError::NotAcknowledged { device, start, .. }) => {
+            assert_eq!(device, "d0");
+            start
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(eng.alloc_at(at).is_some());
+    assert_eq!(eng.pending_frees(), vec![at]);
+    let mut gone = eng.released_devices(at);
+    gone.sort_unstable();
+    assert_eq!(gone, ["d1", "d2"]);
+    eng.device_backends_mut()[0].fail_start = false;
+    log.borrow_mut().clear();
+    eng.svm_free(at).unwrap();
+    assert_eq!(*log.borrow(), ["start 0 1", "finish 0 1"]);
+    assert!(eng.alloc_at(at).is_none() && eng.pending_frees().is_empty());
+    eng.check_invariants();
+}
+
+/// A free retried after a partial failure goes only to the devices that
+/// still hold the range: a device that acknowledged and unmapped it is
+/// never asked again (no invalidate, unmap or protect), whether the retry
+/// is `svm_free`, `svm_free_many` or a `protect` in between; after a CPU
+/// unmap failure no device is asked at all.
+#[test]
+fn a_retried_free_asks_only_the_devices_that_still_hold_the_range() {
+    let (mut eng, world) = rec_engine(3);
+    let all = ["d0", "d1", "d2"];
+    let to_d = |w: &World, d: usize| w.log.iter().filter(|l| l.0 == d).count();
+    for many in [false, true] {
+        let a = eng.svm_alloc(0x4000, None, &all, false).unwrap();
+        world.borrow_mut().nack[1] = true;
+        let r = if many {
+            eng.svm_free_many(&[a])
+        } else {
+            eng.svm_free(a)
+        };
+        assert!(
+            matches!(r, Err(EngineError::NotAcknowledged { ref device, .. }) if device == "d1")
+        );
+        let mut gone = eng.released_devices(a);
+        gone.sort_unstable();
+        assert_eq!(gone, ["d0", "d2"]);
+        assert!(world.borrow().dev_mapped[0].is_empty());
+        world.borrow_mut().log.clear();
+        // A protect reaches only d1.
+        eng.protect(a, 0x1000, Prot::Read).unwrap();
+        {
+            let w = world.borrow();
+            assert_eq!((to_d(&w, 0), to_d(&w, 2)), (0, 0), "{:?}", w.log);
+            assert!(to_d(&w, 1) >= 2, "{:?}", w.log);
+        }
+        // d1 fails again: still only d1 is asked.
+        world.borrow_mut().nack[1] = true;
+        assert!(eng.svm_free(a).is_err());
+        {
+            let w = world.borrow();
+            assert_eq!((to_d(&w, 0), to_d(&w, 2)), (0, 0), "{:?}", w.log);
+        }
+        world.borrow_mut().log.clear();
+        if many {
+            eng.svm_free_many(&[a]).unwrap();
+        } else {
+            eng.svm_free(a).unwrap();
+        }
+        {
+            let w = world.borrow();
+            assert_eq!((to_d(&w, 0), to_d(&w, 2)), (0, 0), "{:?}", w.log);
+            assert!(w.log.contains(&(1, "unmap", a)), "{:?}", w.log);
+        }
+        assert!(eng.alloc_at(a).is_none());
+        assert!(eng.released_devices(a).is_empty());
+        assert_consistent(&eng, &world.borrow(), &[0, 1, 2]);
+    }
+    // The CPU unmap fails: every device is done, a retry asks none.
+    let a = eng.svm_alloc(0x4000, None, &all, false).unwrap();
+    world.borrow_mut().cpu_fail_unmap = true;
+    assert!(matches!(eng.svm_free(a), Err(EngineError::Cpu { .. })));
+    world.borrow_mut().log.clear();
+    eng.svm_free(a).unwrap();
+    assert!(world.borrow().log.is_empty(), "{:?}", world.borrow().log);
+    // A device that acknowledged but failed to unmap is asked again.
+    let a = eng.svm_alloc(0x4000, None, &all, false).unwrap();
+    world.borrow_mut().fail_unmap[2] = true;
+    assert!(matches!(
+        eng.svm_free(a),
+        Err(EngineError::Device { ref device, op: "unmap", .. }) if device == "d2"
+    ));
+    world.borrow_mut().log.clear();
+    eng.svm_free(a).unwrap();
+    {
+        let w = world.borrow();
+        assert_eq!((to_d(&w, 0), to_d(&w, 1)), (0, 0), "{:?}", w.log);
+        assert!(w.log.contains(&(2, "unmap", a)));
+        assert!(w.violations.is_empty(), "{:?}", w.violations);
+    }
+    eng.check_invariants();
+}
+
+/// Removing a device gives the CPU side of its device-only regions back:
+/// the range is free on the CPU (another device can have a region there),
+/// and a CPU backend that cannot give one back leaves it reserved with a
+/// typed error naming the range.
+#[test]
+fn removing_a_device_gives_its_regions_back_on_the_cpu() {
+    let (mut eng, world) = rec_engine(3);
+    // Below the limits of d0 (19 bits) and d1; `kept` below d2's (18).
+    let f = (0x6_0000u64, 0x6_4000u64);
+    let z = (0x5_0000u64, 0x5_2000u64);
+    eng.device_map("d1", f.0, f.1, CpuPolicy::Fault).unwrap();
+    eng.device_map("d1", z.0, z.1, CpuPolicy::DummyPage)
+        .unwrap();
+    let kept = (0x3_0000u64, 0x3_2000u64);
+    eng.device_map("d2", kept.0, kept.1, CpuPolicy::Fault)
+        .unwrap();
+    // Occupied on the CPU: another device cannot have a region there.
+    assert!(eng.device_map("d0", f.0, f.1, CpuPolicy::Fault).is_err());
+    let r = eng.remove_device("d1").unwrap();
+    let mut released = r.released.clone().unwrap();
+    released.sort_unstable();
+    assert_eq!(released, vec![z, f]);
+    assert_eq!(world.borrow().cpu_regions, vec![kept]);
+    for (s, e) in [f, z] {
+        assert_eq!(eng.reservation_at(s), None);
+        assert!(eng.mm().space().first_overlap(s, e).is_none());
+    }
+    eng.check_invariants();
+    // Free on the CPU now: d0 can have a region there.
+    eng.device_map("d0", f.0, f.1, CpuPolicy::Fault).unwrap();
+    // A failing release: the range stays reserved, the error names it.
+    world.borrow_mut().cpu_fail_release_region = true;
+    let r = eng.remove_device("d0").unwrap();
+    match r.released {
+        Err(EngineError::Cpu {
+            op: "release_region",
+            start,
+            end,
+            ..
+        }) => assert_eq!((start, end), f),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(eng.reservation_at(f.0), Some(CpuPolicy::Fault));
+    assert!(eng.svm_alloc(0x4000, None, &["d2"], false).is_ok());
+    eng.check_invariants();
+    assert!(world.borrow().violations.is_empty());
 }
