@@ -882,6 +882,34 @@ enum svmap_status_t svmap_replay_buffer(const char *data,
 struct svmap_runtime_t *svmap_runtime_new(bool guarded);
 
 /**
+ * A new runtime on this process with its devices, started in the order
+ * that keeps the devices' window clear: its CPU space is seeded from
+ * `/proc/self/maps`, the `n_devices` devices (`cfgs[i]` driven by
+ * `ops[i]`, copied as in `svmap_runtime_add_device`) are added, and the
+ * top `window` bytes of their common window (0: the whole window, up to
+ * 256 GiB) are reserved at once (`PROT_NONE`, no memory), before the
+ * application maps anything more. The application's later mappings land
+ * outside it; SVM ranges for any set of the devices are carved from it
+ * (each device's `base` is raised to the window's start) with no system
+ * call and no `/proc` read. With `guarded` as in `svmap_runtime_new`.
+ * Returns an owned handle, or NULL with the last error set:
+ * `SVMAP_EINVAL` for no devices, devices with no common window, or a
+ * `window` larger than it; the error of the reservation otherwise (the
+ * message says why).
+ *
+ * # Safety
+ *
+ * `cfgs` and `ops` are NULL (with `n_devices` 0) or point to `n_devices`
+ * elements each; each `cfgs[i].name` is NULL (`SVMAP_EINVAL`) or a
+ * NUL-terminated string; the callbacks as for `svmap_runtime_add_device`.
+ */
+struct svmap_runtime_t *svmap_runtime_start(bool guarded,
+                                            const struct svmap_device_config_t *cfgs,
+                                            const struct svmap_device_ops_t *ops,
+                                            size_t n_devices,
+                                            uint64_t window);
+
+/**
  * Deletes a runtime: every range it owns is unmapped (no device callback
  * is called). Takes ownership; NULL is fine. Called from inside one of
  * the runtime's device callbacks it does nothing (the last error says

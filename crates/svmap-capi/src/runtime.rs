@@ -8,7 +8,7 @@ use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 
 use svmap_core::linux::MmConfig;
-use svmap_runtime::{seed_from_self, LinuxCpu};
+use svmap_runtime::{seed_from_self, start, LinuxCpu, StartConfig, StartError};
 use svmap_svm::{BackendError, DeviceBackend, Engine, EngineError, Prot};
 
 use crate::svm::{
@@ -209,6 +209,102 @@ pub extern "C" fn svmap_runtime_new(guarded: bool) -> Option<Box<svmap_runtime_t
         let mut engine = Engine::new(MmConfig::default(), LinuxCpu::new(guarded));
         seed_from_self(&mut engine).map_err(|e| Failure::new(SVMAP_EIO, e.to_string()))?;
         Ok(Some(Box::new(svmap_runtime_t { engine })))
+    })
+}
+
+/// `n` elements of type `T` at `p`, checked as `c_str_array` checks its
+/// array (NULL, a count that overflows, misalignment).
+///
+/// # Safety
+///
+/// `p` is NULL or points to `n` readable elements that live for `'a`.
+unsafe fn c_array<'a, T>(p: *const T, n: usize, what: &str) -> FfiResult<&'a [T]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Failure::null(what));
+    }
+    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(Failure::inval(format!(
+            "{n} entries of {what} overflow the address space"
+        )));
+    }
+    if !p.is_aligned() {
+        return Err(Failure::inval(format!("{what} is not aligned")));
+    }
+    // SAFETY: non-null and aligned (checked), `n` elements span at most
+    // isize::MAX bytes (checked), and the caller guarantees that they are
+    // readable and live for 'a.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+fn start_failure(e: StartError) -> Failure {
+    match e {
+        StartError::Device { error, .. } | StartError::Window(error) => {
+            let msg = format!("start-up: {error}");
+            let mut f = engine_failure(error);
+            f.msg = msg;
+            f
+        }
+        e @ (StartError::NoDevices
+        | StartError::NoCommonWindow { .. }
+        | StartError::WindowSize { .. }) => Failure::inval(e.to_string()),
+        e => Failure::new(SVMAP_EIO, e.to_string()),
+    }
+}
+
+/// A new runtime on this process with its devices, started in the order
+/// that keeps the devices' window clear: its CPU space is seeded from
+/// `/proc/self/maps`, the `n_devices` devices (`cfgs[i]` driven by
+/// `ops[i]`, copied as in `svmap_runtime_add_device`) are added, and the
+/// top `window` bytes of their common window (0: the whole window, up to
+/// 256 GiB) are reserved at once (`PROT_NONE`, no memory), before the
+/// application maps anything more. The application's later mappings land
+/// outside it; SVM ranges for any set of the devices are carved from it
+/// (each device's `base` is raised to the window's start) with no system
+/// call and no `/proc` read. With `guarded` as in `svmap_runtime_new`.
+/// Returns an owned handle, or NULL with the last error set:
+/// `SVMAP_EINVAL` for no devices, devices with no common window, or a
+/// `window` larger than it; the error of the reservation otherwise (the
+/// message says why).
+///
+/// # Safety
+///
+/// `cfgs` and `ops` are NULL (with `n_devices` 0) or point to `n_devices`
+/// elements each; each `cfgs[i].name` is NULL (`SVMAP_EINVAL`) or a
+/// NUL-terminated string; the callbacks as for `svmap_runtime_add_device`.
+#[no_mangle]
+pub unsafe extern "C" fn svmap_runtime_start(
+    guarded: bool,
+    cfgs: *const svmap_device_config_t,
+    ops: *const svmap_device_ops_t,
+    n_devices: usize,
+    window: u64,
+) -> Option<Box<svmap_runtime_t>> {
+    ffi_value(None, || {
+        if IN_CALLBACK.get() {
+            return Err(Failure::inval(
+                "a device callback called the runtime (callbacks must not call svmap_runtime_*)",
+            ));
+        }
+        // SAFETY: the caller's contract for `cfgs`, `ops` and `n_devices`.
+        let cfgs = unsafe { c_array(cfgs, n_devices, "cfgs") }?;
+        // SAFETY: as above.
+        let ops = unsafe { c_array(ops, n_devices, "ops") }?;
+        let mut devices: Vec<(svmap_svm::DeviceConfig, Box<dyn DeviceBackend>)> =
+            Vec::with_capacity(n_devices);
+        for (c, o) in cfgs.iter().zip(ops) {
+            // SAFETY: the caller's contract for `cfgs[i].name`.
+            let d = unsafe { device_config(c) }?;
+            devices.push((d, Box::new(CDevice(*o))));
+        }
+        let cfg = StartConfig {
+            mm: MmConfig::default(),
+            window: (window != 0).then_some(window),
+        };
+        let s = start(&cfg, LinuxCpu::new(guarded), devices).map_err(start_failure)?;
+        Ok(Some(Box::new(svmap_runtime_t { engine: s.engine })))
     })
 }
 

@@ -4,9 +4,13 @@
  * checks, as it is called, that the range is below the device's limit,
  * that a map never overlaps a range the device still holds (mapped, or
  * invalidated but not yet unmapped), and that an unmap comes only after an
- * acknowledged invalidation of the same range.
+ * acknowledged invalidation of the same range. Then a runtime started with
+ * its devices and the top 64 MiB below 2^40 reserved at once: the
+ * program's own mappings land elsewhere, every SVM range inside it.
  */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS under -std=c11 */
 #include <stdint.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -174,6 +178,57 @@ int main(void) {
     for (int i = 0; i < 2; i++) CHECK(rec[i].errors == 0);
     CHECK(rec[0].maps > 24 && rec[0].unmaps > 0 && rec[1].invalidates > 0);
     svmap_runtime_delete(rt);
+
+    /* Started with its devices and its window reserved at once. */
+    static struct recorder srec[2] = {
+        {.name = "gpu40", .limit = 1ull << 40},
+        {.name = "gpu44", .limit = 1ull << 44},
+    };
+    svmap_device_config_t cfgs[2];
+    svmap_device_ops_t sops[2];
+    for (int i = 0; i < 2; i++) {
+        CHECK(svmap_device_config_init(&cfgs[i], srec[i].name, i == 0 ? 40 : 44) == SVMAP_OK);
+        svmap_device_ops_t o = {
+            .user = &srec[i],
+            .map = rec_map,
+            .invalidate = rec_invalidate,
+            .protect = rec_protect,
+            .unmap = rec_unmap,
+            .map_region = rec_region,
+        };
+        sops[i] = o;
+    }
+    CHECK(svmap_runtime_start(false, cfgs, sops, 0, 0) == NULL);
+    CHECK(strstr(svmap_last_error_message(), "no devices") != NULL);
+    CHECK(svmap_runtime_start(false, NULL, sops, 2, 0) == NULL);
+    CHECK(svmap_runtime_start(false, cfgs, sops, 2, 1ull << 41) == NULL);
+    CHECK(strstr(svmap_last_error_message(), "common window") != NULL);
+    if (getenv("SVMAP_TEST_UNDER_VALGRIND") == NULL) {
+        const uint64_t hi = 1ull << 40, lo = hi - (64ull << 20);
+        svmap_runtime_t *st = svmap_runtime_start(false, cfgs, sops, 2, 64ull << 20);
+        CHECK(st != NULL);
+        /* The program's own mappings go elsewhere. */
+        void *m[8];
+        for (int i = 0; i < 8; i++) {
+            m[i] = mmap(NULL, 1u << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            CHECK(m[i] != MAP_FAILED);
+            uint64_t a = (uint64_t)(uintptr_t)m[i];
+            CHECK(a + (1u << 20) <= lo || a >= hi);
+        }
+        /* Every SVM range inside the window, for either device or both. */
+        for (int k = 0; k < 16; k++) {
+            uint64_t a, len = 0x10000ull << (k % 3);
+            CHECK(svmap_runtime_alloc(st, len, k % 2 ? both : g40, k % 2 ? 2 : 1, &a) == SVMAP_OK);
+            CHECK(lo <= a && a + len <= hi);
+            *(volatile uint64_t *)a = 0xab00u + k;
+            CHECK(*(volatile uint64_t *)a == 0xab00u + k);
+            CHECK(svmap_runtime_free(st, a) == SVMAP_OK);
+        }
+        for (int i = 0; i < 8; i++) CHECK(munmap(m[i], 1u << 20) == 0);
+        for (int i = 0; i < 2; i++) CHECK(srec[i].errors == 0);
+        CHECK(srec[0].maps == 16 && srec[1].maps == 8);
+        svmap_runtime_delete(st);
+    }
     printf("test_runtime: %d checks passed (gpu40: %d calls, gpu44: %d calls)\n", checks,
            rec[0].calls, rec[1].calls);
     return 0;

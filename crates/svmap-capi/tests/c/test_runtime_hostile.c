@@ -267,6 +267,43 @@ int main(void) {
     CHECK(dev[0].reentered == SVMAP_EINVAL);
     OK(svmap_runtime_free(rt, addr));
 
+    /* start: NULL arrays, counts that cannot be arrays, a misaligned
+     * array, a NULL name, bad widths, duplicate names, no devices, a
+     * window larger than the devices' common window. Each gives NULL
+     * with a message, and nothing is called. */
+#define START_REFUSED(call)                                                           \
+    do {                                                                              \
+        svmap_runtime_t *r_ = (call);                                                 \
+        CHECK(r_ == NULL);                                                            \
+        CHECK(svmap_last_error_message()[0] != '\0');                                 \
+        svmap_runtime_delete(r_);                                                     \
+    } while (0)
+    svmap_device_config_t cfgs[3];
+    OK(svmap_device_config_init(&cfgs[0], "s0", 40));
+    OK(svmap_device_config_init(&cfgs[1], "s1", 44));
+    cfgs[2] = cfgs[1];
+    svmap_device_ops_t sops[3] = {ops[0], ops[1], ops[1]};
+    int calls = 0;
+    for (int i = 0; i < 2; i++)
+        for (int op = 0; op < N_OPS; op++) calls += dev[i].calls[op];
+    START_REFUSED(svmap_runtime_start(false, NULL, sops, 2, 0));
+    START_REFUSED(svmap_runtime_start(false, cfgs, NULL, 2, 0));
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, 0, 0));
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, SIZE_MAX, 0));
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, (SIZE_MAX >> 4) + 1, 0));
+    START_REFUSED(svmap_runtime_start(
+        false, (const svmap_device_config_t *)((const char *)cfgs + 1), sops, 2, 0));
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, 3, 0));
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, 2, UINT64_MAX));
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, 2, 1ull << 40));
+    cfgs[2].name = NULL;
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, 3, 0));
+    OK(svmap_device_config_init(&cfgs[2], "s2", 0));
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, 3, 0));
+    for (int i = 0; i < 2; i++)
+        for (int op = 0; op < N_OPS; op++) calls -= dev[i].calls[op];
+    CHECK(calls == 0);
+
     for (int i = 0; i < 2; i++) CHECK(dev[i].above_limit == 0);
     svmap_runtime_delete(rt);
     svmap_runtime_delete(NULL);
