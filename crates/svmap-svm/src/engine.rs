@@ -8,11 +8,11 @@
 //!
 //! | operation | backend calls, in order |
 //! | --- | --- |
-//! | `svm_alloc` | decide; CPU `map`; every device of the set `map` |
+//! | `svm_alloc` | decide; CPU `map`; every device of the set `map_start`, then every one `map_finish` (one request per device process, all in flight at once); on a failure every device that mapped `invalidate_unmap`s again (both halves), the CPU `unmap`s, the range is free |
 //! | `svm_free` | every device of the range `invalidate_unmap_start`, then every one `invalidate_unmap_finish` (invalidate, acknowledge, unmap: one request per device process, all in flight at once); CPU `unmap`; only then the range is free in the space |
 //! | `svm_free_many` | the same, once per device with every range of the batch it holds; CPU `unmap` per range all its devices finished; those ranges are free |
 //! | `add_device` | the backend's `own_mappings` become ranges held on the device ([`SvmSpace::device_hold`]) |
-//! | `remove_device` | the device `invalidate_unmap`s what it still holds (a dead one does not answer); it leaves the space; failed frees of its ranges are retried on the devices that remain |
+//! | `remove_device` | the device `invalidate_unmap`s what it still holds (a dead one does not answer); it leaves the space; CPU `release_region` for each of its device-only regions (the range is free on the CPU then); failed frees of its ranges are retried on the devices that remain |
 //! | `protect` | decide; per SVM piece: every device of it `invalidate`, CPU `protect`, device `protect` |
 //! | `device_map` | decide; CPU `map_device_only` (the part below `task_size`); device `map_region` |
 //! | `reserve_window` | decide; CPU `reserve` per piece |
@@ -27,7 +27,10 @@
 //! that held it and is still in the engine has acknowledged its
 //! invalidation ([`Engine::remove_device`] says when a device may leave
 //! without acknowledging). A free that fails partway keeps the range
-//! allocated whole ([`Engine::svm_free`] has the rule). No device backend is ever given a range at or above
+//! allocated whole ([`Engine::svm_free`] has the rule); the engine
+//! remembers which devices of such a range have acknowledged and unmapped
+//! it, and a retry, a `protect` or an observed unmap no longer asks them.
+//! No device backend is ever given a range at or above
 //! its limit `2^va_bits` (checked before every call:
 //! [`EngineError::LimitGuard`]).
 //!
@@ -796,9 +799,16 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
 
     /// `svm_alloc`: [`SvmSpace::svm_alloc`] decides; then the CPU backend
     /// maps the range and every device of the set maps it at the same
-    /// address. If a backend fails, what was done is undone and the range
-    /// is freed again in the space (unless a device does not acknowledge
-    /// the undo: then it stays allocated).
+    /// address, every device asked ([`DeviceBackend::map_start`]) before
+    /// any answer is awaited ([`DeviceBackend::map_finish`]). If a backend
+    /// fails, the error names the first failing device in definition
+    /// order; every device that mapped the range invalidates and unmaps it
+    /// again (both halves of [`DeviceBackend::invalidate_unmap`]), the CPU
+    /// backend unmaps it, and the range is free again in the space: the
+    /// space is as before the call. A device that does not acknowledge
+    /// the undo gives [`EngineError::NotAcknowledged`]; the range then
+    /// stays allocated as a pending free ([`Self::pending_frees`]) that a
+    /// retried [`Self::svm_free`] asks of that device alone.
     pub fn svm_alloc<S: AsRef<str>>(
         &mut self,
         length: u64,
@@ -943,8 +953,11 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     ///
     /// Such a range may thus be allocated in the space while some devices
     /// no longer map it (a device access there faults); calling `svm_free`
-    /// again retries every step (backends accept invalidating and
-    /// unmapping a range they no longer map), and a device that is gone
+    /// again retries the steps that failed: the devices that acknowledged
+    /// and unmapped the range are not asked again
+    /// ([`Self::released_devices`]), the others are (backends accept
+    /// invalidating and unmapping a range they no longer map), and a
+    /// device that is gone
     /// for good is removed with [`Self::remove_device`], which retries the
     /// free on the devices that remain.
     pub fn svm_free(&mut self, addr: u64) -> Result<(), EngineError> {
