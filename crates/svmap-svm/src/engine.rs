@@ -572,11 +572,11 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             .map(|(s, e, _)| (s, e))
             .collect();
         // The CPU side of its device-only regions (not the ranges it holds
-        // by its own means, which have none).
+        // by its own means, which have none: the CPU reservation found
+        // there, if any, is another device's region's).
         let ts = self.space.mm().config().task_size;
         let regions: Vec<(u64, u64)> = self.space.devices()[d]
-            .regions()
-            .iter()
+            .cpu_regions()
             .filter(|&(s, _, _)| s < ts && self.space.reservation_at(s).is_some())
             .map(|(s, e, _)| (s, e.min(ts)))
             .collect();

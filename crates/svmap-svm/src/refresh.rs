@@ -208,8 +208,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         // the CPU.
         for d in self.devices() {
             v.extend(
-                d.regions()
-                    .iter()
+                d.cpu_regions()
                     .filter(|&(s, _, _)| s < ts && self.reservation_at(s).is_some())
                     .map(|(s, e, _)| (s, e.min(ts))),
             );
@@ -419,6 +418,21 @@ mod tests {
         let r = e.refresh_cpu(&grown).unwrap();
         assert_eq!(r.entered, [(0x3fc * p, 0x400 * p)]);
         assert!(r.removed.is_empty());
+    }
+
+    #[test]
+    fn a_range_held_inside_another_devices_region_is_not_owned() {
+        let mut e = Engine::default();
+        let p = PAGE_SIZE;
+        e.add_device(DeviceConfig::new("a", 40)).unwrap();
+        e.add_device(DeviceConfig::new("b", 40)).unwrap();
+        let r0 = 0x10_0000_0000;
+        e.device_map("b", r0, r0 + 0x10 * p, CpuPolicy::Fault)
+            .unwrap();
+        // Held by "a" from inside "b"'s region to past its end: only the
+        // region is svmap's on the CPU.
+        e.device_hold("a", r0 + 8 * p, r0 + 0x18 * p).unwrap();
+        assert_eq!(e.owned_cpu_ranges(), [(r0, r0 + 0x10 * p)]);
     }
 
     #[test]

@@ -210,6 +210,10 @@ pub struct Device<F: PtFormat = DefaultFormat> {
     /// every SVM piece is a CPU VMA, so only the regions can make a range
     /// that is free on the CPU busy on the device.
     regions: IntervalMap<CpuPolicy>,
+    /// The entries of `regions` that [`SvmSpace::device_hold`] made: held
+    /// by the device by its own means, with no CPU side (keyed by the
+    /// entry's start; entries are never split or merged).
+    held: IntervalMap<()>,
     mmu: Mirror<F>,
 }
 
@@ -224,9 +228,26 @@ impl<F: PtFormat> Device<F> {
         self.limit.min(u128::from(u64::MAX)) as u64
     }
 
-    /// Its device-only regions.
+    /// Its device-only regions, those with a CPU side and the ranges it
+    /// holds by its own means ([`Self::held`]).
     pub fn regions(&self) -> &IntervalMap<CpuPolicy> {
         &self.regions
+    }
+
+    /// The ranges it holds by its own means ([`SvmSpace::device_hold`]):
+    /// entries of [`Self::regions`] without a CPU side. Another device's
+    /// region may lie over them on the CPU, so the CPU reservation at such
+    /// a range, if any, is never this device's.
+    pub fn held(&self) -> &IntervalMap<()> {
+        &self.held
+    }
+
+    /// Its device-only regions that have a CPU side (those
+    /// [`SvmSpace::device_map`] placed; not the [`Self::held`] ranges).
+    pub fn cpu_regions(&self) -> impl Iterator<Item = (u64, u64, &CpuPolicy)> + '_ {
+        self.regions
+            .iter()
+            .filter(|&(s, _, _)| self.held.get_exact(s).is_none())
     }
 
     /// Its MMU.
@@ -1282,6 +1303,7 @@ impl<F: PtFormat> SvmSpace<F> {
             cfg,
             limit,
             regions: IntervalMap::new(),
+            held: IntervalMap::new(),
         });
         Ok(())
     }
@@ -1937,6 +1959,7 @@ impl<F: PtFormat> SvmSpace<F> {
         let mut added = 0;
         for (a, b) in free {
             self.devices[d].regions.insert(a, b, CpuPolicy::Fault);
+            self.devices[d].held.insert(a, b, ());
             self.all_cover.add(a, b);
             added += b - a;
         }

@@ -1431,3 +1431,39 @@ fn removing_a_device_gives_its_regions_back_on_the_cpu() {
     eng.check_invariants();
     assert!(world.borrow().violations.is_empty());
 }
+
+/// A range a device holds by its own means has no CPU side, even where it
+/// lies inside another device's region: removing the device gives back
+/// neither that region's CPU reservation nor any other CPU range there
+/// (an SVM range under the held range stays mapped and allocated).
+#[test]
+fn removing_a_device_leaves_what_lies_under_its_held_ranges() {
+    let (mut eng, world) = rec_engine(2);
+    // The lowest range (below d0's limit), and a region of d1 under it.
+    let a = eng.svm_alloc(0x4000, None, &["d1"], false).unwrap();
+    let f = (a - 0x4000, a);
+    eng.device_map("d1", f.0, f.1, CpuPolicy::Fault).unwrap();
+    // d0 holds a range from inside d1's region over d1's SVM range.
+    let held = (f.0 + 0x2000, a + 0x4000);
+    assert_eq!(eng.device_hold("d0", held.0, held.1).unwrap(), 0x6000);
+    assert_eq!(eng.reservation_at(held.0), Some(CpuPolicy::Fault));
+    let mapped = world.borrow().cpu_mapped.clone();
+    let r = eng.remove_device("d0").unwrap();
+    assert_eq!(r.released.unwrap(), Vec::<(u64, u64)>::new());
+    let w = world.borrow();
+    assert!(w.violations.is_empty(), "{:?}", w.violations);
+    assert_eq!(w.cpu_regions, vec![f]);
+    assert_eq!(w.cpu_mapped, mapped);
+    assert!(w.dev_invalidated[1].is_empty());
+    drop(w);
+    // d1's region is whole, on the device and on the CPU.
+    assert_eq!(
+        eng.device("d1").unwrap().regions().get(held.0),
+        Some((f.0, f.1, &CpuPolicy::Fault))
+    );
+    assert_eq!(eng.reservation_at(held.0), Some(CpuPolicy::Fault));
+    let v = eng.mm().space().first_overlap(f.0, f.1).unwrap();
+    assert_eq!((v.start, v.end), f);
+    assert_eq!(range_of(&eng, a), (a, a + 0x4000));
+    eng.check_invariants();
+}
