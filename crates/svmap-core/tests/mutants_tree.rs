@@ -101,6 +101,123 @@ fn heap_bytes_cover_the_vmas_and_grow_with_them() {
     }
 }
 
+/// Unmapping exactly one VMA (an allocator's free) takes a one-descent
+/// path unless the VMA's leaf would fall below half full; then the general
+/// removal merges or evens out leaves. Here the lowest VMA, at address 0,
+/// is freed after 0 to 40 of its right neighbours, so that its leaf holds
+/// every count from full down to half full (and the general path is taken
+/// for it); then every other VMA is freed in a scrambled order. After each
+/// step the map is the expected list and every node is at least half full.
+#[test]
+fn exact_unmaps_keep_every_leaf_half_full() {
+    for n in [40u64, 100, 700, 3000] {
+        for k in 0..=40u64.min(n - 1) {
+            let mut m = striped(n);
+            let mut starts: Vec<u64> = (0..n).map(|i| 2 * i * PAGE).collect();
+            for i in 1..=k {
+                let s = 2 * i * PAGE;
+                assert_eq!(m.unmap(s, s + PAGE), Ok(1), "n {n} k {k} i {i}");
+                starts.retain(|&x| x != s);
+            }
+            m.check_invariants();
+            assert_eq!(m.unmap(0, PAGE), Ok(1), "n {n} k {k}: the VMA at 0");
+            starts.retain(|&x| x != 0);
+            m.check_invariants();
+            let got: Vec<u64> = m.iter().map(|v| v.start).collect();
+            assert_eq!(got, starts, "n {n} k {k}");
+        }
+        // Every VMA, one at a time, in an order that scatters the removals
+        // over all leaves (a step coprime to n).
+        let mut m = striped(n);
+        let step = (0..).map(|d| n / 3 + d).find(|&x| gcd(x, n) == 1).unwrap();
+        for j in 0..n {
+            let s = 2 * (j * step % n) * PAGE;
+            assert_eq!(m.unmap(s, s + PAGE), Ok(1), "n {n} j {j}");
+            if j % 7 == 0 {
+                m.check_invariants();
+            }
+            assert_eq!(m.len() as u64, n - 1 - j);
+        }
+        m.check_invariants();
+        assert!(m.is_empty());
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Each term of the reported heap moves the way memory does. The arenas and
+/// free lists never give memory back, so no operation (insert or unmap,
+/// narrow or wide) makes `heap_bytes` fall; an insert pushes nothing on a
+/// free list, so when it makes the heap grow, a node arena grew, by at
+/// least one node, and any node holds at least two VMAs' starts and ends
+/// (32 bytes). The sequence grows a map in random order to depth 3, cuts
+/// holes of every width into it (freeing leaves and inner nodes, merging
+/// inner nodes, collapsing the root) and refills it.
+#[test]
+fn heap_bytes_never_fall_and_grow_by_whole_nodes() {
+    let mut rng = Rng(0x4ea9_b17e_5000);
+    let mut m = AddressMap::new();
+    let mut last = m.heap_bytes();
+    let mut grew_on_insert = 0;
+    for round in 0..8u64 {
+        // Fill: one-page VMAs at random page slots of a 40,000-page range.
+        for _ in 0..6000 {
+            let s = rng.below(40_000) * PAGE;
+            if m.insert(s, s + PAGE, VmaFlags::NONE).is_err() {
+                continue;
+            }
+            let now = m.heap_bytes();
+            assert!(
+                now >= last,
+                "round {round}: insert: heap fell from {last} to {now}"
+            );
+            if now > last {
+                assert!(
+                    now - last >= 32,
+                    "round {round}: an insert grew the heap by {} bytes, less than a node",
+                    now - last
+                );
+                grew_on_insert += 1;
+            }
+            last = now;
+        }
+        // Cut: holes of every width, down to an empty map in the last round.
+        for step in 0..12u64 {
+            let s = rng.below(40_000) * PAGE;
+            let w = match step % 4 {
+                0 => rng.below(40),
+                1 => rng.below(400),
+                2 => rng.below(4000),
+                _ => rng.below(40_000),
+            } * PAGE;
+            let (s, e) = if round == 7 && step == 11 {
+                (0, u64::MAX)
+            } else {
+                (s, s + w)
+            };
+            m.unmap(s, e).unwrap();
+            let now = m.heap_bytes();
+            assert!(
+                now >= last,
+                "round {round} step {step}: unmap: heap fell from {last} to {now}"
+            );
+            last = now;
+        }
+        m.check_invariants();
+    }
+    assert!(m.is_empty());
+    assert!(
+        grew_on_insert >= 10,
+        "the arenas grew only {grew_on_insert} times"
+    );
+}
+
 /// Wide unmaps on deep trees, each checked against the expected VMAs and followed
 /// by the invariant check (which asserts that every node but the root is at
 /// least half full). Trees of three to four levels whose two boundary paths
