@@ -101,6 +101,24 @@ fn heap_bytes_cover_the_vmas_and_grow_with_them() {
     }
 }
 
+/// Nodes that an unmap frees are kept for reuse, and the list that keeps
+/// them is heap too: a wide unmap that frees leaves but no inner node (a
+/// map of two levels that keeps both) makes `heap_bytes` grow.
+#[test]
+fn heap_bytes_count_the_freed_leaves() {
+    let mut m = striped(300);
+    assert_eq!(m.depth(), 2, "one inner node over the leaves");
+    let before = m.heap_bytes();
+    assert_eq!(m.unmap(100 * PAGE, 500 * PAGE), Ok(200));
+    assert_eq!(m.depth(), 2, "the root inner node stays");
+    let freed = m.heap_bytes();
+    assert!(
+        freed > before,
+        "200 VMAs freed, the heap stayed at {before}"
+    );
+    m.check_invariants();
+}
+
 /// Unmapping exactly one VMA (an allocator's free) takes a one-descent
 /// path unless the VMA's leaf would fall below half full; then the general
 /// removal merges or evens out leaves. Here the lowest VMA, at address 0,
