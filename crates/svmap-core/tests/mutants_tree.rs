@@ -101,6 +101,31 @@ fn heap_bytes_cover_the_vmas_and_grow_with_them() {
     }
 }
 
+/// A copy of a map allocates its arenas to fit (a cloned `Vec` holds
+/// exactly its elements), so its heap is exactly its nodes. The empty map
+/// is one leaf; the map that has just grown a second level is two leaves
+/// under one inner node, which holds at least a child id and two bounds
+/// for each of its two children (40 bytes): more than two leaves' bytes.
+#[test]
+fn heap_bytes_count_the_inner_nodes() {
+    let leaf = AddressMap::new().clone().heap_bytes();
+    assert!(leaf >= 17, "one leaf: {leaf}");
+    let mut m = AddressMap::new();
+    let mut i = 0;
+    while m.depth() == 1 {
+        assert_eq!(m.clone().heap_bytes(), leaf, "{i} VMAs in the root leaf");
+        m.insert(2 * i * PAGE, (2 * i + 1) * PAGE, VmaFlags::NONE)
+            .unwrap();
+        i += 1;
+    }
+    assert_eq!(m.depth(), 2);
+    let copy = m.clone().heap_bytes();
+    assert!(
+        copy >= 2 * leaf + 40,
+        "two leaves of {leaf} bytes and an inner node in {copy} bytes"
+    );
+}
+
 /// Nodes that an unmap frees are kept for reuse, and the list that keeps
 /// them is heap too: a wide unmap that frees leaves but no inner node (a
 /// map of two levels that keeps both) makes `heap_bytes` grow.
