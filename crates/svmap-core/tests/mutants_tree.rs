@@ -144,6 +144,29 @@ fn heap_bytes_count_the_freed_leaves() {
     m.check_invariants();
 }
 
+/// The freed nodes wait on lists of 4-byte node ids. Removing VMAs one at a
+/// time from a two-level map frees a leaf now and then (when two short
+/// leaves merge) and never shrinks an arena; so on a copy, whose lists fit
+/// exactly, the heap moves only by 4 bytes per freed node.
+#[test]
+fn heap_bytes_count_four_bytes_per_freed_node() {
+    let mut m = striped(300);
+    assert_eq!(m.depth(), 2);
+    let mut last = m.clone().heap_bytes();
+    let mut freed = 0;
+    for i in 0..290 {
+        let s = 2 * i * PAGE;
+        assert_eq!(m.unmap(s, s + PAGE), Ok(1));
+        let now = m.clone().heap_bytes();
+        assert!(now >= last, "{i}: {last} -> {now}");
+        assert_eq!((now - last) % 4, 0, "{i}: {last} -> {now}");
+        freed += (now - last) / 4;
+        last = now;
+    }
+    m.check_invariants();
+    assert!(freed >= 4, "only {freed} nodes freed");
+}
+
 /// Unmapping exactly one VMA (an allocator's free) takes a one-descent
 /// path unless the VMA's leaf would fall below half full; then the general
 /// removal merges or evens out leaves. Here the lowest VMA, at address 0,
