@@ -217,6 +217,58 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
+/// Every lookup of a deep tree against the sorted list it holds: for each
+/// VMA's start, end and their neighbours, `find_vma`, `vma_at`, `prev_vma`,
+/// `next_vma`, `first_overlap`, `first` and `last`, on maps of one to four
+/// levels with VMAs of random lengths and gaps (some gaps empty).
+#[test]
+fn lookups_of_deep_trees_match_the_list() {
+    let mut rng = Rng(0x100c_0b5e_7700);
+    for n in [20_000u64, 5000, 600, 33, 30, 1] {
+        let mut m = AddressMap::new();
+        let mut v: Vec<(u64, u64)> = Vec::new();
+        let mut at = rng.below(3) * PAGE;
+        for _ in 0..n {
+            let len = (1 + rng.below(4)) * PAGE;
+            v.push((at, at + len));
+            at += len + rng.below(3) * PAGE;
+        }
+        // Insert in a scrambled order, so that leaves split everywhere.
+        let step = (0..)
+            .map(|d| n / 2 + 1 + d)
+            .find(|&x| gcd(x, n) == 1)
+            .unwrap();
+        for j in 0..n {
+            let (s, e) = v[(j * step % n) as usize];
+            m.insert(s, e, VmaFlags::NONE).unwrap();
+        }
+        assert_eq!(m.len() as u64, n);
+        let vma = |i: usize| v.get(i).map(|&(s, e)| (s, e));
+        let got = |x: Option<Vma>| x.map(|x| (x.start, x.end));
+        assert_eq!(got(m.first()), vma(0));
+        assert_eq!(got(m.last()), vma(v.len() - 1));
+        let mut addrs = vec![0, 1, u64::MAX];
+        for &(s, e) in &v {
+            addrs.extend([s.saturating_sub(1), s, s + 1, e - 1, e, e + 1]);
+        }
+        for a in addrs {
+            // Index of the first VMA ending above `a`, and of the first
+            // starting at or above it.
+            let fe = v.partition_point(|&(_, e)| e <= a);
+            let fs = v.partition_point(|&(s, _)| s < a);
+            assert_eq!(got(m.find_vma(a)), vma(fe), "n {n} find_vma({a:#x})");
+            let at = vma(fe).filter(|&(s, _)| s <= a);
+            assert_eq!(got(m.vma_at(a)), at, "n {n} vma_at({a:#x})");
+            let prev = fs.checked_sub(1).and_then(vma);
+            assert_eq!(got(m.prev_vma(a)), prev, "n {n} prev_vma({a:#x})");
+            assert_eq!(got(m.next_vma(a)), vma(fs), "n {n} next_vma({a:#x})");
+            let b = a.saturating_add(PAGE);
+            let over = vma(fe).filter(|&(s, _)| s < b);
+            assert_eq!(got(m.first_overlap(a, b)), over, "n {n} overlap({a:#x})");
+        }
+    }
+}
+
 /// Each term of the reported heap moves the way memory does. The arenas and
 /// free lists never give memory back, so no operation (insert or unmap,
 /// narrow or wide) makes `heap_bytes` fall; an insert pushes nothing on a
