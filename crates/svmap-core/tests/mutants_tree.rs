@@ -54,6 +54,28 @@ fn is_empty_follows_the_contents() {
     assert!(m.is_empty());
 }
 
+/// An empty map has no first and no last VMA: new, emptied by unmaps from
+/// one and from several levels, and cleared.
+#[test]
+fn an_empty_map_has_no_first_or_last_vma() {
+    let mut maps = vec![AddressMap::new()];
+    for n in [1, 40, 2000] {
+        let mut m = striped(n);
+        assert_eq!(m.first().map(|v| v.start), Some(0));
+        assert_eq!(m.last().map(|v| v.start), Some(2 * (n - 1) * PAGE));
+        m.unmap(0, u64::MAX).unwrap();
+        maps.push(m);
+        let mut m = striped(n);
+        m.clear();
+        maps.push(m);
+    }
+    for m in &maps {
+        assert_eq!(m.first(), None);
+        assert_eq!(m.last(), None);
+        assert_eq!(m.iter().next(), None);
+    }
+}
+
 /// An iterator sought at or past the end of the last VMA yields nothing, and
 /// one sought just below it yields exactly the last VMA, after every insert
 /// of a map growing to 20,000 VMAs (so with every fill of the root and of the
