@@ -241,7 +241,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 /// Every lookup of a deep tree against the sorted list it holds: for each
 /// VMA's start, end and their neighbours, `find_vma`, `vma_at`, `prev_vma`,
-/// `next_vma`, `first_overlap`, `first` and `last`, on maps of one to four
+/// `next_vma`, `first_overlap`, `range`, `first` and `last`, on maps of one to four
 /// levels with VMAs of random lengths and gaps (some gaps empty).
 #[test]
 fn lookups_of_deep_trees_match_the_list() {
@@ -287,6 +287,18 @@ fn lookups_of_deep_trees_match_the_list() {
             let b = a.saturating_add(PAGE);
             let over = vma(fe).filter(|&(s, _)| s < b);
             assert_eq!(got(m.first_overlap(a, b)), over, "n {n} overlap({a:#x})");
+            // `range` yields exactly the VMAs that intersect [a, b): none
+            // that starts at b, none that ends at a.
+            for b in [a, a.saturating_add(1), b, a.saturating_add(5 * PAGE)] {
+                let want: Vec<(u64, u64)> = v[fe..]
+                    .iter()
+                    .take_while(|&&(s, _)| s < b)
+                    .copied()
+                    .collect();
+                let want = if a < b { want } else { Vec::new() };
+                let r: Vec<(u64, u64)> = m.range(a, b).map(|x| (x.start, x.end)).collect();
+                assert_eq!(r, want, "n {n} range({a:#x}, {b:#x})");
+            }
         }
     }
 }
