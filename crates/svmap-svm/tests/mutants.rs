@@ -3,8 +3,9 @@
 //! against a sorted list that splits and clips by hand, `CoverMap` against a
 //! count per address, `union_of` against a bitmap, `PageTable::clear`
 //! against a map of pages (with the tables it must keep derived from the
-//! pages), the counters of the TLB and of the mirror, and the device limit. Written for the mutants of `interval.rs`
-//! and `mirror.rs` that the rest of the suite let through
+//! pages), the counters of the TLB and of the mirror, the device limit, and
+//! the candidate searches of `svm_alloc`. Written for the mutants of `interval.rs`
+//! `mirror.rs` and `space.rs` that the rest of the suite let through
 //! (`docs/testing.md` lists the runs); every answer of the public API is
 //! compared, including the order and the unclipped bounds of `range`, the
 //! clipped pieces `remove_range` returns and the segments of the cover index.
@@ -435,6 +436,32 @@ fn mirror_counts_walks_faults_retries_and_installs() {
     );
     // One hit (the second access); every other access missed.
     assert_eq!(m.tlb_counts(), (1, 5));
+}
+
+/// An SVM range for a subset of the devices is searched on the CPU's map
+/// and each candidate checked against the devices' own regions: a region
+/// the CPU no longer reserves (unmapped there) turns the first candidate
+/// down, and the second search starts above it. The statistics count the
+/// candidate searches: two for that `svm_alloc`, one for the next.
+#[test]
+fn a_subset_alloc_counts_its_candidate_searches() {
+    let mut sp: SvmSpace = SvmSpace::new(MmConfig::default());
+    sp.add_device(DeviceConfig::new("a", 40)).unwrap();
+    sp.add_device(DeviceConfig::new("b", 40)).unwrap();
+    let low = MmConfig::default().mmap_min_addr;
+    sp.device_map("a", low, low + 0x10000, Default::default())
+        .unwrap();
+    sp.cpu_unmap(low, 0x10000).unwrap();
+    let a = sp.svm_alloc(0x1000, None, &["a"], false).unwrap();
+    assert_eq!(a, low + 0x10000, "above the region of a");
+    let st = sp.stats();
+    assert_eq!((st.subset_searches, st.last_iterations), (1, 2));
+    assert_eq!(st.subset_iterations, 2);
+    let b = sp.svm_alloc(0x1000, None, &["b"], false).unwrap();
+    assert_eq!(b, low, "b has no region there");
+    let st = sp.stats();
+    assert_eq!((st.subset_searches, st.last_iterations), (2, 1));
+    assert_eq!(st.subset_iterations, 3);
 }
 
 /// A VMA that ends exactly at a device's limit `2^va_bits` is addressable by
