@@ -4,7 +4,7 @@
 //! count per address, `union_of` against a bitmap, `PageTable::clear`
 //! against a map of pages (with the tables it must keep derived from the
 //! pages), the counters of the TLB and of the mirror, the device limit, and
-//! the candidate searches of `svm_alloc`. Written for the mutants of `interval.rs`
+//! the candidate searches of `svm_alloc`. Written for the mutants of `interval.rs`,
 //! `mirror.rs` and `space.rs` that the rest of the suite let through
 //! (`docs/testing.md` lists the runs); every answer of the public API is
 //! compared, including the order and the unclipped bounds of `range`, the
@@ -462,6 +462,31 @@ fn a_subset_alloc_counts_its_candidate_searches() {
     let st = sp.stats();
     assert_eq!((st.subset_searches, st.last_iterations), (2, 1));
     assert_eq!(st.subset_iterations, 3);
+    // Every device: one search of the combined index.
+    sp.svm_alloc(0x1000, None, &["a", "b"], false).unwrap();
+    let st = sp.stats();
+    assert_eq!((st.combined_searches, st.subset_searches), (1, 2));
+}
+
+/// The common window of a 17-bit device is `[mmap_min_addr, 2^17)`: a range
+/// of exactly its size fits (at its bottom); one page more is
+/// `NoCommonWindow`, told before any search.
+#[test]
+fn an_alloc_of_exactly_the_common_window_fits() {
+    let low = MmConfig::default().mmap_min_addr;
+    let high = 1u64 << 17;
+    let mut sp: SvmSpace = SvmSpace::new(MmConfig::default());
+    sp.add_device(DeviceConfig::new("d", 17)).unwrap();
+    let len = high - low;
+    assert_eq!(
+        sp.svm_alloc(len + 0x1000, None, &["d"], false),
+        Err(svmap_svm::SvmError::NoCommonWindow {
+            low,
+            high,
+            length: len + 0x1000
+        })
+    );
+    assert_eq!(sp.svm_alloc(len, None, &["d"], true), Ok(low));
 }
 
 /// A VMA that ends exactly at a device's limit `2^va_bits` is addressable by
