@@ -468,6 +468,20 @@ fn a_subset_alloc_counts_its_candidate_searches() {
     assert_eq!((st.combined_searches, st.subset_searches), (1, 2));
 }
 
+/// A device that populates at allocation has the range's pages in its page
+/// table right after `svm_alloc`; one that populates on fault has none.
+#[test]
+fn only_a_populate_at_alloc_device_is_filled_by_svm_alloc() {
+    let mut sp: SvmSpace = SvmSpace::new(MmConfig::default());
+    let mut at_alloc = DeviceConfig::new("p", 40);
+    at_alloc.populate = svmap_svm::Populate::AtAlloc;
+    sp.add_device(at_alloc).unwrap();
+    sp.add_device(DeviceConfig::new("f", 40)).unwrap();
+    sp.svm_alloc(0x4000, None, &["p", "f"], false).unwrap();
+    assert_eq!(sp.device("p").unwrap().mmu().table_counts().1, 4);
+    assert_eq!(sp.device("f").unwrap().mmu().table_counts().1, 0);
+}
+
 /// The common window of a 17-bit device is `[mmap_min_addr, 2^17)`: a range
 /// of exactly its size fits (at its bottom); one page more is
 /// `NoCommonWindow`, told before any search.
