@@ -43,7 +43,11 @@ pub type svmap_device_protect_fn = Option<
 /// `svmap_runtime_free` fail with `SVMAP_EIO` naming the device, and the
 /// range stays allocated (never reused). Any other non-zero return fails
 /// the call with `SVMAP_EIO`, the code in the message, after undoing what
-/// the call did. A callback must return (no `longjmp` or C++ exception
+/// the call did: when `map` fails on a device, `invalidate` and `unmap` are
+/// called for the range on every device of the set, the failing one
+/// included (its `map` may have mapped part of the range), so both must
+/// accept a range, or parts of it, that the device does not map, and
+/// succeed. A callback must return (no `longjmp` or C++ exception
 /// through svmap) and must not call the runtime: such a call fails with
 /// `SVMAP_EINVAL` (and `svmap_runtime_delete` does nothing).
 #[repr(C)]

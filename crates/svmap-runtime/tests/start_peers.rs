@@ -149,10 +149,13 @@ fn allocations_go_to_both_device_processes_at_once() {
     e.check_invariants();
 }
 
-/// A device process that died: an allocation for both fails naming it,
-/// the live device that mapped the range has it undone (its access
-/// faults), the range is free again, and the same request for the live
-/// device alone gets the same address.
+/// A device process that died: an allocation for both fails; the undo
+/// asks every device, the dead one too (its map may have mapped part of
+/// the range), so the error names the dead device's missing
+/// acknowledgement; the live device that mapped the range has it undone
+/// (its access faults), and the range stays a pending free until the dead
+/// device is removed; then the same request for the live device alone
+/// gets the same address.
 #[test]
 fn an_allocation_is_undone_on_the_live_device_when_the_other_died() {
     let _one = serial();
@@ -167,9 +170,8 @@ fn an_allocation_is_undone_on_the_live_device_when_the_other_died() {
     )
     .unwrap();
     let at = match e.svm_alloc(0x4000, None, &BOTH, false) {
-        Err(EngineError::Device {
+        Err(EngineError::NotAcknowledged {
             device,
-            op: "map",
             start,
             error: BackendError::Gone { .. },
             ..
@@ -179,9 +181,16 @@ fn an_allocation_is_undone_on_the_live_device_when_the_other_died() {
         }
         other => panic!("allocation with a dead device: {other:?}"),
     };
+    assert!(e.alloc_at(at).is_some());
+    assert_eq!(e.pending_frees(), [at]);
+    assert_unmapped(&mut e, 0, at);
+    // Removing it: it cannot detach the range (it is gone), and the
+    // pending free completes without it.
+    let r = e.remove_device("gpu44").unwrap();
+    assert!(r.detached.is_err());
+    assert_eq!(r.freed, [at]);
     assert!(e.alloc_at(at).is_none());
     assert!(e.pending_frees().is_empty());
-    assert_unmapped(&mut e, 0, at);
     let again = e.svm_alloc(0x4000, None, &["gpu40"], false).unwrap();
     assert_eq!(again, at);
     e.cpu_backend_mut().write_u64(again, 7).unwrap();
@@ -192,8 +201,6 @@ fn an_allocation_is_undone_on_the_live_device_when_the_other_died() {
             .unwrap(),
         7
     );
-    let r = e.remove_device("gpu44").unwrap();
-    assert!(r.detached.is_ok(), "it held nothing");
     e.svm_free(again).unwrap();
     e.check_invariants();
 }

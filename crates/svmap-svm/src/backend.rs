@@ -187,12 +187,20 @@ pub trait DeviceBackend {
     /// [`Self::map_finish`] with the same range before any other call to
     /// this backend, unless this call failed. The default does the whole
     /// `map` here.
+    ///
+    /// When this call or [`Self::map_finish`] fails (here or on another
+    /// device of the allocation), the engine undoes the allocation with
+    /// both halves of [`Self::invalidate_unmap`] on every device it asked,
+    /// the failing one included, since a failed map may have mapped part
+    /// of the range: invalidating and unmapping a range, or parts of it,
+    /// that the device does not map must be harmless and succeed.
     fn map_start(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         self.map(start, end)
     }
     /// The second half of [`Self::map`]: waits until the mapping started
-    /// by [`Self::map_start`] is done. An error means the range is not
-    /// mapped on the device. The default has nothing left to do.
+    /// by [`Self::map_start`] is done. An error means the range may be
+    /// mapped in part on the device (the engine then undoes it, see
+    /// [`Self::map_start`]). The default has nothing left to do.
     fn map_finish(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         let _ = (start, end);
         Ok(())
@@ -215,8 +223,9 @@ pub trait DeviceBackend {
     /// On failure, [`BatchError::done`] says how many leading ranges were
     /// finished; the rest count as not done. The engine may call this
     /// again for ranges the device no longer maps (a free retried after a
-    /// later step failed): invalidating and unmapping a range that is not
-    /// mapped must succeed.
+    /// later step failed, an allocation undone after a device's map
+    /// failed partway): invalidating and unmapping a range that is not
+    /// mapped, in whole or in part, must succeed.
     fn invalidate_unmap(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
         for (i, &(s, e)) in ranges.iter().enumerate() {
             self.invalidate(s, e).map_err(|error| BatchError {

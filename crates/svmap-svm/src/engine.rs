@@ -8,7 +8,7 @@
 //!
 //! | operation | backend calls, in order |
 //! | --- | --- |
-//! | `svm_alloc` | decide; CPU `map`; every device of the set `map_start`, then every one `map_finish` (one request per device process, all in flight at once); on a failure every device that mapped `invalidate_unmap`s again (both halves), the CPU `unmap`s, the range is free |
+//! | `svm_alloc` | decide; CPU `map`; every device of the set `map_start`, then every one `map_finish` (one request per device process, all in flight at once); on a failure every device asked, the failing ones included, `invalidate_unmap`s again (both halves), the CPU `unmap`s, the range is free |
 //! | `svm_free` | every device of the range `invalidate_unmap_start`, then every one `invalidate_unmap_finish` (invalidate, acknowledge, unmap: one request per device process, all in flight at once); CPU `unmap`; only then the range is free in the space |
 //! | `svm_free_many` | the same, once per device with every range of the batch it holds; CPU `unmap` per range all its devices finished; those ranges are free |
 //! | `add_device` | the backend's `own_mappings` become ranges held on the device ([`SvmSpace::device_hold`]) |
@@ -802,8 +802,10 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     /// address, every device asked ([`DeviceBackend::map_start`]) before
     /// any answer is awaited ([`DeviceBackend::map_finish`]). If a backend
     /// fails, the error names the first failing device in definition
-    /// order; every device that mapped the range invalidates and unmaps it
-    /// again (both halves of [`DeviceBackend::invalidate_unmap`]), the CPU
+    /// order; every device that was asked to map the range, the failing
+    /// ones included (a failed map may have mapped part of it), invalidates
+    /// and unmaps it again (both halves of
+    /// [`DeviceBackend::invalidate_unmap`]), the CPU
     /// backend unmaps it, and the range is free again in the space: the
     /// space is as before the call. A device that does not acknowledge
     /// the undo gives [`EngineError::NotAcknowledged`]; the range then
@@ -883,8 +885,17 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         let Some((_, err)) = first else {
             return Ok(addr);
         };
-        // Undo on every device that mapped (all asked before any answer is
-        // awaited), then on the CPU.
+        // Undo on every device that was asked to map, those whose map
+        // failed included (a failed map may have mapped part of the range;
+        // backends accept invalidating and unmapping what they do not
+        // map), all asked before any answer is awaited; then on the CPU.
+        scratch_done.clear();
+        scratch_done.extend(
+            scratch_devs
+                .iter()
+                .copied()
+                .filter(|&d| guard_on(space, d, addr, end).is_ok()),
+        );
         let range = [(addr, end)];
         let mut undo: Option<(usize, EngineError)> = None;
         let mut kept: Vec<usize> = Vec::new();

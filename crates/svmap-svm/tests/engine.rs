@@ -1210,8 +1210,9 @@ fn an_allocation_asks_every_device_before_waiting() {
         ]
     );
     let before = eng.svm_ranges();
-    // d2 fails to start, d1 fails to finish: d1 is named; only d0 mapped
-    // and only d0 is undone.
+    // d2 fails to start, d1 fails to finish: d1 is named; only d0 mapped,
+    // but every device asked is undone (a failed map may have mapped part
+    // of the range).
     eng.device_backends_mut()[2].fail_map_start = true;
     eng.device_backends_mut()[1].fail_map_finish = true;
     log.borrow_mut().clear();
@@ -1233,7 +1234,11 @@ fn an_allocation_asks_every_device_before_waiting() {
             "map_finish 0",
             "map_finish 1",
             "start 0 1",
-            "finish 0 1"
+            "start 1 1",
+            "start 2 1",
+            "finish 0 1",
+            "finish 1 1",
+            "finish 2 1"
         ]
     );
     assert!(eng.alloc_at(at).is_none());
@@ -1244,8 +1249,8 @@ fn an_allocation_asks_every_device_before_waiting() {
     let b = eng.svm_alloc(0x2000, None, &all, false).unwrap();
     assert_eq!(b, at);
     assert_ne!(a, b);
-    // A device that fails to start alone: the others are finished and
-    // undone, the failing one is neither.
+    // A device that fails to start alone: the others are finished; all
+    // are undone, the failing one too.
     eng.device_backends_mut()[0].fail_map_start = true;
     log.borrow_mut().clear();
     match eng.svm_alloc(0x2000, None, &["d0", "d2"], false) {
@@ -1258,7 +1263,9 @@ fn an_allocation_asks_every_device_before_waiting() {
             "map_start 0",
             "map_start 2",
             "map_finish 2",
+            "start 0 1",
             "start 2 1",
+            "finish 0 1",
             "finish 2 1"
         ]
     );
@@ -1465,5 +1472,89 @@ fn removing_a_device_leaves_what_lies_under_its_held_ranges() {
     let v = eng.mm().space().first_overlap(f.0, f.1).unwrap();
     assert_eq!((v.start, v.end), f);
     assert_eq!(range_of(&eng, a), (a, a + 0x4000));
+    eng.check_invariants();
+}
+
+/// The ranges a device maps, shared with the test.
+type Mapped = Rc<RefCell<Vec<(u64, u64)>>>;
+
+/// A device whose mapping fails in its second half after mapping the first
+/// page of the range (as a C callback may), recording what it maps.
+struct PartialDev {
+    mapped: Mapped,
+    /// Map one page, then fail, in the next `map_finish`.
+    fail: bool,
+}
+
+impl DeviceBackend for PartialDev {
+    fn map(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        let mut m = self.mapped.borrow_mut();
+        assert!(!overlaps(&m, s, e), "[{s:#x}, {e:#x}) mapped twice");
+        m.push((s, e));
+        Ok(())
+    }
+    fn map_start(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        if self.fail {
+            Ok(())
+        } else {
+            self.map(s, e)
+        }
+    }
+    fn map_finish(&mut self, s: u64, _: u64) -> Result<(), BackendError> {
+        if std::mem::take(&mut self.fail) {
+            self.map(s, s + PG)?;
+            return Err(BackendError::Other("mapping failed partway".into()));
+        }
+        Ok(())
+    }
+    fn invalidate(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn protect(&mut self, _: u64, _: u64, _: Prot) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn unmap(&mut self, s: u64, e: u64) -> Result<(), BackendError> {
+        cut(&mut self.mapped.borrow_mut(), s, e);
+        Ok(())
+    }
+    fn map_region(&mut self, _: u64, _: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// A device whose map fails after mapping part of the range is undone
+/// too: once the failed allocation returns, no device maps any of the
+/// range, and the range handed out again is mapped afresh.
+#[test]
+fn a_map_that_fails_partway_is_undone_on_that_device() {
+    let maps: Vec<Mapped> = (0..2).map(|_| Rc::default()).collect();
+    let mut eng: Engine<svmap_svm::ModelCpu, PartialDev> = Engine::new(cfg(), svmap_svm::ModelCpu);
+    for (i, m) in maps.iter().enumerate() {
+        let dev = PartialDev {
+            mapped: m.clone(),
+            fail: i == 1,
+        };
+        eng.add_device_with(device(i), dev).unwrap();
+    }
+    let all = ["d0", "d1"];
+    let at = match eng.svm_alloc(0x4000, None, &all, false) {
+        Err(EngineError::Device {
+            device, op, start, ..
+        }) => {
+            assert_eq!((device.as_str(), op), ("d1", "map"));
+            start
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(maps[0].borrow().is_empty(), "{:x?}", maps[0].borrow());
+    assert!(maps[1].borrow().is_empty(), "{:x?}", maps[1].borrow());
+    assert!(eng.alloc_at(at).is_none());
+    assert!(eng.pending_frees().is_empty());
+    // The range is handed out again and mapped whole on both devices.
+    let b = eng.svm_alloc(0x4000, None, &all, false).unwrap();
+    assert_eq!(b, at);
+    for m in &maps {
+        assert_eq!(*m.borrow(), [(b, b + 0x4000)]);
+    }
     eng.check_invariants();
 }
