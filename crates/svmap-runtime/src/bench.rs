@@ -27,7 +27,9 @@ use svmap_core::linux::MmConfig;
 use svmap_linux::heap::Heap;
 use svmap_peer::PeerConfig;
 use svmap_svm::backend::BatchError;
-use svmap_svm::{BackendError, DeviceBackend, DeviceConfig, Engine, ModelDevice, Prot};
+use svmap_svm::{
+    BackendError, DeviceBackend, DeviceConfig, DeviceFault, Engine, ModelDevice, Prot,
+};
 
 use crate::{seed_from_self, LinuxCpu, PeerDevice};
 
@@ -313,6 +315,18 @@ impl DeviceBackend for Device {
             Device::Process(d) => d.map(start, end),
         }
     }
+    fn map_start(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        match self {
+            Device::Model(d) => d.map_start(start, end),
+            Device::Process(d) => d.map_start(start, end),
+        }
+    }
+    fn map_finish(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
+        match self {
+            Device::Model(d) => d.map_finish(start, end),
+            Device::Process(d) => d.map_finish(start, end),
+        }
+    }
     fn invalidate(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         match self {
             Device::Model(d) => d.invalidate(start, end),
@@ -359,6 +373,12 @@ impl DeviceBackend for Device {
         match self {
             Device::Model(d) => d.map_region(start, end),
             Device::Process(d) => d.map_region(start, end),
+        }
+    }
+    fn take_faults(&mut self, out: &mut Vec<DeviceFault>) {
+        match self {
+            Device::Model(d) => d.take_faults(out),
+            Device::Process(d) => d.take_faults(out),
         }
     }
 }
@@ -637,4 +657,70 @@ pub fn run_layer(live: usize, steps: usize) -> Result<LayerRow, String> {
     row.window_ns = churn_layer(&mut model_engine(1, true)?, &w)
         .map_err(|e| format!("engine, 1 device, window: {e}"))?;
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Stdio;
+
+    use svmap_peer::{device, FAILPOINT_ENV, PEER_FD_ENV};
+
+    use super::*;
+
+    #[test]
+    fn peer_role() {
+        if std::env::var_os(PEER_FD_ENV).is_some() {
+            std::process::exit(device::serve_from_env());
+        }
+    }
+
+    fn peer_command() -> Command {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args([
+            "--exact",
+            "bench::tests::peer_role",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
+        .stdout(Stdio::null())
+        .env_remove(FAILPOINT_ENV);
+        c
+    }
+
+    /// The bench's device sends a mapping in `map_start` and waits for it
+    /// in `map_finish`, as the runtime's device does, so the bench maps on
+    /// its devices in parallel.
+    #[test]
+    fn the_bench_device_maps_in_two_halves() {
+        let cpu = LinuxCpu::new(false);
+        let dir = cpu.directory();
+        let mut engine: Engine<LinuxCpu, Device> = Engine::new(MmConfig::default(), cpu);
+        seed_from_self(&mut engine).unwrap();
+        let mut pc = PeerConfig::new(40, 1);
+        pc.timeout = Duration::from_secs(30);
+        let dev = PeerDevice::spawn(peer_command(), &pc, dir).unwrap();
+        engine
+            .add_device_with(
+                DeviceConfig::new("dev0", 40),
+                Device::Process(Box::new(dev)),
+            )
+            .unwrap();
+        engine.reserve_window(&["dev0"]).unwrap();
+        let a = engine.svm_alloc(0x2000, None, &["dev0"], false).unwrap();
+        let range = (a, a + 0x2000);
+        // Through the bench's device, not the device process's own.
+        let dev: &mut Device = &mut engine.device_backends_mut()[0];
+        let in_flight = |dev: &mut Device| match dev {
+            Device::Process(p) => p.peer().in_flight(),
+            Device::Model(_) => panic!("a device process was added"),
+        };
+        dev.invalidate_unmap(&[range]).unwrap();
+        dev.map_start(range.0, range.1).unwrap();
+        assert!(in_flight(dev), "map_start waited for the answer");
+        dev.map_finish(range.0, range.1).unwrap();
+        assert!(!in_flight(dev));
+        engine.svm_free(a).unwrap();
+        engine.check_invariants();
+    }
 }
