@@ -810,7 +810,10 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     /// space is as before the call. A device that does not acknowledge
     /// the undo gives [`EngineError::NotAcknowledged`]; the range then
     /// stays allocated as a pending free ([`Self::pending_frees`]) that a
-    /// retried [`Self::svm_free`] asks of that device alone.
+    /// retried [`Self::svm_free`] asks of that device alone. If the CPU
+    /// backend then fails to unmap it, it stays allocated as a pending
+    /// free too, which a retried free completes without asking any device
+    /// (the error is still the device's).
     pub fn svm_alloc<S: AsRef<str>>(
         &mut self,
         length: u64,
@@ -929,6 +932,13 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         }
         if cpu.unmap(addr, end, to).is_ok() {
             let _ = space.svm_free(addr);
+        } else {
+            // Every device has undone it; the CPU still maps it. It stays
+            // allocated as a pending free that a retried free completes on
+            // the CPU alone.
+            let id = space.alloc_at(addr).map(|v| v.id);
+            let done = scratch_devs.clone();
+            self.note_free(addr, id, false, &done);
         }
         Err(err)
     }

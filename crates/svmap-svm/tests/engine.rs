@@ -1558,3 +1558,47 @@ fn a_map_that_fails_partway_is_undone_on_that_device() {
     }
     eng.check_invariants();
 }
+
+/// When the CPU cannot unmap a failed allocation after every device undid
+/// it, the range stays allocated as a pending free; a retried free asks
+/// no device and completes on the CPU.
+#[test]
+fn a_failed_allocation_the_cpu_cannot_unmap_is_a_pending_free() {
+    let world = Rc::new(RefCell::new(World::default()));
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let mut eng: Engine<RecCpu, StagedDev> = Engine::new(cfg(), RecCpu(world.clone()));
+    for i in 0..2 {
+        let dev = StagedDev {
+            log: log.clone(),
+            i,
+            fail_start: false,
+            fail_finish: false,
+            fail_map_start: false,
+            fail_map_finish: i == 1,
+        };
+        eng.add_device_with(device(i), dev).unwrap();
+    }
+    world.borrow_mut().cpu_fail_unmap = true;
+    let at = match eng.svm_alloc(0x2000, None, &["d0", "d1"], false) {
+        Err(EngineError::Device {
+            device, op, start, ..
+        }) => {
+            assert_eq!((device.as_str(), op), ("d1", "map"));
+            start
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(eng.alloc_at(at).is_some());
+    assert_eq!(eng.pending_frees(), [at]);
+    assert_eq!(eng.released_devices(at).len(), 2);
+    assert_eq!(world.borrow().cpu_mapped, [(at, at + 0x2000)]);
+    eng.check_invariants();
+    log.borrow_mut().clear();
+    eng.svm_free(at).unwrap();
+    assert!(log.borrow().is_empty(), "{:?}", log.borrow());
+    assert!(eng.alloc_at(at).is_none());
+    assert!(eng.pending_frees().is_empty());
+    assert!(world.borrow().cpu_mapped.is_empty());
+    assert!(world.borrow().violations.is_empty());
+    eng.check_invariants();
+}
