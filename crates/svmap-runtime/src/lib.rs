@@ -42,7 +42,7 @@ use svmap_linux::error::{Errno, Error};
 use svmap_linux::reserve::Reservation;
 use svmap_linux::sparse::SparseHeap;
 use svmap_linux::sys::Access;
-use svmap_svm::refresh::{CpuMapping, RefreshError, RefreshReport};
+use svmap_svm::refresh::{CpuMapping, RefreshConflict, RefreshError, RefreshReport};
 use svmap_svm::{
     BackendError, CpuBackend, CpuPolicy, DeviceBackend, Engine, EngineError, Prot, PtFormat,
     Release,
@@ -76,6 +76,10 @@ struct Region {
     kind: Kind,
     /// Part of it was lost by other means: never act on it again.
     lost: bool,
+    /// Parts of a window piece lost by other means (a foreign `MAP_FIXED`
+    /// there): never acted on again, while the rest of the piece is still
+    /// used. A region with holes is left mapped when the backend drops.
+    holes: Vec<(u64, u64)>,
 }
 
 impl Region {
@@ -209,6 +213,7 @@ impl LinuxCpu {
                 end,
                 kind,
                 lost: false,
+                holes: Vec::new(),
             },
         );
         Ok(())
@@ -223,7 +228,8 @@ impl LinuxCpu {
     /// The region that contains all of `[start, end)`, if one does.
     fn containing(&mut self, start: u64, end: u64) -> Option<(u64, &mut Region)> {
         let (&s, r) = self.regions.range_mut(..=start).next_back()?;
-        (r.end >= end && !r.lost).then_some((s, r))
+        let clear = !r.holes.iter().any(|&(a, b)| a < end && start < b);
+        (r.end >= end && !r.lost && clear).then_some((s, r))
     }
 
     /// The memfd, the offset and the length of the live SVM range that
@@ -463,8 +469,13 @@ impl CpuBackend for LinuxCpu {
                     r.leak();
                 }
             } else if let Some(r) = self.regions.get_mut(&s) {
-                r.lost = true;
-                self.directory.withdraw(s);
+                if matches!(r.kind, Kind::Window(_)) {
+                    // The rest of the window piece stays usable.
+                    r.holes.push((start.max(s), end.min(r.end)));
+                } else {
+                    r.lost = true;
+                    self.directory.withdraw(s);
+                }
             }
         }
     }
@@ -474,7 +485,7 @@ impl Drop for LinuxCpu {
     fn drop(&mut self) {
         for (s, r) in std::mem::take(&mut self.regions) {
             self.directory.withdraw(s);
-            if r.lost {
+            if r.lost || !r.holes.is_empty() {
                 r.leak();
             }
         }
@@ -513,7 +524,58 @@ pub fn seed_from_self<C: CpuBackend, D: DeviceBackend, F: PtFormat>(
 /// are entered, vanished ones removed; svmap's windows, SVM ranges and
 /// device-only regions are never changed, and conflicts with them are
 /// listed in the report.
+///
+/// One conflict is acted on: a foreign mapping that reaches into a window
+/// piece (a `MAP_FIXED` over or into svmap's window made behind its
+/// back). The part of the piece it covers is taken out of the window: the
+/// CPU backend forgets it ([`CpuBackend::forget`], so it never changes the
+/// protection of that mapping) and the space holds it as a foreign
+/// mapping, so no SVM range is ever placed there. The conflict stays in
+/// the report.
 pub fn refresh_from_self<C: CpuBackend, D: DeviceBackend, F: PtFormat>(
+    engine: &mut Engine<C, D, F>,
+) -> Result<RefreshReport, SeedError> {
+    let report = refresh_list(engine)?;
+    hold_out_of_windows(engine, &report).map_err(SeedError::Engine)?;
+    Ok(report)
+}
+
+/// The window pieces that foreign mappings of `report` reach into leave
+/// their windows and are held as foreign mappings (see
+/// [`refresh_from_self`]).
+fn hold_out_of_windows<C: CpuBackend, D: DeviceBackend, F: PtFormat>(
+    engine: &mut Engine<C, D, F>,
+    report: &RefreshReport,
+) -> Result<(), EngineError> {
+    let mut parts: Vec<(u64, u64)> = Vec::new();
+    for c in &report.conflicts {
+        let &RefreshConflict::Overlaps {
+            start,
+            end,
+            owned_start,
+            owned_end,
+        } = c
+        else {
+            continue;
+        };
+        let (s, e) = (start.max(owned_start), end.min(owned_end));
+        for w in engine.windows() {
+            for &(ps, pe) in &w.reserved {
+                let (a, b) = (ps.max(s), pe.min(e));
+                if a < b {
+                    parts.push((a, b));
+                }
+            }
+        }
+    }
+    for (a, b) in parts {
+        engine.cpu_unmap(a, b - a)?;
+        engine.cpu_map(a, b, false)?;
+    }
+    Ok(())
+}
+
+fn refresh_list<C: CpuBackend, D: DeviceBackend, F: PtFormat>(
     engine: &mut Engine<C, D, F>,
 ) -> Result<RefreshReport, SeedError> {
     let view = svmap_linux::maps::read_view(svmap_linux::maps::Target::SelfProcess)

@@ -13,6 +13,16 @@ type Real = Engine<LinuxCpu, ModelDevice>;
 
 const LEN: u64 = 0x4_0000;
 
+/// One test at a time: each places ranges at the top of the space below
+/// 2^40, and one reserves all of it as a window.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The mapping of this process at `addr`, as `(start, end, shared,
 /// readable)`.
 fn mapping_at(addr: u64) -> Option<(u64, u64, bool, bool)> {
@@ -23,6 +33,7 @@ fn mapping_at(addr: u64) -> Option<(u64, u64, bool, bool)> {
 
 #[test]
 fn a_collision_refreshes_once_and_lands_elsewhere() {
+    let _one = serial();
     let mut e: Real = Engine::new(Default::default(), LinuxCpu::new(false));
     seed_from_self(&mut e).unwrap();
     e.add_device(DeviceConfig::new("gpu40", 40)).unwrap();
@@ -77,6 +88,7 @@ fn a_collision_refreshes_once_and_lands_elsewhere() {
 
 #[test]
 fn with_refresh_tries_at_most_twice() {
+    let _one = serial();
     let mut e: Real = Engine::new(Default::default(), LinuxCpu::new(false));
     seed_from_self(&mut e).unwrap();
     let refused = || EngineError::Cpu {
@@ -120,4 +132,111 @@ fn with_refresh_tries_at_most_twice() {
         Ok(7)
     );
     assert_eq!(calls, 1);
+}
+
+/// A mapping made with `MAP_FIXED` into a reserved window behind svmap's
+/// back, reaching out of it: a refresh takes the part it covers out of
+/// the window, so no allocation lands on it, and a guarded backend never
+/// changes its contents or protection (not when ranges are carved next to
+/// it, nor when they are given back to the window).
+#[test]
+fn a_map_fixed_into_a_window_is_held_out_of_it() {
+    let _one = serial();
+    const P: u64 = 0x1000;
+    let top: u64 = 1 << 40;
+    let mut e: Real = Engine::new(Default::default(), LinuxCpu::new(true));
+    seed_from_self(&mut e).unwrap();
+    e.add_device(DeviceConfig::new("gpu40", 40)).unwrap();
+    let w = e.reserve_window(&["gpu40"]).unwrap();
+    assert_eq!(w.reserved.last().map(|p| p.1), Some(top));
+    // Four pages of the window's top and four free pages above it.
+    let (fs, fe) = (top - 4 * P, top + 4 * P);
+    assert!(read_view(Target::SelfProcess)
+        .unwrap()
+        .entries
+        .iter()
+        .all(|m| m.end <= top || fe <= m.start));
+    let mut mem = raw::Fixed::map(fs, fe);
+    for (i, x) in mem.words().iter_mut().enumerate() {
+        *x = i as u64 ^ 0x5a5a;
+    }
+    let r = refresh_from_self(&mut e).unwrap();
+    assert!(
+        r.conflicts
+            .iter()
+            .any(|c| matches!(c, svmap_svm::refresh::RefreshConflict::Overlaps { .. })),
+        "{r:?}"
+    );
+    let w = &e.windows()[0];
+    assert!(
+        w.reserved.iter().all(|&(s, x)| x <= fs || top <= s),
+        "{:x?}",
+        w.reserved
+    );
+    assert!(e.mm().space().vma_at(fs).is_some());
+    // Allocations from the top of the window never land on it; freeing
+    // them gives them back to the window, next to it.
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let a = svm_alloc(&mut e, LEN, None, &["gpu40"], true).unwrap();
+        assert!(a + LEN <= fs || fe <= a, "{a:#x} over [{fs:#x}, {fe:#x})");
+        got.push(a);
+    }
+    for a in got {
+        e.svm_free(a).unwrap();
+    }
+    e.check_invariants();
+    let m = mapping_at(fs).expect("still mapped");
+    assert_eq!(m, (fs, fe, false, true));
+    assert!(mem
+        .words()
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == i as u64 ^ 0x5a5a));
+}
+
+/// A read-write anonymous `MAP_FIXED` mapping, made over whatever is
+/// there (svmap's window included), unmapped on drop.
+#[allow(unsafe_code)]
+mod raw {
+    pub struct Fixed(u64, u64);
+
+    impl Fixed {
+        /// Maps `[start, end)` (page aligned) with `MAP_FIXED`.
+        pub fn map(start: u64, end: u64) -> Fixed {
+            // SAFETY: the caller picks a range with nothing of this
+            // process's own memory in use there (the top of an empty
+            // window reservation, free address space); the mapping is
+            // this value's until it drops.
+            let p = unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    (end - start) as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            assert_eq!(p as u64, start, "mmap failed");
+            Fixed(start, end)
+        }
+
+        /// Its memory as words.
+        pub fn words(&mut self) -> &mut [u64] {
+            // SAFETY: `[self.0, self.1)` is this value's read-write mapping,
+            // borrowed mutably with it.
+            unsafe {
+                std::slice::from_raw_parts_mut(self.0 as *mut u64, ((self.1 - self.0) / 8) as usize)
+            }
+        }
+    }
+
+    impl Drop for Fixed {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `map`; nothing refers to it once
+            // this value is gone.
+            unsafe { libc::munmap(self.0 as *mut libc::c_void, (self.1 - self.0) as usize) };
+        }
+    }
 }
