@@ -3,7 +3,8 @@
 //! against a sorted list that splits and clips by hand, `CoverMap` against a
 //! count per address, `union_of` against a bitmap, `PageTable::clear`
 //! against a map of pages (with the tables it must keep derived from the
-//! pages), the counters of the TLB and of the mirror, the device limit, and
+//! pages), the counters of the TLB and of the mirror, the notifier protocol's
+//! retry, the TLB's eviction order, the device limit, and
 //! the candidate searches of `svm_alloc`. Written for the mutants of `interval.rs`,
 //! `mirror.rs` and `space.rs` that the rest of the suite let through
 //! (`docs/testing.md` lists the runs); every answer of the public API is
@@ -586,4 +587,187 @@ fn cover_map_allocate_takes_the_lowest_or_highest_free_run() {
             assert_eq!(c.union(), runs(&count));
         }
     }
+}
+
+/// The index bits per level of the default format: a table is one page of
+/// 8-byte entries, so `page_shift - 3` bits (9, 13 and 18 for 4 KiB, 64 KiB
+/// and 2 MiB pages), and the geometry a mirror builds from it.
+#[test]
+fn default_format_tables_are_one_page_of_8_byte_entries() {
+    assert_eq!(DefaultFormat::bits_per_level(12), 9);
+    assert_eq!(DefaultFormat::bits_per_level(16), 13);
+    assert_eq!(DefaultFormat::bits_per_level(21), 18);
+    let m: Mirror<DefaultFormat, StdSync> = Mirror::new(48, 0x1000, 4);
+    assert_eq!(m.geometry().level_bits, [9, 9, 9, 9]);
+}
+
+/// Setting an invalid entry clears the page (and frees the tables it
+/// empties) rather than storing it.
+#[test]
+fn setting_an_invalid_pte_clears_the_page() {
+    let mut pt: PageTable<DefaultFormat> = PageTable::new(Geometry::new(24, 12, 3));
+    pt.set(9, DefaultFormat::leaf(4, true, false));
+    pt.set(10, DefaultFormat::leaf(5, true, true));
+    assert_eq!((pt.valid_entries(), pt.tables()), (2, 4));
+    pt.set(9, 0);
+    assert_eq!(pt.get(9), 0);
+    assert_eq!(pt.entries(), [(10, DefaultFormat::leaf(5, true, true))]);
+    pt.set(10, 0);
+    assert_eq!((pt.valid_entries(), pt.tables()), (0, 1));
+    assert!(pt.entries().is_empty());
+}
+
+/// A device whose page table has a single level (20 bits, 4 KiB pages: 8
+/// index bits in the root) still loses its PTEs and TLB entries to an
+/// invalidation, and only those of the pages the range touches.
+#[test]
+fn an_invalidation_clears_exactly_its_pages_in_a_one_level_table() {
+    let m: Mirror<DefaultFormat, StdSync> = Mirror::new(20, 0x1000, 8);
+    assert_eq!(m.geometry().levels(), 1);
+    let perm = Perm {
+        frame: 3,
+        read: true,
+        write: true,
+    };
+    for page in 2..6u64 {
+        m.prefault(page << 12, (page + 1) << 12, perm, 1);
+    }
+    assert_eq!(m.table_counts(), (1, 4));
+    // A page-aligned range of pages 3 and 4 only.
+    m.invalidate(0x3000, 0x5000);
+    let left: Vec<u64> = m.mappings().iter().map(|e| e.0).collect();
+    assert_eq!(left, [2, 5]);
+    assert_eq!(m.table_counts(), (1, 2));
+    // A range of one byte clears its page.
+    m.invalidate_start(0x5fff, 0x6000);
+    m.invalidate_end();
+    let left: Vec<u64> = m.mappings().iter().map(|e| e.0).collect();
+    assert_eq!(left, [2]);
+    assert_eq!(m.stats().invalidations, 2);
+}
+
+/// A fault whose snapshot is overtaken by an invalidation (start and end
+/// both run while the handler looks at the CPU side) is retried and answers
+/// with the mapping after the invalidation, never installing the stale one.
+#[test]
+fn a_fault_overtaken_by_an_invalidation_installs_the_new_mapping() {
+    let m: Mirror<DefaultFormat, StdSync> = Mirror::new(32, 0x1000, 4);
+    assert_eq!(m.read_begin(), 0);
+    let perm = |frame| Perm {
+        frame,
+        read: true,
+        write: true,
+    };
+    let mut calls = 0;
+    let mut moving = |_a: u64| {
+        calls += 1;
+        let frame = if calls == 1 {
+            // The CPU remaps the page while the handler reads the old one.
+            m.invalidate_start(0x7000, 0x8000);
+            m.invalidate_end();
+            1
+        } else {
+            2
+        };
+        Snapshot {
+            byte: Some(perm(frame)),
+            page: Some(perm(frame)),
+        }
+    };
+    assert_eq!(m.access(0x7123, true, &mut moving), Ok(2));
+    assert_eq!(calls, 2);
+    assert_eq!(
+        m.mappings(),
+        [(7, 2, true, true, false), (7, 2, true, true, true)]
+    );
+    assert_eq!(m.read_begin(), 2);
+    assert_eq!(m.stats().retries, 1);
+}
+
+/// The rights of a PTE and of a snapshot are honoured: a write through a
+/// read-only PTE faults (and the handler answers with a protection fault),
+/// a read of a byte that cannot be read faults, a read-only PTE still
+/// serves reads.
+#[test]
+fn read_only_and_unreadable_pages_fault() {
+    let m: Mirror<DefaultFormat, StdSync> = Mirror::new(32, 0x1000, 4);
+    let ro = Perm {
+        frame: 4,
+        read: true,
+        write: false,
+    };
+    let mut ro_snap = |_a: u64| Snapshot {
+        byte: Some(ro),
+        page: Some(ro),
+    };
+    assert_eq!(m.access(0x4000, false, &mut ro_snap), Ok(4));
+    assert_eq!(m.access(0x4008, false, &mut ro_snap), Ok(4), "a TLB hit");
+    assert_eq!(
+        m.access(0x4010, true, &mut ro_snap),
+        Err(svmap_svm::Fault::Protection)
+    );
+    assert_eq!(m.stats().faults, 2);
+    let none = Perm {
+        frame: 6,
+        read: false,
+        write: false,
+    };
+    let mut none_snap = |_a: u64| Snapshot {
+        byte: Some(none),
+        page: Some(none),
+    };
+    assert_eq!(
+        m.access(0x6000, false, &mut none_snap),
+        Err(svmap_svm::Fault::Protection)
+    );
+    assert_eq!(m.table_counts().1, 1, "no PTE for an unreadable page");
+}
+
+/// The TLB evicts the entry filled longest ago: a page shot down and filled
+/// again counts from its new fill, not from its first.
+#[test]
+fn tlb_eviction_follows_the_latest_fill() {
+    let mut t = Tlb::new(2);
+    t.fill(1, 10);
+    t.fill(2, 20);
+    t.shoot_down(1, 1);
+    t.fill(1, 11);
+    t.fill(3, 30); // evicts 2, filled before the second fill of 1
+    let cached: Vec<(u64, u64)> = t.entries().collect();
+    assert_eq!(cached, [(1, 11), (3, 30)]);
+    assert_eq!((t.len(), t.capacity(), t.is_empty()), (2, 2, false));
+}
+
+/// A prefault that runs past the device's limit installs only the pages
+/// below it: the page above would index (and overwrite) page 0 of a
+/// one-level table. Also the page size and the TLB's fill as the mirror
+/// reports them.
+#[test]
+fn a_prefault_past_the_device_limit_stops_at_its_last_page() {
+    let m: Mirror<DefaultFormat, StdSync> = Mirror::new(20, 0x1000, 2);
+    assert_eq!(m.page_size(), 0x1000);
+    let perm = Perm {
+        frame: 3,
+        read: true,
+        write: true,
+    };
+    m.prefault(0xf_f000, 0x10_2000, perm, 4);
+    assert_eq!(m.stats().installs, 1);
+    assert_eq!(m.mappings(), [(0xff, 3, true, true, false)]);
+    assert_eq!(m.tlb_len(), 0);
+    let mut snap = |_a: u64| Snapshot {
+        byte: Some(perm),
+        page: Some(perm),
+    };
+    assert_eq!(m.access(0xf_f010, true, &mut snap), Ok(3), "a walk");
+    assert_eq!(m.tlb_len(), 1);
+    assert_eq!(
+        m.access(0, false, &mut |_a: u64| Snapshot {
+            byte: None,
+            page: None
+        }),
+        Err(svmap_svm::Fault::Unmapped)
+    );
+    let big: Mirror<DefaultFormat, StdSync> = Mirror::new(40, 0x20_0000, 4);
+    assert_eq!(big.page_size(), 0x20_0000);
 }
