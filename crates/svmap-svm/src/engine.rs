@@ -46,6 +46,7 @@ use std::ops::Deref;
 use svmap_core::linux::{Fixed, MmConfig, MmapRequest};
 use svmap_core::{SearchError, UnmappedAreaInfo};
 
+use crate::attr::{check_range, Attr, AttrError, AttrMap, RangeAttrs};
 use crate::backend::{
     BackendError, BatchError, CpuBackend, DeviceBackend, DeviceFault, ModelCpu, ModelDevice,
     Release,
@@ -187,6 +188,8 @@ pub struct Engine<C = ModelCpu, D = ModelDevice, F: PtFormat = DefaultFormat> {
     pending: Vec<PendingFree>,
     /// Reused: the devices that finished their part of the current free.
     scratch_done: Vec<usize>,
+    /// Attributes of SVM ranges (dropped with the range).
+    attrs: AttrMap,
 }
 
 /// A free that failed partway.
@@ -381,6 +384,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             scratch_pieces: Vec::new(),
             pending: Vec::new(),
             scratch_done: Vec::new(),
+            attrs: AttrMap::new(),
         }
     }
 
@@ -414,6 +418,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     /// with `cfg` (`reset`); the CPU backend forgets everything.
     pub fn reset(&mut self, cfg: MmConfig) {
         self.space.reset(cfg);
+        self.attrs.clear();
         self.devs.clear();
         self.cpu.forget(0, u64::MAX);
     }
@@ -678,6 +683,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             false
         };
         self.space.cpu_unmap(start, length)?;
+        self.attrs.remove(start, end);
         if owned {
             self.cpu.forget(start, end);
         }
@@ -698,6 +704,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         }
         let addr = self.space.cpu_mmap(req)?;
         if let Some((s, e)) = lost {
+            self.attrs.remove(s, e);
             self.cpu.forget(s, e);
         }
         Ok(addr)
@@ -831,6 +838,10 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                 Release::ToSystem
             },
         );
+        // A new range starts from the default attributes, whatever path
+        // freed what was there before (a free, a batch free, a CPU unmap,
+        // a refresh).
+        self.attrs.remove(addr, end);
         self.scratch_devs.clear();
         self.scratch_devs.extend_from_slice(v.devices);
         if let Err(error) = self.cpu.map(addr, end, to == Release::ToWindow) {
@@ -1021,6 +1032,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             scratch_devs,
             scratch_pieces,
             scratch_done,
+            attrs,
             ..
         } = self;
         if !scratch_pieces.is_empty() {
@@ -1061,7 +1073,11 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                 error,
             })?;
         }
-        Ok(space.svm_free(addr)?)
+        space.svm_free(addr)?;
+        for &(s, e) in scratch_pieces.iter() {
+            attrs.remove(s, e);
+        }
+        Ok(())
     }
 
     /// Frees every SVM range that starts at an address of `addrs`, as
@@ -1181,8 +1197,15 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                 }
             }
             if cpu_ok {
-                if let Err(e) = self.space.svm_free(addr) {
-                    first.get_or_insert(e.into());
+                match self.space.svm_free(addr) {
+                    Ok(()) => {
+                        for &(_, s, e) in &pieces[span[i].0..span[i].1] {
+                            self.attrs.remove(s, e);
+                        }
+                    }
+                    Err(e) => {
+                        first.get_or_insert(e.into());
+                    }
                 }
             }
         }
@@ -1254,6 +1277,50 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         write: bool,
     ) -> Result<Result<(), Fault>, SvmError> {
         self.space.device_access(device, addr, write)
+    }
+
+    /// Checks that `[start, start + len)` is 4 KiB aligned, non-empty and
+    /// SVM memory of the space from end to end; returns the end.
+    fn attr_range(&self, start: u64, len: u64) -> Result<u64, AttrError> {
+        let end = check_range(start, len)?;
+        let mut at = start;
+        for (s, e, _) in self.space.svm_pieces_in(start, end) {
+            if s > at {
+                break;
+            }
+            at = e;
+        }
+        if at < end {
+            return Err(AttrError::NotSvm { addr: at });
+        }
+        Ok(end)
+    }
+
+    /// Sets attributes (`docs/attributes.md`) on `[start, start + len)`,
+    /// which must be SVM memory from end to end: the changes apply, in
+    /// order, to exactly that range (a stored range it cuts is split).
+    /// Every change is checked first; on an error nothing changes.
+    pub fn set_attr(&mut self, start: u64, len: u64, changes: &[Attr]) -> Result<(), AttrError> {
+        let end = self.attr_range(start, len)?;
+        let n = self.space.devices().len();
+        for c in changes {
+            c.check(n)?;
+        }
+        self.attrs.set(start, end, changes);
+        Ok(())
+    }
+
+    /// What every page of `[start, start + len)` has in common
+    /// ([`RangeAttrs::meet`]); the range must be SVM memory from end to
+    /// end.
+    pub fn get_attr(&self, start: u64, len: u64) -> Result<RangeAttrs, AttrError> {
+        let end = self.attr_range(start, len)?;
+        Ok(self.attrs.get(start, end))
+    }
+
+    /// The attribute map (every SVM page not in it holds the default).
+    pub fn attrs(&self) -> &AttrMap {
+        &self.attrs
     }
 
     /// Moves the faults device `device` reported into `out`.

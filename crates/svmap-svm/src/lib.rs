@@ -20,6 +20,10 @@
 //!   protocol (invalidate with a sequence number; fault handler that
 //!   snapshots, then commits only if the sequence has not moved).
 //!
+//! - [`attr`]: attributes of SVM ranges (preferred and prefetch location,
+//!   access per device, flags, migration granularity), set and read by
+//!   [`Engine::set_attr`] and [`Engine::get_attr`] (`docs/attributes.md`).
+//!
 //! # For a trace executor
 //!
 //! | trace op | call | result |
@@ -63,6 +67,7 @@
 //!   [`SvmSpace::check_addressable`]: a typed error naming the range and
 //!   the limit.
 
+pub mod attr;
 pub mod backend;
 mod engine;
 mod error;
@@ -71,6 +76,7 @@ pub mod mirror;
 pub mod refresh;
 mod space;
 
+pub use attr::{Attr, AttrError, AttrMap, Location, RangeAttrs};
 pub use backend::{
     BackendError, CpuBackend, DeviceBackend, DeviceFault, ModelCpu, ModelDevice, Release,
 };
