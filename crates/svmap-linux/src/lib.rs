@@ -32,4 +32,5 @@ pub mod probe;
 pub mod reserve;
 pub mod sparse;
 pub mod sys; // #![allow(unsafe_code)] inside
-mod trace_sys; // #![allow(unsafe_code)] inside: ptrace, waitpid, signals
+mod trace_sys;
+pub mod uffd; // #![allow(unsafe_code)] inside: userfaultfd ioctls // #![allow(unsafe_code)] inside: ptrace, waitpid, signals

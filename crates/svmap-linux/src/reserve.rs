@@ -313,6 +313,25 @@ impl Reservation {
         self.range.map_shared_fd(addr, len, fd)
     }
 
+    /// Maps `len` bytes of `fd` from `offset` at `addr`, as
+    /// [`Reservation::map_shared_fd`] does from offset 0.
+    pub fn map_shared_fd_at(
+        &mut self,
+        addr: u64,
+        len: u64,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+    ) -> Result<(), Errno> {
+        self.range.map_shared_fd_at(addr, len, fd, offset)
+    }
+
+    /// Replaces the mapped `[addr, addr + len)` (a part of this reservation)
+    /// by private anonymous memory holding the same bytes, in one step
+    /// (`mremap`): from then on no other process sees or changes them.
+    pub fn privatize(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+        self.range.privatize(addr, len)
+    }
+
     /// Puts a fresh `PROT_NONE` reservation back over `[addr, addr + len)`
     /// (a part of this reservation, as for [`Reservation::map_shared_fd`]):
     /// whatever was mapped there is released.

@@ -166,6 +166,60 @@ impl OwnedRange {
         len: u64,
         fd: BorrowedFd<'_>,
     ) -> Result<(), Errno> {
+        self.map_shared_fd_at(addr, len, fd, 0)
+    }
+
+    /// Replaces `[addr, addr + len)` (inside this range) by private
+    /// anonymous memory holding the same bytes: a fresh anonymous mapping
+    /// elsewhere receives a copy, then `mremap(MREMAP_FIXED)` moves it over
+    /// the range in one step (never a moment without a mapping there).
+    pub(crate) fn privatize(&self, addr: u64, len: u64) -> Result<(), Errno> {
+        self.check_sub(addr, len)?;
+        // SAFETY: a non-fixed anonymous mapping replaces nothing.
+        let tmp = unsafe {
+            rustix::mm::mmap_anonymous(
+                core::ptr::null_mut(),
+                len as usize,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )
+        }?;
+        // SAFETY: the source lies inside this range, mapped readable by
+        // its owner (the callers privatize only mapped parts); `tmp` is the
+        // fresh mapping of `len` bytes; they do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(addr as *const u8, tmp.cast::<u8>(), len as usize)
+        };
+        // SAFETY: the destination lies inside this OwnedRange (checked), so
+        // MREMAP_FIXED replaces only svmap's own pages, reached only
+        // through raw addresses; `tmp` is the mapping made above, which is
+        // moved (not left behind).
+        let r = unsafe {
+            rustix::mm::mremap_fixed(
+                tmp,
+                len as usize,
+                len as usize,
+                rustix::mm::MremapFlags::MAYMOVE,
+                addr as usize as *mut c_void,
+            )
+        };
+        if let Err(e) = r {
+            // SAFETY: `tmp` is still the mapping made above, owned here.
+            let _ = unsafe { rustix::mm::munmap(tmp, len as usize) };
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Maps `len` bytes of `fd` from `offset` at `addr` (inside this range)
+    /// with `PROT_READ | PROT_WRITE`, `MAP_SHARED | MAP_FIXED`.
+    pub(crate) fn map_shared_fd_at(
+        &self,
+        addr: u64,
+        len: u64,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+    ) -> Result<(), Errno> {
         self.check_sub(addr, len)?;
         // SAFETY:
         // 1. [addr, addr + len) lies inside this OwnedRange (checked above),
@@ -183,7 +237,7 @@ impl OwnedRange {
                 ProtFlags::READ | ProtFlags::WRITE,
                 MapFlags::SHARED | MapFlags::FIXED,
                 fd,
-                0,
+                offset,
             )
         };
         match r {
