@@ -481,7 +481,7 @@ pub fn run_with(
     let mut identical_in_devices = true;
     let mut device_views = Vec::new();
     for (i, d) in devices_step.devices.iter().enumerate() {
-        let p = e.device_backends_mut()[i].peer();
+        let mut p = e.device_backends_mut()[i].peer();
         let mut s = 0u64;
         for &(a, end) in &bufs {
             s = s.wrapping_add(p.sum_u64(a, end - a).map_err(fail(step))?);
@@ -529,7 +529,7 @@ pub fn run_with(
     let build = t.elapsed();
     let mut walks = Vec::new();
     for dev in e.device_backends_mut() {
-        let p = dev.peer();
+        let mut p = dev.peer();
         let before = p.device_stats().map_err(fail(step))?;
         let t = Instant::now();
         let w = p.walk_list(node(0), LIST_NODES + 1).map_err(fail(step))?;
@@ -567,9 +567,11 @@ pub fn run_with(
     // 64 bytes of buffer 0.
     let b0 = bufs[0].0;
     let device_wrote = cpu_sum(e.cpu_backend(), b0, b0 + 64).map_err(fail(step))?;
-    let p = e.device_backends_mut()[1].peer();
-    p.copy(d, b0, 64).map_err(fail(step))?;
-    let device_read = p.sum_u64(d, 64).map_err(fail(step))?;
+    let device_read = {
+        let mut p = e.device_backends_mut()[1].peer();
+        p.copy(d, b0, 64).map_err(fail(step))?;
+        p.sum_u64(d, 64).map_err(fail(step))?
+    };
     let other_device_faults = matches!(
         e.device_backends_mut()[0].peer().sum_u64(d, 8),
         Err(PeerError::DeviceFault { .. })
@@ -597,7 +599,7 @@ pub fn run_with(
     let mut faults = Vec::new();
     let mut invalidations = Vec::new();
     for dev in e.device_backends_mut() {
-        let p = dev.peer();
+        let mut p = dev.peer();
         faults.push(match p.walk_list(node(0), LIST_NODES + 1) {
             Err(PeerError::DeviceFault { fault, addr, .. }) => Some((fault, addr)),
             Ok(_) => None,

@@ -319,6 +319,12 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
                 send_own_maps(&mut chan, id)?;
                 continue;
             }
+            Msg::MigrateIn { addr, len } => dev.migrate_in(addr, len),
+            Msg::MigrateOut {
+                addr,
+                len,
+                write_back,
+            } => dev.migrate_out(addr, len, write_back),
             Msg::Stats => Msg::StatsReply {
                 words: dev.stats().to_words(),
             },
@@ -1186,6 +1192,68 @@ impl Device {
             Ok(())
         })();
         ack_or(r)
+    }
+
+    /// The attachment that holds all of `[addr, end)`, by start.
+    fn attachment_of(&mut self, addr: u64, end: u64) -> Result<u64, Msg> {
+        self.attachments()
+            .range(..=addr)
+            .next_back()
+            .filter(|(_, w)| end <= w.reservation().end() && w.is_attachment())
+            .map(|(&s, _)| s)
+            .ok_or_else(|| {
+                bad_range(format!(
+                    "[{addr:#x}, {end:#x}) is not inside one attached heap"
+                ))
+            })
+    }
+
+    /// Changes the memory behind `[addr, end)` with `change`, keeping the
+    /// device's access: its device pages are invalidated first (no device
+    /// page-table entry or TLB entry survives the change), then mapped
+    /// again with fresh frames and the same access.
+    fn move_backing(
+        &mut self,
+        addr: u64,
+        end: u64,
+        change: impl FnOnce(&mut SharedWindow) -> Result<(), Errno>,
+    ) -> Msg {
+        let s = match self.attachment_of(addr, end) {
+            Ok(s) => s,
+            Err(m) => return m,
+        };
+        let inside: Vec<(u64, u64, bool, bool)> = self
+            .bufs
+            .range(..end)
+            .filter(|(&bs, b)| bs + b.len > addr)
+            .map(|(&bs, b)| (bs.max(addr), (bs + b.len).min(end), b.readable, b.writable))
+            .collect();
+        self.rework(addr, end, None);
+        let w = self.attachments().get_mut(&s).expect("found above");
+        let r = change(w);
+        for (ps, pe, rd, wr) in inside {
+            self.insert(ps, pe, rd, wr);
+        }
+        match r {
+            Ok(()) => Msg::Ack,
+            Err(e) => sys_error(format!("migrating [{addr:#x}, {end:#x})"), e),
+        }
+    }
+
+    fn migrate_in(&mut self, addr: u64, len: u64) -> Msg {
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        self.move_backing(addr, end, |w| w.privatize(addr, len))
+    }
+
+    fn migrate_out(&mut self, addr: u64, len: u64, write_back: bool) -> Msg {
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        self.move_backing(addr, end, |w| w.share_again(addr, len, write_back))
     }
 
     fn stats(&self) -> DeviceStats {

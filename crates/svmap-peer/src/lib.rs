@@ -1686,6 +1686,32 @@ impl DirectPeer {
         self.inner.sum_u64(addr, len)
     }
 
+    /// Migrates `[addr, addr + len)` (inside an attachment, whole device
+    /// pages) into the device's own memory ([`Msg::MigrateIn`]): from the
+    /// answer on, the peer no longer reads or writes the memfd there. The
+    /// caller has stopped CPU writers to the range before and punches it
+    /// out of the memfd after.
+    pub fn migrate_in(&mut self, addr: u64, len: u64) -> Result<(), PeerError> {
+        self.ack(
+            &Msg::MigrateIn { addr, len },
+            None,
+            "a migration to the device",
+        )
+    }
+
+    /// Migrates `[addr, addr + len)` back from the device's memory
+    /// ([`Msg::MigrateOut`]): its bytes are in the memfd when this returns
+    /// (with `write_back`; else they are dropped), and the device reaches
+    /// the range through the memfd again.
+    pub fn migrate_out(&mut self, addr: u64, len: u64, write_back: bool) -> Result<(), PeerError> {
+        let msg = Msg::MigrateOut {
+            addr,
+            len,
+            write_back,
+        };
+        self.ack(&msg, None, "a migration from the device")
+    }
+
     /// The device copies `len` bytes from `src` to `dst` through its MMU.
     pub fn copy(&mut self, dst: u64, src: u64, len: u64) -> Result<(), PeerError> {
         self.inner.copy(dst, src, len)

@@ -18,7 +18,7 @@
 
 use core::mem::MaybeUninit;
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{FileType, SealFlags};
@@ -238,6 +238,9 @@ pub(crate) struct SharedWindow {
     res: Reservation,
     /// Mapped buffers: start -> length.
     live: std::collections::BTreeMap<u64, u64>,
+    /// An attachment's memfd (mapped from offset 0 at the window's start),
+    /// for migrations back into it.
+    fd: Option<OwnedFd>,
 }
 
 impl SharedWindow {
@@ -246,6 +249,7 @@ impl SharedWindow {
         SharedWindow {
             res,
             live: std::collections::BTreeMap::new(),
+            fd: None,
         }
     }
 
@@ -256,7 +260,61 @@ impl SharedWindow {
         let res = Reservation::at(addr, len).map_err(linux_errno)?;
         let mut w = SharedWindow::new(res);
         w.map_fd(addr, len, fd)?;
+        w.fd = Some(
+            fd.try_clone_to_owned()
+                .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EBADF)))?,
+        );
         Ok(w)
+    }
+
+    /// Whether this is an attachment (a heap's memfd, not private memory).
+    pub(crate) fn is_attachment(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Migration into the device: the attachment's `[addr, addr + len)`
+    /// becomes memory private to this process holding the same bytes.
+    pub(crate) fn privatize(&mut self, addr: u64, len: u64) -> Result<(), Errno> {
+        if self.fd.is_none() || !self.inside(addr, len) {
+            return Err(Errno::EINVAL);
+        }
+        self.res.privatize(addr, len)
+    }
+
+    /// Migration out of the device: writes the bytes of `[addr, addr +
+    /// len)` into the memfd (unless `write_back` is false) and maps the
+    /// memfd there again. On a range that was not privatized, the bytes
+    /// written are the memfd's own: nothing changes.
+    pub(crate) fn share_again(
+        &mut self,
+        addr: u64,
+        len: u64,
+        write_back: bool,
+    ) -> Result<(), Errno> {
+        let Some(fd) = &self.fd else {
+            return Err(Errno::EINVAL);
+        };
+        if !self.inside(addr, len) {
+            return Err(Errno::EINVAL);
+        }
+        let off = addr - self.res.addr();
+        if write_back {
+            // SAFETY: `[addr, addr + len)` lies inside one mapped buffer of
+            // this window (checked), readable, reached only through raw
+            // addresses; the slice lives only for the writes below, and the
+            // only writer of private memory is this (single-threaded)
+            // process.
+            let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) };
+            let mut done = 0usize;
+            while done < bytes.len() {
+                let n = rustix::io::pwrite(fd, &bytes[done..], off + done as u64)?;
+                if n == 0 {
+                    return Err(Errno(libc::EIO));
+                }
+                done += n;
+            }
+        }
+        self.res.map_shared_fd_at(addr, len, fd.as_fd(), off)
     }
 
     /// A window over `[addr, addr + len)` reserved here now and made

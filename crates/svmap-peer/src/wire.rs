@@ -32,8 +32,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"SVMP");
 /// [`Msg::Invalidate`], [`Msg::UnmapRange`], [`Msg::Protect`],
 /// [`Msg::MapRegion`]; 4: [`Msg::InvalidateUnmap`], several ranges
 /// invalidated, acknowledged and unmapped in one request, and
-/// [`Msg::Maps`] / [`Msg::MapsReply`], the peer's own mappings).
-pub const VERSION: u8 = 4;
+/// [`Msg::Maps`] / [`Msg::MapsReply`], the peer's own mappings;
+/// 5: page migration, [`Msg::MigrateIn`] and [`Msg::MigrateOut`]).
+pub const VERSION: u8 = 5;
 /// Header bytes.
 pub const HEADER: usize = 16;
 /// The largest packet either side sends or accepts.
@@ -330,6 +331,32 @@ pub enum Msg {
         /// The ranges.
         ranges: Vec<(u64, u64, u64)>,
     },
+    /// CPU -> peer (direct mode): migrate a range of an attachment into
+    /// the device's own memory. The peer invalidates the device pages of
+    /// the range, copies its bytes into memory private to the peer (the
+    /// CPU side no longer sees them) and maps the range again over that
+    /// memory. The CPU side has write-protected the range first and
+    /// punches it out of the memfd after the answer. Answered with
+    /// [`Msg::Ack`].
+    MigrateIn {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// CPU -> peer (direct mode): migrate a range held in the device's
+    /// memory back: the peer invalidates its device pages, writes the
+    /// bytes into the heap's memfd (unless `write_back` is false: a freed
+    /// range's bytes are dropped), maps the memfd there again and maps the
+    /// range again over it. Answered with [`Msg::Ack`].
+    MigrateOut {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// Write the bytes back (else drop them).
+        write_back: bool,
+    },
 }
 
 /// A packet that is not a valid message.
@@ -382,6 +409,8 @@ impl Msg {
             Msg::InvalidateUnmap { .. } => 30,
             Msg::Maps => 31,
             Msg::MapsReply { .. } => 32,
+            Msg::MigrateIn { .. } => 33,
+            Msg::MigrateOut { .. } => 34,
         }
     }
 
@@ -420,6 +449,8 @@ impl Msg {
             Msg::InvalidateUnmap { .. } => "invalidate-unmap",
             Msg::Maps => "maps",
             Msg::MapsReply { .. } => "maps-reply",
+            Msg::MigrateIn { .. } => "migrate-in",
+            Msg::MigrateOut { .. } => "migrate-out",
         }
     }
 
@@ -524,9 +555,19 @@ impl Msg {
             }
             Msg::Attach { addr, len }
             | Msg::UnmapRange { addr, len }
-            | Msg::MapRegion { addr, len } => {
+            | Msg::MapRegion { addr, len }
+            | Msg::MigrateIn { addr, len } => {
                 w(*addr);
                 w(*len);
+            }
+            Msg::MigrateOut {
+                addr,
+                len,
+                write_back,
+            } => {
+                w(*addr);
+                w(*len);
+                w(u64::from(*write_back));
             }
             Msg::MapRange { addr, len, prot } | Msg::Protect { addr, len, prot } => {
                 w(*addr);
@@ -825,6 +866,15 @@ impl Msg {
                 }
                 Msg::MapsReply { last, ranges }
             }
+            33 => Msg::MigrateIn {
+                addr: r.u64()?,
+                len: r.u64()?,
+            },
+            34 => Msg::MigrateOut {
+                addr: r.u64()?,
+                len: r.u64()?,
+                write_back: r.bool()?,
+            },
             k => return bad(format!("unknown message kind {k}")),
         };
         if r.left() != 0 {
@@ -1008,6 +1058,15 @@ mod tests {
             Msg::MapsReply {
                 last: false,
                 ranges: vec![(0x40_0000, 0x41_0000, 0), (0x7ff0_0000, 0x7ff1_0000, 1)],
+            },
+            Msg::MigrateIn {
+                addr: 0x20_0000,
+                len: 0x20_0000,
+            },
+            Msg::MigrateOut {
+                addr: 0x20_0000,
+                len: 0x1000,
+                write_back: true,
             },
         ]
     }

@@ -51,6 +51,7 @@ use svmap_svm::{
 pub use svmap_linux::sparse;
 
 mod directory;
+pub mod migrate;
 mod peer;
 
 #[cfg(feature = "bench")]

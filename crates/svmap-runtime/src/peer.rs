@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use svmap_linux::reserve::STACK_GUARD_GAP;
 use svmap_peer::wire::RANGES_PER_PACKET;
@@ -32,13 +33,15 @@ use crate::directory::HeapDirectory;
 /// keeps a range whose invalidation was not acknowledged allocated).
 #[derive(Debug)]
 pub struct PeerDevice {
-    peer: DirectPeer,
+    /// Shared with the page migration of [`crate::migrate`], whose fault
+    /// handler thread sends requests too (one at a time).
+    peer: Arc<Mutex<DirectPeer>>,
     directory: HeapDirectory,
     /// Heaps attached in the peer: start -> (end, serial).
     attached: BTreeMap<u64, (u64, u64)>,
 }
 
-fn backend_error(e: PeerError) -> BackendError {
+pub(crate) fn backend_error(e: PeerError) -> BackendError {
     match e {
         PeerError::PeerExited { status, during } => BackendError::Gone {
             detail: format!("the device process exited ({status}) during {during}"),
@@ -65,32 +68,41 @@ impl PeerDevice {
         directory: HeapDirectory,
     ) -> Result<PeerDevice, PeerError> {
         Ok(PeerDevice {
-            peer: DirectPeer::spawn(cmd, cfg)?,
+            peer: Arc::new(Mutex::new(DirectPeer::spawn(cmd, cfg)?)),
             directory,
             attached: BTreeMap::new(),
         })
     }
 
     /// The device process (its requests beyond the engine's: sums, copies,
-    /// list walks, counters, `kill`).
-    pub fn peer(&mut self) -> &mut DirectPeer {
-        &mut self.peer
+    /// list walks, counters, `kill`), locked for the caller.
+    pub fn peer(&mut self) -> MutexGuard<'_, DirectPeer> {
+        self.peer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The device process, shared (for page migration).
+    pub fn shared(&self) -> Arc<Mutex<DirectPeer>> {
+        self.peer.clone()
+    }
+
+    fn locked(&self) -> MutexGuard<'_, DirectPeer> {
+        self.peer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The peer's pid.
     pub fn pid(&self) -> u32 {
-        self.peer.pid()
+        self.locked().pid()
     }
 
     /// System calls made on the peer's socket so far
     /// ([`DirectPeer::syscalls`]).
     pub fn syscalls(&self) -> u64 {
-        self.peer.syscalls()
+        self.locked().syscalls()
     }
 
     /// Requests sent to the device process so far (each one round trip).
     pub fn requests(&self) -> u64 {
-        self.peer.requests()
+        self.locked().requests()
     }
 
     /// Forgets the attachments that lie entirely inside `[start, end)`
@@ -121,7 +133,7 @@ impl PeerDevice {
         if self.attached.get(&h.start) == Some(&(h.end, h.serial)) {
             return Ok(());
         }
-        self.peer
+        self.locked()
             .attach(h.start, h.end - h.start, h.fd.as_fd())
             .map_err(backend_error)?;
         // The peer dropped every earlier attachment that overlaps.
@@ -142,7 +154,7 @@ impl PeerDevice {
 impl DeviceBackend for PeerDevice {
     fn map(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         self.attach_for(start, end)?;
-        self.peer
+        self.locked()
             .map_range(start, end - start, Prot::ReadWrite)
             .map(|_| ())
             .map_err(backend_error)
@@ -152,36 +164,36 @@ impl DeviceBackend for PeerDevice {
     /// sends `MapRange` without waiting.
     fn map_start(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
         self.attach_for(start, end)?;
-        self.peer
+        self.locked()
             .send_map_range(start, end - start, Prot::ReadWrite)
             .map_err(backend_error)
     }
 
     fn map_finish(&mut self, _start: u64, _end: u64) -> Result<(), BackendError> {
-        if !self.peer.in_flight() {
+        if !self.locked().in_flight() {
             return Ok(());
         }
-        self.peer
+        self.locked()
             .finish_map_range()
             .map(|_| ())
             .map_err(backend_error)
     }
 
     fn invalidate(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
-        self.peer
+        self.locked()
             .invalidate(start, end - start)
             .map(|_| ())
             .map_err(backend_error)
     }
 
     fn protect(&mut self, start: u64, end: u64, prot: Prot) -> Result<(), BackendError> {
-        self.peer
+        self.locked()
             .protect(start, end - start, prot)
             .map_err(backend_error)
     }
 
     fn unmap(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
-        self.peer
+        self.locked()
             .unmap_range(start, end - start)
             .map_err(backend_error)?;
         self.forget_attachments(start, end);
@@ -196,7 +208,7 @@ impl DeviceBackend for PeerDevice {
             return self.invalidate_unmap(ranges);
         }
         let batch: Vec<(u64, u64)> = ranges.iter().map(|&(s, e)| (s, e - s)).collect();
-        self.peer
+        self.locked()
             .send_invalidate_unmap(&batch)
             .map_err(|e| BatchError {
                 done: 0,
@@ -206,16 +218,17 @@ impl DeviceBackend for PeerDevice {
     }
 
     fn invalidate_unmap_finish(&mut self, ranges: &[(u64, u64)]) -> Result<(), BatchError> {
-        if !self.peer.in_flight() {
-            return Ok(());
-        }
-        self.peer
-            .finish_invalidate_unmap()
-            .map_err(|e| BatchError {
+        {
+            let mut p = self.locked();
+            if !p.in_flight() {
+                return Ok(());
+            }
+            p.finish_invalidate_unmap().map_err(|e| BatchError {
                 done: 0,
                 acknowledged: false,
                 error: backend_error(e),
             })?;
+        }
         for &(s, e) in ranges {
             self.forget_attachments(s, e);
         }
@@ -227,7 +240,7 @@ impl DeviceBackend for PeerDevice {
         for (k, chunk) in ranges.chunks(RANGES_PER_PACKET).enumerate() {
             batch.clear();
             batch.extend(chunk.iter().map(|&(s, e)| (s, e - s)));
-            if let Err(e) = self.peer.invalidate_unmap(&batch) {
+            if let Err(e) = self.locked().invalidate_unmap(&batch) {
                 return Err(BatchError {
                     done: k * RANGES_PER_PACKET,
                     acknowledged: false,
@@ -242,7 +255,7 @@ impl DeviceBackend for PeerDevice {
     }
 
     fn map_region(&mut self, start: u64, end: u64) -> Result<(), BackendError> {
-        self.peer
+        self.locked()
             .map_region(start, end - start)
             .map_err(backend_error)
     }
@@ -250,7 +263,7 @@ impl DeviceBackend for PeerDevice {
     /// The peer's own mappings (`Maps`: its `/proc/self/maps`), a stack
     /// with the guard gap below it.
     fn own_mappings(&mut self) -> Result<Vec<(u64, u64)>, BackendError> {
-        let own = self.peer.own_maps().map_err(backend_error)?;
+        let own = self.locked().own_maps().map_err(backend_error)?;
         Ok(own
             .into_iter()
             .map(|(s, e, down)| {

@@ -186,9 +186,11 @@ fn device_only_region_is_device_memory() {
     e.device_map("gpu40", a, a + 0x4000, svmap_svm::CpuPolicy::DummyPage)
         .unwrap();
     // The device writes and reads its own memory; the CPU reads zeros.
-    let p = dev(&mut e, 0).peer();
-    p.copy(a + 0x1000, a, 8).unwrap();
-    assert_eq!(p.sum_u64(a, 0x4000).unwrap(), 0);
+    {
+        let mut p = dev(&mut e, 0).peer();
+        p.copy(a + 0x1000, a, 8).unwrap();
+        assert_eq!(p.sum_u64(a, 0x4000).unwrap(), 0);
+    }
     // SAFETY: the CPU side of a dummy-page region is mapped readable.
     assert_eq!(unsafe { std::ptr::read_volatile(a as *const u64) }, 0);
     // The other device does not see it.

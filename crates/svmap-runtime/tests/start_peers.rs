@@ -120,7 +120,7 @@ fn allocations_go_to_both_device_processes_at_once() {
     let (a, _) = live[0];
     e.protect(a, 0x4000, Prot::Read).unwrap();
     e.protect(a, 0x4000, Prot::ReadWrite).unwrap();
-    let peer = e.device_backends_mut()[0].peer();
+    let mut peer = e.device_backends_mut()[0].peer();
     peer.invalidate_unmap(&[(a, 0x4000)]).unwrap();
     peer.send_map_range(a, 0x4000, Prot::ReadWrite).unwrap();
     assert!(peer.in_flight());
@@ -139,6 +139,7 @@ fn allocations_go_to_both_device_processes_at_once() {
         peer.finish_map_range(),
         Err(PeerError::InvalidArgument { .. })
     ));
+    drop(peer);
     let mut all: Vec<u64> = live.iter().map(|&(a, _)| a).collect();
     all.push(first);
     e.svm_free_many(&all).unwrap();

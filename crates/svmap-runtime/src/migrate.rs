@@ -1,0 +1,719 @@
+//! Page migration between system memory and the memory of device
+//! processes, driven by range attributes (`docs/attributes.md`) and by real
+//! CPU page faults (`userfaultfd`).
+//!
+//! [`Runtime`] is the engine on this process ([`LinuxCpu`] and
+//! [`PeerDevice`]s) with a [`Migrator`]. Device memory is memory of the
+//! device process that this process does not map. A granule (a
+//! power-of-two run of pages, from the range's granularity attribute,
+//! aligned to its size and clipped to its SVM range) moves like this:
+//!
+//! **System -> device** (prefetch, or a device access where the preferred
+//! location is that device and its access may migrate):
+//!
+//! 1. every other device of the range invalidates the granule (its device
+//!    page-table and TLB entries go: none points at memory that moves);
+//! 2. the CPU's mapping of the granule is registered with the userfaultfd
+//!    (missing-page and write-protect faults) and write-protected: from
+//!    the return on, a CPU write blocks in the kernel instead of landing;
+//! 3. the device process invalidates its own entries, copies the granule
+//!    into memory private to it (`mremap` of a private copy over the
+//!    shared mapping) and maps the range again over that memory;
+//! 4. this process punches the granule out of the heap's memfd
+//!    (`fallocate(PUNCH_HOLE)`): the CPU has no page there any more.
+//!
+//! **Device -> system** (a CPU touch, a prefetch to system memory, or a
+//! device that may not reach the other device's memory): a CPU touch of the
+//! granule raises a fault that the handler thread receives; it asks the
+//! device process to invalidate, write the bytes back into the memfd
+//! (`pwrite`) and map the memfd again, then unregisters the granule, which
+//! wakes every thread blocked on it; they fault again and find the page.
+//!
+//! Every step happens under one lock, so a migration and a fault on the
+//! same granule never interleave: a thread that writes during a migration
+//! to the device waits until the granule is on the device and then brings
+//! it back with its write (no write is lost). Device requests that
+//! [`Runtime`] forwards (sums, copies) hold the same lock while they run.
+//!
+//! Where `userfaultfd` is not available (the system call and
+//! `/dev/userfaultfd` both refused, or a kernel without missing-page and
+//! write-protect faults on shared memory), [`Runtime::new`] fails with
+//! [`MigrateError::Unavailable`]: there is no fallback, and the engine can
+//! be used without migration (every page stays in system memory).
+//!
+//! A device process that dies while it holds granules loses their data:
+//! the granules are unregistered anyway, so no CPU thread waits forever;
+//! they read zeros, and [`MigrateStats::lost`] counts them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use svmap_linux::uffd::{Sources, Uffd, UffdError};
+use svmap_peer::DirectPeer;
+use svmap_svm::attr::{Access, ATTR_PAGE};
+use svmap_svm::{Attr, AttrError, DeviceConfig, Engine, EngineError, Location, RangeAttrs};
+
+use crate::{HeapDirectory, LinuxCpu, PeerDevice};
+
+/// How long the handler thread waits for a fault before it looks at the
+/// stop flag again (the bound on shutting it down).
+const POLL: Duration = Duration::from_millis(50);
+
+/// Why a migration call failed.
+#[derive(Debug)]
+pub enum MigrateError {
+    /// `userfaultfd` cannot be used here (at setup; see the module
+    /// documentation).
+    Unavailable(UffdError),
+    /// A userfaultfd call failed.
+    Uffd(UffdError),
+    /// An attribute call failed.
+    Attr(AttrError),
+    /// The engine refused.
+    Engine(EngineError),
+    /// A device process failed a request (it is dead from then on).
+    Device {
+        /// Device index.
+        device: usize,
+        /// What happened.
+        detail: String,
+    },
+    /// The device's access attribute is none at this address.
+    NoAccess {
+        /// Device index.
+        device: usize,
+        /// The address.
+        addr: u64,
+    },
+    /// No device with this index.
+    UnknownDevice(usize),
+    /// Punching the granule out of the memfd failed.
+    Punch {
+        /// The granule.
+        addr: u64,
+        /// errno.
+        errno: i32,
+    },
+}
+
+impl std::fmt::Display for MigrateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrateError::Unavailable(e) => write!(f, "page migration is not available: {e}"),
+            MigrateError::Uffd(e) => write!(f, "userfaultfd: {e}"),
+            MigrateError::Attr(e) => write!(f, "{e}"),
+            MigrateError::Engine(e) => write!(f, "{e}"),
+            MigrateError::Device { device, detail } => write!(f, "device {device}: {detail}"),
+            MigrateError::NoAccess { device, addr } => {
+                write!(f, "device {device} has no access to {addr:#x}")
+            }
+            MigrateError::UnknownDevice(d) => write!(f, "no device with index {d}"),
+            MigrateError::Punch { addr, errno } => write!(
+                f,
+                "punching the granule at {addr:#x} out of its memfd failed: {}",
+                svmap_linux::error::Errno(*errno)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MigrateError {}
+
+impl From<AttrError> for MigrateError {
+    fn from(e: AttrError) -> Self {
+        MigrateError::Attr(e)
+    }
+}
+
+impl From<EngineError> for MigrateError {
+    fn from(e: EngineError) -> Self {
+        MigrateError::Engine(e)
+    }
+}
+
+/// Migration counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigrateStats {
+    /// CPU page faults that brought a granule back.
+    pub cpu_faults: u64,
+    /// CPU page faults on a granule already back (another fault or a
+    /// prefetch resolved it first): the thread was only woken.
+    pub spurious_faults: u64,
+    /// Granules moved to a device.
+    pub to_device: u64,
+    /// Bytes moved to devices.
+    pub bytes_to_device: u64,
+    /// Granules moved back to system memory (data kept).
+    pub to_system: u64,
+    /// Bytes moved back to system memory.
+    pub bytes_to_system: u64,
+    /// Granules whose data was dropped (the range was freed).
+    pub dropped: u64,
+    /// Granules lost with a device process that failed.
+    pub lost: u64,
+}
+
+struct State {
+    peers: Vec<Arc<Mutex<DirectPeer>>>,
+    directory: HeapDirectory,
+    /// Granules on a device: start -> (end, device).
+    on_device: BTreeMap<u64, (u64, usize)>,
+    stats: MigrateStats,
+}
+
+struct Shared {
+    uffd: Uffd,
+    stop: AtomicBool,
+    state: Mutex<State>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    /// Device `d`'s process, locked, once no batch of the engine's is in
+    /// flight on it (the engine sends a free's batch to every device before
+    /// it waits for the answers, and the process takes no other request
+    /// meanwhile). Waits at most the device's timeout.
+    fn peer(&self, d: usize) -> Result<MutexGuard<'_, DirectPeer>, MigrateError> {
+        let p = self.peers.get(d).ok_or(MigrateError::UnknownDevice(d))?;
+        let start = std::time::Instant::now();
+        loop {
+            let g = lock(p);
+            if !g.in_flight() {
+                return Ok(g);
+            }
+            let bound = g.config().timeout;
+            drop(g);
+            if start.elapsed() > bound {
+                return Err(MigrateError::Device {
+                    device: d,
+                    detail: format!("a batch stayed in flight for more than {bound:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// The granule on a device that holds `addr`.
+    fn holding(&self, addr: u64) -> Option<(u64, u64, usize)> {
+        let (&s, &(e, d)) = self.on_device.range(..=addr).next_back()?;
+        (addr < e).then_some((s, e, d))
+    }
+
+    /// Granules on a device that overlap `[s, e)`.
+    fn overlapping(&self, s: u64, e: u64) -> Vec<(u64, u64, usize)> {
+        let first = self.holding(s).map_or(s, |(gs, _, _)| gs);
+        self.on_device
+            .range(first..e)
+            .map(|(&gs, &(ge, d))| (gs, ge, d))
+            .collect()
+    }
+
+    /// Moves `[s, e)` to device `d`; `others` are the other devices that
+    /// map it. Any part of it on a device goes back first.
+    fn move_in(
+        &mut self,
+        uffd: &Uffd,
+        s: u64,
+        e: u64,
+        d: usize,
+        others: &[usize],
+    ) -> Result<(), MigrateError> {
+        let over = self.overlapping(s, e);
+        if over.len() == 1 && over[0] == (s, e, d) {
+            return Ok(());
+        }
+        for (gs, _, _) in over {
+            self.move_out(uffd, gs, true)?;
+        }
+        let len = e - s;
+        let heap = self
+            .directory
+            .find(s, e)
+            .ok_or(MigrateError::Attr(AttrError::NotSvm { addr: s }))?;
+        drop(self.peer(d)?);
+        for &j in others.iter().filter(|&&j| j != d) {
+            self.peer(j)?
+                .invalidate(s, len)
+                .map_err(|err| MigrateError::Device {
+                    device: j,
+                    detail: err.to_string(),
+                })?;
+        }
+        uffd.register(s, len).map_err(MigrateError::Uffd)?;
+        if let Err(err) = uffd.write_protect(s, len, true) {
+            let _ = uffd.unregister(s, len);
+            return Err(MigrateError::Uffd(err));
+        }
+        if let Err(err) = self.peer(d)?.migrate_in(s, len) {
+            let _ = uffd.unregister(s, len);
+            return Err(MigrateError::Device {
+                device: d,
+                detail: err.to_string(),
+            });
+        }
+        let punched = rustix::fs::fallocate(
+            &*heap.fd,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            s - heap.start,
+            len,
+        );
+        if let Err(errno) = punched {
+            // The memfd still holds the bytes: take them back from the
+            // device (it may not have changed them: the lock is held).
+            let _ = self.peer(d)?.migrate_out(s, len, true);
+            let _ = uffd.unregister(s, len);
+            return Err(MigrateError::Punch {
+                addr: s,
+                errno: errno.raw_os_error(),
+            });
+        }
+        self.on_device.insert(s, (e, d));
+        self.stats.to_device += 1;
+        self.stats.bytes_to_device += len;
+        Ok(())
+    }
+
+    /// Moves the granule on a device that starts at `s` back (its bytes
+    /// written into the memfd, or dropped without `write_back`), then
+    /// unregisters it, which wakes the threads that wait on it.
+    fn move_out(&mut self, uffd: &Uffd, s: u64, write_back: bool) -> Result<(), MigrateError> {
+        let Some((e, d)) = self.on_device.remove(&s) else {
+            return Ok(());
+        };
+        let len = e - s;
+        let r = match self.peer(d) {
+            Ok(mut p) => p
+                .migrate_out(s, len, write_back)
+                .map_err(|err| MigrateError::Device {
+                    device: d,
+                    detail: err.to_string(),
+                }),
+            Err(x) => Err(x),
+        };
+        // Unregistered whatever happened: no thread may wait forever.
+        let u = uffd.unregister(s, len);
+        match &r {
+            Ok(()) if write_back => {
+                self.stats.to_system += 1;
+                self.stats.bytes_to_system += len;
+            }
+            Ok(()) => self.stats.dropped += 1,
+            Err(_) => self.stats.lost += 1,
+        }
+        r?;
+        u.map_err(MigrateError::Uffd)
+    }
+}
+
+/// The migration machinery: the userfaultfd, the granules on devices, the
+/// fault handler thread. Dropping it brings every granule back and stops
+/// the thread (within [`POLL`]).
+pub struct Migrator {
+    shared: Arc<Shared>,
+    handler: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Migrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migrator")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+fn handle_faults(sh: &Shared) {
+    while !sh.stop.load(Ordering::Acquire) {
+        let fault = match sh.uffd.next_fault(POLL) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(_) => {
+                // Nothing to resolve with; try again after a pause rather
+                // than give up (threads may be waiting).
+                std::thread::sleep(POLL);
+                continue;
+            }
+        };
+        let page = fault.addr & !(ATTR_PAGE - 1);
+        let mut st = lock(&sh.state);
+        match st.holding(page) {
+            Some((s, _, _)) => {
+                st.stats.cpu_faults += 1;
+                let _ = st.move_out(&sh.uffd, s, true);
+            }
+            None => {
+                st.stats.spurious_faults += 1;
+                let _ = sh.uffd.wake(page, ATTR_PAGE);
+            }
+        }
+    }
+}
+
+impl Migrator {
+    /// Opens the userfaultfd (from `sources`) and starts the handler
+    /// thread, for the heaps of `directory` and the device processes
+    /// `peers` (by device index).
+    pub fn new(
+        sources: Sources,
+        directory: HeapDirectory,
+        peers: Vec<Arc<Mutex<DirectPeer>>>,
+    ) -> Result<Migrator, MigrateError> {
+        let uffd = Uffd::open_via(sources).map_err(MigrateError::Unavailable)?;
+        let shared = Arc::new(Shared {
+            uffd,
+            stop: AtomicBool::new(false),
+            state: Mutex::new(State {
+                peers,
+                directory,
+                on_device: BTreeMap::new(),
+                stats: MigrateStats::default(),
+            }),
+        });
+        let sh = shared.clone();
+        let handler = std::thread::Builder::new()
+            .name("svmap-uffd".into())
+            .spawn(move || handle_faults(&sh))
+            .map_err(|e| MigrateError::Device {
+                device: usize::MAX,
+                detail: format!("starting the fault handler thread: {e}"),
+            })?;
+        Ok(Migrator {
+            shared,
+            handler: Some(handler),
+        })
+    }
+
+    /// Adds the device process of the next device index.
+    pub fn push_peer(&self, peer: Arc<Mutex<DirectPeer>>) {
+        lock(&self.shared.state).peers.push(peer);
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> MigrateStats {
+        lock(&self.shared.state).stats
+    }
+
+    /// Where the data of the page at `addr` is now.
+    pub fn location_of(&self, addr: u64) -> Location {
+        match lock(&self.shared.state).holding(addr) {
+            Some((_, _, d)) => Location::Device(d as u32),
+            None => Location::System,
+        }
+    }
+
+    /// The granules on devices, as `(start, end, device)`.
+    pub fn granules(&self) -> Vec<(u64, u64, usize)> {
+        lock(&self.shared.state)
+            .on_device
+            .iter()
+            .map(|(&s, &(e, d))| (s, e, d))
+            .collect()
+    }
+
+    /// Moves `[s, e)` to device `d` (`others`: the other devices that map
+    /// it).
+    pub fn to_device(
+        &self,
+        s: u64,
+        e: u64,
+        d: usize,
+        others: &[usize],
+    ) -> Result<(), MigrateError> {
+        lock(&self.shared.state).move_in(&self.shared.uffd, s, e, d, others)
+    }
+
+    /// Moves every granule on a device that overlaps `[s, e)` back.
+    pub fn to_system(&self, s: u64, e: u64) -> Result<(), MigrateError> {
+        let mut st = lock(&self.shared.state);
+        for (gs, _, _) in st.overlapping(s, e) {
+            st.move_out(&self.shared.uffd, gs, true)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the device copies of every granule that overlaps `[s, e)`
+    /// without writing them back (the range is being freed).
+    pub fn release(&self, s: u64, e: u64) -> Result<(), MigrateError> {
+        let mut st = lock(&self.shared.state);
+        let mut first = Ok(());
+        for (gs, _, _) in st.overlapping(s, e) {
+            let r = st.move_out(&self.shared.uffd, gs, false);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Runs `f` on device `d`'s process with the migration lock held (no
+    /// granule moves meanwhile), after `prepare` has placed the data.
+    fn with_device<R>(
+        &self,
+        d: usize,
+        prepare: &[(u64, u64, Want)],
+        others: impl Fn(u64, u64) -> Vec<usize>,
+        f: impl FnOnce(&mut DirectPeer) -> R,
+    ) -> Result<R, MigrateError> {
+        let mut st = lock(&self.shared.state);
+        for &(s, e, want) in prepare {
+            match want {
+                Want::Here => st.move_in(&self.shared.uffd, s, e, d, &others(s, e))?,
+                Want::NotElsewhere => {
+                    for (gs, _, gd) in st.overlapping(s, e) {
+                        if gd != d {
+                            st.move_out(&self.shared.uffd, gs, true)?;
+                        }
+                    }
+                }
+            }
+        }
+        let mut p = st.peer(d)?;
+        Ok(f(&mut p))
+    }
+}
+
+impl Drop for Migrator {
+    fn drop(&mut self) {
+        {
+            let mut st = lock(&self.shared.state);
+            let all: Vec<u64> = st.on_device.keys().copied().collect();
+            for s in all {
+                let _ = st.move_out(&self.shared.uffd, s, true);
+            }
+        }
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handler.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// What a device access needs of a granule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// On this device (preferred location, may migrate).
+    Here,
+    /// In system memory or on this device, not on another.
+    NotElsewhere,
+}
+
+/// The engine on this process with device processes and page migration.
+/// See the module documentation.
+pub struct Runtime {
+    /// Dropped first: brings every granule back while the heaps and the
+    /// device processes still exist.
+    migrator: Migrator,
+    engine: Engine<LinuxCpu, PeerDevice>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("migrator", &self.migrator)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Page migration over `engine` (its heaps and its device processes,
+    /// now and added later with [`Runtime::add_device`]).
+    pub fn new(engine: Engine<LinuxCpu, PeerDevice>) -> Result<Runtime, MigrateError> {
+        Runtime::with_sources(engine, Sources::ALL)
+    }
+
+    /// [`Runtime::new`] with the userfaultfd sources allowed (tests turn
+    /// them off to see the error of a machine without it).
+    pub fn with_sources(
+        engine: Engine<LinuxCpu, PeerDevice>,
+        sources: Sources,
+    ) -> Result<Runtime, MigrateError> {
+        let peers = engine
+            .device_backends()
+            .iter()
+            .map(PeerDevice::shared)
+            .collect();
+        let migrator = Migrator::new(sources, engine.cpu_backend().directory(), peers)?;
+        Ok(Runtime { migrator, engine })
+    }
+
+    /// The engine (every query).
+    pub fn engine(&self) -> &Engine<LinuxCpu, PeerDevice> {
+        &self.engine
+    }
+
+    /// The engine, mutable. Free SVM ranges with [`Runtime::free`], which
+    /// drops their device copies first.
+    pub fn engine_mut(&mut self) -> &mut Engine<LinuxCpu, PeerDevice> {
+        &mut self.engine
+    }
+
+    /// The migration machinery.
+    pub fn migrator(&self) -> &Migrator {
+        &self.migrator
+    }
+
+    /// Adds a device ([`Engine::add_device_with`]).
+    pub fn add_device(&mut self, cfg: DeviceConfig, dev: PeerDevice) -> Result<(), MigrateError> {
+        let p = dev.shared();
+        self.engine.add_device_with(cfg, dev)?;
+        self.migrator.push_peer(p);
+        Ok(())
+    }
+
+    /// Frees the SVM range at `addr`: its granules on devices are dropped
+    /// first (not written back), then [`Engine::svm_free`].
+    pub fn free(&mut self, addr: u64) -> Result<(), MigrateError> {
+        if let Some(v) = self.engine.alloc_at(addr) {
+            self.migrator.release(v.start, v.end)?;
+        }
+        Ok(self.engine.svm_free(addr)?)
+    }
+
+    /// Sets attributes ([`Engine::set_attr`]); a prefetch location among
+    /// them (the last one counts) migrates the range now
+    /// ([`Runtime::prefetch`]).
+    pub fn set_attr(&mut self, start: u64, len: u64, changes: &[Attr]) -> Result<(), MigrateError> {
+        self.engine.set_attr(start, len, changes)?;
+        let prefetch = changes.iter().rev().find_map(|c| match c {
+            Attr::PrefetchLocation(l) => Some(*l),
+            _ => None,
+        });
+        if let Some(Some(loc)) = prefetch {
+            self.prefetch(start, len, loc)?;
+        }
+        Ok(())
+    }
+
+    /// The attributes of a range ([`Engine::get_attr`]).
+    pub fn get_attr(&self, start: u64, len: u64) -> Result<RangeAttrs, MigrateError> {
+        Ok(self.engine.get_attr(start, len)?)
+    }
+
+    /// The granule that holds `addr`: its granularity attribute's size,
+    /// aligned, clipped to the SVM piece (the caller checked that `addr`
+    /// is SVM memory). Returns `(start, end, devices of the piece)`.
+    fn granule(&self, addr: u64) -> (u64, u64, Vec<usize>) {
+        let g = self.engine.attrs().at(addr).granule_bytes();
+        let gs = addr & !(g - 1);
+        self.engine
+            .svm_pieces_in(gs, gs.saturating_add(g))
+            .find(|&(s, e, _)| s <= addr && addr < e)
+            .map(|(s, e, d)| (s, e, d.to_vec()))
+            .unwrap_or((addr, addr + ATTR_PAGE, Vec::new()))
+    }
+
+    /// Migrates `[start, start + len)` (SVM memory) to `loc` now, granule
+    /// by granule (whole granules: a granule partly inside moves whole).
+    /// To a device whose access attribute is none: [`MigrateError::NoAccess`].
+    pub fn prefetch(&mut self, start: u64, len: u64, loc: Location) -> Result<(), MigrateError> {
+        self.engine.get_attr(start, len)?;
+        let end = start + len;
+        let mut at = start & !(ATTR_PAGE - 1);
+        while at < end {
+            let (s, e, devs) = self.granule(at);
+            match loc {
+                Location::System => self.migrator.to_system(s, e)?,
+                Location::Device(d) => {
+                    let d = d as usize;
+                    if d >= self.engine.devices().len() {
+                        return Err(MigrateError::UnknownDevice(d));
+                    }
+                    if self.engine.attrs().at(s).access[d] == Access::None {
+                        return Err(MigrateError::NoAccess { device: d, addr: s });
+                    }
+                    self.migrator.to_device(s, e, d, &devs)?;
+                }
+            }
+            at = e;
+        }
+        Ok(())
+    }
+
+    /// What device `d` touching `[addr, addr + len)` needs, granule by
+    /// granule (see [`Want`]).
+    fn plan(&self, d: usize, addr: u64, len: u64) -> Result<Vec<(u64, u64, Want)>, MigrateError> {
+        if d >= self.engine.devices().len() {
+            return Err(MigrateError::UnknownDevice(d));
+        }
+        self.engine.get_attr(
+            addr & !(ATTR_PAGE - 1),
+            (len + (addr & (ATTR_PAGE - 1))).next_multiple_of(ATTR_PAGE),
+        )?;
+        let end = addr + len;
+        let mut at = addr & !(ATTR_PAGE - 1);
+        let mut out = Vec::new();
+        while at < end {
+            let (s, e, _) = self.granule(at);
+            let a = self.engine.attrs().at(at);
+            let want = match a.access[d] {
+                Access::None => {
+                    return Err(MigrateError::NoAccess {
+                        device: d,
+                        addr: at,
+                    })
+                }
+                Access::MayMigrate if a.preferred == Some(Location::Device(d as u32)) => Want::Here,
+                _ => Want::NotElsewhere,
+            };
+            out.push((s, e, want));
+            at = e;
+        }
+        Ok(out)
+    }
+
+    fn devices_of(&self, s: u64, e: u64) -> Vec<usize> {
+        self.engine
+            .svm_pieces_in(s, e)
+            .flat_map(|(_, _, d)| d.to_vec())
+            .collect()
+    }
+
+    /// Device `d` sums the `u64` words of `[addr, addr + len)` through its
+    /// MMU, after the data is where its attributes say (see [`Want`]).
+    pub fn device_sum(&mut self, d: usize, addr: u64, len: u64) -> Result<u64, MigrateError> {
+        let plan = self.plan(d, addr, len)?;
+        let r = self.migrator.with_device(
+            d,
+            &plan,
+            |s, e| self.devices_of(s, e),
+            |p| p.sum_u64(addr, len),
+        )?;
+        r.map_err(|err| MigrateError::Device {
+            device: d,
+            detail: err.to_string(),
+        })
+    }
+
+    /// Device `d` copies `len` bytes from `src` to `dst` through its MMU,
+    /// after the data of both ranges is where the attributes say.
+    pub fn device_copy(
+        &mut self,
+        d: usize,
+        dst: u64,
+        src: u64,
+        len: u64,
+    ) -> Result<(), MigrateError> {
+        let mut plan = self.plan(d, src, len)?;
+        plan.extend(self.plan(d, dst, len)?);
+        let r = self.migrator.with_device(
+            d,
+            &plan,
+            |s, e| self.devices_of(s, e),
+            |p| p.copy(dst, src, len),
+        )?;
+        r.map_err(|err| MigrateError::Device {
+            device: d,
+            detail: err.to_string(),
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> MigrateStats {
+        self.migrator.stats()
+    }
+}

@@ -1,0 +1,415 @@
+//! Page migration on real memory: granules prefetched to a device process
+//! leave this process (the memfd is punched) and come back on a real CPU
+//! fault; device accesses follow the attributes; writers racing a
+//! migration lose nothing; a property test against a model of what every
+//! word holds.
+//!
+//! The device processes are this test binary itself, re-executed to run
+//! only `peer_role`.
+
+#![allow(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use svmap_core::linux::MmConfig;
+use svmap_linux::uffd::Sources;
+use svmap_peer::{device, PeerConfig, FAILPOINT_ENV, PEER_FD_ENV};
+use svmap_runtime::migrate::{MigrateError, Runtime};
+use svmap_runtime::{seed_from_self, LinuxCpu, PeerDevice};
+use svmap_svm::attr::Access;
+use svmap_svm::{Attr, DeviceConfig, Engine, Location};
+
+const MIB2: u64 = 2 << 20;
+const PG: u64 = 0x1000;
+
+#[test]
+fn peer_role() {
+    if std::env::var_os(PEER_FD_ENV).is_some() {
+        std::process::exit(device::serve_from_env());
+    }
+}
+
+fn peer_command() -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "peer_role",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .stdout(Stdio::null())
+    .env_remove(FAILPOINT_ENV);
+    c
+}
+
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn engine() -> Engine<LinuxCpu, PeerDevice> {
+    let cpu = LinuxCpu::new(false);
+    let dir = cpu.directory();
+    let mut e = Engine::new(MmConfig::default(), cpu);
+    seed_from_self(&mut e).unwrap();
+    for (name, bits) in [("gpu0", 40u32), ("gpu1", 44)] {
+        let mut cfg = PeerConfig::new(bits, 1);
+        cfg.timeout = Duration::from_secs(30);
+        let dev = PeerDevice::spawn(peer_command(), &cfg, dir.clone()).unwrap();
+        e.add_device_with(DeviceConfig::new(name, bits), dev)
+            .unwrap();
+    }
+    e
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(engine()).expect("userfaultfd works on this machine")
+}
+
+fn rd(a: u64) -> u64 {
+    // SAFETY: the tests read only live read-write SVM ranges of their
+    // runtime; a page on a device faults and comes back.
+    unsafe { std::ptr::read_volatile(a as *const u64) }
+}
+
+fn wr(a: u64, v: u64) {
+    // SAFETY: as for `rd`; no Rust reference points into SVM memory.
+    unsafe { std::ptr::write_volatile(a as *mut u64, v) }
+}
+
+fn pattern(a: u64) -> u64 {
+    a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555
+}
+
+/// Bytes of the memfd behind `[from, from + len)` (inside the SVM range
+/// that starts at `buf`) that hold data, not holes (lseek SEEK_DATA and
+/// SEEK_HOLE).
+fn data_bytes(rt: &Runtime, buf: u64, from: u64, len: u64) -> u64 {
+    let (fd, off, _) = rt.engine().cpu_backend().locate(buf).unwrap();
+    let start = off + (from - buf);
+    let end = start + len;
+    let mut n = 0;
+    let mut at = start;
+    while at < end {
+        let d = match rustix::fs::seek(fd, rustix::fs::SeekFrom::Data(at)) {
+            Ok(d) if d < end => d,
+            _ => break,
+        };
+        let h = rustix::fs::seek(fd, rustix::fs::SeekFrom::Hole(d))
+            .unwrap()
+            .min(end);
+        n += h - d;
+        at = h;
+    }
+    n
+}
+
+#[test]
+fn unavailable_userfaultfd_is_a_typed_error_at_setup() {
+    let _one = serial();
+    let r = Runtime::with_sources(
+        engine(),
+        Sources {
+            syscall: false,
+            dev_node: false,
+        },
+    );
+    match r {
+        Err(MigrateError::Unavailable(e)) => assert!(e.to_string().contains("not available")),
+        other => panic!("expected Unavailable, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn prefetch_leaves_this_process_and_a_cpu_touch_brings_it_back() {
+    let _one = serial();
+    let mut rt = runtime();
+    let a = rt
+        .engine_mut()
+        .svm_alloc(2 * MIB2, Some(MIB2), &["gpu0", "gpu1"], false)
+        .unwrap();
+    let mut sum = 0u64;
+    for w in (a..a + 2 * MIB2).step_by(8) {
+        wr(w, pattern(w));
+        sum = sum.wrapping_add(pattern(w));
+    }
+    assert_eq!(data_bytes(&rt, a, a, 2 * MIB2), 2 * MIB2);
+    rt.set_attr(
+        a,
+        2 * MIB2,
+        &[Attr::PrefetchLocation(Some(Location::Device(0)))],
+    )
+    .unwrap();
+    let s = rt.stats();
+    assert_eq!((s.to_device, s.bytes_to_device), (2, 2 * MIB2));
+    assert_eq!(rt.migrator().location_of(a), Location::Device(0));
+    // The bytes left this process: the memfd has holes there now.
+    assert_eq!(data_bytes(&rt, a, a, 2 * MIB2), 0);
+    // The device reads them from its own memory.
+    assert_eq!(rt.device_sum(0, a, 2 * MIB2).unwrap(), sum);
+    // A CPU read of the second granule faults and brings that one back.
+    let w = a + MIB2 + 0x1238;
+    assert_eq!(rd(w), pattern(w));
+    let s = rt.stats();
+    assert_eq!((s.cpu_faults, s.to_system, s.bytes_to_system), (1, 1, MIB2));
+    assert_eq!(rt.migrator().location_of(a), Location::Device(0));
+    assert_eq!(rt.migrator().location_of(w), Location::System);
+    assert_eq!(data_bytes(&rt, a, a + MIB2, MIB2), MIB2);
+    // A CPU write to the first one brings it back with the write.
+    wr(a + 8, 77);
+    assert_eq!(rd(a + 8), 77);
+    assert_eq!(rt.stats().cpu_faults, 2);
+    assert!(rt.migrator().granules().is_empty());
+    // Every other word is intact.
+    for w in (a..a + 2 * MIB2).step_by(8).filter(|&w| w != a + 8) {
+        assert_eq!(rd(w), pattern(w), "word at {w:#x}");
+    }
+}
+
+#[test]
+fn attributes_steer_device_accesses() {
+    let _one = serial();
+    let mut rt = runtime();
+    let a = rt
+        .engine_mut()
+        .svm_alloc(4 * 16 * PG, None, &["gpu0", "gpu1"], false)
+        .unwrap();
+    let len = 4 * 16 * PG;
+    for w in (a..a + len).step_by(8) {
+        wr(w, pattern(w));
+    }
+    // 64 KiB granules; the first one prefers gpu0.
+    rt.set_attr(a, len, &[Attr::Granularity(4)]).unwrap();
+    rt.set_attr(
+        a,
+        16 * PG,
+        &[Attr::PreferredLocation(Some(Location::Device(0)))],
+    )
+    .unwrap();
+    // gpu0 touching one word migrates that granule only.
+    assert_eq!(rt.device_sum(0, a + 8, 8).unwrap(), pattern(a + 8));
+    assert_eq!(rt.migrator().granules(), vec![(a, a + 16 * PG, 0)]);
+    // gpu0 writes there (copying from system memory), the CPU sees it.
+    rt.device_copy(0, a, a + 32 * PG, 8).unwrap();
+    assert_eq!(rd(a), pattern(a + 32 * PG));
+    assert_eq!(rt.stats().cpu_faults, 1);
+    // Back on gpu0 by its next access; gpu1 cannot reach gpu0's memory:
+    // its access brings the granule back to system memory first.
+    rt.device_sum(0, a, 8).unwrap();
+    assert_eq!(rt.migrator().location_of(a), Location::Device(0));
+    assert_eq!(rt.device_sum(1, a, 8).unwrap(), pattern(a + 32 * PG));
+    assert_eq!(rt.migrator().location_of(a), Location::System);
+    // No access: refused, nothing moves.
+    rt.set_attr(
+        a + 16 * PG,
+        16 * PG,
+        &[Attr::Access {
+            device: 1,
+            access: Access::None,
+        }],
+    )
+    .unwrap();
+    assert!(matches!(
+        rt.device_sum(1, a + 16 * PG, 8),
+        Err(MigrateError::NoAccess { device: 1, .. })
+    ));
+    assert!(matches!(
+        rt.prefetch(a + 16 * PG, PG, Location::Device(1)),
+        Err(MigrateError::NoAccess { device: 1, .. })
+    ));
+    // In place: gpu1 reads without moving anything.
+    rt.set_attr(
+        a + 48 * PG,
+        16 * PG,
+        &[
+            Attr::PreferredLocation(Some(Location::Device(1))),
+            Attr::Access {
+                device: 1,
+                access: Access::InPlace,
+            },
+        ],
+    )
+    .unwrap();
+    rt.device_sum(1, a + 48 * PG, 8).unwrap();
+    assert_eq!(rt.migrator().location_of(a + 48 * PG), Location::System);
+    // Prefetch of a part moves whole granules (the one around it).
+    rt.prefetch(a + 33 * PG, PG, Location::Device(1)).unwrap();
+    assert_eq!(
+        rt.migrator().granules(),
+        vec![(a + 32 * PG, a + 48 * PG, 1)]
+    );
+    rt.prefetch(a, len, Location::System).unwrap();
+    assert!(rt.migrator().granules().is_empty());
+    for w in (a + 8..a + len).step_by(8) {
+        assert_eq!(rd(w), pattern(w), "word at {w:#x}");
+    }
+}
+
+#[test]
+fn freeing_drops_device_copies_and_the_range_reads_zeros_again() {
+    let _one = serial();
+    let mut rt = runtime();
+    let eng = rt.engine_mut();
+    let w = eng.reserve_window(&["gpu0", "gpu1"]).unwrap();
+    let _ = w;
+    let a = eng.svm_alloc(MIB2, Some(MIB2), &["gpu0"], false).unwrap();
+    wr(a, 5);
+    rt.prefetch(a, MIB2, Location::Device(0)).unwrap();
+    rt.free(a).unwrap();
+    assert_eq!(rt.stats().dropped, 1);
+    assert!(rt.migrator().granules().is_empty());
+    let b = rt
+        .engine_mut()
+        .svm_alloc(MIB2, Some(MIB2), &["gpu0"], false)
+        .unwrap();
+    assert_eq!(b, a, "the window hands the range out again");
+    assert_eq!(rd(b), 0);
+    assert_eq!(rt.device_sum(0, b, MIB2).unwrap(), 0);
+    assert_eq!(rt.stats().cpu_faults, 0);
+}
+
+#[test]
+fn writers_racing_migrations_lose_nothing() {
+    let _one = serial();
+    let mut rt = runtime();
+    let a = rt
+        .engine_mut()
+        .svm_alloc(MIB2, Some(MIB2), &["gpu0"], false)
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    const THREADS: u64 = 4;
+    let writers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let stop = stop.clone();
+            // Each thread owns one word per page of the granule and counts.
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) || n < 1000 {
+                    n += 1;
+                    let w = a + (n % 512) * PG + t * 8;
+                    wr(w, n);
+                    assert_eq!(rd(w), n, "a write was lost at {w:#x}");
+                }
+                n
+            })
+        })
+        .collect();
+    for _ in 0..40 {
+        rt.prefetch(a, MIB2, Location::Device(0)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let counts: Vec<u64> = writers.into_iter().map(|h| h.join().unwrap()).collect();
+    // Every word holds the last value its thread wrote there.
+    for (t, &n) in counts.iter().enumerate() {
+        for k in 0..512u64 {
+            let last = (1..=n).rev().find(|m| m % 512 == k).unwrap_or(0);
+            assert_eq!(rd(a + k * PG + t as u64 * 8), last);
+        }
+    }
+    let s = rt.stats();
+    assert!(s.to_device >= 1 && s.cpu_faults >= 1, "{s:?}");
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    CpuWrite(u64, u64),
+    CpuRead(u64),
+    DevWrite(usize, u64, u64),
+    DevRead(usize, u64),
+    Prefetch(u64, u64, Option<usize>),
+    Granularity(u64, u64, u8),
+    Prefer(u64, u64, Option<usize>),
+}
+
+const PAGES: u64 = 32;
+
+fn op() -> impl Strategy<Value = Op> {
+    let page = 0..PAGES;
+    let word = (0..PAGES, 0u64..4).prop_map(|(p, w)| p * PG + w * 8);
+    let dev = proptest::option::of(0usize..2);
+    prop_oneof![
+        3 => (word.clone(), any::<u64>()).prop_map(|(w, v)| Op::CpuWrite(w, v)),
+        3 => word.clone().prop_map(Op::CpuRead),
+        2 => (0usize..2, word.clone(), 0u64..4).prop_map(|(d, w, s)| Op::DevWrite(d, w, s)),
+        2 => (0usize..2, word).prop_map(|(d, w)| Op::DevRead(d, w)),
+        2 => (page.clone(), 1u64..8, dev.clone()).prop_map(|(p, n, d)| Op::Prefetch(p, n, d)),
+        1 => (page.clone(), 1u64..8, 0u8..4).prop_map(|(p, n, k)| Op::Granularity(p, n, k)),
+        1 => (page, 1u64..8, dev).prop_map(|(p, n, d)| Op::Prefer(p, n, d)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// CPU and device reads always see what the model says every word
+    /// holds, wherever the migrations put it; a prefetch leaves its pages
+    /// where it asked.
+    #[test]
+    fn contents_follow_the_model(ops in proptest::collection::vec(op(), 1..50)) {
+        let _one = serial();
+        let mut rt = runtime();
+        let len = PAGES * PG;
+        let a = rt.engine_mut().svm_alloc(len, None, &["gpu0", "gpu1"], false).unwrap();
+        // Sources for device writes: four words in a second range.
+        let src = rt.engine_mut().svm_alloc(PG, None, &["gpu0", "gpu1"], false).unwrap();
+        let srcv = [11u64, 22, 33, 44];
+        for (i, v) in srcv.iter().enumerate() {
+            wr(src + 8 * i as u64, *v);
+        }
+        rt.set_attr(a, len, &[Attr::Granularity(2)]).unwrap();
+        let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+        let clip = |p: u64, n: u64| (a + p * PG, (n.min(PAGES - p)) * PG);
+        for op in ops {
+            match op {
+                Op::CpuWrite(w, v) => {
+                    wr(a + w, v);
+                    model.insert(w, v);
+                }
+                Op::CpuRead(w) => {
+                    prop_assert_eq!(rd(a + w), model.get(&w).copied().unwrap_or(0));
+                }
+                Op::DevWrite(d, w, s) => {
+                    rt.device_copy(d, a + w, src + 8 * s, 8).unwrap();
+                    model.insert(w, srcv[s as usize]);
+                }
+                Op::DevRead(d, w) => {
+                    prop_assert_eq!(
+                        rt.device_sum(d, a + w, 8).unwrap(),
+                        model.get(&w).copied().unwrap_or(0)
+                    );
+                }
+                Op::Prefetch(p, n, d) => {
+                    let (s, l) = clip(p, n);
+                    let loc = d.map_or(Location::System, |d| Location::Device(d as u32));
+                    rt.prefetch(s, l, loc).unwrap();
+                    for pg in (s..s + l).step_by(PG as usize) {
+                        prop_assert_eq!(rt.migrator().location_of(pg), loc);
+                    }
+                }
+                Op::Granularity(p, n, k) => {
+                    let (s, l) = clip(p, n);
+                    rt.set_attr(s, l, &[Attr::Granularity(k)]).unwrap();
+                }
+                Op::Prefer(p, n, d) => {
+                    let (s, l) = clip(p, n);
+                    let loc = d.map(|d| Location::Device(d as u32));
+                    rt.set_attr(s, l, &[Attr::PreferredLocation(loc)]).unwrap();
+                }
+            }
+        }
+        // At the end, every word from the CPU.
+        for w in (0..len).step_by(8) {
+            prop_assert_eq!(rd(a + w), model.get(&w).copied().unwrap_or(0));
+        }
+    }
+}
