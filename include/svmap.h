@@ -58,6 +58,77 @@
 #include <stdint.h>
 
 /**
+ * Preferred location: value `SVMAP_LOCATION_SYSTEM`, 1 + device index, or
+ * `SVMAP_LOCATION_UNDEFINED`.
+ */
+#define SVMAP_ATTR_PREFERRED_LOCATION 1
+
+/**
+ * Prefetch location (setting it migrates the range now): as above.
+ */
+#define SVMAP_ATTR_PREFETCH_LOCATION 2
+
+/**
+ * Access of one device: value `device << 32 | SVMAP_ACCESS_*`.
+ */
+#define SVMAP_ATTR_ACCESS 3
+
+/**
+ * Flags to set (`SVMAP_FLAG_*`); a get answers the flags set everywhere.
+ */
+#define SVMAP_ATTR_SET_FLAGS 4
+
+/**
+ * Flags to clear; a get answers the known flags set nowhere in common.
+ */
+#define SVMAP_ATTR_CLEAR_FLAGS 5
+
+/**
+ * Migration granularity: `2^value` pages, value 0..=9 (4 KiB to 2 MiB).
+ */
+#define SVMAP_ATTR_GRANULARITY 6
+
+/**
+ * Location code of system memory.
+ */
+#define SVMAP_LOCATION_SYSTEM 0
+
+/**
+ * Location code "undefined": no preference, or pages that differ.
+ */
+#define SVMAP_LOCATION_UNDEFINED 4294967295
+
+/**
+ * The device may not touch the range.
+ */
+#define SVMAP_ACCESS_NONE 0
+
+/**
+ * The device reaches the data where it is.
+ */
+#define SVMAP_ACCESS_IN_PLACE 1
+
+/**
+ * The device's accesses may migrate the data.
+ */
+#define SVMAP_ACCESS_MAY_MIGRATE 2
+
+/**
+ * Devices may only read.
+ */
+#define SVMAP_FLAG_DEVICE_READ_ONLY 1
+
+/**
+ * Mostly read: devices may hold read-only copies.
+ */
+#define SVMAP_FLAG_READ_MOSTLY 2
+
+/**
+ * Devices keep the range mapped wherever the data is.
+ */
+#define SVMAP_FLAG_ALWAYS_MAPPED 4
+
+/**
  * `svmap_unmapped_area_info_t.flags`: highest fit first (the kernel's
  * `VM_UNMAPPED_AREA_TOPDOWN`).
  */
@@ -192,6 +263,29 @@ typedef struct svmap_space_t svmap_space_t;
  * the caller from `svmap_svm_new` to `svmap_svm_delete`; not thread-safe.
  */
 typedef struct svmap_svm_t svmap_svm_t;
+
+/**
+ * A device's migrate callback: move `[start, end)` into the device's own
+ * memory (`to_device` 1: the driver copies it and from then on serves the
+ * device's accesses from there; the CPU side must not touch the range
+ * until it comes back) or back into system memory (`to_device` 0: the
+ * bytes are in the CPU's memory when it returns 0). Returns 0 when done.
+ */
+typedef int (*svmap_device_migrate_fn)(void *user, uint64_t start, uint64_t end, int to_device);
+
+/**
+ * One attribute: its type (`SVMAP_ATTR_*`) and value.
+ */
+typedef struct svmap_attr_t {
+  /**
+   * `SVMAP_ATTR_*`.
+   */
+  uint32_t type_;
+  /**
+   * The value (see each type).
+   */
+  uint64_t value;
+} svmap_attr_t;
 
 /**
  * The summary of a replay that ran to its end.
@@ -612,6 +706,94 @@ const char *svmap_status_name(int status);
  * The library version ("0.1.0"). A static string; never NULL.
  */
 const char *svmap_version(void);
+
+/**
+ * Sets device `device`'s migrate callback (NULL: none; a prefetch to or
+ * from that device then fails with `SVMAP_EINVAL`).
+ *
+ * # Safety
+ *
+ * `rt` is NULL (`SVMAP_EINVAL`) or a live handle from
+ * `svmap_runtime_new`, not used by another thread during the call;
+ * `device` is NULL (`SVMAP_EINVAL`) or a NUL-terminated string;
+ * `migrate` is NULL or a function that may be called with `user` as
+ * documented at [`svmap_device_migrate_fn`] while the runtime lives.
+ */
+enum svmap_status_t svmap_runtime_set_migrate(struct svmap_runtime_t *rt,
+                                              const char *device,
+                                              svmap_device_migrate_fn migrate,
+                                              void *user);
+
+/**
+ * Sets `count` attributes (`SVMAP_ATTR_*`, applied in order) on
+ * `[addr, addr + length)`, which must be SVM memory of the runtime from
+ * end to end (`SVMAP_ENOENT` otherwise). Setting part of a range changes
+ * only that part. An unknown type, a bad value or an unknown device index
+ * is `SVMAP_EINVAL`, and then nothing changes. A prefetch location among
+ * them (the last one counts) migrates the range now
+ * (`svmap_runtime_prefetch`).
+ *
+ * # Safety
+ *
+ * `rt` is NULL (`SVMAP_EINVAL`) or a live handle from
+ * `svmap_runtime_new`, not used by another thread during the call;
+ * `attrs` is NULL (with `count` 0) or valid for reading `count` entries.
+ */
+enum svmap_status_t svmap_runtime_set_attr(struct svmap_runtime_t *rt,
+                                           uint64_t addr,
+                                           uint64_t length,
+                                           const struct svmap_attr_t *attrs,
+                                           size_t count);
+
+/**
+ * Reads attributes of `[addr, addr + length)` (SVM memory from end to
+ * end): for each of the `count` entries, fills in the value of its type
+ * with what every page of the range has in common (a location that
+ * differs reads `SVMAP_LOCATION_UNDEFINED`, an access that differs
+ * `SVMAP_ACCESS_NONE`, the smallest granularity). For `SVMAP_ATTR_ACCESS`
+ * the entry's value names the device in its upper 32 bits.
+ *
+ * # Safety
+ *
+ * `rt` as for `svmap_runtime_set_attr`; `attrs` is NULL (with `count` 0)
+ * or valid for reading and writing `count` entries.
+ */
+enum svmap_status_t svmap_runtime_get_attr(struct svmap_runtime_t *rt,
+                                           uint64_t addr,
+                                           uint64_t length,
+                                           struct svmap_attr_t *attrs,
+                                           size_t count);
+
+/**
+ * Migrates `[addr, addr + length)` (SVM memory) to `location`
+ * (`SVMAP_LOCATION_SYSTEM` or 1 + device index) now, in whole granules of
+ * the range's granularity: parts held by another device come back first
+ * (its migrate callback with `to_device` 0), then the target device's
+ * callback takes each granule (`to_device` 1). A device whose access is
+ * none is `SVMAP_EPERM`; a callback that fails is `SVMAP_EIO`.
+ *
+ * # Safety
+ *
+ * `rt` is NULL (`SVMAP_EINVAL`) or a live handle from
+ * `svmap_runtime_new`, not used by another thread during the call.
+ */
+enum svmap_status_t svmap_runtime_prefetch(struct svmap_runtime_t *rt,
+                                           uint64_t addr,
+                                           uint64_t length,
+                                           uint64_t location);
+
+/**
+ * Where the page at `addr` is: `SVMAP_LOCATION_SYSTEM` or 1 + the index
+ * of the device that holds it.
+ *
+ * # Safety
+ *
+ * `rt` as for `svmap_runtime_set_attr`; `out_location` is NULL
+ * (`SVMAP_EINVAL`) or valid for one write.
+ */
+enum svmap_status_t svmap_runtime_location(struct svmap_runtime_t *rt,
+                                           uint64_t addr,
+                                           uint64_t *out_location);
 
 /**
  * Reserves `length` bytes (rounded up to pages) below `2^va_bits` (20..=56,

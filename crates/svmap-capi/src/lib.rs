@@ -42,6 +42,7 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
+mod attr;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod linux;
@@ -52,6 +53,7 @@ mod sigpipe;
 mod space;
 mod svm;
 
+pub use attr::*;
 pub use linux::*;
 pub use peer::*;
 pub use replay::*;

@@ -89,7 +89,7 @@ thread_local! {
 /// Runs `f` (a device callback) with [`IN_CALLBACK`] set, then clears the
 /// last error that svmap calls made by the callback may have left (the
 /// call in progress sets its own when it fails).
-fn in_callback<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn in_callback<T>(f: impl FnOnce() -> T) -> T {
     let was = IN_CALLBACK.replace(true);
     let r = f();
     IN_CALLBACK.set(was);
@@ -107,7 +107,7 @@ fn in_callback<T>(f: impl FnOnce() -> T) -> T {
 ///
 /// `rt` is NULL, misaligned, or a handle from `svmap_runtime_new` that is
 /// not used by another thread during the call.
-unsafe fn runtime<'a>(rt: *mut svmap_runtime_t) -> FfiResult<&'a mut svmap_runtime_t> {
+pub(crate) unsafe fn runtime<'a>(rt: *mut svmap_runtime_t) -> FfiResult<&'a mut svmap_runtime_t> {
     if IN_CALLBACK.get() {
         return Err(Failure::inval(
             "a device callback called the runtime (callbacks must not call svmap_runtime_*)",
@@ -174,7 +174,11 @@ impl DeviceBackend for CDevice {
 /// by the caller from `svmap_runtime_new` to `svmap_runtime_delete`; not
 /// thread-safe.
 pub struct svmap_runtime_t {
-    engine: Engine<LinuxCpu, Box<dyn DeviceBackend>>,
+    pub(crate) engine: Engine<LinuxCpu, Box<dyn DeviceBackend>>,
+    /// Each device's migrate callback and its user pointer, by index.
+    pub(crate) migrate: Vec<(crate::attr::svmap_device_migrate_fn, *mut c_void)>,
+    /// Granules a device holds: start -> (end, device index).
+    pub(crate) on_device: std::collections::BTreeMap<u64, (u64, usize)>,
 }
 
 impl std::fmt::Debug for svmap_runtime_t {
@@ -185,7 +189,7 @@ impl std::fmt::Debug for svmap_runtime_t {
     }
 }
 
-fn engine_failure(e: EngineError) -> Failure {
+pub(crate) fn engine_failure(e: EngineError) -> Failure {
     match e {
         EngineError::Svm(e) => svm_failure(e),
         EngineError::Cpu {
@@ -212,7 +216,11 @@ pub extern "C" fn svmap_runtime_new(guarded: bool) -> Option<Box<svmap_runtime_t
     ffi_value(None, || {
         let mut engine = Engine::new(MmConfig::default(), LinuxCpu::new(guarded));
         seed_from_self(&mut engine).map_err(|e| Failure::new(SVMAP_EIO, e.to_string()))?;
-        Ok(Some(Box::new(svmap_runtime_t { engine })))
+        Ok(Some(Box::new(svmap_runtime_t {
+            engine,
+            migrate: Vec::new(),
+            on_device: std::collections::BTreeMap::new(),
+        })))
     })
 }
 
@@ -308,7 +316,11 @@ pub unsafe extern "C" fn svmap_runtime_start(
             window: (window != 0).then_some(window),
         };
         let s = start(&cfg, LinuxCpu::new(guarded), devices).map_err(start_failure)?;
-        Ok(Some(Box::new(svmap_runtime_t { engine: s.engine })))
+        Ok(Some(Box::new(svmap_runtime_t {
+            engine: s.engine,
+            migrate: Vec::new(),
+            on_device: std::collections::BTreeMap::new(),
+        })))
     })
 }
 
@@ -439,10 +451,14 @@ pub unsafe extern "C" fn svmap_runtime_alloc(
 pub unsafe extern "C" fn svmap_runtime_free(rt: *mut svmap_runtime_t, addr: u64) -> svmap_status_t {
     ffi_status(|| {
         // SAFETY: the caller's contract for `rt`.
-        unsafe { runtime(rt) }?
-            .engine
-            .svm_free(addr)
-            .map_err(engine_failure)
+        let r = unsafe { runtime(rt) }?;
+        let range = r.engine.alloc_at(addr).map(|v| (v.start, v.end));
+        r.engine.svm_free(addr).map_err(engine_failure)?;
+        // The devices unmapped it: whatever they held of it is gone.
+        if let Some((s, e)) = range {
+            crate::attr::forget_granules(r, s, e);
+        }
+        Ok(())
     })
 }
 

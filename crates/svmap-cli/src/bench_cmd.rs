@@ -20,6 +20,14 @@ Usage: svmap bench churn --live N [--align BYTES] [--highest] [--quick] [--json]
        svmap bench svm --live N [--devices K] [--steps S] [--punch-batch BYTES]
                        [--guarded] [--json]
        svmap bench svm-layer [--live N]... [--steps S] [--json]
+       svmap bench migrate
+
+svmap bench migrate: page migration between this process and one device
+process: prefetch throughput to the device and back (16 MiB in 4 KiB
+granules, 64 MiB in 2 MiB granules) against memcpy of the same size, and the
+mean latency of a CPU read of a granule held by the device (fault, migration
+back, wake) against a first touch of a fresh anonymous page. Prints a
+Markdown table.
 
 svmap bench churn: svmap's own address map on the churn workload.
 
@@ -496,6 +504,7 @@ pub fn run(args: &[OsString]) -> i32 {
     match p.next() {
         Ok(Some(Arg::Value(b))) if b == "svm" => return run_svm(&mut p),
         Ok(Some(Arg::Value(b))) if b == "svm-layer" => return run_layer(&mut p),
+        Ok(Some(Arg::Value(b))) if b == "migrate" => return crate::migrate_cmd::bench(&args[1..]),
         Ok(Some(Arg::Value(b))) if b == "churn" => {}
         Ok(Some(Arg::Short('h') | Arg::Long("help"))) | Ok(None) => {
             print!("{HELP}");
@@ -503,7 +512,7 @@ pub fn run(args: &[OsString]) -> i32 {
         }
         Ok(Some(Arg::Value(other))) => {
             return usage_error(&format!(
-                "unknown benchmark {other:?} (try churn, svm or svm-layer)"
+                "unknown benchmark {other:?} (try churn, svm, svm-layer or migrate)"
             ))
         }
         Ok(Some(other)) => return usage_error(&args::message(other.unexpected())),

@@ -10,6 +10,7 @@ mod bench_cmd;
 mod demo_cmd;
 mod inspect_cmd;
 mod kernel_trace_cmd;
+mod migrate_cmd;
 mod peer_cmd;
 mod progress;
 mod replay;
@@ -25,6 +26,10 @@ const COMMANDS: &[(&str, &str)] = &[
     (
         "demo",
         "the whole SVM story with a device peer process, in seconds (no GPU)",
+    ),
+    (
+        "migrate-demo",
+        "a range prefetched to a device process comes back on real CPU faults",
     ),
     (
         "replay",
@@ -116,6 +121,7 @@ fn run(args: &[OsString]) -> i32 {
         Some(Some("inspect")) => inspect_cmd::run(&rest),
         Some(Some("device-peer")) => peer_cmd::run(&rest),
         Some(Some("bench")) => bench_cmd::run(&rest),
+        Some(Some("migrate-demo")) => migrate_cmd::run(&rest),
         // `svmap help [COMMAND]`, `svmap --help [COMMAND]`.
         None | Some(Some("help")) => match rest.first().and_then(|c| c.to_str()) {
             Some(c) if COMMANDS.iter().any(|(n, _)| *n == c) => {

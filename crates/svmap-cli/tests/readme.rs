@@ -84,9 +84,9 @@ fn runtime_example() -> Result<(), Box<dyn Error>> {
     let a = svm_alloc(&mut engine, 1 << 20, None, &["gpu0"], false)?;
     assert!(a + (1 << 20) <= 1 << 40);
     engine.cpu_backend_mut().write_u64(a + 8, 42)?; // a checked CPU store
-    let device = engine.device_backends_mut()[0].peer();
-    assert_eq!(device.sum_u64(a, 16)?, 42); // the device reads it at `a`
-                                            // Read-only for everyone: the device is invalidated first.
+    let device = &mut engine.device_backends_mut()[0];
+    assert_eq!(device.peer().sum_u64(a, 16)?, 42); // the device reads it at `a`
+                                                   // Read-only for everyone: the device is invalidated first.
     engine.protect(a, 1 << 20, Prot::Read)?;
     assert!(engine.cpu_backend_mut().write_u64(a, 1).is_err());
     // Free: the device invalidates and acknowledges, then the memory goes

@@ -1208,10 +1208,12 @@ impl Device {
             })
     }
 
-    /// Changes the memory behind `[addr, end)` with `change`, keeping the
-    /// device's access: its device pages are invalidated first (no device
-    /// page-table entry or TLB entry survives the change), then mapped
-    /// again with fresh frames and the same access.
+    /// Changes the memory behind `[addr, end)` with `change` inside an
+    /// invalidation of the range (the `mmu_interval_notifier` pattern):
+    /// every device page-table and TLB entry of the range is gone before
+    /// the memory moves, and the invalidation ends only after it moved, so
+    /// the next device access faults and the fault handler maps the range
+    /// again over the new memory. Buffers and their access do not change.
     fn move_backing(
         &mut self,
         addr: u64,
@@ -1222,18 +1224,10 @@ impl Device {
             Ok(s) => s,
             Err(m) => return m,
         };
-        let inside: Vec<(u64, u64, bool, bool)> = self
-            .bufs
-            .range(..end)
-            .filter(|(&bs, b)| bs + b.len > addr)
-            .map(|(&bs, b)| (bs.max(addr), (bs + b.len).min(end), b.readable, b.writable))
-            .collect();
-        self.rework(addr, end, None);
+        self.mirror.invalidate_start(addr, end);
         let w = self.attachments().get_mut(&s).expect("found above");
         let r = change(w);
-        for (ps, pe, rd, wr) in inside {
-            self.insert(ps, pe, rd, wr);
-        }
+        self.mirror.invalidate_end();
         match r {
             Ok(()) => Msg::Ack,
             Err(e) => sys_error(format!("migrating [{addr:#x}, {end:#x})"), e),

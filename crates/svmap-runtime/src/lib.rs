@@ -56,6 +56,8 @@ mod peer;
 
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
+pub mod migrate_bench;
 
 pub use directory::{HeapDirectory, HeapEntry};
 pub use peer::PeerDevice;

@@ -493,6 +493,24 @@ impl Drop for Migrator {
     }
 }
 
+/// The granule that holds `addr` (SVM memory of `engine`): the size its
+/// granularity attribute gives, aligned to that size, clipped to the SVM
+/// piece that holds `addr`. Returns `(start, end, devices of the piece)`.
+pub fn granule_of<C, D, F>(engine: &Engine<C, D, F>, addr: u64) -> (u64, u64, Vec<usize>)
+where
+    C: svmap_svm::CpuBackend,
+    D: svmap_svm::DeviceBackend,
+    F: svmap_svm::PtFormat,
+{
+    let g = engine.attrs().at(addr).granule_bytes();
+    let gs = addr & !(g - 1);
+    engine
+        .svm_pieces_in(gs, gs.saturating_add(g))
+        .find(|&(s, e, _)| s <= addr && addr < e)
+        .map(|(s, e, d)| (s, e, d.to_vec()))
+        .unwrap_or((addr, addr + ATTR_PAGE, Vec::new()))
+}
+
 /// What a device access needs of a granule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Want {
@@ -594,17 +612,8 @@ impl Runtime {
         Ok(self.engine.get_attr(start, len)?)
     }
 
-    /// The granule that holds `addr`: its granularity attribute's size,
-    /// aligned, clipped to the SVM piece (the caller checked that `addr`
-    /// is SVM memory). Returns `(start, end, devices of the piece)`.
     fn granule(&self, addr: u64) -> (u64, u64, Vec<usize>) {
-        let g = self.engine.attrs().at(addr).granule_bytes();
-        let gs = addr & !(g - 1);
-        self.engine
-            .svm_pieces_in(gs, gs.saturating_add(g))
-            .find(|&(s, e, _)| s <= addr && addr < e)
-            .map(|(s, e, d)| (s, e, d.to_vec()))
-            .unwrap_or((addr, addr + ATTR_PAGE, Vec::new()))
+        granule_of(&self.engine, addr)
     }
 
     /// Migrates `[start, start + len)` (SVM memory) to `loc` now, granule
