@@ -313,7 +313,7 @@ impl State {
 
 /// The migration machinery: the userfaultfd, the granules on devices, the
 /// fault handler thread. Dropping it brings every granule back and stops
-/// the thread (within [`POLL`]).
+/// the thread (within 50 ms).
 pub struct Migrator {
     shared: Arc<Shared>,
     handler: Option<JoinHandle<()>>,
@@ -683,7 +683,8 @@ impl Runtime {
     }
 
     /// Device `d` sums the `u64` words of `[addr, addr + len)` through its
-    /// MMU, after the data is where its attributes say (see [`Want`]).
+    /// MMU, after the data is where its attributes say (`docs/attributes.md`,
+    /// device accesses).
     pub fn device_sum(&mut self, d: usize, addr: u64, len: u64) -> Result<u64, MigrateError> {
         let plan = self.plan(d, addr, len)?;
         let r = self.migrator.with_device(
