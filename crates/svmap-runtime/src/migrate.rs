@@ -29,6 +29,13 @@
 //! (`pwrite`) and map the memfd again, then unregisters the granule, which
 //! wakes every thread blocked on it; they fault again and find the page.
 //!
+//! **Read-mostly** granules are not moved by device reads: the reading
+//! device gets a read-only copy (the device process copies the granule into
+//! its own memory; the memfd keeps it), and the CPU's mapping stays present
+//! but write-protected. A CPU write faults; the handler thread has every
+//! device drop its copy (acknowledged) before it lifts the protection and
+//! the write lands. A device write drops every copy first, its own included.
+//!
 //! Every step happens under one lock, so a migration and a fault on the
 //! same granule never interleave: a thread that writes during a migration
 //! to the device waits until the granule is on the device and then brings
@@ -53,7 +60,7 @@ use std::time::Duration;
 
 use svmap_linux::uffd::{Sources, Uffd, UffdError};
 use svmap_peer::DirectPeer;
-use svmap_svm::attr::{Access, ATTR_PAGE};
+use svmap_svm::attr::{Access, Flags, ATTR_PAGE};
 use svmap_svm::{Attr, AttrError, DeviceConfig, Engine, EngineError, Location, RangeAttrs};
 
 use crate::{HeapDirectory, LinuxCpu, PeerDevice};
@@ -90,6 +97,13 @@ pub enum MigrateError {
     },
     /// No device with this index.
     UnknownDevice(usize),
+    /// The range is device read-only and the device access writes.
+    ReadOnly {
+        /// Device index.
+        device: usize,
+        /// The address.
+        addr: u64,
+    },
     /// Punching the granule out of the memfd failed.
     Punch {
         /// The granule.
@@ -111,6 +125,12 @@ impl std::fmt::Display for MigrateError {
                 write!(f, "device {device} has no access to {addr:#x}")
             }
             MigrateError::UnknownDevice(d) => write!(f, "no device with index {d}"),
+            MigrateError::ReadOnly { device, addr } => {
+                write!(
+                    f,
+                    "device {device} may only read {addr:#x} (device read-only)"
+                )
+            }
             MigrateError::Punch { addr, errno } => write!(
                 f,
                 "punching the granule at {addr:#x} out of its memfd failed: {}",
@@ -154,6 +174,13 @@ pub struct MigrateStats {
     pub dropped: u64,
     /// Granules lost with a device process that failed.
     pub lost: u64,
+    /// Read-only copies of read-mostly granules made on devices.
+    pub copies: u64,
+    /// Read-only copies dropped (invalidated on their device).
+    pub copies_dropped: u64,
+    /// CPU writes to a granule with device copies that dropped them
+    /// (write-protect faults).
+    pub cpu_write_invalidations: u64,
 }
 
 struct State {
@@ -161,6 +188,10 @@ struct State {
     directory: HeapDirectory,
     /// Granules on a device: start -> (end, device).
     on_device: BTreeMap<u64, (u64, usize)>,
+    /// Read-mostly granules with read-only device copies: start -> (end,
+    /// bit mask of the devices that hold one). The CPU's mapping stays
+    /// present and write-protected. Disjoint from `on_device`.
+    copies: BTreeMap<u64, (u64, u64)>,
     stats: MigrateStats,
 }
 
@@ -214,8 +245,123 @@ impl State {
             .collect()
     }
 
+    /// The granule with device copies that holds `addr`, as `(start, end,
+    /// device mask)`.
+    fn copy_holding(&self, addr: u64) -> Option<(u64, u64, u64)> {
+        let (&s, &(e, m)) = self.copies.range(..=addr).next_back()?;
+        (addr < e).then_some((s, e, m))
+    }
+
+    /// Granules with device copies that overlap `[s, e)`.
+    fn copies_overlapping(&self, s: u64, e: u64) -> Vec<(u64, u64, u64)> {
+        let first = self.copy_holding(s).map_or(s, |(gs, _, _)| gs);
+        self.copies
+            .range(first..e)
+            .map(|(&gs, &(ge, m))| (gs, ge, m))
+            .collect()
+    }
+
+    /// Drops every device copy of the granule with copies that starts at
+    /// `s`: each device that holds one invalidates its entries and maps the
+    /// memfd again (its answer is the acknowledgement); then the CPU's
+    /// write protection goes and the granule is unregistered, which wakes
+    /// the writers blocked on it. The first device error is returned, after
+    /// the granule is unregistered whatever happened.
+    fn drop_copies(&mut self, uffd: &Uffd, s: u64) -> Result<(), MigrateError> {
+        let Some((e, mask)) = self.copies.remove(&s) else {
+            return Ok(());
+        };
+        let len = e - s;
+        let mut first = Ok(());
+        for d in (0..64).filter(|d| mask & (1u64 << d) != 0) {
+            let r = match self.peer(d) {
+                Ok(mut p) => p
+                    .migrate_out(s, len, false)
+                    .map_err(|err| MigrateError::Device {
+                        device: d,
+                        detail: err.to_string(),
+                    }),
+                Err(x) => Err(x),
+            };
+            self.stats.copies_dropped += 1;
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        let w = uffd.write_protect(s, len, false);
+        let u = uffd.unregister(s, len);
+        first?;
+        w.map_err(MigrateError::Uffd)?;
+        u.map_err(MigrateError::Uffd)
+    }
+
+    /// Drops every device copy that overlaps `[s, e)`.
+    fn drop_copies_in(&mut self, uffd: &Uffd, s: u64, e: u64) -> Result<(), MigrateError> {
+        let mut first = Ok(());
+        for (gs, _, _) in self.copies_overlapping(s, e) {
+            let r = self.drop_copies(uffd, gs);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Gives device `d` a read-only copy of `[s, e)` (a read-mostly
+    /// granule): the data stays in system memory, write-protected for the
+    /// CPU, and the device copies it into its own memory. A part of it
+    /// held by another device alone comes back first; held by `d` alone,
+    /// it stays there.
+    fn add_copy(&mut self, uffd: &Uffd, s: u64, e: u64, d: usize) -> Result<(), MigrateError> {
+        if d >= 64 {
+            return Err(MigrateError::UnknownDevice(d));
+        }
+        let over = self.overlapping(s, e);
+        if over.len() == 1 && over[0] == (s, e, d) {
+            return Ok(());
+        }
+        for (gs, _, _) in over {
+            self.move_out(uffd, gs, true)?;
+        }
+        let len = e - s;
+        let copies = self.copies_overlapping(s, e);
+        let exact = copies.len() == 1 && copies[0].0 == s && copies[0].1 == e;
+        if exact && copies[0].2 & (1u64 << d) != 0 {
+            return Ok(());
+        }
+        if !exact {
+            self.drop_copies_in(uffd, s, e)?;
+            uffd.register(s, len).map_err(MigrateError::Uffd)?;
+            if let Err(err) = uffd.write_protect(s, len, true) {
+                let _ = uffd.unregister(s, len);
+                return Err(MigrateError::Uffd(err));
+            }
+            self.copies.insert(s, (e, 0));
+        }
+        let r = self.peer(d).and_then(|mut p| {
+            p.migrate_in(s, len).map_err(|err| MigrateError::Device {
+                device: d,
+                detail: err.to_string(),
+            })
+        });
+        if let Err(err) = r {
+            if self.copies.get(&s).is_some_and(|&(_, m)| m == 0) {
+                self.copies.remove(&s);
+                let _ = uffd.write_protect(s, len, false);
+                let _ = uffd.unregister(s, len);
+            }
+            return Err(err);
+        }
+        if let Some((_, m)) = self.copies.get_mut(&s) {
+            *m |= 1u64 << d;
+        }
+        self.stats.copies += 1;
+        Ok(())
+    }
+
     /// Moves `[s, e)` to device `d`; `others` are the other devices that
-    /// map it. Any part of it on a device goes back first.
+    /// map it. Any part of it on a device goes back first, and read-only
+    /// copies of it are dropped.
     fn move_in(
         &mut self,
         uffd: &Uffd,
@@ -231,6 +377,7 @@ impl State {
         for (gs, _, _) in over {
             self.move_out(uffd, gs, true)?;
         }
+        self.drop_copies_in(uffd, s, e)?;
         let len = e - s;
         let heap = self
             .directory
@@ -341,6 +488,13 @@ fn handle_faults(sh: &Shared) {
         };
         let page = fault.addr & !(ATTR_PAGE - 1);
         let mut st = lock(&sh.state);
+        if let Some((s, _, _)) = st.copy_holding(page) {
+            // A CPU write to a read-mostly granule with device copies: the
+            // copies go first, then the write lands.
+            st.stats.cpu_write_invalidations += 1;
+            let _ = st.drop_copies(&sh.uffd, s);
+            continue;
+        }
         match st.holding(page) {
             Some((s, _, _)) => {
                 st.stats.cpu_faults += 1;
@@ -371,6 +525,7 @@ impl Migrator {
                 peers,
                 directory,
                 on_device: BTreeMap::new(),
+                copies: BTreeMap::new(),
                 stats: MigrateStats::default(),
             }),
         });
@@ -404,6 +559,27 @@ impl Migrator {
             Some((_, _, d)) => Location::Device(d as u32),
             None => Location::System,
         }
+    }
+
+    /// The devices that hold a read-only copy of the page at `addr` (a
+    /// read-mostly granule; its data is in system memory too).
+    pub fn copies_of(&self, addr: u64) -> Vec<usize> {
+        lock(&self.shared.state)
+            .copy_holding(addr)
+            .map_or_else(Vec::new, |(_, _, m)| {
+                (0..64).filter(|d| m & (1u64 << d) != 0).collect()
+            })
+    }
+
+    /// Gives device `d` a read-only copy of `[s, e)` (see
+    /// `docs/attributes.md`, read-mostly).
+    pub fn to_copy(&self, s: u64, e: u64, d: usize) -> Result<(), MigrateError> {
+        lock(&self.shared.state).add_copy(&self.shared.uffd, s, e, d)
+    }
+
+    /// Drops every read-only device copy that overlaps `[s, e)`.
+    pub fn drop_copies(&self, s: u64, e: u64) -> Result<(), MigrateError> {
+        lock(&self.shared.state).drop_copies_in(&self.shared.uffd, s, e)
     }
 
     /// The granules on devices, as `(start, end, device)`.
@@ -440,7 +616,7 @@ impl Migrator {
     /// without writing them back (the range is being freed).
     pub fn release(&self, s: u64, e: u64) -> Result<(), MigrateError> {
         let mut st = lock(&self.shared.state);
-        let mut first = Ok(());
+        let mut first = st.drop_copies_in(&self.shared.uffd, s, e);
         for (gs, _, _) in st.overlapping(s, e) {
             let r = st.move_out(&self.shared.uffd, gs, false);
             if first.is_ok() {
@@ -462,6 +638,22 @@ impl Migrator {
         let mut st = lock(&self.shared.state);
         for &(s, e, want) in prepare {
             match want {
+                Want::Copy => st.add_copy(&self.shared.uffd, s, e, d)?,
+                Want::Write(w) => {
+                    st.drop_copies_in(&self.shared.uffd, s, e)?;
+                    match w {
+                        Place::Here => {
+                            st.move_in(&self.shared.uffd, s, e, d, &others(s, e))?;
+                        }
+                        Place::NotElsewhere => {
+                            for (gs, _, gd) in st.overlapping(s, e) {
+                                if gd != d {
+                                    st.move_out(&self.shared.uffd, gs, true)?;
+                                }
+                            }
+                        }
+                    }
+                }
                 Want::Here => st.move_in(&self.shared.uffd, s, e, d, &others(s, e))?,
                 Want::NotElsewhere => {
                     for (gs, _, gd) in st.overlapping(s, e) {
@@ -484,6 +676,10 @@ impl Drop for Migrator {
             let all: Vec<u64> = st.on_device.keys().copied().collect();
             for s in all {
                 let _ = st.move_out(&self.shared.uffd, s, true);
+            }
+            let copied: Vec<u64> = st.copies.keys().copied().collect();
+            for s in copied {
+                let _ = st.drop_copies(&self.shared.uffd, s);
             }
         }
         self.shared.stop.store(true, Ordering::Release);
@@ -515,6 +711,19 @@ where
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Want {
     /// On this device (preferred location, may migrate).
+    Here,
+    /// In system memory or on this device, not on another.
+    NotElsewhere,
+    /// A read of a read-mostly granule: a read-only copy on this device.
+    Copy,
+    /// A write: every read-only copy dropped, then placed as given.
+    Write(Place),
+}
+
+/// Where a device write needs a granule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// On this device.
     Here,
     /// In system memory or on this device, not on another.
     NotElsewhere,
@@ -594,9 +803,23 @@ impl Runtime {
 
     /// Sets attributes ([`Engine::set_attr`]); a prefetch location among
     /// them (the last one counts) migrates the range now
-    /// ([`Runtime::prefetch`]).
+    /// ([`Runtime::prefetch`]); clearing read-mostly drops the read-only
+    /// device copies of the range.
     pub fn set_attr(&mut self, start: u64, len: u64, changes: &[Attr]) -> Result<(), MigrateError> {
         self.engine.set_attr(start, len, changes)?;
+        let unmostly = changes
+            .iter()
+            .any(|c| matches!(c, Attr::ClearFlags(f) if f.contains(Flags::READ_MOSTLY)));
+        if unmostly
+            && !self
+                .engine
+                .attrs()
+                .at(start)
+                .flags
+                .contains(Flags::READ_MOSTLY)
+        {
+            self.migrator.drop_copies(start, start + len)?;
+        }
         let prefetch = changes.iter().rev().find_map(|c| match c {
             Attr::PrefetchLocation(l) => Some(*l),
             _ => None,
@@ -619,6 +842,8 @@ impl Runtime {
     /// Migrates `[start, start + len)` (SVM memory) to `loc` now, granule
     /// by granule (whole granules: a granule partly inside moves whole).
     /// To a device whose access attribute is none: [`MigrateError::NoAccess`].
+    /// A read-mostly granule prefetched to a device gets a read-only copy
+    /// there and stays in system memory.
     pub fn prefetch(&mut self, start: u64, len: u64, loc: Location) -> Result<(), MigrateError> {
         self.engine.get_attr(start, len)?;
         let end = start + len;
@@ -632,10 +857,15 @@ impl Runtime {
                     if d >= self.engine.devices().len() {
                         return Err(MigrateError::UnknownDevice(d));
                     }
-                    if self.engine.attrs().at(s).access[d] == Access::None {
+                    let a = self.engine.attrs().at(s);
+                    if a.access[d] == Access::None {
                         return Err(MigrateError::NoAccess { device: d, addr: s });
                     }
-                    self.migrator.to_device(s, e, d, &devs)?;
+                    if a.flags.contains(Flags::READ_MOSTLY) {
+                        self.migrator.to_copy(s, e, d)?;
+                    } else {
+                        self.migrator.to_device(s, e, d, &devs)?;
+                    }
                 }
             }
             at = e;
@@ -645,7 +875,13 @@ impl Runtime {
 
     /// What device `d` touching `[addr, addr + len)` needs, granule by
     /// granule (see [`Want`]).
-    fn plan(&self, d: usize, addr: u64, len: u64) -> Result<Vec<(u64, u64, Want)>, MigrateError> {
+    fn plan(
+        &self,
+        d: usize,
+        addr: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Vec<(u64, u64, Want)>, MigrateError> {
         if d >= self.engine.devices().len() {
             return Err(MigrateError::UnknownDevice(d));
         }
@@ -659,15 +895,34 @@ impl Runtime {
         while at < end {
             let (s, e, _) = self.granule(at);
             let a = self.engine.attrs().at(at);
-            let want = match a.access[d] {
+            let here = match a.access[d] {
                 Access::None => {
                     return Err(MigrateError::NoAccess {
                         device: d,
                         addr: at,
                     })
                 }
-                Access::MayMigrate if a.preferred == Some(Location::Device(d as u32)) => Want::Here,
-                _ => Want::NotElsewhere,
+                Access::MayMigrate => a.preferred == Some(Location::Device(d as u32)),
+                Access::InPlace => false,
+            };
+            let want = if write {
+                if a.flags.contains(Flags::DEVICE_READ_ONLY) {
+                    return Err(MigrateError::ReadOnly {
+                        device: d,
+                        addr: at,
+                    });
+                }
+                Want::Write(if here {
+                    Place::Here
+                } else {
+                    Place::NotElsewhere
+                })
+            } else if a.flags.contains(Flags::READ_MOSTLY) {
+                Want::Copy
+            } else if here {
+                Want::Here
+            } else {
+                Want::NotElsewhere
             };
             out.push((s, e, want));
             at = e;
@@ -686,7 +941,7 @@ impl Runtime {
     /// MMU, after the data is where its attributes say (`docs/attributes.md`,
     /// device accesses).
     pub fn device_sum(&mut self, d: usize, addr: u64, len: u64) -> Result<u64, MigrateError> {
-        let plan = self.plan(d, addr, len)?;
+        let plan = self.plan(d, addr, len, false)?;
         let r = self.migrator.with_device(
             d,
             &plan,
@@ -708,8 +963,8 @@ impl Runtime {
         src: u64,
         len: u64,
     ) -> Result<(), MigrateError> {
-        let mut plan = self.plan(d, src, len)?;
-        plan.extend(self.plan(d, dst, len)?);
+        let mut plan = self.plan(d, src, len, false)?;
+        plan.extend(self.plan(d, dst, len, true)?);
         let r = self.migrator.with_device(
             d,
             &plan,

@@ -21,7 +21,7 @@ use svmap_linux::uffd::Sources;
 use svmap_peer::{device, PeerConfig, FAILPOINT_ENV, PEER_FD_ENV};
 use svmap_runtime::migrate::{MigrateError, Runtime};
 use svmap_runtime::{seed_from_self, LinuxCpu, PeerDevice};
-use svmap_svm::attr::Access;
+use svmap_svm::attr::{Access, Flags};
 use svmap_svm::{Attr, DeviceConfig, Engine, Location};
 
 const MIB2: u64 = 2 << 20;
@@ -320,6 +320,121 @@ fn writers_racing_migrations_lose_nothing() {
     assert!(s.to_device >= 1 && s.cpu_faults >= 1, "{s:?}");
 }
 
+#[test]
+fn read_mostly_copies_are_dropped_before_a_cpu_write_lands() {
+    let _one = serial();
+    let mut rt = runtime();
+    let a = rt
+        .engine_mut()
+        .svm_alloc(MIB2, Some(MIB2), &["gpu0", "gpu1"], false)
+        .unwrap();
+    wr(a, 5);
+    rt.set_attr(a, MIB2, &[Attr::SetFlags(Flags::READ_MOSTLY)])
+        .unwrap();
+    // Both devices read: each gets a copy, the data stays here (no punch).
+    assert_eq!(rt.device_sum(0, a, 8).unwrap(), 5);
+    assert_eq!(rt.device_sum(1, a, 8).unwrap(), 5);
+    assert_eq!(rt.migrator().copies_of(a), vec![0, 1]);
+    assert_eq!(rt.migrator().location_of(a), Location::System);
+    assert_eq!(data_bytes(&rt, a, a, PG), PG);
+    // A CPU read does not fault; a CPU write faults and drops both copies.
+    assert_eq!(rd(a), 5);
+    assert_eq!(rt.stats().cpu_write_invalidations, 0);
+    wr(a, 6);
+    let s = rt.stats();
+    assert_eq!((s.copies, s.copies_dropped), (2, 2), "{s:?}");
+    assert_eq!(s.cpu_write_invalidations, 1);
+    assert!(rt.migrator().copies_of(a).is_empty());
+    assert_eq!(rt.device_sum(1, a, 8).unwrap(), 6);
+    // A device write drops every copy, its own included, and lands in
+    // system memory.
+    assert_eq!(rt.device_sum(0, a, 8).unwrap(), 6);
+    assert_eq!(rt.migrator().copies_of(a), vec![0, 1]);
+    let src = rt
+        .engine_mut()
+        .svm_alloc(PG, None, &["gpu0", "gpu1"], false)
+        .unwrap();
+    wr(src, 77);
+    rt.device_copy(1, a + 8, src, 8).unwrap();
+    assert!(rt.migrator().copies_of(a).is_empty());
+    assert_eq!(rd(a + 8), 77);
+    assert_eq!(rt.device_sum(0, a, 16).unwrap(), 6 + 77);
+    // Device read-only refuses device writes with a typed error.
+    rt.set_attr(a, MIB2, &[Attr::SetFlags(Flags::DEVICE_READ_ONLY)])
+        .unwrap();
+    assert!(matches!(
+        rt.device_copy(0, a, src, 8),
+        Err(MigrateError::ReadOnly { device: 0, .. })
+    ));
+    // Clearing read-mostly drops the copies; a prefetch of a read-mostly
+    // granule makes a copy.
+    rt.set_attr(a, MIB2, &[Attr::ClearFlags(Flags::READ_MOSTLY)])
+        .unwrap();
+    assert!(rt.migrator().copies_of(a).is_empty());
+    rt.set_attr(a, MIB2, &[Attr::SetFlags(Flags::READ_MOSTLY)])
+        .unwrap();
+    rt.prefetch(a, MIB2, Location::Device(1)).unwrap();
+    assert_eq!(rt.migrator().copies_of(a), vec![1]);
+    // Freeing drops the copies; nothing stays registered.
+    rt.free(a).unwrap();
+    assert!(rt.migrator().copies_of(a).is_empty());
+}
+
+#[test]
+fn a_cpu_writer_racing_device_reads_of_a_read_mostly_granule_is_never_lost() {
+    let _one = serial();
+    let mut rt = runtime();
+    let a = rt
+        .engine_mut()
+        .svm_alloc(MIB2, Some(MIB2), &["gpu0", "gpu1"], false)
+        .unwrap();
+    rt.set_attr(
+        a,
+        MIB2,
+        &[Attr::SetFlags(Flags::READ_MOSTLY), Attr::Granularity(0)],
+    )
+    .unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (done, stop) = (done.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) || n < 200 {
+                n += 1;
+                wr(a, n);
+                assert_eq!(rd(a), n, "a CPU write was lost");
+                done.store(n, Ordering::Release);
+            }
+            n
+        })
+    };
+    let mut reads = 0u64;
+    let started = std::time::Instant::now();
+    while reads < 400 && started.elapsed() < Duration::from_secs(20) {
+        for d in 0..2 {
+            // Every write completed before the read is visible to it (no
+            // stale copy), and nothing newer than the writer has made.
+            let before = done.load(Ordering::Acquire);
+            let v = rt.device_sum(d, a, 8).unwrap();
+            let after = done.load(Ordering::Acquire);
+            assert!(
+                v >= before,
+                "device {d} read {v}, stale (write {before} done)"
+            );
+            assert!(v <= after + 1, "device {d} read {v}, not yet written");
+            reads += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let n = writer.join().unwrap();
+    assert_eq!(rd(a), n);
+    assert_eq!(rt.device_sum(0, a, 8).unwrap(), n);
+    assert_eq!(rt.device_sum(1, a, 8).unwrap(), n);
+    let s = rt.stats();
+    assert!(s.copies >= 2 && s.cpu_write_invalidations >= 1, "{s:?}");
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     CpuWrite(u64, u64),
@@ -329,6 +444,7 @@ enum Op {
     Prefetch(u64, u64, Option<usize>),
     Granularity(u64, u64, u8),
     Prefer(u64, u64, Option<usize>),
+    ReadMostly(u64, u64, bool),
 }
 
 const PAGES: u64 = 32;
@@ -344,7 +460,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..2, word).prop_map(|(d, w)| Op::DevRead(d, w)),
         2 => (page.clone(), 1u64..8, dev.clone()).prop_map(|(p, n, d)| Op::Prefetch(p, n, d)),
         1 => (page.clone(), 1u64..8, 0u8..4).prop_map(|(p, n, k)| Op::Granularity(p, n, k)),
-        1 => (page, 1u64..8, dev).prop_map(|(p, n, d)| Op::Prefer(p, n, d)),
+        1 => (page.clone(), 1u64..8, dev).prop_map(|(p, n, d)| Op::Prefer(p, n, d)),
+        2 => (page, 1u64..8, any::<bool>()).prop_map(|(p, n, on)| Op::ReadMostly(p, n, on)),
     ]
 }
 
@@ -353,7 +470,10 @@ proptest! {
 
     /// CPU and device reads always see what the model says every word
     /// holds, wherever the migrations put it; a prefetch leaves its pages
-    /// where it asked.
+    /// where it asked (or, read-mostly, with a read-only copy there). Copies
+    /// follow the model: a device read of a read-mostly page leaves a copy
+    /// on that device (or the page on it alone), a write anywhere leaves no
+    /// copy of the page, a page held by one device alone has no copies.
     #[test]
     fn contents_follow_the_model(ops in proptest::collection::vec(op(), 1..50)) {
         let _one = serial();
@@ -368,12 +488,14 @@ proptest! {
         }
         rt.set_attr(a, len, &[Attr::Granularity(2)]).unwrap();
         let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut mostly = [false; PAGES as usize];
         let clip = |p: u64, n: u64| (a + p * PG, (n.min(PAGES - p)) * PG);
         for op in ops {
             match op {
                 Op::CpuWrite(w, v) => {
                     wr(a + w, v);
                     model.insert(w, v);
+                    prop_assert_eq!(rt.migrator().copies_of(a + w), Vec::<usize>::new());
                 }
                 Op::CpuRead(w) => {
                     prop_assert_eq!(rd(a + w), model.get(&w).copied().unwrap_or(0));
@@ -381,19 +503,30 @@ proptest! {
                 Op::DevWrite(d, w, s) => {
                     rt.device_copy(d, a + w, src + 8 * s, 8).unwrap();
                     model.insert(w, srcv[s as usize]);
+                    prop_assert_eq!(rt.migrator().copies_of(a + w), Vec::<usize>::new());
                 }
                 Op::DevRead(d, w) => {
                     prop_assert_eq!(
                         rt.device_sum(d, a + w, 8).unwrap(),
                         model.get(&w).copied().unwrap_or(0)
                     );
+                    if mostly[(w / PG) as usize] {
+                        let here = rt.migrator().location_of(a + w) == Location::Device(d as u32);
+                        prop_assert!(here || rt.migrator().copies_of(a + w).contains(&d));
+                    }
                 }
                 Op::Prefetch(p, n, d) => {
                     let (s, l) = clip(p, n);
                     let loc = d.map_or(Location::System, |d| Location::Device(d as u32));
                     rt.prefetch(s, l, loc).unwrap();
                     for pg in (s..s + l).step_by(PG as usize) {
-                        prop_assert_eq!(rt.migrator().location_of(pg), loc);
+                        let at = rt.migrator().location_of(pg);
+                        match d {
+                            Some(d) if at == Location::System => {
+                                prop_assert!(rt.migrator().copies_of(pg).contains(&d));
+                            }
+                            _ => prop_assert_eq!(at, loc),
+                        }
                     }
                 }
                 Op::Granularity(p, n, k) => {
@@ -405,9 +538,37 @@ proptest! {
                     let loc = d.map(|d| Location::Device(d as u32));
                     rt.set_attr(s, l, &[Attr::PreferredLocation(loc)]).unwrap();
                 }
+                Op::ReadMostly(p, n, on) => {
+                    let (s, l) = clip(p, n);
+                    let change = if on { Attr::SetFlags(Flags::READ_MOSTLY) } else {
+                        Attr::ClearFlags(Flags::READ_MOSTLY)
+                    };
+                    rt.set_attr(s, l, &[change]).unwrap();
+                    for q in p..(p + n).min(PAGES) {
+                        mostly[q as usize] = on;
+                    }
+                    if !on {
+                        for pg in (s..s + l).step_by(PG as usize) {
+                            prop_assert_eq!(rt.migrator().copies_of(pg), Vec::<usize>::new());
+                        }
+                    }
+                }
+            }
+            for pg in (a..a + len).step_by(PG as usize) {
+                if rt.migrator().location_of(pg) != Location::System {
+                    prop_assert_eq!(rt.migrator().copies_of(pg), Vec::<usize>::new());
+                }
             }
         }
-        // At the end, every word from the CPU.
+        // At the end, every word from each device and from the CPU.
+        for d in 0..2 {
+            for w in (0..len).step_by(8) {
+                prop_assert_eq!(
+                    rt.device_sum(d, a + w, 8).unwrap(),
+                    model.get(&w).copied().unwrap_or(0)
+                );
+            }
+        }
         for w in (0..len).step_by(8) {
             prop_assert_eq!(rd(a + w), model.get(&w).copied().unwrap_or(0));
         }
