@@ -768,9 +768,10 @@ enum svmap_status_t svmap_runtime_get_attr(struct svmap_runtime_t *rt,
  * Migrates `[addr, addr + length)` (SVM memory) to `location`
  * (`SVMAP_LOCATION_SYSTEM` or 1 + device index) now, in whole granules of
  * the range's granularity: parts held by another device come back first
- * (its migrate callback with `to_device` 0), then the target device's
- * callback takes each granule (`to_device` 1). A device whose access is
- * none is `SVMAP_EPERM`; a callback that fails is `SVMAP_EIO`.
+ * (its migrate callback with `to_device` 0), then every other device of
+ * the range invalidates the granule (its invalidate callback) and the
+ * target device's callback takes it (`to_device` 1). A device whose
+ * access is none is `SVMAP_EPERM`; a callback that fails is `SVMAP_EIO`.
  *
  * # Safety
  *

@@ -132,7 +132,7 @@ fn prefetch(r: &mut svmap_runtime_t, start: u64, len: u64, loc: Location) -> Ffi
     let end = start + len;
     let mut at = start;
     while at < end {
-        let (s, e, _) = svmap_runtime::migrate::granule_of(&r.engine, at);
+        let (s, e, devs) = svmap_runtime::migrate::granule_of(&r.engine, at);
         let target = match loc {
             Location::System => None,
             Location::Device(d) => {
@@ -162,6 +162,18 @@ fn prefetch(r: &mut svmap_runtime_t, start: u64, len: u64, loc: Location) -> Ffi
                 r.on_device.remove(&gs);
             }
             if let Some(d) = target {
+                // Every other device of the range lets go of the granule
+                // (its invalidate callback) before it moves.
+                for j in devs.into_iter().filter(|&j| j != d) {
+                    r.engine.device_backends_mut()[j]
+                        .invalidate(s, e)
+                        .map_err(|err| {
+                            Failure::new(
+                                SVMAP_EIO,
+                                format!("invalidating [{s:#x}, {e:#x}) before a migration: {err}"),
+                            )
+                        })?;
+                }
                 call_migrate(r, d, s, e, true)?;
                 r.on_device.insert(s, (e, d));
             }
@@ -295,9 +307,10 @@ pub unsafe extern "C" fn svmap_runtime_get_attr(
 /// Migrates `[addr, addr + length)` (SVM memory) to `location`
 /// (`SVMAP_LOCATION_SYSTEM` or 1 + device index) now, in whole granules of
 /// the range's granularity: parts held by another device come back first
-/// (its migrate callback with `to_device` 0), then the target device's
-/// callback takes each granule (`to_device` 1). A device whose access is
-/// none is `SVMAP_EPERM`; a callback that fails is `SVMAP_EIO`.
+/// (its migrate callback with `to_device` 0), then every other device of
+/// the range invalidates the granule (its invalidate callback) and the
+/// target device's callback takes it (`to_device` 1). A device whose
+/// access is none is `SVMAP_EPERM`; a callback that fails is `SVMAP_EIO`.
 ///
 /// # Safety
 ///

@@ -208,6 +208,19 @@ fn c_runtime_with_recording_devices() {
     assert!(text.contains("checks passed"), "{text}");
 }
 
+/// Attributes and prefetch from C with recording invalidate and migrate
+/// callbacks: invalidation of the other device before each migration to a
+/// device, whole granules, bad attribute lists refused.
+#[test]
+fn c_runtime_attributes_and_prefetch_with_recording_callbacks() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/test_migrate.c");
+    let exe = compile(&src, "test_migrate_static", Link::Static);
+    let o = run_ok(&mut Command::new(&exe));
+    let text = String::from_utf8_lossy(&o.stdout);
+    println!("{text}");
+    assert!(text.contains("checks passed"), "{text}");
+}
+
 /// The same under valgrind, without the window round: valgrind keeps
 /// address ranges of its own that `/proc/self/maps` does not show, so a
 /// window reservation over the free space below 2^40 meets one of them and

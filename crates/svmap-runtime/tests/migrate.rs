@@ -57,13 +57,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn engine() -> Engine<LinuxCpu, PeerDevice> {
+    engine_with_timeout(Duration::from_secs(30))
+}
+
+fn engine_with_timeout(timeout: Duration) -> Engine<LinuxCpu, PeerDevice> {
     let cpu = LinuxCpu::new(false);
     let dir = cpu.directory();
     let mut e = Engine::new(MmConfig::default(), cpu);
     seed_from_self(&mut e).unwrap();
     for (name, bits) in [("gpu0", 40u32), ("gpu1", 44)] {
         let mut cfg = PeerConfig::new(bits, 1);
-        cfg.timeout = Duration::from_secs(30);
+        cfg.timeout = timeout;
         let dev = PeerDevice::spawn(peer_command(), &cfg, dir.clone()).unwrap();
         e.add_device_with(DeviceConfig::new(name, bits), dev)
             .unwrap();
@@ -433,6 +437,80 @@ fn a_cpu_writer_racing_device_reads_of_a_read_mostly_granule_is_never_lost() {
     assert_eq!(rt.device_sum(1, a, 8).unwrap(), n);
     let s = rt.stats();
     assert!(s.copies >= 2 && s.cpu_write_invalidations >= 1, "{s:?}");
+}
+
+/// A granule on gpu0, a free's batch sent to gpu0 and not yet awaited
+/// (the engine sends every device its batch before it waits), and a CPU
+/// thread that touches the granule: the handler may not talk to gpu0 while
+/// the batch is in flight.
+fn fault_during_batch(
+    timeout: Duration,
+) -> (Runtime, u64, std::thread::JoinHandle<(u64, Duration)>) {
+    let mut rt = Runtime::new(engine_with_timeout(timeout)).unwrap();
+    let a = rt
+        .engine_mut()
+        .svm_alloc(MIB2, Some(MIB2), &["gpu0"], false)
+        .unwrap();
+    let b = rt
+        .engine_mut()
+        .svm_alloc(MIB2, Some(MIB2), &["gpu0"], false)
+        .unwrap();
+    wr(a, 42);
+    assert_eq!(rt.device_sum(0, b, 8).unwrap(), 0);
+    rt.prefetch(a, MIB2, Location::Device(0)).unwrap();
+    let peer = rt.engine().device_backends()[0].shared();
+    peer.lock()
+        .unwrap()
+        .send_invalidate_unmap(&[(b, MIB2)])
+        .unwrap();
+    assert!(peer.lock().unwrap().in_flight());
+    let toucher = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        let v = rd(a);
+        (v, t0.elapsed())
+    });
+    (rt, a, toucher)
+}
+
+#[test]
+fn a_cpu_fault_waits_for_a_free_batch_in_flight_on_the_same_device() {
+    let _one = serial();
+    let (rt, a, toucher) = fault_during_batch(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !toucher.is_finished(),
+        "the fault was resolved during the batch"
+    );
+    let peer = rt.engine().device_backends()[0].shared();
+    peer.lock().unwrap().finish_invalidate_unmap().unwrap();
+    let (v, waited) = toucher.join().unwrap();
+    assert_eq!(v, 42);
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    let s = rt.stats();
+    assert_eq!((s.cpu_faults, s.to_system, s.lost), (1, 1, 0), "{s:?}");
+    assert_eq!(rt.migrator().location_of(a), Location::System);
+}
+
+#[test]
+fn a_cpu_fault_behind_a_batch_that_never_finishes_waits_only_the_device_timeout() {
+    let _one = serial();
+    let timeout = Duration::from_secs(1);
+    let (rt, a, toucher) = fault_during_batch(timeout);
+    let started = std::time::Instant::now();
+    while !toucher.is_finished() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(toucher.is_finished(), "the faulting thread still waits");
+    let (v, waited) = toucher.join().unwrap();
+    assert!(waited >= timeout, "{waited:?}");
+    // The device could not be asked for the data: the granule is lost (the
+    // thread reads zeros) and counted, and nothing waits any more.
+    assert_eq!(v, 0);
+    let s = rt.stats();
+    assert_eq!((s.cpu_faults, s.lost), (1, 1), "{s:?}");
+    assert_eq!(rt.migrator().location_of(a), Location::System);
+    let peer = rt.engine().device_backends()[0].shared();
+    peer.lock().unwrap().finish_invalidate_unmap().unwrap();
 }
 
 #[derive(Clone, Debug)]
