@@ -39,6 +39,12 @@
 //! - `Maps`: this process's own mappings (`/proc/self/maps`) in
 //!   `MapsReply` chunks, so that the CPU side never places anything over
 //!   them.
+//! - `MigrateIn` / `MigrateOut`: a range moves into memory private to this
+//!   process and back into the memfd.
+//! - `Resident{resident}`: a range another device holds is not resident
+//!   here: invalidated, and the fault handler maps nothing there (accesses
+//!   fault and the fault is the request's answer) until it is resident
+//!   again.
 //!
 //! The peer never blocks on anything but its socket; it exits when the CPU
 //! side closes it or sends `Shutdown`.
@@ -279,6 +285,7 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
         mem,
         page: page_size,
         bufs: BTreeMap::new(),
+        absent: BTreeMap::new(),
         by_id: HashMap::new(),
         next_id: 1,
         last_seq: 0,
@@ -325,6 +332,11 @@ fn serve_inner(mut chan: Channel, opts: &ServeOptions) -> Result<(), Stop> {
                 len,
                 write_back,
             } => dev.migrate_out(addr, len, write_back),
+            Msg::Resident {
+                addr,
+                len,
+                resident,
+            } => dev.set_resident(addr, len, resident),
             Msg::Stats => Msg::StatsReply {
                 words: dev.stats().to_words(),
             },
@@ -607,6 +619,9 @@ struct Device {
     page: u64,
     /// Start -> buffer: the "CPU mapping" the fault handler snapshots.
     bufs: BTreeMap<u64, DevBuf>,
+    /// Start -> end: ranges not resident for this device (another device
+    /// holds their data); the fault handler maps nothing there.
+    absent: BTreeMap<u64, u64>,
     /// Buffer id (frame) -> start.
     by_id: HashMap<u64, u64>,
     next_id: u64,
@@ -740,11 +755,13 @@ impl Device {
     /// address in this process.
     fn translate(&self, addr: u64, write: bool) -> Result<(), DevFault> {
         let bufs = &self.bufs;
+        let absent = &self.absent;
         let mut snapshot = |a: u64| {
+            let gone = absent.range(..=a).next_back().is_some_and(|(_, &e)| a < e);
             let perm = bufs
                 .range(..=a)
                 .next_back()
-                .filter(|(&s, b)| a < s + b.len)
+                .filter(|(&s, b)| !gone && a < s + b.len)
                 .map(|(_, b)| Perm {
                     frame: b.id,
                     read: b.readable,
@@ -1148,6 +1165,7 @@ impl Device {
     /// region entirely inside it.
     fn forget_range(&mut self, addr: u64, end: u64) {
         self.rework(addr, end, None);
+        self.absent.retain(|&s, &mut e| e <= addr || s >= end);
         // Attachments and regions entirely inside the range go too.
         let gone: Vec<u64> = self
             .attachments()
@@ -1248,6 +1266,22 @@ impl Device {
             Err(m) => return m,
         };
         self.move_backing(addr, end, |w| w.share_again(addr, len, write_back))
+    }
+
+    fn set_resident(&mut self, addr: u64, len: u64, resident: bool) -> Msg {
+        let end = match self.direct_range(addr, len) {
+            Ok(e) => e,
+            Err(m) => return m,
+        };
+        if resident {
+            self.absent.retain(|&s, &mut e| e <= addr || s >= end);
+        } else {
+            self.mirror.invalidate_start(addr, end);
+            self.mirror.invalidate_end();
+            self.absent.retain(|&s, &mut e| e <= addr || s >= end);
+            self.absent.insert(addr, end);
+        }
+        Msg::Ack
     }
 
     fn stats(&self) -> DeviceStats {

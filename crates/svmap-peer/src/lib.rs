@@ -1712,6 +1712,19 @@ impl DirectPeer {
         self.ack(&msg, None, "a migration from the device")
     }
 
+    /// Marks `[addr, addr + len)` resident for the device or not
+    /// ([`Msg::Resident`]): not resident, the device invalidates it and
+    /// faults there ([`PeerError::DeviceFault`]) instead of reaching the
+    /// memfd, until it is marked resident again.
+    pub fn set_resident(&mut self, addr: u64, len: u64, resident: bool) -> Result<(), PeerError> {
+        let msg = Msg::Resident {
+            addr,
+            len,
+            resident,
+        };
+        self.ack(&msg, None, "a residency change")
+    }
+
     /// The device copies `len` bytes from `src` to `dst` through its MMU.
     pub fn copy(&mut self, dst: u64, src: u64, len: u64) -> Result<(), PeerError> {
         self.inner.copy(dst, src, len)

@@ -33,8 +33,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"SVMP");
 /// [`Msg::MapRegion`]; 4: [`Msg::InvalidateUnmap`], several ranges
 /// invalidated, acknowledged and unmapped in one request, and
 /// [`Msg::Maps`] / [`Msg::MapsReply`], the peer's own mappings;
-/// 5: page migration, [`Msg::MigrateIn`] and [`Msg::MigrateOut`]).
-pub const VERSION: u8 = 5;
+/// 5: page migration, [`Msg::MigrateIn`] and [`Msg::MigrateOut`]; 6:
+/// [`Msg::Resident`], ranges another device holds).
+pub const VERSION: u8 = 6;
 /// Header bytes.
 pub const HEADER: usize = 16;
 /// The largest packet either side sends or accepts.
@@ -357,6 +358,20 @@ pub enum Msg {
         /// Write the bytes back (else drop them).
         write_back: bool,
     },
+    /// CPU -> peer (direct mode): whether `[addr, addr + len)` is resident
+    /// for this device. Not resident (another device holds its data): the
+    /// peer invalidates its device pages there, and its fault handler
+    /// reports a fault there ([`Msg::Fault`], unmapped) instead of mapping
+    /// the memfd, until the range is resident again. Answered with
+    /// [`Msg::Ack`].
+    Resident {
+        /// Start.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// Resident again (else not resident).
+        resident: bool,
+    },
 }
 
 /// A packet that is not a valid message.
@@ -411,6 +426,7 @@ impl Msg {
             Msg::MapsReply { .. } => 32,
             Msg::MigrateIn { .. } => 33,
             Msg::MigrateOut { .. } => 34,
+            Msg::Resident { .. } => 35,
         }
     }
 
@@ -451,6 +467,7 @@ impl Msg {
             Msg::MapsReply { .. } => "maps-reply",
             Msg::MigrateIn { .. } => "migrate-in",
             Msg::MigrateOut { .. } => "migrate-out",
+            Msg::Resident { .. } => "resident",
         }
     }
 
@@ -563,11 +580,16 @@ impl Msg {
             Msg::MigrateOut {
                 addr,
                 len,
-                write_back,
+                write_back: flag,
+            }
+            | Msg::Resident {
+                addr,
+                len,
+                resident: flag,
             } => {
                 w(*addr);
                 w(*len);
-                w(u64::from(*write_back));
+                w(u64::from(*flag));
             }
             Msg::MapRange { addr, len, prot } | Msg::Protect { addr, len, prot } => {
                 w(*addr);
@@ -875,6 +897,11 @@ impl Msg {
                 len: r.u64()?,
                 write_back: r.bool()?,
             },
+            35 => Msg::Resident {
+                addr: r.u64()?,
+                len: r.u64()?,
+                resident: r.bool()?,
+            },
             k => return bad(format!("unknown message kind {k}")),
         };
         if r.left() != 0 {
@@ -1067,6 +1094,11 @@ mod tests {
                 addr: 0x20_0000,
                 len: 0x1000,
                 write_back: true,
+            },
+            Msg::Resident {
+                addr: 0x20_0000,
+                len: 0x2000,
+                resident: false,
             },
         ]
     }

@@ -36,6 +36,12 @@
 //! device drop its copy (acknowledged) before it lifts the protection and
 //! the write lands. A device write drops every copy first, its own included.
 //!
+//! **Device faults**: while a granule is on a device, the other devices of
+//! its range are told it is not resident for them; an access there faults
+//! in the device process instead of reading the memfd's hole.
+//! [`Runtime::device_sum_on_fault`] services such faults (places the
+//! granule by the attributes) and has the device retry.
+//!
 //! Every step happens under one lock, so a migration and a fault on the
 //! same granule never interleave: a thread that writes during a migration
 //! to the device waits until the granule is on the device and then brings
@@ -59,7 +65,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use svmap_linux::uffd::{Sources, Uffd, UffdError};
-use svmap_peer::DirectPeer;
+use svmap_peer::{DirectPeer, PeerError};
 use svmap_svm::attr::{Access, Flags, ATTR_PAGE};
 use svmap_svm::{Attr, AttrError, DeviceConfig, Engine, EngineError, Location, RangeAttrs};
 
@@ -181,6 +187,9 @@ pub struct MigrateStats {
     /// CPU writes to a granule with device copies that dropped them
     /// (write-protect faults).
     pub cpu_write_invalidations: u64,
+    /// Device faults on a granule another device held, serviced by
+    /// placing it ([`Runtime::device_sum_on_fault`]).
+    pub device_faults: u64,
 }
 
 struct State {
@@ -192,6 +201,9 @@ struct State {
     /// bit mask of the devices that hold one). The CPU's mapping stays
     /// present and write-protected. Disjoint from `on_device`.
     copies: BTreeMap<u64, (u64, u64)>,
+    /// Granules on a device: start -> mask of the other devices told the
+    /// granule is not resident for them (they fault there).
+    not_resident: BTreeMap<u64, u64>,
     stats: MigrateStats,
 }
 
@@ -384,14 +396,55 @@ impl State {
             .find(s, e)
             .ok_or(MigrateError::Attr(AttrError::NotSvm { addr: s }))?;
         drop(self.peer(d)?);
-        for &j in others.iter().filter(|&&j| j != d) {
-            self.peer(j)?
-                .invalidate(s, len)
-                .map_err(|err| MigrateError::Device {
-                    device: j,
-                    detail: err.to_string(),
-                })?;
+        // The other devices let go of the granule and fault there (instead
+        // of reading the memfd's hole) until it comes back.
+        let mut marked = 0u64;
+        for &j in others.iter().filter(|&&j| j != d && j < 64) {
+            let r = self.peer(j).and_then(|mut p| {
+                p.set_resident(s, len, false)
+                    .map_err(|err| MigrateError::Device {
+                        device: j,
+                        detail: err.to_string(),
+                    })
+            });
+            if let Err(err) = r {
+                self.mark_resident(s, len, marked);
+                return Err(err);
+            }
+            marked |= 1 << j;
         }
+        match self.move_in_marked(uffd, &heap, s, e, d) {
+            Ok(()) => {
+                self.not_resident.insert(s, marked);
+                Ok(())
+            }
+            Err(err) => {
+                self.mark_resident(s, len, marked);
+                Err(err)
+            }
+        }
+    }
+
+    /// Marks `[s, s + len)` resident again on the devices of `mask`
+    /// (errors ignored: a failed device process is dead from then on).
+    fn mark_resident(&self, s: u64, len: u64, mask: u64) {
+        for j in (0..64).filter(|j| mask & (1u64 << j) != 0) {
+            if let Ok(mut p) = self.peer(j) {
+                let _ = p.set_resident(s, len, true);
+            }
+        }
+    }
+
+    /// The steps of [`State::move_in`] after the other devices let go.
+    fn move_in_marked(
+        &mut self,
+        uffd: &Uffd,
+        heap: &crate::directory::HeapEntry,
+        s: u64,
+        e: u64,
+        d: usize,
+    ) -> Result<(), MigrateError> {
+        let len = e - s;
         uffd.register(s, len).map_err(MigrateError::Uffd)?;
         if let Err(err) = uffd.write_protect(s, len, true) {
             let _ = uffd.unregister(s, len);
@@ -445,6 +498,8 @@ impl State {
         };
         // Unregistered whatever happened: no thread may wait forever.
         let u = uffd.unregister(s, len);
+        let marked = self.not_resident.remove(&s).unwrap_or(0);
+        self.mark_resident(s, len, marked);
         match &r {
             Ok(()) if write_back => {
                 self.stats.to_system += 1;
@@ -526,6 +581,7 @@ impl Migrator {
                 directory,
                 on_device: BTreeMap::new(),
                 copies: BTreeMap::new(),
+                not_resident: BTreeMap::new(),
                 stats: MigrateStats::default(),
             }),
         });
@@ -601,6 +657,13 @@ impl Migrator {
         others: &[usize],
     ) -> Result<(), MigrateError> {
         lock(&self.shared.state).move_in(&self.shared.uffd, s, e, d, others)
+    }
+
+    /// Whether the page at `addr` is held by a device other than `d`.
+    fn held_elsewhere(&self, addr: u64, d: usize) -> bool {
+        lock(&self.shared.state)
+            .holding(addr)
+            .is_some_and(|(_, _, x)| x != d)
     }
 
     /// Moves every granule on a device that overlaps `[s, e)` back.
@@ -975,6 +1038,48 @@ impl Runtime {
             device: d,
             detail: err.to_string(),
         })
+    }
+
+    /// Device `d` sums the `u64` words of `[addr, addr + len)`, placing
+    /// data on the device's faults instead of before the request: the
+    /// request goes to the device process as it is; a granule that another
+    /// device holds is not resident for `d`, so the device faults there
+    /// and the request answers with the fault; the runtime places that
+    /// granule by the attributes (as [`Runtime::device_sum`] would) and has
+    /// the device retry. A fault anywhere else is the request's error
+    /// ([`MigrateError::Device`]), and so is a fault past one per page of
+    /// the range plus two.
+    pub fn device_sum_on_fault(
+        &mut self,
+        d: usize,
+        addr: u64,
+        len: u64,
+    ) -> Result<u64, MigrateError> {
+        let bound = len / ATTR_PAGE + 2;
+        let mut faults = 0;
+        loop {
+            let r =
+                self.migrator
+                    .with_device(d, &[], |_, _| Vec::new(), |p| p.sum_u64(addr, len))?;
+            match r {
+                Ok(v) => return Ok(v),
+                Err(PeerError::DeviceFault { addr: at, .. })
+                    if faults < bound && self.migrator.held_elsewhere(at, d) =>
+                {
+                    faults += 1;
+                    let plan = self.plan(d, at, 1, false)?;
+                    self.migrator
+                        .with_device(d, &plan, |s, e| self.devices_of(s, e), |_| ())?;
+                    lock(&self.migrator.shared.state).stats.device_faults += 1;
+                }
+                Err(err) => {
+                    return Err(MigrateError::Device {
+                        device: d,
+                        detail: err.to_string(),
+                    })
+                }
+            }
+        }
     }
 
     /// The counters.

@@ -439,6 +439,65 @@ fn a_cpu_writer_racing_device_reads_of_a_read_mostly_granule_is_never_lost() {
     assert!(s.copies >= 2 && s.cpu_write_invalidations >= 1, "{s:?}");
 }
 
+#[test]
+fn a_device_fault_on_a_granule_another_device_holds_is_serviced_and_retried() {
+    let _one = serial();
+    let mut rt = runtime();
+    let a = rt
+        .engine_mut()
+        .svm_alloc(2 * MIB2, Some(MIB2), &["gpu0", "gpu1"], false)
+        .unwrap();
+    let mut want = 0u64;
+    for k in 0..8u64 {
+        wr(a + k * PG, k + 1);
+        wr(a + MIB2 + k * PG, 100 + k);
+        want += (k + 1) + (100 + k);
+    }
+    rt.prefetch(a, 2 * MIB2, Location::Device(0)).unwrap();
+    // gpu1 asked directly (not through the runtime): it faults on the
+    // granule gpu0 holds instead of reading the memfd's hole.
+    let direct = rt.engine_mut().device_backends_mut()[1]
+        .peer()
+        .sum_u64(a, 8);
+    assert!(
+        matches!(direct, Err(svmap_peer::PeerError::DeviceFault { addr, .. }) if addr == a),
+        "{direct:?}"
+    );
+    // Through the fault path: each granule is brought back on its fault
+    // (gpu1 has no preference) and the device retries.
+    assert_eq!(rt.device_sum_on_fault(1, a, 2 * MIB2).unwrap(), want);
+    assert_eq!(rt.stats().device_faults, 2);
+    assert_eq!(rt.migrator().location_of(a), Location::System);
+    assert_eq!(rt.migrator().location_of(a + MIB2), Location::System);
+    // Resident again: gpu1 reaches it directly.
+    let direct = rt.engine_mut().device_backends_mut()[1]
+        .peer()
+        .sum_u64(a, 8);
+    assert_eq!(direct.unwrap(), 1);
+    // Preferred gpu1 (may migrate): the fault moves the granule to gpu1.
+    rt.prefetch(a, MIB2, Location::Device(0)).unwrap();
+    rt.set_attr(
+        a,
+        MIB2,
+        &[Attr::PreferredLocation(Some(Location::Device(1)))],
+    )
+    .unwrap();
+    assert_eq!(rt.device_sum_on_fault(1, a, 8).unwrap(), 1);
+    assert_eq!(rt.stats().device_faults, 3);
+    assert_eq!(rt.migrator().location_of(a), Location::Device(1));
+    // gpu0 now faults on it in turn, and the CPU still reads it.
+    let direct = rt.engine_mut().device_backends_mut()[0]
+        .peer()
+        .sum_u64(a, 8);
+    assert!(direct.is_err(), "{direct:?}");
+    assert_eq!(rd(a + 7 * PG), 8);
+    // A fault outside SVM memory is the request's error, not retried.
+    assert!(matches!(
+        rt.device_sum_on_fault(1, 0x1000, 8),
+        Err(MigrateError::Device { device: 1, .. })
+    ));
+}
+
 /// A granule on gpu0, a free's batch sent to gpu0 and not yet awaited
 /// (the engine sends every device its batch before it waits), and a CPU
 /// thread that touches the granule: the handler may not talk to gpu0 while
