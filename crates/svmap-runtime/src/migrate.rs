@@ -419,7 +419,13 @@ impl State {
                 Ok(())
             }
             Err(err) => {
-                self.mark_resident(s, len, marked);
+                if self.on_device.get(&s) == Some(&(e, d)) {
+                    // Recorded as on the device after all (see
+                    // `move_in_marked`): the others keep faulting there.
+                    self.not_resident.insert(s, marked);
+                } else {
+                    self.mark_resident(s, len, marked);
+                }
                 Err(err)
             }
         }
@@ -445,13 +451,23 @@ impl State {
         d: usize,
     ) -> Result<(), MigrateError> {
         let len = e - s;
+        // The device first: once the granule is registered and write
+        // protected, every way out below lifts both (or records the granule
+        // as on the device), so no CPU thread can wait on a granule the
+        // state does not know. The device's lock is held throughout, so no
+        // batch can start on it in between.
+        let mut p = self.peer(d)?;
         uffd.register(s, len).map_err(MigrateError::Uffd)?;
-        if let Err(err) = uffd.write_protect(s, len, true) {
+        let release = |uffd: &Uffd| {
+            let _ = uffd.write_protect(s, len, false);
             let _ = uffd.unregister(s, len);
+        };
+        if let Err(err) = uffd.write_protect(s, len, true) {
+            release(uffd);
             return Err(MigrateError::Uffd(err));
         }
-        if let Err(err) = self.peer(d)?.migrate_in(s, len) {
-            let _ = uffd.unregister(s, len);
+        if let Err(err) = p.migrate_in(s, len) {
+            release(uffd);
             return Err(MigrateError::Device {
                 device: d,
                 detail: err.to_string(),
@@ -465,14 +481,23 @@ impl State {
         );
         if let Err(errno) = punched {
             // The memfd still holds the bytes: take them back from the
-            // device (it may not have changed them: the lock is held).
-            let _ = self.peer(d)?.migrate_out(s, len, true);
-            let _ = uffd.unregister(s, len);
+            // device (it may not have changed them: its lock is held).
+            // Where even that fails, the device keeps the granule as far as
+            // it knows: the state says so too (registered, write
+            // protected), so a CPU write still asks the device for it.
+            let back = p.migrate_out(s, len, true);
+            drop(p);
+            if back.is_ok() {
+                release(uffd);
+            } else {
+                self.on_device.insert(s, (e, d));
+            }
             return Err(MigrateError::Punch {
                 addr: s,
                 errno: errno.raw_os_error(),
             });
         }
+        drop(p);
         self.on_device.insert(s, (e, d));
         self.stats.to_device += 1;
         self.stats.bytes_to_device += len;
@@ -556,7 +581,14 @@ fn handle_faults(sh: &Shared) {
                 let _ = st.move_out(&sh.uffd, s, true);
             }
             None => {
+                // Already back (another fault or a prefetch resolved it),
+                // or registered by a path that failed to clean up: the
+                // state does not know the page, so nothing may keep it
+                // registered. Lifting the protection and unregistering wake
+                // the thread; so does the wake (an unregistered page).
                 st.stats.spurious_faults += 1;
+                let _ = sh.uffd.write_protect(page, ATTR_PAGE, false);
+                let _ = sh.uffd.unregister(page, ATTR_PAGE);
                 let _ = sh.uffd.wake(page, ATTR_PAGE);
             }
         }
@@ -1085,5 +1117,56 @@ impl Runtime {
     /// The counters.
     pub fn stats(&self) -> MigrateStats {
         self.migrator.stats()
+    }
+}
+
+#[cfg(test)]
+#[allow(unsafe_code)] // one volatile store into this test's own SVM range
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A page registered and write protected that the state does not know
+    /// (a path that failed to clean up): the handler unregisters it, so
+    /// the writer's store lands instead of faulting again forever.
+    #[test]
+    fn the_handler_releases_a_registered_page_the_state_does_not_know() {
+        let cpu = LinuxCpu::new(false);
+        let mut e = Engine::new(svmap_core::linux::MmConfig::default(), cpu);
+        crate::seed_from_self(&mut e).unwrap();
+        let mut rt = match Runtime::new(e) {
+            Ok(rt) => rt,
+            Err(MigrateError::Unavailable(u)) => {
+                eprintln!("skipped: {u}");
+                return;
+            }
+            Err(x) => panic!("{x}"),
+        };
+        let a = rt
+            .engine_mut()
+            .svm_alloc::<&str>(0x4000, None, &[], false)
+            .unwrap();
+        rt.engine_mut().cpu_backend_mut().write_u64(a, 1).unwrap();
+        let uffd = &rt.migrator.shared.uffd;
+        uffd.register(a, ATTR_PAGE).unwrap();
+        uffd.write_protect(a, ATTR_PAGE, true).unwrap();
+        let writer = std::thread::spawn(move || {
+            // SAFETY: 8 aligned bytes of a live read-write SVM range of
+            // this test; no Rust reference points there.
+            unsafe { std::ptr::write_volatile(a as *mut u64, 2) }
+        });
+        let t0 = Instant::now();
+        while !writer.is_finished() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let done = writer.is_finished();
+        if !done {
+            // Let the writer go before failing, so the test ends.
+            let _ = uffd.unregister(a, ATTR_PAGE);
+        }
+        writer.join().unwrap();
+        assert!(done, "the writer still faults on the page");
+        assert_eq!(rt.engine().cpu_backend().read_u64(a).unwrap(), 2);
+        assert!(rt.stats().spurious_faults >= 1);
     }
 }

@@ -601,6 +601,68 @@ fn a_cpu_fault_behind_a_batch_that_never_finishes_waits_only_the_device_timeout(
     peer.lock().unwrap().finish_invalidate_unmap().unwrap();
 }
 
+/// A CPU writer and reader of `a` on another thread; panics if it does not
+/// finish within ten seconds (a thread left waiting on a fault).
+fn touch_within_bound(a: u64, v: u64) -> u64 {
+    let t = std::thread::spawn(move || {
+        wr(a, v);
+        rd(a)
+    });
+    let started = std::time::Instant::now();
+    while !t.is_finished() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(t.is_finished(), "a CPU thread still waits on {a:#x}");
+    t.join().unwrap()
+}
+
+#[test]
+fn a_prefetch_a_device_cannot_take_leaves_the_granule_here_and_unregistered() {
+    let _one = serial();
+    let Some(mut rt) = runtime_of(engine_with_timeout(Duration::from_secs(1))) else {
+        return;
+    };
+    let a = rt
+        .engine_mut()
+        .svm_alloc(2 * MIB2, Some(MIB2), &["gpu0", "gpu1"], false)
+        .unwrap();
+    let b = a + MIB2;
+    wr(a, 5);
+    wr(b, 6);
+    // gpu0 busy with a batch that never finishes: the prefetch gives up
+    // after the device's timeout.
+    let peer0 = rt.engine().device_backends()[0].shared();
+    peer0
+        .lock()
+        .unwrap()
+        .send_invalidate_unmap(&[(a + 0x1000, 0x1000)])
+        .unwrap();
+    let r = rt.prefetch(a, MIB2, Location::Device(0));
+    assert!(
+        matches!(r, Err(MigrateError::Device { device: 0, .. })),
+        "{r:?}"
+    );
+    assert_eq!(rt.migrator().location_of(a), Location::System);
+    assert_eq!(touch_within_bound(a, 7), 7);
+    peer0.lock().unwrap().finish_invalidate_unmap().unwrap();
+    // gpu1 dead: its request fails after the granule was registered and
+    // write protected for the move; both are lifted again.
+    rt.engine().device_backends()[1]
+        .shared()
+        .lock()
+        .unwrap()
+        .kill();
+    let r = rt.prefetch(b, MIB2, Location::Device(1));
+    assert!(
+        matches!(r, Err(MigrateError::Device { device: 1, .. })),
+        "{r:?}"
+    );
+    assert_eq!(rt.migrator().location_of(b), Location::System);
+    assert_eq!(touch_within_bound(b, 8), 8);
+    let s = rt.stats();
+    assert_eq!((s.to_device, s.lost), (0, 0), "{s:?}");
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     CpuWrite(u64, u64),
