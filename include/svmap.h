@@ -737,7 +737,8 @@ enum svmap_status_t svmap_runtime_set_migrate(struct svmap_runtime_t *rt,
  *
  * `rt` is NULL (`SVMAP_EINVAL`) or a live handle from
  * `svmap_runtime_new`, not used by another thread during the call;
- * `attrs` is NULL (with `count` 0) or valid for reading `count` entries.
+ * `attrs` is NULL (with `count` 0), misaligned (`SVMAP_EINVAL`) or valid
+ * for reading `count` entries.
  */
 enum svmap_status_t svmap_runtime_set_attr(struct svmap_runtime_t *rt,
                                            uint64_t addr,
@@ -755,8 +756,9 @@ enum svmap_status_t svmap_runtime_set_attr(struct svmap_runtime_t *rt,
  *
  * # Safety
  *
- * `rt` as for `svmap_runtime_set_attr`; `attrs` is NULL (with `count` 0)
- * or valid for reading and writing `count` entries.
+ * `rt` as for `svmap_runtime_set_attr`; `attrs` is NULL (with `count` 0),
+ * misaligned (`SVMAP_EINVAL`) or valid for reading and writing `count`
+ * entries.
  */
 enum svmap_status_t svmap_runtime_get_attr(struct svmap_runtime_t *rt,
                                            uint64_t addr,

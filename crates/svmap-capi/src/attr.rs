@@ -70,11 +70,12 @@ fn attr_failure(e: AttrError) -> Failure {
 }
 
 /// The list `(attrs, count)`, checked: NULL only with a count of 0, at most
-/// 64 entries.
+/// 64 entries, aligned for `svmap_attr_t` (a misaligned pointer is a caller
+/// bug that can be seen: an error, not a misaligned read or write).
 ///
 /// # Safety
 ///
-/// `attrs` is NULL or valid for reading `count` entries.
+/// `attrs` is NULL, misaligned or valid for reading `count` entries.
 unsafe fn list<'a>(attrs: *const svmap_attr_t, count: usize) -> FfiResult<&'a [svmap_attr_t]> {
     if count > 64 {
         return Err(Failure::inval(format!("{count} attributes: at most 64")));
@@ -85,7 +86,11 @@ unsafe fn list<'a>(attrs: *const svmap_attr_t, count: usize) -> FfiResult<&'a [s
     if attrs.is_null() {
         return Err(Failure::null("attrs"));
     }
-    // SAFETY: non-null, and the caller guarantees `count` readable entries.
+    if !attrs.is_aligned() {
+        return Err(Failure::inval("attrs is not aligned"));
+    }
+    // SAFETY: non-null, aligned (checked), and the caller guarantees
+    // `count` readable entries.
     Ok(unsafe { std::slice::from_raw_parts(attrs, count) })
 }
 
@@ -230,7 +235,8 @@ pub unsafe extern "C" fn svmap_runtime_set_migrate(
 ///
 /// `rt` is NULL (`SVMAP_EINVAL`) or a live handle from
 /// `svmap_runtime_new`, not used by another thread during the call;
-/// `attrs` is NULL (with `count` 0) or valid for reading `count` entries.
+/// `attrs` is NULL (with `count` 0), misaligned (`SVMAP_EINVAL`) or valid
+/// for reading `count` entries.
 #[no_mangle]
 pub unsafe extern "C" fn svmap_runtime_set_attr(
     rt: *mut svmap_runtime_t,
@@ -272,8 +278,9 @@ pub unsafe extern "C" fn svmap_runtime_set_attr(
 ///
 /// # Safety
 ///
-/// `rt` as for `svmap_runtime_set_attr`; `attrs` is NULL (with `count` 0)
-/// or valid for reading and writing `count` entries.
+/// `rt` as for `svmap_runtime_set_attr`; `attrs` is NULL (with `count` 0),
+/// misaligned (`SVMAP_EINVAL`) or valid for reading and writing `count`
+/// entries.
 #[no_mangle]
 pub unsafe extern "C" fn svmap_runtime_get_attr(
     rt: *mut svmap_runtime_t,
@@ -414,6 +421,32 @@ mod tests {
 
     fn attr(type_: u32, value: u64) -> svmap_attr_t {
         svmap_attr_t { type_, value }
+    }
+
+    #[test]
+    fn a_misaligned_attribute_list_is_refused() {
+        let rt = Rt(Box::into_raw(crate::svmap_runtime_new(false).unwrap()));
+        // Room for two entries and a byte more, so that base + 4 is a
+        // misaligned pointer to one whole entry inside the buffer.
+        let mut buf = [0u64; 5];
+        let p = buf.as_mut_ptr().cast::<u8>().wrapping_add(4);
+        let p = p.cast::<svmap_attr_t>();
+        assert!(!p.is_aligned());
+        // SAFETY: a live handle; `p` points inside `buf` (the call must
+        // refuse it before reading).
+        let st = unsafe { svmap_runtime_set_attr(rt.0, 0x10000, 0x1000, p, 1) };
+        assert_eq!(st, SVMAP_EINVAL);
+        // SAFETY: the message is a NUL-terminated string of this thread,
+        // valid until its next call.
+        let msg = unsafe { std::ffi::CStr::from_ptr(crate::svmap_last_error_message()) };
+        assert!(
+            msg.to_str().unwrap().contains("attrs is not aligned"),
+            "{msg:?}"
+        );
+        // SAFETY: as above; nothing may be written through `p`.
+        let st = unsafe { svmap_runtime_get_attr(rt.0, 0x10000, 0x1000, p, 1) };
+        assert_eq!(st, SVMAP_EINVAL);
+        assert_eq!(buf, [0; 5]);
     }
 
     #[test]
