@@ -318,6 +318,29 @@ impl RangeAttrs {
         }
     }
 
+    /// These attributes once device `d` is removed: its access entry goes
+    /// and the entries above it move down one index (the last one holds
+    /// the default); a location naming `d` becomes undefined; a location
+    /// naming a device above `d` names it by its new index.
+    pub fn without_device(&self, d: usize) -> RangeAttrs {
+        let loc = |l: Option<Location>| match l {
+            Some(Location::Device(x)) if x as usize == d => None,
+            Some(Location::Device(x)) if x as usize > d => Some(Location::Device(x - 1)),
+            other => other,
+        };
+        let mut access = self.access;
+        if d < MAX_DEVICES {
+            access.copy_within(d + 1.., d);
+            access[MAX_DEVICES - 1] = Access::default();
+        }
+        RangeAttrs {
+            preferred: loc(self.preferred),
+            prefetch: loc(self.prefetch),
+            access,
+            ..*self
+        }
+    }
+
     /// Migration granularity in bytes.
     pub fn granule_bytes(&self) -> u64 {
         ATTR_PAGE << self.granularity
@@ -523,6 +546,34 @@ impl AttrMap {
     /// Drops the attributes of `[start, end)` (it reads default again).
     pub fn remove(&mut self, start: u64, end: u64) {
         self.m.remove_range(start, end);
+    }
+
+    /// Device `d` is removed: every stored range's attributes become
+    /// [`RangeAttrs::without_device`]'s (the devices above `d` move down
+    /// one index, as they do in the space). Ranges that become default are
+    /// dropped and equal neighbours merged.
+    pub fn remove_device(&mut self, d: usize) {
+        let old = std::mem::take(&mut self.m);
+        let mut last: Option<(u64, u64, RangeAttrs)> = None;
+        for (s, e, a) in old.iter() {
+            let a = a.without_device(d);
+            match &mut last {
+                Some((_, le, la)) if *le == s && *la == a => *le = e,
+                _ => {
+                    if let Some((ls, le, la)) = last.take() {
+                        if la != RangeAttrs::default() {
+                            self.m.insert(ls, le, la);
+                        }
+                    }
+                    last = Some((s, e, a));
+                }
+            }
+        }
+        if let Some((ls, le, la)) = last {
+            if la != RangeAttrs::default() {
+                self.m.insert(ls, le, la);
+            }
+        }
     }
 
     /// Drops everything.

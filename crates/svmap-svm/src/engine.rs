@@ -601,6 +601,8 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         self.space
             .remove_device(device)
             .expect("the device was found above");
+        // Attributes are kept by device index too: the same shift.
+        self.attrs.remove_device(d);
         let backend = self.devs.remove(d);
         for p in &mut self.pending {
             p.done.retain(|&x| x != d);

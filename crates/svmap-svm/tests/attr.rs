@@ -360,3 +360,57 @@ fn a_freed_range_loses_its_attributes() {
     assert_eq!(b, a, "the window hands the same range out again");
     assert_eq!(eng.get_attr(b, 4 * PG).unwrap(), RangeAttrs::default());
 }
+
+#[test]
+fn removing_a_device_drops_its_attributes_and_renumbers_the_others() {
+    let (mut eng, _) = engine();
+    let a = eng
+        .svm_alloc(4 * PG, None, &["d0", "d1", "d2"], false)
+        .unwrap();
+    let acc = |device: u32, access| Attr::Access { device, access };
+    eng.set_attr(
+        a,
+        PG,
+        &[
+            Attr::PreferredLocation(Some(Location::Device(1))),
+            acc(1, Access::None),
+            acc(2, Access::InPlace),
+        ],
+    )
+    .unwrap();
+    eng.set_attr(
+        a + PG,
+        PG,
+        &[
+            Attr::PreferredLocation(Some(Location::Device(0))),
+            Attr::PrefetchLocation(Some(Location::Device(2))),
+        ],
+    )
+    .unwrap();
+    eng.set_attr(a + 2 * PG, PG, &[acc(1, Access::None)])
+        .unwrap();
+    eng.remove_device("d1").unwrap();
+    // Page 0: the preference for d1 is gone; old d2's access is d1's now.
+    let p0 = eng.get_attr(a, PG).unwrap();
+    assert_eq!(p0.preferred, None);
+    assert_eq!(
+        p0.access[..3],
+        [Access::MayMigrate, Access::InPlace, Access::MayMigrate]
+    );
+    // Page 1: old d2 is d1.
+    let p1 = eng.get_attr(a + PG, PG).unwrap();
+    assert_eq!(p1.preferred, Some(Location::Device(0)));
+    assert_eq!(p1.prefetch, Some(Location::Device(1)));
+    // Page 2 only named d1: it is default again, merged with page 3.
+    assert_eq!(
+        eng.get_attr(a + 2 * PG, 2 * PG).unwrap(),
+        RangeAttrs::default()
+    );
+    let stored: Vec<(u64, u64)> = eng.attrs().iter().map(|(s, e, _)| (s, e)).collect();
+    assert_eq!(stored, vec![(a, a + PG), (a + PG, a + 2 * PG)]);
+    // Two devices are left: index 2 names none.
+    assert_eq!(
+        eng.set_attr(a, PG, &[acc(2, Access::None)]),
+        Err(AttrError::UnknownDevice { device: 2 })
+    );
+}
