@@ -431,6 +431,50 @@ impl State {
         }
     }
 
+    /// Device `d` goes: its granules come back (written back; where its
+    /// process cannot answer they are lost and counted), every read-only
+    /// copy it holds is dropped (the other copies of those granules too),
+    /// and the devices above `d` move down one index in every record, as
+    /// they do in the engine. Returns the granules lost.
+    fn remove_peer(&mut self, uffd: &Uffd, d: usize) -> u64 {
+        let lost_before = self.stats.lost;
+        let held: Vec<u64> = self
+            .on_device
+            .iter()
+            .filter(|(_, &(_, x))| x == d)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in held {
+            let _ = self.move_out(uffd, s, true);
+        }
+        if d < 64 {
+            let copied: Vec<u64> = self
+                .copies
+                .iter()
+                .filter(|(_, &(_, m))| m & (1u64 << d) != 0)
+                .map(|(&s, _)| s)
+                .collect();
+            for s in copied {
+                let _ = self.drop_copies(uffd, s);
+            }
+        }
+        for (_, x) in self.on_device.values_mut() {
+            if *x > d {
+                *x -= 1;
+            }
+        }
+        for (_, m) in self.copies.values_mut() {
+            *m = without_bit(*m, d);
+        }
+        for m in self.not_resident.values_mut() {
+            *m = without_bit(*m, d);
+        }
+        if d < self.peers.len() {
+            self.peers.remove(d);
+        }
+        self.stats.lost - lost_before
+    }
+
     /// Marks `[s, s + len)` resident again on the devices of `mask`
     /// (errors ignored: a failed device process is dead from then on).
     fn mark_resident(&self, s: u64, len: u64, mask: u64) {
@@ -538,6 +582,16 @@ impl State {
     }
 }
 
+/// `mask` (bit `j`: device `j`) once device `d` is removed: bit `d` goes
+/// and the bits above it move down one.
+fn without_bit(mask: u64, d: usize) -> u64 {
+    if d >= 64 {
+        return mask;
+    }
+    let low = (1u64 << d) - 1;
+    (mask & low) | ((mask >> 1) & !low)
+}
+
 /// The migration machinery: the userfaultfd, the granules on devices, the
 /// fault handler thread. Dropping it brings every granule back and stops
 /// the thread (within 50 ms).
@@ -634,6 +688,14 @@ impl Migrator {
     /// Adds the device process of the next device index.
     pub fn push_peer(&self, peer: Arc<Mutex<DirectPeer>>) {
         lock(&self.shared.state).peers.push(peer);
+    }
+
+    /// Device `d` is removed: its granules come back (lost and counted
+    /// where its process cannot give them), its read-only copies are
+    /// dropped, and the devices above it move down one index. Returns the
+    /// granules lost.
+    pub fn remove_peer(&self, d: usize) -> u64 {
+        lock(&self.shared.state).remove_peer(&self.shared.uffd, d)
     }
 
     /// The counters.
@@ -885,6 +947,35 @@ impl Runtime {
         self.engine.add_device_with(cfg, dev)?;
         self.migrator.push_peer(p);
         Ok(())
+    }
+
+    /// Removes a device ([`Engine::remove_device`]): first its granules
+    /// come back to system memory (where its process cannot give them,
+    /// they are lost and counted in [`MigrateStats::lost`]) and its
+    /// read-only copies are dropped; then the engine removes it, and the
+    /// migrator renumbers the devices above it as the engine does.
+    pub fn remove_device(
+        &mut self,
+        name: &str,
+    ) -> Result<svmap_svm::RemovedDevice<PeerDevice>, MigrateError> {
+        let d = self
+            .engine
+            .space()
+            .devices()
+            .iter()
+            .position(|x| x.config().name == name)
+            .ok_or_else(|| {
+                MigrateError::Engine(EngineError::Svm(svmap_svm::SvmError::UnknownDevice {
+                    name: name.to_owned(),
+                }))
+            })?;
+        // Under the migration lock from here to the engine's removal, so
+        // that no granule moves to `d` in between.
+        let mut st = lock(&self.migrator.shared.state);
+        st.remove_peer(&self.migrator.shared.uffd, d);
+        let removed = self.engine.remove_device(name);
+        drop(st);
+        Ok(removed?)
     }
 
     /// Frees the SVM range at `addr`: its granules on devices are dropped

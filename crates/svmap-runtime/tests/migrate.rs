@@ -663,6 +663,61 @@ fn a_prefetch_a_device_cannot_take_leaves_the_granule_here_and_unregistered() {
     assert_eq!((s.to_device, s.lost), (0, 0), "{s:?}");
 }
 
+#[test]
+fn removing_a_device_brings_its_granules_back_and_renumbers_the_others() {
+    let _one = serial();
+    let Some(mut rt) = runtime() else { return };
+    let a = rt
+        .engine_mut()
+        .svm_alloc(2 * MIB2, Some(MIB2), &["gpu0", "gpu1"], false)
+        .unwrap();
+    let b = a + MIB2;
+    wr(a, 11);
+    wr(b, 22);
+    rt.prefetch(a, MIB2, Location::Device(0)).unwrap();
+    rt.set_attr(
+        b,
+        MIB2,
+        &[
+            Attr::PreferredLocation(Some(Location::Device(1))),
+            Attr::PrefetchLocation(Some(Location::Device(1))),
+        ],
+    )
+    .unwrap();
+    assert_eq!(rt.migrator().location_of(b), Location::Device(1));
+    let removed = rt.remove_device("gpu0").unwrap();
+    assert!(removed.detached.is_ok());
+    drop(removed);
+    // gpu0's granule is back here with its data; gpu1 is device 0 now,
+    // for the migrator as for the attributes, and still holds its granule.
+    assert_eq!(rt.migrator().location_of(a), Location::System);
+    assert_eq!(data_bytes(&rt, a, a, MIB2), MIB2);
+    assert_eq!(rd(a), 11);
+    assert_eq!(rt.migrator().location_of(b), Location::Device(0));
+    assert_eq!(
+        rt.get_attr(b, MIB2).unwrap().preferred,
+        Some(Location::Device(0))
+    );
+    assert_eq!(rt.device_sum(0, b, 8).unwrap(), 22);
+    let s = rt.stats();
+    assert_eq!((s.to_system, s.lost), (1, 0), "{s:?}");
+    // A device whose process is dead: its granule is lost (counted) and a
+    // CPU touch reads zeros instead of waiting.
+    rt.engine().device_backends()[0]
+        .shared()
+        .lock()
+        .unwrap()
+        .kill();
+    let removed = rt.remove_device("gpu1").unwrap();
+    assert!(removed.detached.is_err());
+    drop(removed);
+    assert_eq!(rt.migrator().location_of(b), Location::System);
+    assert_eq!(rt.stats().lost, 1);
+    assert_eq!(touch_within_bound(b + 8, 3), 3);
+    assert_eq!(rd(b), 0);
+    assert!(rt.remove_device("gpu1").is_err());
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     CpuWrite(u64, u64),
