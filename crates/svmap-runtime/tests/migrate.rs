@@ -332,9 +332,15 @@ fn writers_racing_migrations_lose_nothing() {
             })
         })
         .collect();
-    for _ in 0..40 {
+    // Forty moves at least, and on until a writer has faulted the granule
+    // back once (the writers may not have run yet on a loaded machine).
+    let started = std::time::Instant::now();
+    let mut moves = 0;
+    while moves < 40 || (rt.stats().cpu_faults == 0 && started.elapsed() < Duration::from_secs(30))
+    {
         rt.prefetch(a, MIB2, Location::Device(0)).unwrap();
         std::thread::sleep(Duration::from_millis(2));
+        moves += 1;
     }
     stop.store(true, Ordering::Relaxed);
     let counts: Vec<u64> = writers.into_iter().map(|h| h.join().unwrap()).collect();
@@ -458,10 +464,20 @@ fn a_cpu_writer_racing_device_reads_of_a_read_mostly_granule_is_never_lost() {
     stop.store(true, Ordering::Relaxed);
     let n = writer.join().unwrap();
     assert_eq!(rd(a), n);
+    // Whether the racing writes met a copy depends on the schedule; this
+    // one does: a copy exists, then a CPU write drops it before it lands.
     assert_eq!(rt.device_sum(0, a, 8).unwrap(), n);
-    assert_eq!(rt.device_sum(1, a, 8).unwrap(), n);
+    // (Device 1 may hold one too, from the last round of reads.)
+    assert!(rt.migrator().copies_of(a).contains(&0));
+    let before = rt.stats().cpu_write_invalidations;
+    wr(a, n + 1);
+    assert_eq!(rt.stats().cpu_write_invalidations, before + 1);
+    assert!(rt.migrator().copies_of(a).is_empty());
+    assert_eq!(rt.device_sum(0, a, 8).unwrap(), n + 1);
+    assert_eq!(rt.device_sum(1, a, 8).unwrap(), n + 1);
+    // Each device's first read made it a copy.
     let s = rt.stats();
-    assert!(s.copies >= 2 && s.cpu_write_invalidations >= 1, "{s:?}");
+    assert!(s.copies >= 2, "{s:?}");
 }
 
 #[test]
@@ -523,13 +539,15 @@ fn a_device_fault_on_a_granule_another_device_holds_is_serviced_and_retried() {
     ));
 }
 
+/// The thread that touches the granule: what it read, how long it waited
+/// from its own start, and when it resumed.
+type Toucher = std::thread::JoinHandle<(u64, Duration, std::time::Instant)>;
+
 /// A granule on gpu0, a free's batch sent to gpu0 and not yet awaited
 /// (the engine sends every device its batch before it waits), and a CPU
 /// thread that touches the granule: the handler may not talk to gpu0 while
 /// the batch is in flight.
-fn fault_during_batch(
-    timeout: Duration,
-) -> Option<(Runtime, u64, std::thread::JoinHandle<(u64, Duration)>)> {
+fn fault_during_batch(timeout: Duration) -> Option<(Runtime, u64, Toucher)> {
     let mut rt = runtime_of(engine_with_timeout(timeout))?;
     let a = rt
         .engine_mut()
@@ -551,7 +569,7 @@ fn fault_during_batch(
     let toucher = std::thread::spawn(move || {
         let t0 = std::time::Instant::now();
         let v = rd(a);
-        (v, t0.elapsed())
+        (v, t0.elapsed(), std::time::Instant::now())
     });
     Some((rt, a, toucher))
 }
@@ -568,10 +586,13 @@ fn a_cpu_fault_waits_for_a_free_batch_in_flight_on_the_same_device() {
         "the fault was resolved during the batch"
     );
     let peer = rt.engine().device_backends()[0].shared();
+    let released = std::time::Instant::now();
     peer.lock().unwrap().finish_invalidate_unmap().unwrap();
-    let (v, waited) = toucher.join().unwrap();
+    let (v, _, resumed) = toucher.join().unwrap();
     assert_eq!(v, 42);
-    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    // Measured here, not from the toucher's start (it may have started
+    // late): it resumed only after the batch was awaited.
+    assert!(resumed >= released);
     let s = rt.stats();
     assert_eq!((s.cpu_faults, s.to_system, s.lost), (1, 1, 0), "{s:?}");
     assert_eq!(rt.migrator().location_of(a), Location::System);
@@ -589,7 +610,7 @@ fn a_cpu_fault_behind_a_batch_that_never_finishes_waits_only_the_device_timeout(
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(toucher.is_finished(), "the faulting thread still waits");
-    let (v, waited) = toucher.join().unwrap();
+    let (v, waited, _) = toucher.join().unwrap();
     assert!(waited >= timeout, "{waited:?}");
     // The device could not be asked for the data: the granule is lost (the
     // thread reads zeros) and counted, and nothing waits any more.
