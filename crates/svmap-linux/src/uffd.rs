@@ -5,8 +5,11 @@
 //! data back and woken it.
 //!
 //! [`Uffd::open`] creates the descriptor (the `userfaultfd` system call
-//! with `UFFD_USER_MODE_ONLY`, which needs no privilege; where that is
-//! refused, `/dev/userfaultfd`), negotiates the API and checks the features
+//! for kernel and user faults; where that is refused, `/dev/userfaultfd`;
+//! where that is refused too, the system call with `UFFD_USER_MODE_ONLY`,
+//! which needs no privilege but makes a system call that touches a moved
+//! page fail with `EFAULT`: [`Uffd::user_mode_only`]), negotiates the API
+//! and checks the features
 //! svmap needs on shared memory: missing-page faults (`MISSING_SHMEM`) and
 //! write protection (`WP_HUGETLBFS_SHMEM`). Where either step is refused or
 //! a feature is missing, the answer is a typed [`UffdError`] at setup:
@@ -109,14 +112,18 @@ const USERFAULTFD_IOC_NEW: u64 = 0xAA00;
 /// Where [`Uffd::open_via`] may get its descriptor from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sources {
-    /// The `userfaultfd(UFFD_USER_MODE_ONLY)` system call.
+    /// The `userfaultfd` system call: first for kernel and user faults
+    /// (permitted with `CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd`
+    /// = 1), and, when neither that nor `/dev/userfaultfd` gave a
+    /// descriptor, with `UFFD_USER_MODE_ONLY` (no privilege needed; see
+    /// [`Uffd::user_mode_only`]).
     pub syscall: bool,
     /// The `USERFAULTFD_IOC_NEW` `ioctl` of `/dev/userfaultfd`.
     pub dev_node: bool,
 }
 
 impl Sources {
-    /// Both, the system call first.
+    /// Both, in the order of [`Sources::syscall`].
     pub const ALL: Sources = Sources {
         syscall: true,
         dev_node: true,
@@ -127,8 +134,8 @@ impl Sources {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UffdError {
     /// Neither source gave a descriptor: the system call failed with
-    /// `syscall` (`EPERM`: not permitted, e.g. a seccomp filter or
-    /// `vm.unprivileged_userfaultfd`; `ENOSYS`: not built in) and
+    /// `syscall` (its last try; `EPERM`: not permitted, e.g. a seccomp
+    /// filter; `ENOSYS`: not built in) and
     /// `/dev/userfaultfd` with `dev_node` (`None`: that source was not
     /// tried).
     Unavailable {
@@ -190,6 +197,7 @@ pub struct PageFault {
 #[derive(Debug)]
 pub struct Uffd {
     fd: OwnedFd,
+    user_mode_only: bool,
 }
 
 fn errno_of(e: rustix::io::Errno) -> i32 {
@@ -224,17 +232,23 @@ impl Uffd {
         let mut syscall_err = None;
         let mut dev_err = None;
         let mut fd = None;
-        if src.syscall {
+        let mut user_mode_only = false;
+        let syscall = |extra: u32| {
             let flags = rustix::mm::UserfaultfdFlags::CLOEXEC
                 | rustix::mm::UserfaultfdFlags::NONBLOCK
-                | rustix::mm::UserfaultfdFlags::from_bits_retain(UFFD_USER_MODE_ONLY);
+                | rustix::mm::UserfaultfdFlags::from_bits_retain(extra);
             // SAFETY: the descriptor lets a handler resolve this process's
             // faults; it is owned here and only used by this module's
             // methods, which never leave a registered range unresolvable
             // (dropping the descriptor unregisters everything).
-            match unsafe { rustix::mm::userfaultfd(flags) } {
+            unsafe { rustix::mm::userfaultfd(flags) }.map_err(errno_of)
+        };
+        // Kernel accesses too (read(2) into a registered range, futexes)
+        // wait for the handler, where that is permitted.
+        if src.syscall {
+            match syscall(0) {
                 Ok(f) => fd = Some(f),
-                Err(e) => syscall_err = Some(errno_of(e)),
+                Err(e) => syscall_err = Some(e),
             }
         }
         if fd.is_none() && src.dev_node {
@@ -254,6 +268,17 @@ impl Uffd {
                     }
                 }
                 Err(e) => dev_err = Some(e.raw_os_error().unwrap_or(libc::ENOENT)),
+            }
+        }
+        // Last, user faults only: needs no privilege, but a kernel access
+        // to a registered range that would fault fails with EFAULT.
+        if fd.is_none() && src.syscall {
+            match syscall(UFFD_USER_MODE_ONLY) {
+                Ok(f) => {
+                    fd = Some(f);
+                    user_mode_only = true;
+                }
+                Err(e) => syscall_err = Some(e),
             }
         }
         let Some(fd) = fd else {
@@ -281,7 +306,16 @@ impl Uffd {
         if missing != 0 {
             return Err(UffdError::MissingFeatures(missing));
         }
-        Ok(Uffd { fd })
+        Ok(Uffd { fd, user_mode_only })
+    }
+
+    /// Whether only faults of user-mode accesses reach the handler (the
+    /// descriptor came from `userfaultfd(UFFD_USER_MODE_ONLY)`): then a
+    /// system call that touches a registered range the handler would
+    /// have to resolve (`read(2)` into it, `write(2)` from a punched page)
+    /// fails with `EFAULT` instead of waiting.
+    pub fn user_mode_only(&self) -> bool {
+        self.user_mode_only
     }
 
     fn range_ioctl(

@@ -4,7 +4,8 @@
 //! source allowed the error is typed. Where this machine refuses
 //! userfaultfd (no privilege, a seccomp filter, an old kernel), the tests
 //! that need it check that the refusal is the typed error of setup, print
-//! "skipped" and return.
+//! "skipped" and return. A system call into a registered hole waits for
+//! the handler or fails with `EFAULT`, by the descriptor's mode.
 #![allow(unsafe_code)]
 
 use std::os::fd::AsFd;
@@ -143,4 +144,49 @@ fn write_protect_holds_writers_until_released() {
     t1.join().unwrap();
     t2.join().unwrap();
     assert_eq!((read(a), read(a + 0x5000)), (2, 3));
+}
+
+/// A `read(2)` into a punched, registered page: with a descriptor for
+/// kernel faults too, the kernel's copy waits for the handler like a user
+/// access; with one for user faults only, it fails with `EFAULT`.
+#[test]
+fn a_system_call_into_a_registered_hole_waits_or_fails_by_mode() {
+    let (res, fd) = mapping();
+    let a = res.addr();
+    let Some(u) = open_or_skip() else { return };
+    u.register(a, LEN).unwrap();
+    punch(&fd, 0x3000, 0x1000);
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let v = 99u64.to_le_bytes();
+    // SAFETY: a pipe with room for 8 bytes; `v` lives for the call.
+    assert_eq!(unsafe { libc::write(fds[1], v.as_ptr().cast(), 8) }, 8);
+    let rfd = fds[0];
+    let t = std::thread::spawn(move || {
+        // SAFETY: 8 bytes of this test's own shared mapping; no Rust
+        // reference points there.
+        let n = unsafe { libc::read(rfd, (a + 0x3000) as *mut libc::c_void, 8) };
+        (n, std::io::Error::last_os_error().raw_os_error())
+    });
+    if u.user_mode_only() {
+        let (n, errno) = t.join().unwrap();
+        assert_eq!((n, errno), (-1, Some(libc::EFAULT)));
+    } else {
+        let f = u
+            .next_fault(Duration::from_secs(10))
+            .unwrap()
+            .expect("the kernel's access faults");
+        assert_eq!(f.addr & !0xfff, a + 0x3000);
+        assert!(f.write);
+        rustix::io::pwrite(&fd, &[0u8; 0x1000], 0x3000).unwrap();
+        u.unregister(a, LEN).unwrap();
+        assert_eq!(t.join().unwrap().0, 8);
+        assert_eq!(read(a + 0x3000), 99);
+    }
+    // SAFETY: the pipe's descriptors, closed once.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
 }

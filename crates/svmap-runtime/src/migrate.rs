@@ -52,7 +52,10 @@
 //! `/dev/userfaultfd` both refused, or a kernel without missing-page and
 //! write-protect faults on shared memory), [`Runtime::new`] fails with
 //! [`MigrateError::Unavailable`]: there is no fallback, and the engine can
-//! be used without migration (every page stays in system memory).
+//! be used without migration (every page stays in system memory). Where
+//! only user faults can be handled ([`Migrator::user_mode_only`]), a system
+//! call that touches a granule on a device fails with `EFAULT` instead of
+//! waiting for it (`docs/attributes.md`).
 //!
 //! A device process that dies while it holds granules loses their data:
 //! the granules are unregistered anyway, so no CPU thread waits forever;
@@ -696,6 +699,13 @@ impl Migrator {
     /// granules lost.
     pub fn remove_peer(&self, d: usize) -> u64 {
         lock(&self.shared.state).remove_peer(&self.shared.uffd, d)
+    }
+
+    /// Whether only user-mode accesses fault into the handler
+    /// ([`Uffd::user_mode_only`]): then a system call that touches a
+    /// granule on a device fails with `EFAULT` instead of waiting for it.
+    pub fn user_mode_only(&self) -> bool {
+        self.shared.uffd.user_mode_only()
     }
 
     /// The counters.

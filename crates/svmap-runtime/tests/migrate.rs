@@ -739,6 +739,76 @@ fn removing_a_device_brings_its_granules_back_and_renumbers_the_others() {
     assert!(rt.remove_device("gpu1").is_err());
 }
 
+/// `read(2)` into a granule on a device and `write(2)` from one: the
+/// kernel's access faults like a user access and waits for the handler to
+/// bring the granule back (or, with a descriptor for user faults only,
+/// fails with `EFAULT` and moves nothing).
+#[test]
+fn system_calls_on_a_moved_granule_wait_for_it() {
+    let _one = serial();
+    let Some(mut rt) = runtime() else { return };
+    let a = rt
+        .engine_mut()
+        .svm_alloc(2 * MIB2, Some(MIB2), &["gpu0"], false)
+        .unwrap();
+    let b = a + MIB2;
+    wr(a + 16, 1234);
+    wr(b, 0x0102_0304_0506_0708);
+    rt.prefetch(a, 2 * MIB2, Location::Device(0)).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fresh descriptors that nothing else owns.
+    let (rd_end, wr_end) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    rustix::io::write(&wr_end, &77u64.to_le_bytes()).unwrap();
+    let read_into = |p: u64| {
+        // SAFETY: `p` is 8 bytes of a live read-write SVM range; no Rust
+        // reference points there.
+        unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&rd_end),
+                p as *mut libc::c_void,
+                8,
+            )
+        }
+    };
+    let write_from = |p: u64| {
+        // SAFETY: as above, read only.
+        unsafe {
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&wr_end),
+                p as *const libc::c_void,
+                8,
+            )
+        }
+    };
+    let errno = || std::io::Error::last_os_error().raw_os_error();
+    if rt.migrator().user_mode_only() {
+        assert_eq!(read_into(a), -1);
+        assert_eq!(errno(), Some(libc::EFAULT));
+        assert_eq!(write_from(b), -1);
+        assert_eq!(errno(), Some(libc::EFAULT));
+        assert_eq!(rt.stats().cpu_faults, 0);
+        eprintln!("userfaultfd for user faults only: system calls get EFAULT");
+        return;
+    }
+    assert_eq!(read_into(a), 8);
+    assert_eq!(rt.migrator().location_of(a), Location::System);
+    assert_eq!((rd(a), rd(a + 16)), (77, 1234));
+    assert_eq!(write_from(b), 8);
+    assert_eq!(rt.migrator().location_of(b), Location::System);
+    let mut back = [0u8; 8];
+    rustix::io::read(&rd_end, &mut back).unwrap();
+    assert_eq!(u64::from_le_bytes(back), 0x0102_0304_0506_0708);
+    assert_eq!(rt.stats().cpu_faults, 2);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     CpuWrite(u64, u64),
