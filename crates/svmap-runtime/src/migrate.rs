@@ -1245,7 +1245,9 @@ mod tests {
         };
         let a = rt
             .engine_mut()
-            .svm_alloc::<&str>(0x4000, None, &[], false)
+            // Top-down: far from the low windows other tests of this
+            // binary reserve in parallel.
+            .svm_alloc::<&str>(0x4000, None, &[], true)
             .unwrap();
         rt.engine_mut().cpu_backend_mut().write_u64(a, 1).unwrap();
         let uffd = &rt.migrator.shared.uffd;
