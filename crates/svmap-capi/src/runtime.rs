@@ -300,6 +300,15 @@ pub unsafe extern "C" fn svmap_runtime_start(
                 "a device callback called the runtime (callbacks must not call svmap_runtime_*)",
             ));
         }
+        // Bounded before anything is read or reserved: a runtime has at most
+        // MAX_DEVICES devices, so a larger count is an error, not an
+        // allocation or a read past the caller's arrays.
+        if n_devices > svmap_svm::MAX_DEVICES {
+            return Err(Failure::inval(format!(
+                "n_devices is {n_devices}; a runtime has at most {} devices",
+                svmap_svm::MAX_DEVICES
+            )));
+        }
         // SAFETY: the caller's contract for `cfgs`, `ops` and `n_devices`.
         let cfgs = unsafe { c_array(cfgs, n_devices, "cfgs") }?;
         // SAFETY: as above.

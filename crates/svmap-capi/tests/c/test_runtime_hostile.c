@@ -291,6 +291,9 @@ int main(void) {
     START_REFUSED(svmap_runtime_start(false, cfgs, sops, 0, 0));
     START_REFUSED(svmap_runtime_start(false, cfgs, sops, SIZE_MAX, 0));
     START_REFUSED(svmap_runtime_start(false, cfgs, sops, (SIZE_MAX >> 4) + 1, 0));
+    /* More devices than a runtime can have: refused before the arrays are read. */
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, 65, 0));
+    START_REFUSED(svmap_runtime_start(false, cfgs, sops, (size_t)1 << 40, 0));
     START_REFUSED(svmap_runtime_start(
         false, (const svmap_device_config_t *)((const char *)cfgs + 1), sops, 2, 0));
     START_REFUSED(svmap_runtime_start(false, cfgs, sops, 3, 0));
