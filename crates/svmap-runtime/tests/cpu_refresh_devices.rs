@@ -6,32 +6,12 @@
 //! The device process is this test binary itself, re-executed to run only
 //! `peer_role`.
 
-use std::process::{Command, Stdio};
+mod common;
+use common::peer_command;
 
-use svmap_peer::{device, PeerConfig, FAILPOINT_ENV, PEER_FD_ENV};
+use svmap_peer::PeerConfig;
 use svmap_runtime::{refresh_from_self, seed_from_self, svm_alloc, LinuxCpu, PeerDevice};
 use svmap_svm::{CpuPolicy, DeviceConfig, Engine};
-
-#[test]
-fn peer_role() {
-    if std::env::var_os(PEER_FD_ENV).is_some() {
-        std::process::exit(device::serve_from_env());
-    }
-}
-
-fn peer_command() -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        "peer_role",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .stdout(Stdio::null())
-    .env_remove(FAILPOINT_ENV);
-    c
-}
 
 #[test]
 fn refresh_with_a_device_process_finds_no_conflict() {
@@ -39,7 +19,7 @@ fn refresh_with_a_device_process_finds_no_conflict() {
     let dir = cpu.directory();
     let mut e: Engine<LinuxCpu, PeerDevice> = Engine::new(Default::default(), cpu);
     seed_from_self(&mut e).unwrap();
-    let dev = PeerDevice::spawn(peer_command(), &PeerConfig::new(47, 1), dir).unwrap();
+    let dev = PeerDevice::spawn(peer_command(None), &PeerConfig::new(47, 1), dir).unwrap();
     e.add_device_with(DeviceConfig::new("gpu47", 47), dev)
         .unwrap();
     let a = svm_alloc(&mut e, 0x10000, None, &["gpu47"], false).unwrap();

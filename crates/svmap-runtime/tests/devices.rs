@@ -7,52 +7,20 @@
 
 #![allow(unsafe_code)]
 
-use std::process::{Command, Stdio};
+mod common;
+use common::{peer_command, serial};
+
 use std::time::Duration;
 
 use svmap_core::linux::MmConfig;
-use svmap_peer::{device, PeerConfig, PeerError, FAILPOINT_ENV, PEER_FD_ENV};
+use svmap_peer::{PeerConfig, PeerError};
 use svmap_runtime::{seed_from_self, LinuxCpu, PeerDevice};
 use svmap_svm::{BackendError, DeviceConfig, Engine, EngineError, Fault, Prot};
 
 const DEVS: [(&str, u32); 2] = [("gpu40", 40), ("gpu44", 44)];
 const BOTH: [&str; 2] = ["gpu40", "gpu44"];
 
-#[test]
-fn peer_role() {
-    if std::env::var_os(PEER_FD_ENV).is_some() {
-        std::process::exit(device::serve_from_env());
-    }
-}
-
-fn peer_command(failpoint: Option<&str>) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        "peer_role",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .stdout(Stdio::null())
-    .env_remove(FAILPOINT_ENV);
-    if let Some(f) = failpoint {
-        c.env(FAILPOINT_ENV, f);
-    }
-    c
-}
-
 type Real = Engine<LinuxCpu, PeerDevice>;
-
-/// One engine at a time: a window takes every free address below 2^40 of
-/// this process, which the other tests' engines need too.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// The engine on this process with the two device processes; `fail[i]`
 /// is device `i`'s failpoint.

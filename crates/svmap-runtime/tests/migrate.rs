@@ -9,8 +9,10 @@
 
 #![allow(unsafe_code)]
 
+mod common;
+use common::{peer_command, serial};
+
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use svmap_core::linux::MmConfig;
 use svmap_linux::uffd::{Sources, UffdError};
-use svmap_peer::{device, PeerConfig, FAILPOINT_ENV, PEER_FD_ENV};
+use svmap_peer::PeerConfig;
 use svmap_runtime::migrate::{MigrateError, Runtime};
 use svmap_runtime::{seed_from_self, LinuxCpu, PeerDevice};
 use svmap_svm::attr::{Access, Flags};
@@ -26,35 +28,6 @@ use svmap_svm::{Attr, DeviceConfig, Engine, Location};
 
 const MIB2: u64 = 2 << 20;
 const PG: u64 = 0x1000;
-
-#[test]
-fn peer_role() {
-    if std::env::var_os(PEER_FD_ENV).is_some() {
-        std::process::exit(device::serve_from_env());
-    }
-}
-
-fn peer_command() -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        "peer_role",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .stdout(Stdio::null())
-    .env_remove(FAILPOINT_ENV);
-    c
-}
-
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn engine() -> Engine<LinuxCpu, PeerDevice> {
     engine_with_timeout(Duration::from_secs(30))
@@ -68,7 +41,7 @@ fn engine_with_timeout(timeout: Duration) -> Engine<LinuxCpu, PeerDevice> {
     for (name, bits) in [("gpu0", 40u32), ("gpu1", 44)] {
         let mut cfg = PeerConfig::new(bits, 1);
         cfg.timeout = timeout;
-        let dev = PeerDevice::spawn(peer_command(), &cfg, dir.clone()).unwrap();
+        let dev = PeerDevice::spawn(peer_command(None), &cfg, dir.clone()).unwrap();
         e.add_device_with(DeviceConfig::new(name, bits), dev)
             .unwrap();
     }

@@ -8,11 +8,13 @@
 //! only `peer_role`, which serves the socket it inherited when
 //! `SVMAP_PEER_FD` is set (and does nothing in a normal test run).
 
-use std::process::{Command, Stdio};
+mod common;
+use common::{peer_command, serial};
+
 use std::time::Duration;
 
 use svmap_linux::reserve::Reservation;
-use svmap_peer::{device, PeerConfig, PeerError, FAILPOINT_ENV, PEER_FD_ENV};
+use svmap_peer::{PeerConfig, PeerError};
 use svmap_runtime::{start, LinuxCpu, PeerDevice, StartConfig};
 use svmap_svm::{
     BackendError, CpuPolicy, DeviceConfig, Engine, EngineError, Fault, ModelDevice, Prot,
@@ -20,36 +22,6 @@ use svmap_svm::{
 
 const DEVS: [(&str, u32); 2] = [("gpu40", 40), ("gpu44", 44)];
 const BOTH: [&str; 2] = ["gpu40", "gpu44"];
-
-#[test]
-fn peer_role() {
-    if std::env::var_os(PEER_FD_ENV).is_some() {
-        std::process::exit(device::serve_from_env());
-    }
-}
-
-fn peer_command() -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([
-        "--exact",
-        "peer_role",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .stdout(Stdio::null())
-    .env_remove(FAILPOINT_ENV);
-    c
-}
-
-/// One start-up at a time: each reserves the top of the window below 2^40.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 type Real = Engine<LinuxCpu, PeerDevice>;
 
@@ -61,7 +33,7 @@ fn started() -> (Real, Vec<(u64, u64)>) {
         .map(|&(name, bits)| {
             let mut cfg = PeerConfig::new(bits, 1);
             cfg.timeout = Duration::from_secs(30);
-            let dev = PeerDevice::spawn(peer_command(), &cfg, dir.clone())
+            let dev = PeerDevice::spawn(peer_command(None), &cfg, dir.clone())
                 .expect("start the device process");
             (DeviceConfig::new(name, bits), dev)
         })
