@@ -89,6 +89,8 @@ mod map;
 #[cfg(feature = "fuzzing")]
 pub mod model;
 mod search;
+mod va_heap;
 
 pub use map::{AddressMap, Iter, MapError, SearchParams, Vma, VmaFlags};
 pub use search::{FitError, FitRequest, NoCrossError, SearchError, SearchStats, UnmappedAreaInfo};
+pub use va_heap::{HeapError, Holes, VaHeap};

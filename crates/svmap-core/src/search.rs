@@ -238,7 +238,7 @@ impl core::error::Error for NoCrossError {}
 /// per-hole search uses: `bm = boundary - 1` and `r = align_offset mod
 /// align`, with `r + length <= boundary` checked.
 #[derive(Clone, Copy, Debug)]
-struct NoCross {
+pub(crate) struct NoCross {
     bm: u64,
     r: u64,
 }
@@ -292,7 +292,14 @@ fn nocross_rule(req: &FitRequest, boundary: u64) -> Result<Option<NoCross>, NoCr
 /// none otherwise. No sum wraps: `a0 + len_m1 <= e` was checked before
 /// `b0 + B <= a0 + len_m1`.
 #[inline]
-fn lowest_in(s: u64, e: u64, len_m1: u64, mask: u64, off: u64, nc: Option<NoCross>) -> Option<u64> {
+pub(crate) fn lowest_in(
+    s: u64,
+    e: u64,
+    len_m1: u64,
+    mask: u64,
+    off: u64,
+    nc: Option<NoCross>,
+) -> Option<u64> {
     // Aligning may leave the range (past 2^64): then it holds no fit.
     let a0 = s.checked_add(off.wrapping_sub(s) & mask)?;
     if a0 > e || e - a0 < len_m1 {
@@ -325,7 +332,7 @@ fn lowest_in(s: u64, e: u64, len_m1: u64, mask: u64, off: u64, nc: Option<NoCros
 /// `(t1, t0]` lies in that block above `u` and crosses. So the answer is
 /// `t1` if `t1 >= s`, and there is none otherwise.
 #[inline]
-fn highest_in(
+pub(crate) fn highest_in(
     s: u64,
     e: u64,
     len_m1: u64,
@@ -718,7 +725,7 @@ impl AddressMap {
     }
 
     /// The argument checks of a fit: length, alignment, window.
-    fn check_fit(req: &FitRequest) -> Result<(), FitError> {
+    pub(crate) fn check_fit(req: &FitRequest) -> Result<(), FitError> {
         Self::check_length_align(req)?;
         Self::check_window(req)
     }
@@ -746,7 +753,10 @@ impl AddressMap {
     /// The argument checks of a fit with a boundary, in the documented
     /// order (length, alignment, boundary, boundary against length,
     /// window), and the rule the search applies.
-    fn check_nocross(req: &FitRequest, boundary: u64) -> Result<Option<NoCross>, NoCrossError> {
+    pub(crate) fn check_nocross(
+        req: &FitRequest,
+        boundary: u64,
+    ) -> Result<Option<NoCross>, NoCrossError> {
         Self::check_length_align(req)?;
         let nc = nocross_rule(req, boundary)?;
         Self::check_window(req)?;

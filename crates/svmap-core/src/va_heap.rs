@@ -1,0 +1,1369 @@
+//! [`VaHeap`]: an exact, address-ordered allocator of address ranges,
+//! keyed by its free holes.
+//!
+//! See the type's documentation.
+
+// The node code indexes several parallel columns with one index.
+#![allow(clippy::needless_range_loop)]
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::search::{highest_in, lowest_in, FitError, FitRequest, NoCross, NoCrossError};
+use crate::AddressMap;
+
+/// Why a [`VaHeap`] refused to change its free space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeapError {
+    /// `end <= start`.
+    EmptyRange {
+        /// Requested start.
+        start: u64,
+        /// Requested end.
+        end: u64,
+    },
+    /// [`VaHeap::free`]: part of `[start, end)` is already free (a double
+    /// free, or a range the heap never handed out); `[hole_start, hole_end)`
+    /// is the lowest free hole it meets.
+    AlreadyFree {
+        /// Requested start.
+        start: u64,
+        /// Requested end.
+        end: u64,
+        /// Start of the free hole in the way.
+        hole_start: u64,
+        /// End of the free hole in the way.
+        hole_end: u64,
+    },
+    /// [`VaHeap::alloc_at`]: `[start, end)` does not lie inside one free
+    /// hole.
+    NotFree {
+        /// Requested start.
+        start: u64,
+        /// Requested end.
+        end: u64,
+    },
+    /// The change would need more than [`VaHeap::MAX_HOLES`] holes.
+    TooManyHoles,
+}
+
+impl fmt::Display for HeapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            HeapError::EmptyRange { start, end } => {
+                write!(f, "empty range [{start:#x}, {end:#x})")
+            }
+            HeapError::AlreadyFree {
+                start,
+                end,
+                hole_start,
+                hole_end,
+            } => write!(
+                f,
+                "[{start:#x}, {end:#x}) meets the free hole [{hole_start:#x}, {hole_end:#x})"
+            ),
+            HeapError::NotFree { start, end } => {
+                write!(f, "[{start:#x}, {end:#x}) is not inside one free hole")
+            }
+            HeapError::TooManyHoles => f.write_str("the heap holds the maximum number of holes"),
+        }
+    }
+}
+
+impl core::error::Error for HeapError {}
+
+/// An exact, address-ordered allocator of address ranges: the free space is
+/// a set of disjoint holes `[start, end)`, kept in a B+tree keyed by hole
+/// (not by allocation), with every subtree's largest hole and largest
+/// 64 KiB- and 2 MiB-aligned room cached in its parent.
+///
+/// A new heap has no free space; [`Self::free`] adds a range (the caller
+/// hands the heap its universe this way, and gives back what it
+/// allocated), [`Self::alloc`] takes the lowest (highest) range that
+/// satisfies a [`FitRequest`] (length, window, alignment and offset, order)
+/// and [`Self::alloc_at`] takes an exact range. Adjacent holes always merge,
+/// so the heap never holds two holes that touch. The heap records no
+/// allocations: a free of any range that is entirely allocated is accepted
+/// (a part of an allocation, or several adjacent ones, as `munmap` accepts
+/// them), and a free that meets free space is refused
+/// ([`HeapError::AlreadyFree`]) without changing anything.
+///
+/// # Semantics
+///
+/// For the same free space, [`Self::find_fit`] answers exactly what
+/// [`crate::AddressMap::find_fit`] answers on a map whose VMAs are the
+/// complement of the holes (with `mmap_min_addr` 0 and no grows-down or
+/// grows-up VMAs, so guard gaps never apply: the request's
+/// `respect_guard_gaps` has no effect here). Addresses are `u64`; the last
+/// byte, `u64::MAX`, can never be free (ends are exclusive).
+///
+/// # Cost
+///
+/// `alloc` is one root-to-leaf descent when the alignment is at most the
+/// page of the holes (the holes and lengths are multiples of it), or
+/// 64 KiB or 2 MiB with an offset that is a multiple of it; other
+/// alignments prune with the largest cached class that is necessary and
+/// may try several holes, each in O(log n). `free` is one descent (two
+/// when the freed range merges with a hole in the neighbouring leaf).
+/// Memory is about 24 bytes per hole; a heap under lowest-first churn holds
+/// far fewer holes than allocations.
+#[derive(Clone)]
+pub struct VaHeap {
+    leaves: Vec<Leaf>,
+    inners: Vec<Inner>,
+    /// Indices of unused slots in `leaves` / `inners`, reused first.
+    spare_leaves: Vec<u32>,
+    spare_inners: Vec<u32>,
+    root: u32,
+    /// 0: the root is a leaf.
+    height: u32,
+    holes: usize,
+    bytes: u64,
+}
+
+/// Holes per leaf.
+const LC: usize = 16;
+/// Fewest holes in a non-root leaf.
+const LMIN: usize = LC / 4;
+/// Children per inner node.
+const IC: usize = 16;
+/// Fewest children of a non-root inner node.
+const IMIN: usize = IC / 4;
+/// Two siblings whose entries fit in this many merge into one node; more
+/// are shared out evenly instead (so a node just merged or just split
+/// takes several changes before it splits or merges again).
+const LMERGE: usize = LC * 3 / 4;
+const IMERGE: usize = IC * 3 / 4;
+/// Summary columns: 0 the largest hole, 1 and 2 the largest room aligned
+/// to 64 KiB and 2 MiB (see `room`).
+const NSUM: usize = 3;
+const SHIFTS: [u32; 2] = [16, 21];
+/// The height of a tree of `MAX_HOLES` holes whose nodes are each at
+/// their minimum is below 16 (`4^15 > 2^30`).
+const MAX_HEIGHT: usize = 16;
+const NIL: u32 = u32::MAX;
+
+type Sum = [u64; NSUM];
+
+#[derive(Clone)]
+struct Leaf {
+    /// Hole `i` is `[s[i], e[i])`, in address order; no two touch.
+    s: [u64; LC],
+    e: [u64; LC],
+    n: u32,
+    prev: u32,
+    next: u32,
+}
+
+#[derive(Clone)]
+struct Inner {
+    /// `key[i]` for `i >= 1` separates child `i - 1` from child `i`: the
+    /// highest hole `p` under child `i - 1` and the lowest hole `q` under
+    /// child `i` have `p.end <= key[i] <= q.start`. `key[0]` means
+    /// nothing.
+    key: [u64; IC],
+    child: [u32; IC],
+    /// `mx[k][i]`: column `k` of child `i`'s summary.
+    mx: [[u64; IC]; NSUM],
+    n: u32,
+}
+
+impl Leaf {
+    const EMPTY: Leaf = Leaf {
+        s: [0; LC],
+        e: [0; LC],
+        n: 0,
+        prev: NIL,
+        next: NIL,
+    };
+}
+
+impl Inner {
+    const EMPTY: Inner = Inner {
+        key: [0; IC],
+        child: [NIL; IC],
+        mx: [[0; IC]; NSUM],
+        n: 0,
+    };
+}
+
+/// The longest range aligned to `2^shift` inside `[s, e)`.
+#[inline]
+fn room(s: u64, e: u64, shift: u32) -> u64 {
+    let mask = (1u64 << shift) - 1;
+    match s.checked_add(mask) {
+        Some(up) => e.saturating_sub(up & !mask),
+        None => 0,
+    }
+}
+
+#[inline]
+fn hole_sum(s: u64, e: u64) -> Sum {
+    [e - s, room(s, e, SHIFTS[0]), room(s, e, SHIFTS[1])]
+}
+
+/// The inner nodes from the root down to a leaf's parent and the child
+/// taken in each.
+#[derive(Clone, Copy)]
+struct Path {
+    n: usize,
+    node: [u32; MAX_HEIGHT],
+    idx: [u8; MAX_HEIGHT],
+}
+
+impl Path {
+    const EMPTY: Path = Path {
+        n: 0,
+        node: [0; MAX_HEIGHT],
+        idx: [0; MAX_HEIGHT],
+    };
+    #[inline]
+    fn push(&mut self, node: u32, idx: usize) {
+        self.node[self.n] = node;
+        self.idx[self.n] = idx as u8;
+        self.n += 1;
+    }
+}
+
+/// A fit request reduced to what the walk needs.
+struct Want {
+    lo: u64,
+    /// Inclusive.
+    hi: u64,
+    len_m1: u64,
+    mask: u64,
+    off: u64,
+    nc: Option<NoCross>,
+    /// The summary column that prunes, and the length it must reach.
+    col: usize,
+    need: u64,
+}
+
+impl Want {
+    fn new(req: &FitRequest, nc: Option<NoCross>) -> Self {
+        // Prune with the coarsest cached class that every fit is aligned
+        // to: exact when the class is the alignment.
+        let col = (0..SHIFTS.len())
+            .rev()
+            .find(|&c| {
+                let a = 1u64 << SHIFTS[c];
+                a <= req.align && req.align_offset & (a - 1) == 0
+            })
+            .map_or(0, |c| c + 1);
+        Want {
+            lo: req.low,
+            hi: req.high - 1,
+            len_m1: req.length - 1,
+            mask: req.align - 1,
+            off: req.align_offset,
+            nc,
+            col,
+            need: req.length,
+        }
+    }
+
+    /// The fit inside the hole `[s, e)`, if any.
+    #[inline]
+    fn fit(&self, s: u64, e: u64, top: bool) -> Option<u64> {
+        let s = s.max(self.lo);
+        let e = (e - 1).min(self.hi);
+        if s > e || e - s < self.len_m1 {
+            return None;
+        }
+        if top {
+            highest_in(s, e, self.len_m1, self.mask, self.off, self.nc)
+        } else {
+            lowest_in(s, e, self.len_m1, self.mask, self.off, self.nc)
+        }
+    }
+}
+
+/// Where a search found its fit.
+struct Found {
+    path: Path,
+    leaf: u32,
+    slot: usize,
+    addr: u64,
+}
+
+impl Default for VaHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for VaHeap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaHeap")
+            .field("holes", &self.hole_count())
+            .field("free_bytes", &self.free_bytes())
+            .finish()
+    }
+}
+
+impl VaHeap {
+    /// The most holes a heap holds; a change that would need more fails
+    /// with [`HeapError::TooManyHoles`] ([`FitError::TooManyVmas`] from the
+    /// fits).
+    pub const MAX_HOLES: usize = 1 << 30;
+
+    /// A heap with no free space.
+    pub fn new() -> Self {
+        VaHeap {
+            leaves: alloc::vec![Leaf::EMPTY],
+            inners: Vec::new(),
+            spare_leaves: Vec::new(),
+            spare_inners: Vec::new(),
+            root: 0,
+            height: 0,
+            holes: 0,
+            bytes: 0,
+        }
+    }
+
+    /// A heap whose free space is `[start, end)`.
+    pub fn with_free(start: u64, end: u64) -> Result<Self, HeapError> {
+        let mut h = Self::new();
+        h.free(start, end)?;
+        Ok(h)
+    }
+
+    /// Number of free holes.
+    pub fn hole_count(&self) -> usize {
+        self.holes
+    }
+
+    /// Total free bytes.
+    pub fn free_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Bytes of heap memory the tree holds: its node arenas' capacity,
+    /// which is the most the heap has ever needed (freed nodes are reused,
+    /// not returned).
+    pub fn heap_bytes(&self) -> usize {
+        self.leaves.capacity() * core::mem::size_of::<Leaf>()
+            + self.inners.capacity() * core::mem::size_of::<Inner>()
+            + (self.spare_leaves.capacity() + self.spare_inners.capacity()) * 4
+    }
+
+    /// Forgets all free space (and gives the nodes' memory back).
+    pub fn clear(&mut self) {
+        *self = Self::new();
+    }
+
+    /// The free holes `[start, end)` in address order.
+    pub fn holes(&self) -> Holes<'_> {
+        let mut id = self.root;
+        for _ in 0..self.height {
+            id = self.inners[id as usize].child[0];
+        }
+        Holes {
+            heap: self,
+            leaf: id,
+            slot: 0,
+        }
+    }
+
+    /// Adds `[start, end)` to the free space, merging it with the holes it
+    /// touches. Fails without changing anything if the range is empty
+    /// ([`HeapError::EmptyRange`]), meets free space
+    /// ([`HeapError::AlreadyFree`]) or would need a hole beyond
+    /// [`Self::MAX_HOLES`].
+    pub fn free(&mut self, start: u64, end: u64) -> Result<(), HeapError> {
+        if end <= start {
+            return Err(HeapError::EmptyRange { start, end });
+        }
+        let (a, b) = (start, end);
+        let (path, z) = self.descend(a);
+        let zl = &self.leaves[z as usize];
+        let n = zl.n as usize;
+        let mut pos = 0;
+        while pos < n && zl.s[pos] <= a {
+            pos += 1;
+        }
+        // The holes just below and just above the range: `p` ends at or
+        // below `a` and `q` starts above it, or they overlap the range.
+        let p = if pos > 0 {
+            Some((z, pos - 1))
+        } else if zl.prev != NIL {
+            let pl = &self.leaves[zl.prev as usize];
+            Some((zl.prev, pl.n as usize - 1))
+        } else {
+            None
+        };
+        let q = if pos < n {
+            Some((z, pos))
+        } else if zl.next != NIL {
+            Some((zl.next, 0))
+        } else {
+            None
+        };
+        let hole = |h: (u32, usize)| {
+            let l = &self.leaves[h.0 as usize];
+            (l.s[h.1], l.e[h.1])
+        };
+        let ph = p.map(hole);
+        let qh = q.map(hole);
+        if let Some((ps, pe)) = ph.filter(|&(_, pe)| pe > a) {
+            return Err(HeapError::AlreadyFree {
+                start,
+                end,
+                hole_start: ps,
+                hole_end: pe,
+            });
+        }
+        if let Some((qs, qe)) = qh.filter(|&(qs, _)| qs < b) {
+            return Err(HeapError::AlreadyFree {
+                start,
+                end,
+                hole_start: qs,
+                hole_end: qe,
+            });
+        }
+        let p_touch = ph.is_some_and(|(_, pe)| pe == a);
+        let q_touch = qh.is_some_and(|(qs, _)| qs == b);
+        if !p_touch && !q_touch && self.holes >= Self::MAX_HOLES {
+            return Err(HeapError::TooManyHoles);
+        }
+        self.bytes += b - a;
+        match (p, q) {
+            (Some((pid, pi)), Some((qid, qi))) if p_touch && q_touch => {
+                let (_, qe) = qh.unwrap_or_default();
+                let ps = ph.unwrap_or_default().0;
+                self.holes -= 1;
+                if pid == z && qid == z {
+                    self.leaves[z as usize].e[pi] = qe;
+                    self.delete_slot(path, z, qi, ps);
+                } else if pid == z {
+                    // `q` is the first hole of the next leaf.
+                    let (qpath, _) = self.descend(b);
+                    self.leaves[z as usize].e[pi] = qe;
+                    self.set_sep_right(&path, qe);
+                    self.delete_slot(qpath, qid, 0, qe);
+                } else {
+                    // `p` is the last hole of the previous leaf, `q` the
+                    // first of `z`.
+                    self.leaves[pid as usize].e[pi] = qe;
+                    self.set_sep_left(&path, qe);
+                    self.delete_slot(path, z, qi, qe);
+                }
+                self.resync(ps);
+            }
+            (Some((pid, pi)), _) if p_touch => {
+                self.leaves[pid as usize].e[pi] = b;
+                if pid == z {
+                    if pi + 1 == n {
+                        self.set_sep_right(&path, b);
+                    }
+                    self.fix_up(&path, z);
+                } else {
+                    self.set_sep_left(&path, b);
+                    let ps = ph.unwrap_or_default().0;
+                    self.resync(ps);
+                }
+            }
+            (_, Some((qid, qi))) if q_touch => {
+                if qid == z {
+                    self.leaves[z as usize].s[qi] = a;
+                    self.fix_up(&path, z);
+                } else {
+                    self.leaves[qid as usize].s[qi] = a;
+                    self.set_sep_right(&path, a);
+                    self.resync(a);
+                }
+            }
+            _ => {
+                self.holes += 1;
+                if pos == n {
+                    self.set_sep_right(&path, b);
+                }
+                self.insert_slot(path, z, pos, a, b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes exactly `[start, end)`, which must lie inside one hole
+    /// ([`HeapError::NotFree`] otherwise).
+    pub fn alloc_at(&mut self, start: u64, end: u64) -> Result<(), HeapError> {
+        if end <= start {
+            return Err(HeapError::EmptyRange { start, end });
+        }
+        let (path, z) = self.descend(start);
+        let zl = &self.leaves[z as usize];
+        let n = zl.n as usize;
+        let mut pos = 0;
+        while pos < n && zl.s[pos] <= start {
+            pos += 1;
+        }
+        // A hole holding `start` starts at or below it, and it lies in `z`:
+        // every hole of an earlier leaf ends at or below `z`'s left key.
+        if pos == 0 || zl.e[pos - 1] < end {
+            return Err(HeapError::NotFree { start, end });
+        }
+        let f = Found {
+            path,
+            leaf: z,
+            slot: pos - 1,
+            addr: start,
+        };
+        self.take(f, end - start)
+            .map_err(|_| HeapError::TooManyHoles)
+    }
+
+    /// The lowest (with `req.topdown`, highest) start `a` with `[a, a +
+    /// length)` inside `[low, high)` and inside one hole, `a` congruent to
+    /// `align_offset` modulo `align`. Errors as [`crate::AddressMap::find_fit`].
+    pub fn find_fit(&self, req: &FitRequest) -> Result<u64, FitError> {
+        AddressMap::check_fit(req)?;
+        Ok(self.search(req, None)?.addr)
+    }
+
+    /// [`Self::find_fit`] whose range must also not cross a multiple of
+    /// `boundary` (0: no constraint); the rules and errors of
+    /// [`crate::AddressMap::find_fit_nocross`].
+    pub fn find_fit_nocross(&self, req: &FitRequest, boundary: u64) -> Result<u64, NoCrossError> {
+        let nc = AddressMap::check_nocross(req, boundary)?;
+        Ok(self.search(req, nc)?.addr)
+    }
+
+    /// [`Self::find_fit`] and takes the range found. Returns its start.
+    pub fn alloc(&mut self, req: &FitRequest) -> Result<u64, FitError> {
+        AddressMap::check_fit(req)?;
+        let f = self.search(req, None)?;
+        let a = f.addr;
+        self.take(f, req.length)?;
+        Ok(a)
+    }
+
+    /// [`Self::find_fit_nocross`] and takes the range found.
+    pub fn alloc_nocross(&mut self, req: &FitRequest, boundary: u64) -> Result<u64, NoCrossError> {
+        let nc = AddressMap::check_nocross(req, boundary)?;
+        let f = self.search(req, nc)?;
+        let a = f.addr;
+        self.take(f, req.length)?;
+        Ok(a)
+    }
+
+    // ---- search ----
+
+    fn search(&self, req: &FitRequest, nc: Option<NoCross>) -> Result<Found, FitError> {
+        let w = Want::new(req, nc);
+        let mut path = Path::EMPTY;
+        let r = if req.topdown {
+            self.high_in(self.root, self.height, &w, &mut path)
+        } else {
+            self.low_in(self.root, self.height, &w, &mut path)
+        };
+        let (leaf, slot, addr) = r.ok_or(FitError::NoSpace)?;
+        Ok(Found {
+            path,
+            leaf,
+            slot,
+            addr,
+        })
+    }
+
+    /// The index of the child of `node` whose subtree `addr` belongs to:
+    /// the last `i >= 1` with `key[i] <= addr`, else 0.
+    #[inline]
+    fn route(node: &Inner, addr: u64) -> usize {
+        let n = node.n as usize;
+        let mut i = 1;
+        while i < n && node.key[i] <= addr {
+            i += 1;
+        }
+        i - 1
+    }
+
+    fn low_in(&self, id: u32, level: u32, w: &Want, path: &mut Path) -> Option<(u32, usize, u64)> {
+        if level == 0 {
+            let l = &self.leaves[id as usize];
+            for i in 0..l.n as usize {
+                if l.s[i] > w.hi {
+                    break;
+                }
+                if l.e[i] - l.s[i] > w.len_m1 {
+                    if let Some(a) = w.fit(l.s[i], l.e[i], false) {
+                        return Some((id, i, a));
+                    }
+                }
+            }
+            return None;
+        }
+        let node = &self.inners[id as usize];
+        let n = node.n as usize;
+        // Every hole under a child before `route(lo) - 1` ends below the
+        // lowest hole of that child, whose start is below `lo`.
+        let first = if n > 1 && node.key[1] <= w.lo {
+            Self::route(node, w.lo).saturating_sub(1)
+        } else {
+            0
+        };
+        let col = &node.mx[w.col];
+        for j in first..n {
+            if j > 0 && node.key[j] > w.hi {
+                break;
+            }
+            if col[j] < w.need {
+                continue;
+            }
+            path.push(id, j);
+            if let Some(r) = self.low_in(node.child[j], level - 1, w, path) {
+                return Some(r);
+            }
+            path.n -= 1;
+        }
+        None
+    }
+
+    fn high_in(&self, id: u32, level: u32, w: &Want, path: &mut Path) -> Option<(u32, usize, u64)> {
+        if level == 0 {
+            let l = &self.leaves[id as usize];
+            for i in (0..l.n as usize).rev() {
+                if l.e[i] <= w.lo {
+                    break;
+                }
+                if l.e[i] - l.s[i] > w.len_m1 {
+                    if let Some(a) = w.fit(l.s[i], l.e[i], true) {
+                        return Some((id, i, a));
+                    }
+                }
+            }
+            return None;
+        }
+        let node = &self.inners[id as usize];
+        let n = node.n as usize;
+        // Children from `key[j] > hi` on start above the window.
+        let mut last = n - 1;
+        while last > 0 && node.key[last] > w.hi {
+            last -= 1;
+        }
+        let first = if n > 1 && node.key[1] <= w.lo {
+            Self::route(node, w.lo).saturating_sub(1)
+        } else {
+            0
+        };
+        let col = &node.mx[w.col];
+        for j in (first..=last).rev() {
+            if col[j] < w.need {
+                continue;
+            }
+            path.push(id, j);
+            if let Some(r) = self.high_in(node.child[j], level - 1, w, path) {
+                return Some(r);
+            }
+            path.n -= 1;
+        }
+        None
+    }
+
+    // ---- changes ----
+
+    /// Takes `[f.addr, f.addr + len)` out of the hole `f` found.
+    fn take(&mut self, f: Found, len: u64) -> Result<(), FitError> {
+        let l = &self.leaves[f.leaf as usize];
+        let (s, e) = (l.s[f.slot], l.e[f.slot]);
+        let (a, b) = (f.addr, f.addr + len);
+        debug_assert!(s <= a && b <= e);
+        match (a > s, b < e) {
+            (true, true) => {
+                if self.holes >= Self::MAX_HOLES {
+                    return Err(FitError::TooManyVmas);
+                }
+                self.holes += 1;
+                self.bytes -= len;
+                self.leaves[f.leaf as usize].e[f.slot] = a;
+                self.insert_slot(f.path, f.leaf, f.slot + 1, b, e);
+            }
+            (true, false) => {
+                self.bytes -= len;
+                self.leaves[f.leaf as usize].e[f.slot] = a;
+                self.fix_up(&f.path, f.leaf);
+            }
+            (false, true) => {
+                self.bytes -= len;
+                self.leaves[f.leaf as usize].s[f.slot] = b;
+                self.fix_up(&f.path, f.leaf);
+            }
+            (false, false) => {
+                self.bytes -= len;
+                self.holes -= 1;
+                self.delete_slot(f.path, f.leaf, f.slot, s);
+            }
+        }
+        Ok(())
+    }
+
+    fn descend(&self, addr: u64) -> (Path, u32) {
+        let mut path = Path::EMPTY;
+        let mut id = self.root;
+        for _ in 0..self.height {
+            let node = &self.inners[id as usize];
+            let i = Self::route(node, addr);
+            path.push(id, i);
+            id = node.child[i];
+        }
+        (path, id)
+    }
+
+    fn leaf_sum(&self, id: u32) -> Sum {
+        let l = &self.leaves[id as usize];
+        let mut m = [0u64; NSUM];
+        for i in 0..l.n as usize {
+            let h = hole_sum(l.s[i], l.e[i]);
+            for k in 0..NSUM {
+                m[k] = m[k].max(h[k]);
+            }
+        }
+        m
+    }
+
+    fn inner_sum(&self, id: u32) -> Sum {
+        let node = &self.inners[id as usize];
+        let n = node.n as usize;
+        let mut m = [0u64; NSUM];
+        for k in 0..NSUM {
+            m[k] = node.mx[k][..n].iter().copied().max().unwrap_or(0);
+        }
+        m
+    }
+
+    #[inline]
+    fn set_entry(&mut self, parent: u32, i: usize, s: Sum) {
+        let p = &mut self.inners[parent as usize];
+        for k in 0..NSUM {
+            p.mx[k][i] = s[k];
+        }
+    }
+
+    /// After `leaf` changed in place: refreshes the summaries on `path`,
+    /// stopping where one does not change.
+    fn fix_up(&mut self, path: &Path, leaf: u32) {
+        let mut s = self.leaf_sum(leaf);
+        for k in (0..path.n).rev() {
+            let (p, i) = (path.node[k], path.idx[k] as usize);
+            let node = &self.inners[p as usize];
+            if (0..NSUM).all(|c| node.mx[c][i] == s[c]) {
+                return;
+            }
+            self.set_entry(p, i, s);
+            s = self.inner_sum(p);
+        }
+    }
+
+    /// Recomputes every summary on the path to the leaf `addr` routes to.
+    fn resync(&mut self, addr: u64) {
+        let (path, leaf) = self.descend(addr);
+        let mut s = self.leaf_sum(leaf);
+        for k in (0..path.n).rev() {
+            let (p, i) = (path.node[k], path.idx[k] as usize);
+            self.set_entry(p, i, s);
+            s = self.inner_sum(p);
+        }
+    }
+
+    /// The separator between the subtree of `path`'s leaf and the next
+    /// subtree to its right, if there is one.
+    fn sep_right_slot(&self, path: &Path) -> Option<(u32, usize)> {
+        (0..path.n).rev().find_map(|k| {
+            let (p, i) = (path.node[k], path.idx[k] as usize);
+            (i + 1 < self.inners[p as usize].n as usize).then_some((p, i + 1))
+        })
+    }
+
+    fn set_sep_right(&mut self, path: &Path, v: u64) {
+        if let Some((p, i)) = self.sep_right_slot(path) {
+            self.inners[p as usize].key[i] = v;
+        }
+    }
+
+    fn set_sep_left(&mut self, path: &Path, v: u64) {
+        let slot = (0..path.n).rev().find_map(|k| {
+            let (p, i) = (path.node[k], path.idx[k] as usize);
+            (i > 0).then_some((p, i))
+        });
+        if let Some((p, i)) = slot {
+            self.inners[p as usize].key[i] = v;
+        }
+    }
+
+    fn new_leaf(&mut self) -> u32 {
+        if let Some(id) = self.spare_leaves.pop() {
+            self.leaves[id as usize] = Leaf::EMPTY;
+            id
+        } else {
+            self.leaves.push(Leaf::EMPTY);
+            (self.leaves.len() - 1) as u32
+        }
+    }
+
+    fn new_inner(&mut self) -> u32 {
+        if let Some(id) = self.spare_inners.pop() {
+            self.inners[id as usize] = Inner::EMPTY;
+            id
+        } else {
+            self.inners.push(Inner::EMPTY);
+            (self.inners.len() - 1) as u32
+        }
+    }
+
+    /// Inserts the hole `[s, e)` at `pos` of `leaf` (the caller has made
+    /// the separators allow it there), splitting nodes as needed.
+    fn insert_slot(&mut self, path: Path, leaf: u32, pos: usize, s: u64, e: u64) {
+        let l = &mut self.leaves[leaf as usize];
+        let n = l.n as usize;
+        if n < LC {
+            l.s.copy_within(pos..n, pos + 1);
+            l.e.copy_within(pos..n, pos + 1);
+            l.s[pos] = s;
+            l.e[pos] = e;
+            l.n += 1;
+            self.fix_up(&path, leaf);
+            return;
+        }
+        // Split: the upper half moves to a new leaf on the right.
+        let r = self.new_leaf();
+        let half = LC / 2;
+        let (ls, le, lnext) = {
+            let l = &self.leaves[leaf as usize];
+            (l.s, l.e, l.next)
+        };
+        {
+            let rl = &mut self.leaves[r as usize];
+            rl.s[..LC - half].copy_from_slice(&ls[half..]);
+            rl.e[..LC - half].copy_from_slice(&le[half..]);
+            rl.n = (LC - half) as u32;
+            rl.prev = leaf;
+            rl.next = lnext;
+        }
+        if lnext != NIL {
+            self.leaves[lnext as usize].prev = r;
+        }
+        {
+            let l = &mut self.leaves[leaf as usize];
+            l.n = half as u32;
+            l.next = r;
+        }
+        let (tgt, tpos) = if pos <= half {
+            (leaf, pos)
+        } else {
+            (r, pos - half)
+        };
+        {
+            let t = &mut self.leaves[tgt as usize];
+            let tn = t.n as usize;
+            t.s.copy_within(tpos..tn, tpos + 1);
+            t.e.copy_within(tpos..tn, tpos + 1);
+            t.s[tpos] = s;
+            t.e[tpos] = e;
+            t.n += 1;
+        }
+        let sep = self.leaves[r as usize].s[0];
+        let (sl, sr) = (self.leaf_sum(leaf), self.leaf_sum(r));
+        self.insert_child(&path, path.n, sep, r, sl, sr);
+        self.resync(s);
+    }
+
+    /// The node at depth `d` of `path` (depth `path.n` is the leaf, 0 the
+    /// root) split, and `right` (summary `sr`) goes into its parent just
+    /// after it, with separator `sep`; the split node's summary is now
+    /// `sl`. Splits upwards as needed; a split root makes a new root.
+    fn insert_child(&mut self, path: &Path, d: usize, sep: u64, right: u32, sl: Sum, sr: Sum) {
+        if d == 0 {
+            let old = self.root;
+            let nr = self.new_inner();
+            let node = &mut self.inners[nr as usize];
+            node.n = 2;
+            node.child[0] = old;
+            node.child[1] = right;
+            node.key[1] = sep;
+            for k in 0..NSUM {
+                node.mx[k][0] = sl[k];
+                node.mx[k][1] = sr[k];
+            }
+            self.root = nr;
+            self.height += 1;
+            return;
+        }
+        let (p, i) = (path.node[d - 1], path.idx[d - 1] as usize);
+        self.set_entry(p, i, sl);
+        let n = self.inners[p as usize].n as usize;
+        if n < IC {
+            let node = &mut self.inners[p as usize];
+            node.key.copy_within(i + 1..n, i + 2);
+            node.child.copy_within(i + 1..n, i + 2);
+            for k in 0..NSUM {
+                node.mx[k].copy_within(i + 1..n, i + 2);
+                node.mx[k][i + 1] = sr[k];
+            }
+            node.key[i + 1] = sep;
+            node.child[i + 1] = right;
+            node.n += 1;
+            return;
+        }
+        // Split the parent: entries `half..` move to a new node.
+        let r = self.new_inner();
+        let half = IC / 2;
+        let old = self.inners[p as usize].clone();
+        {
+            let rn = &mut self.inners[r as usize];
+            rn.key[..IC - half].copy_from_slice(&old.key[half..]);
+            rn.child[..IC - half].copy_from_slice(&old.child[half..]);
+            for k in 0..NSUM {
+                rn.mx[k][..IC - half].copy_from_slice(&old.mx[k][half..]);
+            }
+            rn.n = (IC - half) as u32;
+        }
+        self.inners[p as usize].n = half as u32;
+        let (t, ti) = if i < half { (p, i) } else { (r, i - half) };
+        {
+            let node = &mut self.inners[t as usize];
+            let tn = node.n as usize;
+            node.key.copy_within(ti + 1..tn, ti + 2);
+            node.child.copy_within(ti + 1..tn, ti + 2);
+            for k in 0..NSUM {
+                node.mx[k].copy_within(ti + 1..tn, ti + 2);
+                node.mx[k][ti + 1] = sr[k];
+            }
+            node.key[ti + 1] = sep;
+            node.child[ti + 1] = right;
+            node.n += 1;
+        }
+        // The first key of the new node separates it from `p`.
+        let sep2 = self.inners[r as usize].key[0];
+        let (sp, srr) = (self.inner_sum(p), self.inner_sum(r));
+        self.insert_child(path, d - 1, sep2, r, sp, srr);
+    }
+
+    /// Deletes hole `pos` of `leaf` (reached by `path`), merging or
+    /// levelling nodes that fall below their minimum. `addr` is an address
+    /// whose leaf afterwards holds what changed (for the summaries).
+    fn delete_slot(&mut self, path: Path, leaf: u32, pos: usize, addr: u64) {
+        let l = &mut self.leaves[leaf as usize];
+        let n = l.n as usize;
+        l.s.copy_within(pos + 1..n, pos);
+        l.e.copy_within(pos + 1..n, pos);
+        l.n -= 1;
+        if path.n == 0 || n > LMIN {
+            self.fix_up(&path, leaf);
+            return;
+        }
+        self.rebalance_leaf(&path, leaf);
+        self.resync(addr);
+    }
+
+    fn rebalance_leaf(&mut self, path: &Path, leaf: u32) {
+        let d = path.n;
+        let (p, i) = (path.node[d - 1], path.idx[d - 1] as usize);
+        let (li, ri) = if i > 0 { (i - 1, i) } else { (i, i + 1) };
+        let (lid, rid) = {
+            let node = &self.inners[p as usize];
+            (node.child[li], node.child[ri])
+        };
+        let _ = leaf;
+        let (ln, rn) = (
+            self.leaves[lid as usize].n as usize,
+            self.leaves[rid as usize].n as usize,
+        );
+        if ln + rn <= LMERGE {
+            // Merge the right leaf into the left one.
+            let r = self.leaves[rid as usize].clone();
+            {
+                let l = &mut self.leaves[lid as usize];
+                l.s[ln..ln + rn].copy_from_slice(&r.s[..rn]);
+                l.e[ln..ln + rn].copy_from_slice(&r.e[..rn]);
+                l.n = (ln + rn) as u32;
+                l.next = r.next;
+            }
+            if r.next != NIL {
+                self.leaves[r.next as usize].prev = lid;
+            }
+            self.spare_leaves.push(rid);
+            let sl = self.leaf_sum(lid);
+            self.set_entry(p, li, sl);
+            self.remove_entry(path, d - 1, ri);
+        } else {
+            // Level the two: the left takes the first half.
+            let total = ln + rn;
+            let want_l = total / 2;
+            let (l, r) = (
+                self.leaves[lid as usize].clone(),
+                self.leaves[rid as usize].clone(),
+            );
+            let mut s = [0u64; 2 * LC];
+            let mut e = [0u64; 2 * LC];
+            s[..ln].copy_from_slice(&l.s[..ln]);
+            s[ln..total].copy_from_slice(&r.s[..rn]);
+            e[..ln].copy_from_slice(&l.e[..ln]);
+            e[ln..total].copy_from_slice(&r.e[..rn]);
+            {
+                let l = &mut self.leaves[lid as usize];
+                l.s[..want_l].copy_from_slice(&s[..want_l]);
+                l.e[..want_l].copy_from_slice(&e[..want_l]);
+                l.n = want_l as u32;
+            }
+            {
+                let r = &mut self.leaves[rid as usize];
+                r.s[..total - want_l].copy_from_slice(&s[want_l..total]);
+                r.e[..total - want_l].copy_from_slice(&e[want_l..total]);
+                r.n = (total - want_l) as u32;
+            }
+            self.inners[p as usize].key[ri] = s[want_l];
+            let (sl, sr) = (self.leaf_sum(lid), self.leaf_sum(rid));
+            self.set_entry(p, li, sl);
+            self.set_entry(p, ri, sr);
+        }
+    }
+
+    /// Removes entry `i` of the inner node at depth `d` of `path` (whose
+    /// child was merged into its left sibling), then repairs that node.
+    fn remove_entry(&mut self, path: &Path, d: usize, i: usize) {
+        let id = path.node[d];
+        {
+            let node = &mut self.inners[id as usize];
+            let n = node.n as usize;
+            node.key.copy_within(i + 1..n, i);
+            node.child.copy_within(i + 1..n, i);
+            for k in 0..NSUM {
+                node.mx[k].copy_within(i + 1..n, i);
+            }
+            node.n -= 1;
+        }
+        let n = self.inners[id as usize].n as usize;
+        if d == 0 {
+            if n == 1 {
+                // The root has one child left: it becomes the root.
+                self.root = self.inners[id as usize].child[0];
+                self.height -= 1;
+                self.spare_inners.push(id);
+            }
+            return;
+        }
+        if n >= IMIN {
+            return;
+        }
+        let (p, pi) = (path.node[d - 1], path.idx[d - 1] as usize);
+        let (li, ri) = if pi > 0 { (pi - 1, pi) } else { (pi, pi + 1) };
+        let (lid, rid, sep) = {
+            let node = &self.inners[p as usize];
+            (node.child[li], node.child[ri], node.key[ri])
+        };
+        let (ln, rn) = (
+            self.inners[lid as usize].n as usize,
+            self.inners[rid as usize].n as usize,
+        );
+        if ln + rn <= IMERGE {
+            let mut r = self.inners[rid as usize].clone();
+            r.key[0] = sep;
+            {
+                let l = &mut self.inners[lid as usize];
+                l.key[ln..ln + rn].copy_from_slice(&r.key[..rn]);
+                l.child[ln..ln + rn].copy_from_slice(&r.child[..rn]);
+                for k in 0..NSUM {
+                    l.mx[k][ln..ln + rn].copy_from_slice(&r.mx[k][..rn]);
+                }
+                l.n = (ln + rn) as u32;
+            }
+            self.spare_inners.push(rid);
+            let sl = self.inner_sum(lid);
+            self.set_entry(p, li, sl);
+            self.remove_entry(path, d - 1, ri);
+        } else {
+            let total = ln + rn;
+            let want_l = total / 2;
+            let (l, mut r) = (
+                self.inners[lid as usize].clone(),
+                self.inners[rid as usize].clone(),
+            );
+            r.key[0] = sep;
+            let mut key = [0u64; 2 * IC];
+            let mut child = [0u32; 2 * IC];
+            let mut mx = [[0u64; 2 * IC]; NSUM];
+            key[..ln].copy_from_slice(&l.key[..ln]);
+            key[ln..total].copy_from_slice(&r.key[..rn]);
+            child[..ln].copy_from_slice(&l.child[..ln]);
+            child[ln..total].copy_from_slice(&r.child[..rn]);
+            for k in 0..NSUM {
+                mx[k][..ln].copy_from_slice(&l.mx[k][..ln]);
+                mx[k][ln..total].copy_from_slice(&r.mx[k][..rn]);
+            }
+            {
+                let l = &mut self.inners[lid as usize];
+                l.key[..want_l].copy_from_slice(&key[..want_l]);
+                l.child[..want_l].copy_from_slice(&child[..want_l]);
+                for k in 0..NSUM {
+                    l.mx[k][..want_l].copy_from_slice(&mx[k][..want_l]);
+                }
+                l.n = want_l as u32;
+            }
+            {
+                let rr = &mut self.inners[rid as usize];
+                let m = total - want_l;
+                rr.key[..m].copy_from_slice(&key[want_l..total]);
+                rr.child[..m].copy_from_slice(&child[want_l..total]);
+                for k in 0..NSUM {
+                    rr.mx[k][..m].copy_from_slice(&mx[k][want_l..total]);
+                }
+                rr.n = m as u32;
+            }
+            self.inners[p as usize].key[ri] = key[want_l];
+            let (sl, sr) = (self.inner_sum(lid), self.inner_sum(rid));
+            self.set_entry(p, li, sl);
+            self.set_entry(p, ri, sr);
+        }
+    }
+
+    /// Panics if the tree breaks one of its invariants (for tests).
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let mut leaves = Vec::new();
+        let sum = self.check_node(self.root, self.height, true, &mut leaves);
+        let _ = sum;
+        // Leaf links and global order.
+        let mut holes = 0usize;
+        let mut bytes = 0u64;
+        let mut last_end: Option<u64> = None;
+        for (k, &id) in leaves.iter().enumerate() {
+            let l = &self.leaves[id as usize];
+            let want_prev = if k == 0 { NIL } else { leaves[k - 1] };
+            let want_next = leaves.get(k + 1).copied().unwrap_or(NIL);
+            assert_eq!(l.prev, want_prev, "leaf {id} prev link");
+            assert_eq!(l.next, want_next, "leaf {id} next link");
+            for i in 0..l.n as usize {
+                assert!(l.s[i] < l.e[i], "empty hole in leaf {id}");
+                if let Some(pe) = last_end {
+                    assert!(
+                        pe < l.s[i],
+                        "holes out of order or touching at {:#x}",
+                        l.s[i]
+                    );
+                }
+                last_end = Some(l.e[i]);
+                holes += 1;
+                bytes += l.e[i] - l.s[i];
+            }
+        }
+        assert_eq!(holes, self.holes, "hole count");
+        assert_eq!(bytes, self.bytes, "free bytes");
+        let reached = leaves.len() + self.count_inners(self.root, self.height);
+        assert_eq!(
+            reached + self.spare_leaves.len() + self.spare_inners.len(),
+            self.leaves.len() + self.inners.len(),
+            "nodes lost or shared"
+        );
+    }
+
+    fn count_inners(&self, id: u32, level: u32) -> usize {
+        if level == 0 {
+            return 0;
+        }
+        let node = &self.inners[id as usize];
+        1 + (0..node.n as usize)
+            .map(|i| self.count_inners(node.child[i], level - 1))
+            .sum::<usize>()
+    }
+
+    /// Checks the subtree; returns its summary and (lowest start, highest
+    /// end) of its holes.
+    fn check_node(
+        &self,
+        id: u32,
+        level: u32,
+        root: bool,
+        leaves: &mut Vec<u32>,
+    ) -> (Sum, Option<(u64, u64)>) {
+        if level == 0 {
+            let l = &self.leaves[id as usize];
+            let n = l.n as usize;
+            assert!(n <= LC);
+            assert!(root || n >= LMIN, "leaf {id} has {n} holes");
+            leaves.push(id);
+            let span = (n > 0).then(|| (l.s[0], l.e[n - 1]));
+            return (self.leaf_sum(id), span);
+        }
+        let node = &self.inners[id as usize];
+        let n = node.n as usize;
+        assert!(n <= IC);
+        assert!(
+            if root { n >= 2 } else { n >= IMIN },
+            "inner {id} has {n} children"
+        );
+        let mut span: Option<(u64, u64)> = None;
+        let mut prev_end: Option<u64> = None;
+        for i in 0..n {
+            let (s, cs) = self.check_node(node.child[i], level - 1, false, leaves);
+            for k in 0..NSUM {
+                assert_eq!(node.mx[k][i], s[k], "inner {id} child {i} column {k}");
+            }
+            let (lo, hi) = cs.expect("a non-root node without holes");
+            if i > 0 {
+                let pe = prev_end.expect("previous child's end");
+                assert!(
+                    pe <= node.key[i] && node.key[i] <= lo,
+                    "inner {id} key {i} {:#x} not in [{pe:#x}, {lo:#x}]",
+                    node.key[i]
+                );
+            }
+            prev_end = Some(hi);
+            span = Some(span.map_or((lo, hi), |(a, _)| (a, hi)));
+        }
+        (self.inner_sum(id), span)
+    }
+}
+
+/// Iterator over a [`VaHeap`]'s holes, see [`VaHeap::holes`].
+pub struct Holes<'a> {
+    heap: &'a VaHeap,
+    leaf: u32,
+    slot: usize,
+}
+
+impl Iterator for Holes<'_> {
+    type Item = (u64, u64);
+    fn next(&mut self) -> Option<(u64, u64)> {
+        loop {
+            if self.leaf == NIL {
+                return None;
+            }
+            let l = &self.heap.leaves[self.leaf as usize];
+            if self.slot < l.n as usize {
+                let h = (l.s[self.slot], l.e[self.slot]);
+                self.slot += 1;
+                return Some(h);
+            }
+            self.leaf = l.next;
+            self.slot = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// A tiny deterministic generator (SplitMix64).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// The lowest or highest fit by brute force over a sorted hole list.
+    fn model_fit(holes: &[(u64, u64)], req: &FitRequest) -> Option<u64> {
+        let mut best = None;
+        for &(s, e) in holes {
+            let w = Want::new(req, None);
+            if let Some(a) = w.fit(s, e, req.topdown) {
+                if !req.topdown {
+                    return Some(a);
+                }
+                best = Some(a);
+            }
+        }
+        best
+    }
+
+    fn model_free(holes: &mut Vec<(u64, u64)>, a: u64, b: u64) -> bool {
+        if holes.iter().any(|&(s, e)| s < b && a < e) {
+            return false;
+        }
+        holes.push((a, b));
+        holes.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for &(s, e) in holes.iter() {
+            match out.last_mut() {
+                Some(l) if l.1 == s => l.1 = e,
+                _ => out.push((s, e)),
+            }
+        }
+        *holes = out;
+        true
+    }
+
+    fn model_take(holes: &mut Vec<(u64, u64)>, a: u64, b: u64) {
+        let i = holes.iter().position(|&(s, e)| s <= a && b <= e).unwrap();
+        let (s, e) = holes.remove(i);
+        if b < e {
+            holes.insert(i, (b, e));
+        }
+        if s < a {
+            holes.insert(i, (s, a));
+        }
+    }
+
+    #[test]
+    fn random_against_a_hole_list() {
+        const P: u64 = 0x1000;
+        let mut tallest = 0;
+        for seed in 0..6u64 {
+            let mut rng = Rng(seed);
+            let mut h = VaHeap::new();
+            let mut m: Vec<(u64, u64)> = Vec::new();
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            let span = 1u64 << (24 + seed * 4);
+            assert!(h.free(0, span).is_ok());
+            assert!(model_free(&mut m, 0, span));
+            for step in 0..6000 {
+                let grow = step < 3000;
+                if live.is_empty() || (grow && rng.below(3) > 0) || rng.below(2) == 0 {
+                    let pages = 1 + rng.below(if seed % 2 == 0 { 8 } else { 600 });
+                    let align = P << [0, 0, 0, 4, 9, 3][rng.below(6) as usize];
+                    let req = FitRequest {
+                        length: pages * P,
+                        low: rng.below(4) * (span / 8),
+                        high: span - rng.below(3) * (span / 16),
+                        align,
+                        align_offset: if rng.below(4) == 0 {
+                            P * rng.below(4)
+                        } else {
+                            0
+                        },
+                        topdown: rng.below(2) == 0,
+                        respect_guard_gaps: false,
+                    };
+                    let want = model_fit(&m, &req);
+                    let got = h.alloc(&req).ok();
+                    assert_eq!(got, want, "seed {seed} step {step} {req:?}");
+                    if let Some(a) = got {
+                        model_take(&mut m, a, a + req.length);
+                        live.push((a, a + req.length));
+                    }
+                } else {
+                    let i = rng.below(live.len() as u64) as usize;
+                    let (a, b) = live.swap_remove(i);
+                    assert!(h.free(a, b).is_ok(), "seed {seed} step {step}");
+                    assert!(model_free(&mut m, a, b));
+                    // A second free of the same range is refused.
+                    assert!(matches!(h.free(a, b), Err(HeapError::AlreadyFree { .. })));
+                }
+                tallest = tallest.max(h.height);
+                if step % 97 == 0 || h.hole_count() < 40 {
+                    h.check_invariants();
+                    assert!(h.holes().eq(m.iter().copied()), "seed {seed} step {step}");
+                }
+            }
+            h.check_invariants();
+            for (a, b) in live.drain(..) {
+                h.free(a, b).unwrap();
+                model_free(&mut m, a, b);
+            }
+            h.check_invariants();
+            assert_eq!(h.holes().collect::<Vec<_>>(), vec![(0, span)]);
+            assert_eq!(h.height, 0);
+        }
+        // The runs built trees of several levels (splits and merges of
+        // inner nodes happened).
+        assert!(tallest >= 2, "tallest tree {tallest}");
+    }
+}
