@@ -265,6 +265,14 @@ typedef struct svmap_space_t svmap_space_t;
 typedef struct svmap_svm_t svmap_svm_t;
 
 /**
+ * An address heap: a set of disjoint free holes `[start, end)` of the
+ * 64-bit address space (no floor, no guard gaps), with exact lowest- and
+ * highest-first aligned allocation. Owned by the caller from
+ * `svmap_vaheap_new` to `svmap_vaheap_delete`; not thread-safe.
+ */
+typedef struct svmap_vaheap_t svmap_vaheap_t;
+
+/**
  * A device's migrate callback: move `[start, end)` into the device's own
  * memory (`to_device` 1: the driver copies it and from then on serves the
  * device's accesses from there; the CPU side must not touch the range
@@ -601,6 +609,20 @@ typedef struct svmap_vma_t {
    */
   svmap_vma_flags_t flags;
 } svmap_vma_t;
+
+/**
+ * One free hole `[start, end)` of an address heap (`svmap_vaheap_holes`).
+ */
+typedef struct svmap_vaheap_hole_t {
+  /**
+   * First free byte.
+   */
+  uint64_t start;
+  /**
+   * One past the last free byte.
+   */
+  uint64_t end;
+} svmap_vaheap_hole_t;
 
 /**
  * Top-down: search down from `mmap_base`, then bottom-up (the default).
@@ -1574,6 +1596,174 @@ enum svmap_status_t svmap_svm_check_addressable(const struct svmap_svm_t *svm,
                                                 const char *device,
                                                 uint64_t start,
                                                 uint64_t end);
+
+/**
+ * A new heap with no free space: give it the range it manages with
+ * `svmap_vaheap_dealloc`. Returns an owned handle (NULL only if a bug in
+ * svmap was caught). Free it with `svmap_vaheap_delete`.
+ */
+struct svmap_vaheap_t *svmap_vaheap_new(void);
+
+/**
+ * Deletes a heap. Takes ownership; NULL is fine, a misaligned pointer is
+ * left alone (the last error says so).
+ *
+ * # Safety
+ *
+ * `heap` is NULL, misaligned, or a handle from `svmap_vaheap_new` not
+ * deleted yet.
+ */
+void svmap_vaheap_delete(struct svmap_vaheap_t *heap);
+
+/**
+ * Adds `[start, end)` to the free space, merging it with the holes it
+ * touches: the range a new heap manages, and every range given back
+ * (any range wholly in use: part of an allocation, or several adjacent
+ * ones). `SVMAP_EINVAL` for an empty or inverted range or one that meets
+ * free space (a double free); `SVMAP_ENOMEM` when the heap would need
+ * more holes than it can hold. Nothing changes on an error.
+ *
+ * # Safety
+ *
+ * `heap` is NULL (`SVMAP_EINVAL`), misaligned (`SVMAP_EINVAL`) or a live
+ * handle used by this thread alone.
+ */
+enum svmap_status_t svmap_vaheap_dealloc(struct svmap_vaheap_t *heap, uint64_t start, uint64_t end);
+
+/**
+ * Takes exactly `[start, end)`, which must lie inside one free hole.
+ * `SVMAP_EEXIST` if any of it is in use (not free), `SVMAP_EINVAL` for an
+ * empty or inverted range, `SVMAP_ENOMEM` when the heap would need more
+ * holes than it can hold. Nothing changes on an error.
+ *
+ * # Safety
+ *
+ * `heap` as for `svmap_vaheap_dealloc`.
+ */
+enum svmap_status_t svmap_vaheap_alloc_at(struct svmap_vaheap_t *heap,
+                                          uint64_t start,
+                                          uint64_t end);
+
+/**
+ * The exact fit `req` in the heap's free space, without taking it: the
+ * lowest (with `req->topdown`, highest) `addr` with `[addr, addr +
+ * req->length)` inside `[req->low, req->high)` and inside one hole, and
+ * `addr % req->align == req->align_offset % req->align`. The heap has no
+ * floor and no guard gaps (`req->respect_guard_gaps` must be 0 or 1 and
+ * changes nothing). Writes the address to `*out_addr`. `SVMAP_ENOMEM` if
+ * nothing fits, `SVMAP_EINVAL` for a zero length, an alignment that is
+ * not a power of two, an inverted window (`req->low > req->high`) or a
+ * bool byte other than 0 or 1.
+ *
+ * # Safety
+ *
+ * `heap` as for `svmap_vaheap_dealloc` (read only); `req` is NULL or
+ * misaligned (`SVMAP_EINVAL`) or valid for reading one request;
+ * `out_addr` is NULL or misaligned (`SVMAP_EINVAL`) or valid for writing
+ * a `uint64_t`.
+ */
+enum svmap_status_t svmap_vaheap_find_fit(const struct svmap_vaheap_t *heap,
+                                          const struct svmap_fit_request_t *req,
+                                          uint64_t *out_addr);
+
+/**
+ * `svmap_vaheap_find_fit`, whose range must also not cross a multiple of
+ * `boundary` (0: no constraint), with the rules of
+ * `svmap_space_find_fit_nocross`: `SVMAP_EINVAL` besides
+ * `svmap_vaheap_find_fit`'s cases for a boundary that is neither 0 nor a
+ * power of two, or one that no range of the length fits in between two
+ * multiples (`(align_offset mod min(align, boundary)) + length >
+ * boundary`); `SVMAP_ENOMEM` if no range satisfies every rule.
+ *
+ * # Safety
+ *
+ * As for `svmap_vaheap_find_fit`.
+ */
+enum svmap_status_t svmap_vaheap_find_fit_nocross(const struct svmap_vaheap_t *heap,
+                                                  const struct svmap_fit_request_t *req,
+                                                  uint64_t boundary,
+                                                  uint64_t *out_addr);
+
+/**
+ * `svmap_vaheap_find_fit`, then takes the range found: an allocator's
+ * whole `alloc`. Writes the start of the range `[*out_addr, *out_addr +
+ * req->length)`; the statuses of `svmap_vaheap_find_fit`, and
+ * `SVMAP_ENOMEM` when the heap would need more holes than it can hold.
+ * Nothing changes on an error. Give the range back with
+ * `svmap_vaheap_dealloc`.
+ *
+ * # Safety
+ *
+ * As for `svmap_vaheap_find_fit`, and `heap` is not read by anything else
+ * during the call.
+ */
+enum svmap_status_t svmap_vaheap_alloc(struct svmap_vaheap_t *heap,
+                                       const struct svmap_fit_request_t *req,
+                                       uint64_t *out_addr);
+
+/**
+ * `svmap_vaheap_find_fit_nocross`, then takes the range found, as
+ * `svmap_vaheap_alloc` does; the statuses of
+ * `svmap_vaheap_find_fit_nocross` (nothing changes on an error).
+ *
+ * # Safety
+ *
+ * As for `svmap_vaheap_alloc`.
+ */
+enum svmap_status_t svmap_vaheap_alloc_nocross(struct svmap_vaheap_t *heap,
+                                               const struct svmap_fit_request_t *req,
+                                               uint64_t boundary,
+                                               uint64_t *out_addr);
+
+/**
+ * The number of free holes (0 for a NULL or misaligned handle, with the
+ * last error set).
+ *
+ * # Safety
+ *
+ * `heap` as for `svmap_vaheap_find_fit`.
+ */
+size_t svmap_vaheap_hole_count(const struct svmap_vaheap_t *heap);
+
+/**
+ * The number of free bytes (0 for a NULL or misaligned handle, with the
+ * last error set).
+ *
+ * # Safety
+ *
+ * `heap` as for `svmap_vaheap_find_fit`.
+ */
+uint64_t svmap_vaheap_free_bytes(const struct svmap_vaheap_t *heap);
+
+/**
+ * Copies the free holes out in address order: the first `min(capacity,
+ * count)` holes into `out_holes[0..]`, and the number of holes `count`
+ * into `*out_count` (more than `capacity` means the array was too short:
+ * call again with `svmap_vaheap_hole_count()` entries). `out_holes` may be
+ * NULL when `capacity` is 0. `SVMAP_EINVAL` for a NULL or misaligned
+ * `out_count`, or a NULL, misaligned or overflowing (`capacity` entries
+ * do not fit in the address space) `out_holes` with a non-zero
+ * `capacity`; nothing is written then.
+ *
+ * # Safety
+ *
+ * `heap` as for `svmap_vaheap_find_fit`; `out_holes` is valid for writing
+ * `capacity` entries (unless refused as above); `out_count` is valid for
+ * writing a `size_t` (unless NULL or misaligned).
+ */
+enum svmap_status_t svmap_vaheap_holes(const struct svmap_vaheap_t *heap,
+                                       struct svmap_vaheap_hole_t *out_holes,
+                                       size_t capacity,
+                                       size_t *out_count);
+
+/**
+ * Forgets all free space (the heap is then as new).
+ *
+ * # Safety
+ *
+ * `heap` as for `svmap_vaheap_dealloc`.
+ */
+enum svmap_status_t svmap_vaheap_clear(struct svmap_vaheap_t *heap);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -52,6 +52,7 @@ mod runtime;
 mod sigpipe;
 mod space;
 mod svm;
+mod vaheap;
 
 pub use attr::*;
 pub use linux::*;
@@ -60,6 +61,7 @@ pub use replay::*;
 pub use runtime::*;
 pub use space::*;
 pub use svm::*;
+pub use vaheap::*;
 
 /// The result of a call. `SVMAP_OK` is 0; every other value is a failure
 /// (or, for `svmap_svm_device_access`, a device fault) and

@@ -347,10 +347,9 @@ pub unsafe extern "C" fn svmap_space_unmapped_area(
     })
 }
 
-/// The core request for the C request `r` on space `s`: the window
-/// checked (`low > high` is an inverted range), `low` raised to the space's
-/// `mmap_min_addr`, the C booleans checked.
-fn fit_request(s: &svmap_space_t, r: &svmap_fit_request_t) -> Result<FitRequest, Failure> {
+/// The core request for the C request `r`, as it is: the window checked
+/// (`low > high` is an inverted range) and the C booleans checked.
+pub(crate) fn core_fit_request(r: &svmap_fit_request_t) -> Result<FitRequest, Failure> {
     if r.low > r.high {
         return Err(Failure::inval(format!(
             "inverted window [{:#x}, {:#x}): req->low is above req->high",
@@ -359,7 +358,7 @@ fn fit_request(s: &svmap_space_t, r: &svmap_fit_request_t) -> Result<FitRequest,
     }
     Ok(FitRequest {
         length: r.length,
-        low: r.low.max(s.mm.config().mmap_min_addr),
+        low: r.low,
         high: r.high,
         align: r.align,
         align_offset: r.align_offset,
@@ -368,8 +367,16 @@ fn fit_request(s: &svmap_space_t, r: &svmap_fit_request_t) -> Result<FitRequest,
     })
 }
 
+/// The core request for the C request `r` on space `s`: as
+/// [`core_fit_request`], with `low` raised to the space's `mmap_min_addr`.
+fn fit_request(s: &svmap_space_t, r: &svmap_fit_request_t) -> Result<FitRequest, Failure> {
+    let mut fit = core_fit_request(r)?;
+    fit.low = fit.low.max(s.mm.config().mmap_min_addr);
+    Ok(fit)
+}
+
 /// The status of a failed fit.
-fn fit_failure(what: &str, e: FitError) -> Failure {
+pub(crate) fn fit_failure(what: &str, e: FitError) -> Failure {
     let st = match e {
         FitError::ZeroLength | FitError::BadAlignment(_) => SVMAP_EINVAL,
         FitError::EmptyWindow { .. } | FitError::NoSpace | FitError::TooManyVmas => SVMAP_ENOMEM,
@@ -379,7 +386,7 @@ fn fit_failure(what: &str, e: FitError) -> Failure {
 
 /// The status of a failed fit with a boundary: a bad or too small boundary
 /// is `SVMAP_EINVAL`, the rest as `fit_failure`.
-fn nocross_failure(what: &str, e: NoCrossError) -> Failure {
+pub(crate) fn nocross_failure(what: &str, e: NoCrossError) -> Failure {
     match e {
         NoCrossError::Fit(e) => fit_failure(what, e),
         NoCrossError::BadBoundary(_) | NoCrossError::BoundaryTooSmall { .. } => {
