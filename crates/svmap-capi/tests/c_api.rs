@@ -293,6 +293,32 @@ fn c_hostile_inputs_under_valgrind() {
     );
 }
 
+fn vaheap_program() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/test_vaheap.c")
+}
+
+/// The address heap as a driver's GPU virtual-address heap (Mesa's
+/// `util_vma_heap` way): alignments lowest and highest first, merging
+/// frees, a refused double free, exact and non-crossing allocations, a
+/// seeded churn against a list of live ranges, hostile arguments.
+#[test]
+fn c_vaheap_as_a_gpu_va_heap() {
+    let exe = compile(&vaheap_program(), "test_vaheap_static", Link::Static);
+    let o = run_ok(&mut Command::new(&exe));
+    let text = String::from_utf8_lossy(&o.stdout);
+    println!("{text}");
+    assert!(text.contains("checks passed"), "{text}");
+}
+
+#[test]
+fn c_vaheap_under_valgrind() {
+    run_under_valgrind(
+        "c_vaheap_under_valgrind",
+        &vaheap_program(),
+        "test_vaheap_valgrind",
+    );
+}
+
 /// The install steps of examples/c/README.md, then the example built with
 /// nothing but `pkg-config --cflags --libs svmap`.
 #[test]
