@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Instructions per pair = the total `Ir` / `STEPS`. Implementations:
-//! `svmap`, `gap-tree`, `offset-allocator`, `hole-list`.
+//! `svmap`, `svmap-heap`, `gap-tree`, `offset-allocator`, `hole-list`.
 
 use std::hint::black_box;
 
@@ -17,6 +17,7 @@ use svmap_bench::peers::holelist::HoleList;
 use svmap_bench::peers::holetree::HoleTree;
 use svmap_bench::peers::offsetalloc::OffsetAlloc;
 use svmap_bench::peers::svmap::Svmap;
+use svmap_bench::peers::svmapheap::SvmapHeap;
 use svmap_bench::workload::{Churn, SplitMix64, Step, SEED};
 
 /// The counted part: `steps` frees and allocations.
@@ -75,6 +76,7 @@ fn main() {
     let top = a.get(5).is_some_and(|o| o == "highest");
     match imp {
         "svmap" => run(Svmap::new(align, top), n, count),
+        "svmap-heap" => run(SvmapHeap::new(align, top), n, count),
         "gap-tree" => run(HoleTree::new(align, top), n, count),
         "offset-allocator" => run(OffsetAlloc::new(n), n, count),
         "hole-list" => run(HoleList::new(align, top), n, count),

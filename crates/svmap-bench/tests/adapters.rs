@@ -1,14 +1,15 @@
 //! Every peer places valid ranges (inside its window, aligned, overlapping
 //! no live range); the address-ordered ones place exactly where svmap (or,
 //! for the padded gap tree at 2 MiB, a simple model of Linux's padded
-//! search) places on the same sequence.
+//! search) places on the same sequence, and svmap's hole-keyed heap holds
+//! exactly the complement of the live ranges as its holes.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use svmap_bench::peers::{
     gaptree::GapTree, holelist::HoleList, holetree::HoleTree, offsetalloc::OffsetAlloc,
-    rangealloc::RangeAlloc, svmap::Svmap, vmalloc::VmAlloc,
+    rangealloc::RangeAlloc, svmap::Svmap, svmapheap::SvmapHeap, vmalloc::VmAlloc,
 };
 use svmap_bench::workload::{Churn, SplitMix64, PAGE, WINDOW};
 
@@ -53,6 +54,23 @@ impl Live {
     fn remove(&mut self, (s, e): (u64, u64)) {
         assert_eq!(self.by_start.remove(&s), Some(e), "freed an unknown range");
     }
+
+    /// The free space of the window: the gaps between the live ranges,
+    /// adjacent live ranges taken together.
+    fn complement(&self) -> Vec<(u64, u64)> {
+        let mut holes = Vec::new();
+        let mut at = 0;
+        for (&s, &e) in &self.by_start {
+            if s > at {
+                holes.push((at, s));
+            }
+            at = e;
+        }
+        if at < self.window {
+            holes.push((at, self.window));
+        }
+        holes
+    }
 }
 
 /// Runs the churn sequence of `seed` (N live ranges, STEPS steps),
@@ -65,6 +83,19 @@ fn trace<C: Churn>(
     to_range: impl Fn(C::Handle, u64) -> (u64, u64),
     seed: u64,
 ) -> Vec<(u64, u64)> {
+    trace_live(&mut c, who, window, align, to_range, seed).0
+}
+
+/// [`trace`] on a borrowed implementation; also returns the live ranges at
+/// the end.
+fn trace_live<C: Churn>(
+    c: &mut C,
+    who: &str,
+    window: u64,
+    align: u64,
+    to_range: impl Fn(C::Handle, u64) -> (u64, u64),
+    seed: u64,
+) -> (Vec<(u64, u64)>, Live) {
     let mut rng = SplitMix64::new(seed);
     let mut live = Live::new(window, align);
     let mut handles: Vec<(C::Handle, u64)> = Vec::with_capacity(N);
@@ -89,7 +120,7 @@ fn trace<C: Churn>(
         out.push(r);
         handles[i] = (h, bytes);
     }
-    out
+    (out, live)
 }
 
 fn same(h: (u64, u64), _bytes: u64) -> (u64, u64) {
@@ -216,6 +247,61 @@ fn ordered_peers_match_svmap() {
 }
 
 #[test]
+fn svmap_heap_places_as_svmap() {
+    for align in [K4, 64 << 10, M2] {
+        for top in [false, true] {
+            for seed in [7, 8] {
+                let want = trace(Svmap::new(align, top), "svmap", WINDOW, align, same, seed);
+                let mut heap = SvmapHeap::new(align, top);
+                let (got, live) = trace_live(&mut heap, "svmap-heap", WINDOW, align, same, seed);
+                // The first placement that differs, with its step (the
+                // first N placements are the fill).
+                if let Some(i) = (0..want.len()).find(|&i| got.get(i) != Some(&want[i])) {
+                    panic!(
+                        "svmap-heap align {align:#x} topdown {top} seed {seed}: placement {i} \
+                         (step {}) is {:x?}, svmap placed {:x?}",
+                        i.checked_sub(N)
+                            .map_or("fill".to_owned(), |s| s.to_string()),
+                        got.get(i),
+                        want[i]
+                    );
+                }
+                assert_eq!(got.len(), want.len());
+                heap.check();
+                assert_eq!(
+                    heap.holes(),
+                    live.complement(),
+                    "svmap-heap holes {align:#x} {top} {seed}"
+                );
+                // Giving every live range back leaves the whole window.
+                for (&s, &e) in &live.by_start {
+                    heap.free((s, e));
+                }
+                heap.check();
+                assert_eq!(heap.holes(), vec![(0, WINDOW)]);
+            }
+        }
+    }
+}
+
+#[test]
+fn svmap_heap_takes_the_lowest_page() {
+    // `find_fit` has no `mmap_min_addr` floor: both start at address 0
+    // (lowest first) and end at the window's top (highest first).
+    for (top, want) in [(false, (0, PAGE)), (true, (WINDOW - PAGE, WINDOW))] {
+        assert_eq!(Svmap::new(K4, top).alloc(PAGE), want);
+        let mut heap = SvmapHeap::new(K4, top);
+        assert_eq!(heap.alloc(PAGE), want);
+        let rest = if top {
+            (0, WINDOW - PAGE)
+        } else {
+            (PAGE, WINDOW)
+        };
+        assert_eq!(heap.holes(), vec![rest]);
+    }
+}
+
+#[test]
 fn gap_tree_matches_the_padded_model() {
     for align in [K4, 64 << 10, M2] {
         for top in [false, true] {
@@ -316,8 +402,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Random interleavings of allocations and frees with sizes up to
-    /// 4 MiB: every peer stays valid, and the gap tree places exactly as
-    /// the padded model and stays consistent.
+    /// 4 MiB: every peer stays valid, the gap tree places exactly as
+    /// the padded model and stays consistent, and svmap's heap places
+    /// exactly as svmap and holds the complement of the live ranges.
     #[test]
     fn random_sequences(
         ops in prop::collection::vec((any::<bool>(), 1u64..=1024, any::<u32>()), 1..400),
@@ -330,6 +417,7 @@ proptest! {
         let mut exact = GapTree::new(align, top);
         let mut list = HoleList::new(align, top);
         let mut sv = Svmap::new(align, top);
+        let mut heap = SvmapHeap::new(align, top);
         let mut ra = RangeAlloc::new(align);
         let mut lt = Live::new(WINDOW, align);
         let mut le = Live::new(WINDOW, align);
@@ -345,6 +433,7 @@ proptest! {
                 let e = exact.alloc(bytes);
                 prop_assert_eq!(e, sv.alloc(bytes));
                 le.add(e, bytes, "gap-tree-exact");
+                prop_assert_eq!(heap.alloc(bytes), e);
                 let l = list.alloc(bytes);
                 prop_assert_eq!(l, e);
                 ll.add(l, bytes, "hole-list");
@@ -358,6 +447,7 @@ proptest! {
                 lt.remove(t);
                 exact.free(e);
                 sv.free(e);
+                heap.free(e);
                 le.remove(e);
                 list.free(l);
                 ll.remove(l);
@@ -366,6 +456,8 @@ proptest! {
             }
             prop_assert!(tree.is_consistent());
             prop_assert_eq!(tree.holes(), model.holes.clone());
+            heap.check();
+            prop_assert_eq!(heap.holes(), le.complement());
         }
     }
 }

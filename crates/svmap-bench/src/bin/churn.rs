@@ -19,7 +19,8 @@ use std::time::Instant;
 use svmap_bench::count_alloc::Counting;
 use svmap_bench::peers::{
     gaptree::GapTree, holelist::HoleList, holetree::HoleTree, kernel, kernel::Kernel,
-    offsetalloc::OffsetAlloc, rangealloc::RangeAlloc, svmap::Svmap, vmalloc::VmAlloc, Order,
+    offsetalloc::OffsetAlloc, rangealloc::RangeAlloc, svmap::Svmap, svmapheap::SvmapHeap,
+    vmalloc::VmAlloc, Order,
 };
 use svmap_bench::workload::{measure, Measurement, Plan};
 
@@ -32,6 +33,7 @@ const M2: u64 = 2 << 20;
 /// The implementations, in table order.
 const IMPLS: &[&str] = &[
     "svmap",
+    "svmap-heap",
     "offset-allocator",
     "gap-tree",
     "gap-tree-exact",
@@ -87,6 +89,7 @@ fn run(imp: &str, n: usize, align: u64, order: Order, plan: &Plan) -> Measuremen
     let top = order == Order::Highest;
     match imp {
         "svmap" => measure(|| Svmap::new(align, top), plan),
+        "svmap-heap" => measure(|| SvmapHeap::new(align, top), plan),
         "offset-allocator" => measure(|| OffsetAlloc::new(n), plan),
         "gap-tree" => measure(|| HoleTree::new(align, top), plan),
         "gap-tree-exact" => measure(|| GapTree::new(align, top), plan),

@@ -12,6 +12,7 @@ pub mod offsetalloc;
 #[cfg(feature = "peers")]
 pub mod rangealloc;
 pub mod svmap;
+pub mod svmapheap;
 #[cfg(feature = "peers")]
 pub mod vmalloc;
 
