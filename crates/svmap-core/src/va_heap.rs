@@ -197,6 +197,14 @@ fn room(s: u64, e: u64, shift: u32) -> u64 {
     }
 }
 
+/// Forces a rescan in [`VaHeap::fix_up`].
+const FULL: Sum = [u64::MAX; NSUM];
+
+#[inline]
+fn max_sum(a: Sum, b: Sum) -> Sum {
+    [a[0].max(b[0]), a[1].max(b[1]), a[2].max(b[2])]
+}
+
 #[inline]
 fn hole_sum(s: u64, e: u64) -> Sum {
     [e - s, room(s, e, SHIFTS[0]), room(s, e, SHIFTS[1])]
@@ -433,22 +441,26 @@ impl VaHeap {
                 let ps = ph.unwrap_or_default().0;
                 self.holes -= 1;
                 if pid == z && qid == z {
+                    let (ps, pe) = ph.unwrap_or_default();
+                    let (qs, _) = qh.unwrap_or_default();
+                    let removed = max_sum(hole_sum(ps, pe), hole_sum(qs, qe));
                     self.leaves[z as usize].e[pi] = qe;
-                    self.delete_slot(path, z, qi, ps);
+                    self.delete_slot(path, z, qi, ps, removed, hole_sum(ps, qe));
                 } else if pid == z {
                     // `q` is the first hole of the next leaf.
                     let (qpath, _) = self.descend(b);
                     self.leaves[z as usize].e[pi] = qe;
                     self.set_sep_right(&path, qe);
-                    self.delete_slot(qpath, qid, 0, qe);
+                    self.delete_slot(qpath, qid, 0, qe, FULL, [0; NSUM]);
+                    self.resync(ps);
                 } else {
                     // `p` is the last hole of the previous leaf, `q` the
                     // first of `z`.
                     self.leaves[pid as usize].e[pi] = qe;
                     self.set_sep_left(&path, qe);
-                    self.delete_slot(path, z, qi, qe);
+                    self.delete_slot(path, z, qi, qe, FULL, [0; NSUM]);
+                    self.resync(ps);
                 }
-                self.resync(ps);
             }
             (Some((pid, pi)), _) if p_touch => {
                 self.leaves[pid as usize].e[pi] = b;
@@ -456,7 +468,8 @@ impl VaHeap {
                     if pi + 1 == n {
                         self.set_sep_right(&path, b);
                     }
-                    self.fix_up(&path, z);
+                    let (ps, pe) = ph.unwrap_or_default();
+                    self.fix_up(&path, z, hole_sum(ps, pe), hole_sum(ps, b));
                 } else {
                     self.set_sep_left(&path, b);
                     let ps = ph.unwrap_or_default().0;
@@ -466,7 +479,8 @@ impl VaHeap {
             (_, Some((qid, qi))) if q_touch => {
                 if qid == z {
                     self.leaves[z as usize].s[qi] = a;
-                    self.fix_up(&path, z);
+                    let (qs, qe) = qh.unwrap_or_default();
+                    self.fix_up(&path, z, hole_sum(qs, qe), hole_sum(a, qe));
                 } else {
                     self.leaves[qid as usize].s[qi] = a;
                     self.set_sep_right(&path, a);
@@ -478,7 +492,7 @@ impl VaHeap {
                 if pos == n {
                     self.set_sep_right(&path, b);
                 }
-                self.insert_slot(path, z, pos, a, b);
+                self.insert_slot(path, z, pos, a, b, [0; NSUM], hole_sum(a, b));
             }
         }
         Ok(())
@@ -675,22 +689,23 @@ impl VaHeap {
                 self.holes += 1;
                 self.bytes -= len;
                 self.leaves[f.leaf as usize].e[f.slot] = a;
-                self.insert_slot(f.path, f.leaf, f.slot + 1, b, e);
+                let added = max_sum(hole_sum(s, a), hole_sum(b, e));
+                self.insert_slot(f.path, f.leaf, f.slot + 1, b, e, hole_sum(s, e), added);
             }
             (true, false) => {
                 self.bytes -= len;
                 self.leaves[f.leaf as usize].e[f.slot] = a;
-                self.fix_up(&f.path, f.leaf);
+                self.fix_up(&f.path, f.leaf, hole_sum(s, e), hole_sum(s, a));
             }
             (false, true) => {
                 self.bytes -= len;
                 self.leaves[f.leaf as usize].s[f.slot] = b;
-                self.fix_up(&f.path, f.leaf);
+                self.fix_up(&f.path, f.leaf, hole_sum(s, e), hole_sum(b, e));
             }
             (false, false) => {
                 self.bytes -= len;
                 self.holes -= 1;
-                self.delete_slot(f.path, f.leaf, f.slot, s);
+                self.delete_slot(f.path, f.leaf, f.slot, s, hole_sum(s, e), [0; NSUM]);
             }
         }
         Ok(())
@@ -720,6 +735,35 @@ impl VaHeap {
         m
     }
 
+    /// Column `k` of a leaf's summary.
+    fn leaf_col(&self, id: u32, k: usize) -> u64 {
+        let l = &self.leaves[id as usize];
+        let n = l.n as usize;
+        let (s, e) = (&l.s[..n], &l.e[..n]);
+        let mut m = 0;
+        if k == 0 {
+            for i in 0..n {
+                m = m.max(e[i] - s[i]);
+            }
+        } else {
+            let shift = SHIFTS[k - 1];
+            for i in 0..n {
+                m = m.max(room(s[i], e[i], shift));
+            }
+        }
+        m
+    }
+
+    /// Column `k` of an inner node's summary.
+    fn inner_col(&self, id: u32, k: usize) -> u64 {
+        let node = &self.inners[id as usize];
+        node.mx[k][..node.n as usize]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
     fn inner_sum(&self, id: u32) -> Sum {
         let node = &self.inners[id as usize];
         let n = node.n as usize;
@@ -738,19 +782,58 @@ impl VaHeap {
         }
     }
 
-    /// After `leaf` changed in place: refreshes the summaries on `path`,
-    /// stopping where one does not change.
-    fn fix_up(&mut self, path: &Path, leaf: u32) {
-        let mut s = self.leaf_sum(leaf);
-        for k in (0..path.n).rev() {
+    /// After `leaf` changed in place (holes whose summaries reach at most
+    /// `removed` went, holes whose summaries reach at most `added` came):
+    /// refreshes the summaries on `path`, stopping where one does not
+    /// change. A column is rescanned only where its maximum went and
+    /// nothing as large came.
+    fn fix_up(&mut self, path: &Path, leaf: u32, removed: Sum, added: Sum) {
+        let d = path.n;
+        if d == 0 {
+            return;
+        }
+        let (p, i) = (path.node[d - 1], path.idx[d - 1] as usize);
+        let old = self.entry(p, i);
+        let mut new = Self::combine(old, removed, added, |k| self.leaf_col(leaf, k));
+        let mut old = old;
+        for k in (0..d).rev() {
             let (p, i) = (path.node[k], path.idx[k] as usize);
-            let node = &self.inners[p as usize];
-            if (0..NSUM).all(|c| node.mx[c][i] == s[c]) {
+            if old == new {
                 return;
             }
-            self.set_entry(p, i, s);
-            s = self.inner_sum(p);
+            self.set_entry(p, i, new);
+            if k == 0 {
+                return;
+            }
+            let (gp, gi) = (path.node[k - 1], path.idx[k - 1] as usize);
+            let old_node = self.entry(gp, gi);
+            let new_node = Self::combine(old_node, old, new, |k| self.inner_col(p, k));
+            old = old_node;
+            new = new_node;
         }
+    }
+
+    /// A node's summary after one of its parts went from `removed` to
+    /// `added` (column by column), given the node's old summary `old`;
+    /// `rescan(k)` computes column `k` from scratch where that is needed
+    /// (its maximum went, and nothing as large came).
+    #[inline]
+    fn combine(old: Sum, removed: Sum, added: Sum, rescan: impl Fn(usize) -> u64) -> Sum {
+        let mut out = old;
+        for k in 0..NSUM {
+            if added[k] >= old[k] {
+                out[k] = added[k];
+            } else if removed[k] >= old[k] {
+                out[k] = rescan(k);
+            }
+        }
+        out
+    }
+
+    #[inline]
+    fn entry(&self, p: u32, i: usize) -> Sum {
+        let node = &self.inners[p as usize];
+        [node.mx[0][i], node.mx[1][i], node.mx[2][i]]
     }
 
     /// Recomputes every summary on the path to the leaf `addr` routes to.
@@ -811,7 +894,19 @@ impl VaHeap {
 
     /// Inserts the hole `[s, e)` at `pos` of `leaf` (the caller has made
     /// the separators allow it there), splitting nodes as needed.
-    fn insert_slot(&mut self, path: Path, leaf: u32, pos: usize, s: u64, e: u64) {
+    /// `removed` and `added` are as in [`Self::fix_up`], for the leaf's
+    /// change including this hole.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_slot(
+        &mut self,
+        path: Path,
+        leaf: u32,
+        pos: usize,
+        s: u64,
+        e: u64,
+        removed: Sum,
+        added: Sum,
+    ) {
         let l = &mut self.leaves[leaf as usize];
         let n = l.n as usize;
         if n < LC {
@@ -820,7 +915,7 @@ impl VaHeap {
             l.s[pos] = s;
             l.e[pos] = e;
             l.n += 1;
-            self.fix_up(&path, leaf);
+            self.fix_up(&path, leaf, removed, added);
             return;
         }
         // Split: the upper half moves to a new leaf on the right.
@@ -940,14 +1035,23 @@ impl VaHeap {
     /// Deletes hole `pos` of `leaf` (reached by `path`), merging or
     /// levelling nodes that fall below their minimum. `addr` is an address
     /// whose leaf afterwards holds what changed (for the summaries).
-    fn delete_slot(&mut self, path: Path, leaf: u32, pos: usize, addr: u64) {
+    /// `removed` and `added` are as in [`Self::fix_up`].
+    fn delete_slot(
+        &mut self,
+        path: Path,
+        leaf: u32,
+        pos: usize,
+        addr: u64,
+        removed: Sum,
+        added: Sum,
+    ) {
         let l = &mut self.leaves[leaf as usize];
         let n = l.n as usize;
         l.s.copy_within(pos + 1..n, pos);
         l.e.copy_within(pos + 1..n, pos);
         l.n -= 1;
         if path.n == 0 || n > LMIN {
-            self.fix_up(&path, leaf);
+            self.fix_up(&path, leaf, removed, added);
             return;
         }
         self.rebalance_leaf(&path, leaf);
