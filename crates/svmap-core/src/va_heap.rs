@@ -197,6 +197,16 @@ fn room(s: u64, e: u64, shift: u32) -> u64 {
     }
 }
 
+/// Makes room for one more node, growing a full arena by a quarter (at
+/// least 4) rather than doubling it: the arenas are the heap's memory, and
+/// a quarter keeps the unused part below 20% while the pushes stay
+/// amortised O(1).
+fn grow<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 4).max(4));
+    }
+}
+
 /// Forces a rescan in [`VaHeap::fix_up`].
 const FULL: Sum = [u64::MAX; NSUM];
 
@@ -877,6 +887,7 @@ impl VaHeap {
             self.leaves[id as usize] = Leaf::EMPTY;
             id
         } else {
+            grow(&mut self.leaves);
             self.leaves.push(Leaf::EMPTY);
             (self.leaves.len() - 1) as u32
         }
@@ -887,6 +898,7 @@ impl VaHeap {
             self.inners[id as usize] = Inner::EMPTY;
             id
         } else {
+            grow(&mut self.inners);
             self.inners.push(Inner::EMPTY);
             (self.inners.len() - 1) as u32
         }
