@@ -58,12 +58,15 @@ impl Augment<u64, Val> for MaxGap {
 type Tree = AugmentedRBTree<u64, Val, MaxGap>;
 type Cur<'a> = NavCursor<'a, u64, Val, u64>;
 
-/// The gap tree over `[0, WINDOW)`.
+/// The gap tree over `[lo, hi)`: `[0, WINDOW)` unless built with
+/// [`GapTree::with_window`].
 pub struct GapTree {
     t: Tree,
-    /// End of the highest range (0 if empty): the top gap is
-    /// `[last_end, WINDOW)`.
+    /// End of the highest range (`lo` if empty): the top gap is
+    /// `[last_end, hi)`.
     last_end: u64,
+    lo: u64,
+    hi: u64,
     align: u64,
     topdown: bool,
 }
@@ -75,86 +78,133 @@ impl GapTree {
         GapTree {
             t: Tree::new(),
             last_end: 0,
+            lo: 0,
+            hi: WINDOW,
             align,
             topdown,
         }
     }
 
-    /// The aligned placement of `len` bytes in the gap `[s, e)`, if any.
+    /// An empty tree over `[lo, hi)` (which must not be empty), placing
+    /// highest first if `topdown`, for [`Self::alloc_aligned`], which takes
+    /// its alignment per call. The fixed alignment of [`Churn::alloc`] is
+    /// one page.
+    pub fn with_window(lo: u64, hi: u64, topdown: bool) -> Self {
+        assert!(lo < hi, "gap tree: empty window [{lo:#x}, {hi:#x})");
+        GapTree {
+            t: Tree::new(),
+            last_end: lo,
+            lo,
+            hi,
+            align: crate::workload::PAGE,
+            topdown,
+        }
+    }
+
+    /// Places `len` bytes at a multiple of `align` (a power of two) at the
+    /// lowest (highest) such address in the free space, by the exact
+    /// backtracking search; `None` if there is none.
+    pub fn alloc_aligned(&mut self, len: u64, align: u64) -> Option<u64> {
+        if len == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let a = self.find(len, align)?;
+        self.take(a, len);
+        Some(a)
+    }
+
+    /// The placement of `len` bytes aligned to `align` in the gap `[s, e)`,
+    /// if any.
     #[inline]
-    fn fit(&self, s: u64, e: u64, len: u64) -> Option<u64> {
-        let mask = self.align - 1;
+    fn fit(&self, s: u64, e: u64, len: u64, align: u64) -> Option<u64> {
+        let mask = align - 1;
         if self.topdown {
             let a = e.checked_sub(len)? & !mask;
             (a >= s).then_some(a)
         } else {
-            let a = (s + mask) & !mask;
-            (a + len <= e).then_some(a)
+            let a = s.checked_add(mask)? & !mask;
+            (a <= e && e - a >= len).then_some(a)
         }
     }
 
-    fn low(&self, c: Cur<'_>, len: u64) -> Option<u64> {
+    /// Records `[a, a + len)`, found free by [`Self::find`].
+    fn take(&mut self, a: u64, len: u64) {
+        let e = a + len;
+        let pe = self.pred_end(a);
+        if !self.set_succ_gap(a, e) {
+            self.last_end = e;
+        }
+        self.t.insert(
+            a,
+            Val {
+                end: e,
+                gap: a - pe,
+            },
+        );
+    }
+
+    fn low(&self, c: Cur<'_>, len: u64, align: u64) -> Option<u64> {
         let (&k, v, &max) = c.get()?;
         if max < len {
             return None;
         }
         let mut l = c;
         if l.left().is_some() {
-            if let Some(a) = self.low(l, len) {
+            if let Some(a) = self.low(l, len, align) {
                 return Some(a);
             }
         }
         if v.gap >= len {
-            if let Some(a) = self.fit(k - v.gap, k, len) {
+            if let Some(a) = self.fit(k - v.gap, k, len, align) {
                 return Some(a);
             }
         }
         let mut r = c;
         if r.right().is_some() {
-            return self.low(r, len);
+            return self.low(r, len, align);
         }
         None
     }
 
-    fn high(&self, c: Cur<'_>, len: u64) -> Option<u64> {
+    fn high(&self, c: Cur<'_>, len: u64, align: u64) -> Option<u64> {
         let (&k, v, &max) = c.get()?;
         if max < len {
             return None;
         }
         let mut r = c;
         if r.right().is_some() {
-            if let Some(a) = self.high(r, len) {
+            if let Some(a) = self.high(r, len, align) {
                 return Some(a);
             }
         }
         if v.gap >= len {
-            if let Some(a) = self.fit(k - v.gap, k, len) {
+            if let Some(a) = self.fit(k - v.gap, k, len, align) {
                 return Some(a);
             }
         }
         let mut l = c;
         if l.left().is_some() {
-            return self.high(l, len);
+            return self.high(l, len, align);
         }
         None
     }
 
-    fn find(&self, len: u64) -> Option<u64> {
+    fn find(&self, len: u64, align: u64) -> Option<u64> {
         let root = self.t.nav_cursor::<u64>(TreeLocation::Root);
-        let top = || self.fit(self.last_end, WINDOW, len);
+        let top = || self.fit(self.last_end, self.hi, len, align);
         if self.topdown {
-            top().or_else(|| self.high(root, len))
+            top().or_else(|| self.high(root, len, align))
         } else {
-            self.low(root, len).or_else(top)
+            self.low(root, len, align).or_else(top)
         }
     }
 
-    /// End of the highest range starting below `s` (0 if none).
+    /// End of the highest range starting below `s` (`lo` if none).
     fn pred_end(&self, s: u64) -> u64 {
         self.t
             .nav_cursor(TreeLocation::UpperBound(Bound::Excluded(&s)))
             .get()
-            .map_or(0, |(_, v, _)| v.end)
+            .map_or(self.lo, |(_, v, _)| v.end)
     }
 
     /// Sets the gap of the first range starting above `s`; returns false if
@@ -179,20 +229,9 @@ impl Churn for GapTree {
     type Handle = (u64, u64);
 
     fn alloc(&mut self, len: u64) -> (u64, u64) {
-        let a = self.find(len).expect("gap tree: no space");
-        let e = a + len;
-        let pe = self.pred_end(a);
-        if !self.set_succ_gap(a, e) {
-            self.last_end = e;
-        }
-        self.t.insert(
-            a,
-            Val {
-                end: e,
-                gap: a - pe,
-            },
-        );
-        (a, e)
+        let a = self.find(len, self.align).expect("gap tree: no space");
+        self.take(a, len);
+        (a, a + len)
     }
 
     fn free(&mut self, (s, _e): (u64, u64)) {

@@ -26,6 +26,57 @@ impl HoleList {
         }
     }
 
+    /// One hole covering `[start, end)` (none if the range is empty),
+    /// placing highest first if `topdown`, for [`Self::alloc_aligned`],
+    /// which takes its alignment per call. The fixed alignment of
+    /// [`Churn::alloc`] is one page.
+    pub fn with_window(start: u64, end: u64, topdown: bool) -> Self {
+        HoleList {
+            holes: if start < end {
+                vec![(start, end)]
+            } else {
+                Vec::new()
+            },
+            align: crate::workload::PAGE,
+            topdown,
+        }
+    }
+
+    /// Places `len` bytes at a multiple of `align` in the lowest (highest)
+    /// hole that holds such a placement, at the hole's aligned bottom
+    /// (top), as Mesa's `util_vma_heap_alloc` does with its per-call
+    /// alignment; `None` if no hole does, if `len` is 0 or if `align` is
+    /// not a power of two.
+    pub fn alloc_aligned(&mut self, len: u64, align: u64) -> Option<u64> {
+        if len == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let mask = align - 1;
+        let found = if self.topdown {
+            self.holes
+                .iter()
+                .enumerate()
+                .rev()
+                .find_map(|(i, &(s, e))| {
+                    let a = e.checked_sub(len)? & !mask;
+                    (a >= s).then_some((i, a))
+                })
+        } else {
+            self.holes.iter().enumerate().find_map(|(i, &(s, e))| {
+                let a = s.checked_add(mask)? & !mask;
+                (a <= e && e - a >= len).then_some((i, a))
+            })
+        };
+        let (i, a) = found?;
+        self.carve(i, a, len);
+        Some(a)
+    }
+
+    /// The free holes `[start, end)` in address order.
+    pub fn holes(&self) -> &[(u64, u64)] {
+        &self.holes
+    }
+
     fn carve(&mut self, i: usize, a: u64, len: u64) {
         let (s, e) = self.holes[i];
         let b = a + len;
