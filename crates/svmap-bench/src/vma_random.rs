@@ -644,3 +644,67 @@ pub fn answers(t: &Trace) -> Vec<Option<u64>> {
         })
         .collect()
 }
+
+/// What Mesa's list-based heap walks on a trace: its holes sit in a list
+/// ordered from the highest address down.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ListWalks {
+    /// Holes an allocation examines, mean over the timed allocations: it
+    /// scans from the highest hole down (from the lowest up when placing
+    /// lowest first) to the first that holds the range, or all of them.
+    pub alloc: f64,
+    /// Holes a free examines, mean over the timed frees: it walks from the
+    /// highest hole down to the first that starts at or below the freed
+    /// range.
+    pub free: f64,
+}
+
+/// [`ListWalks`] of `t`, counted on a sorted hole list replaying it.
+pub fn list_walks(t: &Trace) -> ListWalks {
+    let mut h = HoleList::with_window(LO, HI, t.topdown);
+    let (mut a_sum, mut a_n, mut f_sum, mut f_n) = (0u64, 0u64, 0u64, 0u64);
+    let mut blocks = t.blocks.iter().peekable();
+    for (i, op) in t.ops.iter().enumerate() {
+        while blocks.peek().is_some_and(|b| b.end <= i) {
+            blocks.next();
+        }
+        let timed = blocks.peek().is_some_and(|b| b.start <= i);
+        let holes = h.holes();
+        let len = holes.len() as u64;
+        match *op {
+            Op::Alloc { size, align, at } => {
+                if timed {
+                    // The hole holding the answer, counted from the end the
+                    // scan starts at.
+                    a_sum += match at {
+                        None => len,
+                        Some(a) => {
+                            let idx = holes.partition_point(|&(_, e)| e <= a) as u64;
+                            if t.topdown {
+                                len - idx
+                            } else {
+                                idx + 1
+                            }
+                        }
+                    };
+                    a_n += 1;
+                }
+                // Keeps the list in step (its answers are the trace's).
+                let got = h.alloc_aligned(size, align);
+                debug_assert_eq!(got, at, "operation {i}");
+            }
+            Op::Free { addr, size } => {
+                if timed {
+                    let below = holes.partition_point(|&(s, _)| s <= addr) as u64;
+                    f_sum += (len - below) + u64::from(below > 0);
+                    f_n += 1;
+                }
+                Churn::free(&mut h, (addr, addr + size));
+            }
+        }
+    }
+    ListWalks {
+        alloc: a_sum as f64 / a_n.max(1) as f64,
+        free: f_sum as f64 / f_n.max(1) as f64,
+    }
+}

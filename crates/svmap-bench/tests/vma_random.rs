@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use svmap_bench::vma_random::{
-    answers, gap_tree, hole_list, replay, verify, Kind, Op, SvmapHeapVma, SvmapVma, Trace,
-    TraceError, VmaHeap, HI, LO, MESA_COUNT, PAGE, SEED,
+    answers, gap_tree, hole_list, list_walks, replay, verify, Block, Kind, ListWalks, Op,
+    SvmapHeapVma, SvmapVma, Trace, TraceError, TraceStats, VmaHeap, HI, LO, MESA_COUNT, PAGE, SEED,
 };
 
 /// The live allocations of a trace, by start.
@@ -234,6 +234,146 @@ fn verify_reports_the_first_differing_answer() {
         match *op {
             Op::Alloc { size, align, at } => assert_eq!(h.alloc(size, align), at),
             Op::Free { addr, size } => h.free(addr, size),
+        }
+    }
+}
+
+/// Mesa's loops, literally: the holes in a list from the highest down; an
+/// allocation tries them from one end until one holds the range, a free
+/// walks from the top to the first hole starting at or below it. Returns
+/// the mean holes visited per timed allocation and per timed free.
+fn walk_by_hand(t: &Trace) -> (f64, f64) {
+    let mut m = Model::default();
+    let timed = |i: usize| t.blocks.iter().any(|b| (b.start..b.end).contains(&i));
+    let (mut a, mut an, mut f, mut fn_) = (0usize, 0usize, 0usize, 0usize);
+    for (i, op) in t.ops.iter().enumerate() {
+        let mut list = m.holes();
+        list.reverse();
+        match *op {
+            Op::Alloc { size, align, at } => {
+                let mask = align - 1;
+                let mut visited = 0;
+                let order: Vec<_> = if t.topdown {
+                    list.clone()
+                } else {
+                    list.iter().rev().copied().collect()
+                };
+                for (s, e) in order {
+                    visited += 1;
+                    let fits = if t.topdown {
+                        e.checked_sub(size).is_some_and(|x| x & !mask >= s)
+                    } else {
+                        s.checked_add(mask)
+                            .is_some_and(|x| x & !mask <= e && e - (x & !mask) >= size)
+                    };
+                    if fits {
+                        break;
+                    }
+                }
+                if timed(i) {
+                    a += visited;
+                    an += 1;
+                }
+                if let Some(x) = at {
+                    m.live.insert(x, x + size);
+                }
+            }
+            Op::Free { addr, .. } => {
+                let mut visited = 0;
+                for (s, _) in list {
+                    visited += 1;
+                    if s <= addr {
+                        break;
+                    }
+                }
+                if timed(i) {
+                    f += visited;
+                    fn_ += 1;
+                }
+                m.live.remove(&addr);
+            }
+        }
+    }
+    (a as f64 / an as f64, f as f64 / fn_ as f64)
+}
+
+#[test]
+fn list_walks_count_what_mesa_loops_visit() {
+    // By hand, highest first: three pages from the top, the middle one
+    // freed, two pages (the freed page is too short: two holes tried), the
+    // top page freed (one hole walked), the two pages freed (two walked),
+    // and a range that fits nowhere (both holes tried).
+    let p = PAGE;
+    let ops = vec![
+        Op::Alloc {
+            size: p,
+            align: p,
+            at: Some(HI - p),
+        },
+        Op::Alloc {
+            size: p,
+            align: p,
+            at: Some(HI - 2 * p),
+        },
+        Op::Alloc {
+            size: p,
+            align: p,
+            at: Some(HI - 3 * p),
+        },
+        Op::Free {
+            addr: HI - 2 * p,
+            size: p,
+        },
+        Op::Alloc {
+            size: 2 * p,
+            align: p,
+            at: Some(HI - 5 * p),
+        },
+        Op::Free {
+            addr: HI - p,
+            size: p,
+        },
+        Op::Free {
+            addr: HI - 5 * p,
+            size: 2 * p,
+        },
+        Op::Alloc {
+            size: 1 << 63,
+            align: 1 << 63,
+            at: None,
+        },
+    ];
+    let t = Trace {
+        blocks: vec![Block {
+            start: 0,
+            end: ops.len(),
+            kind: Kind::Mixed,
+        }],
+        ops,
+        topdown: true,
+        stats: TraceStats::default(),
+    };
+    Model::check(&t);
+    all_agree(&t);
+    let w = list_walks(&t);
+    assert_eq!(
+        w,
+        ListWalks {
+            alloc: 7.0 / 5.0,
+            free: 4.0 / 3.0
+        }
+    );
+    assert_eq!(walk_by_hand(&t), (w.alloc, w.free));
+    // Generated traces, both orders, timed parts only.
+    for topdown in [true, false] {
+        for t in [
+            Trace::mesa_test(MESA_COUNT, SEED, topdown),
+            Trace::steady(200, 16, 400, 40, SEED, topdown).unwrap(),
+        ] {
+            let w = list_walks(&t);
+            let (a, f) = walk_by_hand(&t);
+            assert!((w.alloc - a).abs() < 1e-9 && (w.free - f).abs() < 1e-9);
+            assert!(w.alloc >= 1.0 && w.free >= 1.0);
         }
     }
 }

@@ -24,14 +24,17 @@
 //! first replays it untimed, its every answer checked against the trace,
 //! then the `--reps` timed repetitions (default 5) run with the
 //! implementations interleaved, and their answers are checked again.
-//! Reported: the median over the repetitions.
+//! Reported: the median over the repetitions, and, counted rather than
+//! timed, how many holes Mesa's list-based heap visits per allocation and
+//! per free on the same trace (`hole-list` keeps the same holes in a
+//! sorted array: the same scan to allocate, a binary search to free).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use svmap_bench::vma_random::{
-    answers, gap_tree, hole_list, max_block, replay, verify, Divergence, SvmapHeapVma, SvmapVma,
-    Timing, Trace, VmaHeap, MESA_COUNT, SEED,
+    answers, gap_tree, hole_list, list_walks, max_block, replay, verify, Divergence, ListWalks,
+    SvmapHeapVma, SvmapVma, Timing, Trace, VmaHeap, MESA_COUNT, SEED,
 };
 
 /// The implementations, in table order.
@@ -237,6 +240,7 @@ struct Scenario {
     block: Option<usize>,
     topdown: bool,
     trace: Trace,
+    walks: ListWalks,
     rows: Vec<Row>,
     wall: Duration,
 }
@@ -244,6 +248,7 @@ struct Scenario {
 fn run(sc: &mut Scenario, impls: &[&'static str], reps: usize, repeat: usize) {
     let t0 = Instant::now();
     let expect = answers(&sc.trace);
+    sc.walks = list_walks(&sc.trace);
     for &imp in impls {
         let status = match with_impl(imp, sc.topdown, Check(&sc.trace)) {
             Ok(()) => "ok".to_owned(),
@@ -319,7 +324,7 @@ fn json(sc: &Scenario, r: &Row, seed: u64) -> String {
          \"n\":{},\"block\":{},\"status\":\"{}\",\"ns_per_alloc\":{},\"ns_per_free\":{},\
          \"ns_per_pair\":{},\"ns_per_op\":{},\"reps_alloc_ns\":{},\"reps_free_ns\":{},\
          \"reps_op_ns\":{},\"mean_live\":{:.1},\"max_live\":{},\"holes_at_start\":{},\
-         \"holes_at_end\":{},\"allocs\":{},\"failed_allocs\":{},\"frees\":{},\"fills\":{},\
+         \"holes_at_end\":{},\"list_alloc_walk\":{:.2},\"list_free_walk\":{:.2},\"allocs\":{},\"failed_allocs\":{},\"frees\":{},\"fills\":{},\
          \"empties\":{},\"seed\":{},\"wall_s\":{:.2}}}",
         sc.name,
         r.imp,
@@ -338,6 +343,8 @@ fn json(sc: &Scenario, r: &Row, seed: u64) -> String {
         st.max_live,
         st.holes_at_start,
         st.holes_at_end,
+        sc.walks.alloc,
+        sc.walks.free,
         st.allocs,
         st.failed,
         st.frees,
@@ -381,6 +388,10 @@ fn print_scenario(sc: &Scenario) {
             st.frees
         ),
     }
+    println!(
+        "  Mesa's list would visit {:.1} holes per allocation, {:.1} per free",
+        sc.walks.alloc, sc.walks.free
+    );
     for r in &sc.rows {
         if r.status != "ok" {
             println!("  {:<15} {}", r.imp, r.status);
@@ -423,8 +434,8 @@ fn main() {
         println!("{{\"bench\":\"vma_random\",\"timer_ns\":{timer:.2}}}");
     } else {
         println!(
-            "vma_random: seed {}, {} repetitions (median), Instant::now() {timer:.1} ns \
-             (two per timed block)",
+            "vma_random: seed {}, {} repetitions (median); Instant::now() takes {timer:.1} ns, \
+             about one per timed block is in its time",
             a.seed, a.reps
         );
     }
@@ -453,6 +464,7 @@ fn main() {
                 block: None,
                 topdown,
                 trace: Trace::mesa_test(a.count, a.seed, topdown),
+                walks: ListWalks::default(),
                 rows: Vec::new(),
                 wall: Duration::ZERO,
             };
@@ -481,6 +493,7 @@ fn main() {
                 block: Some(block),
                 topdown,
                 trace,
+                walks: ListWalks::default(),
                 rows: Vec::new(),
                 wall: Duration::ZERO,
             };
