@@ -191,9 +191,12 @@ impl Inner {
 #[inline]
 fn room(s: u64, e: u64, shift: u32) -> u64 {
     let mask = (1u64 << shift) - 1;
-    match s.checked_add(mask) {
-        Some(up) => e.saturating_sub(up & !mask),
-        None => 0,
+    // Branch-free; `up < s` only when aligning up passes 2^64.
+    let up = s.wrapping_add(mask) & !mask;
+    if up < s {
+        0
+    } else {
+        e.saturating_sub(up)
     }
 }
 
@@ -575,11 +578,7 @@ impl VaHeap {
     fn search(&self, req: &FitRequest, nc: Option<NoCross>) -> Result<Found, FitError> {
         let w = Want::new(req, nc);
         let mut path = Path::EMPTY;
-        let r = if req.topdown {
-            self.high_in(self.root, self.height, &w, &mut path)
-        } else {
-            self.low_in(self.root, self.height, &w, &mut path)
-        };
+        let r = self.walk(&w, req.topdown, &mut path);
         let (leaf, slot, addr) = r.ok_or(FitError::NoSpace)?;
         Ok(Found {
             path,
@@ -601,86 +600,128 @@ impl VaHeap {
         i - 1
     }
 
-    fn low_in(&self, id: u32, level: u32, w: &Want, path: &mut Path) -> Option<(u32, usize, u64)> {
-        if level == 0 {
-            let l = &self.leaves[id as usize];
-            for i in 0..l.n as usize {
-                if l.s[i] > w.hi {
-                    break;
-                }
-                if l.e[i] - l.s[i] > w.len_m1 {
-                    if let Some(a) = w.fit(l.s[i], l.e[i], false) {
-                        return Some((id, i, a));
-                    }
-                }
-            }
-            return None;
-        }
-        let node = &self.inners[id as usize];
+    /// The children of `node` a search for `w` must consider: `first..=last`.
+    /// Every hole under a child before `route(lo) - 1` ends below the
+    /// lowest hole of that child, whose start is below `lo`; every hole
+    /// under a child `j >= 1` with `key[j] > hi` starts above the window.
+    #[inline]
+    fn span(node: &Inner, w: &Want) -> (usize, usize) {
         let n = node.n as usize;
-        // Every hole under a child before `route(lo) - 1` ends below the
-        // lowest hole of that child, whose start is below `lo`.
         let first = if n > 1 && node.key[1] <= w.lo {
             Self::route(node, w.lo).saturating_sub(1)
         } else {
             0
         };
-        let col = &node.mx[w.col];
-        for j in first..n {
-            if j > 0 && node.key[j] > w.hi {
-                break;
-            }
-            if col[j] < w.need {
-                continue;
-            }
-            path.push(id, j);
-            if let Some(r) = self.low_in(node.child[j], level - 1, w, path) {
-                return Some(r);
-            }
-            path.n -= 1;
-        }
-        None
-    }
-
-    fn high_in(&self, id: u32, level: u32, w: &Want, path: &mut Path) -> Option<(u32, usize, u64)> {
-        if level == 0 {
-            let l = &self.leaves[id as usize];
-            for i in (0..l.n as usize).rev() {
-                if l.e[i] <= w.lo {
-                    break;
-                }
-                if l.e[i] - l.s[i] > w.len_m1 {
-                    if let Some(a) = w.fit(l.s[i], l.e[i], true) {
-                        return Some((id, i, a));
-                    }
-                }
-            }
-            return None;
-        }
-        let node = &self.inners[id as usize];
-        let n = node.n as usize;
-        // Children from `key[j] > hi` on start above the window.
         let mut last = n - 1;
         while last > 0 && node.key[last] > w.hi {
             last -= 1;
         }
-        let first = if n > 1 && node.key[1] <= w.lo {
-            Self::route(node, w.lo).saturating_sub(1)
-        } else {
-            0
-        };
-        let col = &node.mx[w.col];
-        for j in (first..=last).rev() {
-            if col[j] < w.need {
-                continue;
+        (first, last)
+    }
+
+    /// The lowest fit in a leaf.
+    #[inline]
+    fn leaf_low(&self, id: u32, w: &Want) -> Option<(usize, u64)> {
+        let l = &self.leaves[id as usize];
+        for i in 0..l.n as usize {
+            if l.e[i] - l.s[i] > w.len_m1 {
+                if l.s[i] > w.hi {
+                    return None;
+                }
+                if let Some(a) = w.fit(l.s[i], l.e[i], false) {
+                    return Some((i, a));
+                }
             }
-            path.push(id, j);
-            if let Some(r) = self.high_in(node.child[j], level - 1, w, path) {
-                return Some(r);
-            }
-            path.n -= 1;
         }
         None
+    }
+
+    /// The highest fit in a leaf.
+    #[inline]
+    fn leaf_high(&self, id: u32, w: &Want) -> Option<(usize, u64)> {
+        let l = &self.leaves[id as usize];
+        for i in (0..l.n as usize).rev() {
+            if l.e[i] - l.s[i] > w.len_m1 {
+                if l.e[i] <= w.lo {
+                    return None;
+                }
+                if let Some(a) = w.fit(l.s[i], l.e[i], true) {
+                    return Some((i, a));
+                }
+            }
+        }
+        None
+    }
+
+    /// The walk of a search: depth first, children in address order (in
+    /// reverse with `top`), entering only children whose cached summary
+    /// reaches the length. With the pruning column exact for the request
+    /// (see [`VaHeap`]'s costs), the first leaf entered holds the fit and
+    /// the walk is one descent; otherwise it backs up and goes on.
+    fn walk(&self, w: &Want, top: bool, path: &mut Path) -> Option<(u32, usize, u64)> {
+        let leaf_fit = |id: u32| {
+            if top {
+                self.leaf_high(id, w)
+            } else {
+                self.leaf_low(id, w)
+            }
+        };
+        let h = self.height as usize;
+        if h == 0 {
+            return leaf_fit(self.root).map(|(i, a)| (self.root, i, a));
+        }
+        // `lo[d]..=hi[d]`: the children still to try at depth `d`; the
+        // next one is `next` (counting down with `top`).
+        let mut lo = [0usize; MAX_HEIGHT];
+        let mut hi = [0usize; MAX_HEIGHT];
+        let mut d = 0;
+        let mut id = self.root;
+        let (f, l) = Self::span(&self.inners[id as usize], w);
+        (lo[0], hi[0]) = (f, l);
+        let mut next = if top { l as isize } else { f as isize };
+        loop {
+            let node = &self.inners[id as usize];
+            let col = &node.mx[w.col];
+            // The next child, in order, whose summary reaches the length.
+            let mut j = next;
+            if top {
+                while j >= lo[d] as isize && col[j as usize] < w.need {
+                    j -= 1;
+                }
+            } else {
+                while j <= hi[d] as isize && col[j as usize] < w.need {
+                    j += 1;
+                }
+            }
+            if j < lo[d] as isize || j > hi[d] as isize {
+                // This node holds no fit: back up to its parent.
+                if d == 0 {
+                    return None;
+                }
+                d -= 1;
+                id = path.node[d];
+                let i = path.idx[d] as isize;
+                next = if top { i - 1 } else { i + 1 };
+                continue;
+            }
+            let ju = j as usize;
+            path.node[d] = id;
+            path.idx[d] = ju as u8;
+            let child = node.child[ju];
+            if d + 1 == h {
+                if let Some((i, a)) = leaf_fit(child) {
+                    path.n = h;
+                    return Some((child, i, a));
+                }
+                next = if top { j - 1 } else { j + 1 };
+                continue;
+            }
+            d += 1;
+            id = child;
+            let (f, l) = Self::span(&self.inners[id as usize], w);
+            (lo[d], hi[d]) = (f, l);
+            next = if top { l as isize } else { f as isize };
+        }
     }
 
     // ---- changes ----
