@@ -119,7 +119,20 @@ pub struct VaHeap {
     height: u32,
     holes: usize,
     bytes: u64,
+    /// Small heaps keep their holes in `list` (sorted, no two touching)
+    /// and leave the tree empty; see [`FLAT_MAX`].
+    flat: bool,
+    list: Vec<(u64, u64)>,
 }
+
+/// A heap of at most this many holes keeps them in one sorted array and
+/// scans it, as Mesa's `util_vma_heap` does: below a few hundred holes a
+/// linear scan of 16-byte entries is faster than any walk of a tree. A
+/// heap that grows past it moves into the tree; one that shrinks below
+/// [`FLAT_MIN`] moves back (the gap between the two keeps a heap near the
+/// limit from moving at every change).
+const FLAT_MAX: usize = 256;
+const FLAT_MIN: usize = 128;
 
 /// Holes per leaf.
 const LC: usize = 16;
@@ -297,6 +310,136 @@ impl Want {
             lowest_in(s, e, self.len_m1, self.mask, self.off, self.nc)
         }
     }
+
+    /// Whether a run of holes from `s` to `e` lies inside the window and
+    /// the offset is a multiple of the alignment, so that a fit needs no
+    /// clipping and no offset.
+    #[inline]
+    fn inside(&self, s: u64, e: u64) -> bool {
+        self.lo <= s && e - 1 <= self.hi && self.off & self.mask == 0
+    }
+
+    /// [`Self::fit`] without a boundary, lowest first, in straight-line
+    /// code: what `lowest_in` computes, with its early returns folded into
+    /// one condition.
+    #[inline]
+    fn low_plain(&self, s: u64, e: u64) -> Option<u64> {
+        let s = s.max(self.lo);
+        let top = (e - 1).min(self.hi);
+        let (a, wrapped) = s.overflowing_add(self.off.wrapping_sub(s) & self.mask);
+        (!wrapped & (a <= top) & (top.wrapping_sub(a) >= self.len_m1)).then_some(a)
+    }
+
+    /// [`Self::fit`] without a boundary, highest first (`highest_in`
+    /// folded the same way).
+    #[inline]
+    fn high_plain(&self, s: u64, e: u64) -> Option<u64> {
+        let s = s.max(self.lo);
+        let top = (e - 1).min(self.hi);
+        let (t, under) = top.overflowing_sub(self.len_m1);
+        let a = t.wrapping_sub(t.wrapping_sub(self.off) & self.mask);
+        (!under & (a <= t) & (a >= s)).then_some(a)
+    }
+
+    /// The lowest fit among holes `from..n` of a sorted run, `hole(i)`
+    /// giving hole `i`.
+    #[inline]
+    fn scan_low(
+        &self,
+        from: usize,
+        n: usize,
+        hole: impl Fn(usize) -> (u64, u64),
+    ) -> Option<(usize, u64)> {
+        if from >= n {
+            return None;
+        }
+        if self.nc.is_none() {
+            if self.inside(hole(from).0, hole(n - 1).1) {
+                // Every hole lies in the window and the offset is aligned:
+                // the lowest aligned start of a hole is its start rounded
+                // up.
+                let len_m1 = self.len_m1;
+                let mask = self.mask;
+                for i in from..n {
+                    let (s, e) = hole(i);
+                    let a = s.wrapping_add(mask) & !mask;
+                    if (a >= s) & (a < e) && e - a > len_m1 {
+                        return Some((i, a));
+                    }
+                }
+                return None;
+            }
+            for i in from..n {
+                let (s, e) = hole(i);
+                if s > self.hi {
+                    return None;
+                }
+                if let Some(a) = self.low_plain(s, e) {
+                    return Some((i, a));
+                }
+            }
+            return None;
+        }
+        for i in from..n {
+            let (s, e) = hole(i);
+            if e - s > self.len_m1 {
+                if s > self.hi {
+                    return None;
+                }
+                if let Some(a) = self.fit(s, e, false) {
+                    return Some((i, a));
+                }
+            }
+        }
+        None
+    }
+
+    /// The highest fit among holes `0..end` of a sorted run.
+    #[inline]
+    fn scan_high(&self, end: usize, hole: impl Fn(usize) -> (u64, u64)) -> Option<(usize, u64)> {
+        if end == 0 {
+            return None;
+        }
+        if self.nc.is_none() {
+            if self.inside(hole(0).0, hole(end - 1).1) {
+                // As in `scan_low`: the highest aligned start of a hole is
+                // its end less the length, rounded down.
+                let len = self.len_m1 + 1;
+                let mask = self.mask;
+                for i in (0..end).rev() {
+                    let (s, e) = hole(i);
+                    let (t, under) = e.overflowing_sub(len);
+                    let a = t & !mask;
+                    if !under & (a >= s) {
+                        return Some((i, a));
+                    }
+                }
+                return None;
+            }
+            for i in (0..end).rev() {
+                let (s, e) = hole(i);
+                if e <= self.lo {
+                    return None;
+                }
+                if let Some(a) = self.high_plain(s, e) {
+                    return Some((i, a));
+                }
+            }
+            return None;
+        }
+        for i in (0..end).rev() {
+            let (s, e) = hole(i);
+            if e - s > self.len_m1 {
+                if e <= self.lo {
+                    return None;
+                }
+                if let Some(a) = self.fit(s, e, true) {
+                    return Some((i, a));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Where a search found its fit.
@@ -339,6 +482,8 @@ impl VaHeap {
             height: 0,
             holes: 0,
             bytes: 0,
+            flat: true,
+            list: Vec::new(),
         }
     }
 
@@ -366,6 +511,7 @@ impl VaHeap {
         self.leaves.capacity() * core::mem::size_of::<Leaf>()
             + self.inners.capacity() * core::mem::size_of::<Inner>()
             + (self.spare_leaves.capacity() + self.spare_inners.capacity()) * 4
+            + self.list.capacity() * core::mem::size_of::<(u64, u64)>()
     }
 
     /// Forgets all free space (and gives the nodes' memory back).
@@ -375,6 +521,13 @@ impl VaHeap {
 
     /// The free holes `[start, end)` in address order.
     pub fn holes(&self) -> Holes<'_> {
+        if self.flat {
+            return Holes {
+                heap: self,
+                leaf: NIL,
+                slot: 0,
+            };
+        }
         let mut id = self.root;
         for _ in 0..self.height {
             id = self.inners[id as usize].child[0];
@@ -395,6 +548,16 @@ impl VaHeap {
         if end <= start {
             return Err(HeapError::EmptyRange { start, end });
         }
+        if self.flat {
+            self.flat_free(start, end)?;
+        } else {
+            self.tree_free(start, end)?;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    fn tree_free(&mut self, start: u64, end: u64) -> Result<(), HeapError> {
         let (a, b) = (start, end);
         let (path, z) = self.descend(a);
         let zl = &self.leaves[z as usize];
@@ -517,6 +680,21 @@ impl VaHeap {
         if end <= start {
             return Err(HeapError::EmptyRange { start, end });
         }
+        if self.flat {
+            let pos = self.list.partition_point(|h| h.0 <= start);
+            if pos == 0 || self.list[pos - 1].1 < end {
+                return Err(HeapError::NotFree { start, end });
+            }
+            self.flat_take(pos - 1, start, end - start)
+                .map_err(|_| HeapError::TooManyHoles)?;
+        } else {
+            self.tree_alloc_at(start, end)?;
+        }
+        self.settle();
+        Ok(())
+    }
+
+    fn tree_alloc_at(&mut self, start: u64, end: u64) -> Result<(), HeapError> {
         let (path, z) = self.descend(start);
         let zl = &self.leaves[z as usize];
         let n = zl.n as usize;
@@ -558,19 +736,194 @@ impl VaHeap {
     /// [`Self::find_fit`] and takes the range found. Returns its start.
     pub fn alloc(&mut self, req: &FitRequest) -> Result<u64, FitError> {
         AddressMap::check_fit(req)?;
-        let f = self.search(req, None)?;
+        self.alloc_checked(req, None)
+    }
+
+    fn alloc_checked(&mut self, req: &FitRequest, nc: Option<NoCross>) -> Result<u64, FitError> {
+        if self.flat {
+            let w = Want::new(req, nc);
+            let (_, i, a) = self.flat_walk(&w, req.topdown).ok_or(FitError::NoSpace)?;
+            self.flat_take(i, a, req.length)?;
+            self.settle();
+            return Ok(a);
+        }
+        let f = self.search(req, nc)?;
         let a = f.addr;
         self.take(f, req.length)?;
+        self.settle();
         Ok(a)
     }
 
     /// [`Self::find_fit_nocross`] and takes the range found.
     pub fn alloc_nocross(&mut self, req: &FitRequest, boundary: u64) -> Result<u64, NoCrossError> {
         let nc = AddressMap::check_nocross(req, boundary)?;
-        let f = self.search(req, nc)?;
-        let a = f.addr;
-        self.take(f, req.length)?;
-        Ok(a)
+        Ok(self.alloc_checked(req, nc)?)
+    }
+
+    // ---- the flat form ----
+
+    /// [`Self::free`] on the sorted array.
+    fn flat_free(&mut self, a: u64, b: u64) -> Result<(), HeapError> {
+        let pos = self.list.partition_point(|h| h.0 <= a);
+        let p = pos.checked_sub(1).map(|i| self.list[i]);
+        let q = self.list.get(pos).copied();
+        if let Some((ps, pe)) = p.filter(|&(_, pe)| pe > a) {
+            return Err(HeapError::AlreadyFree {
+                start: a,
+                end: b,
+                hole_start: ps,
+                hole_end: pe,
+            });
+        }
+        if let Some((qs, qe)) = q.filter(|&(qs, _)| qs < b) {
+            return Err(HeapError::AlreadyFree {
+                start: a,
+                end: b,
+                hole_start: qs,
+                hole_end: qe,
+            });
+        }
+        let p_touch = p.is_some_and(|(_, pe)| pe == a);
+        let q_touch = q.is_some_and(|(qs, _)| qs == b);
+        match (p_touch, q_touch) {
+            (true, true) => {
+                self.list[pos - 1].1 = self.list[pos].1;
+                self.list.remove(pos);
+                self.holes -= 1;
+            }
+            (true, false) => self.list[pos - 1].1 = b,
+            (false, true) => self.list[pos].0 = a,
+            (false, false) => {
+                if self.holes >= Self::MAX_HOLES {
+                    return Err(HeapError::TooManyHoles);
+                }
+                self.list.insert(pos, (a, b));
+                self.holes += 1;
+            }
+        }
+        self.bytes += b - a;
+        Ok(())
+    }
+
+    /// The search on the sorted array: the first (last) hole that holds a
+    /// fit, from where the window starts (ends).
+    fn flat_walk(&self, w: &Want, top: bool) -> Option<(u32, usize, u64)> {
+        let l = &self.list;
+        let found = if top {
+            let end = if l.last().is_some_and(|h| h.0 > w.hi) {
+                l.partition_point(|h| h.0 <= w.hi)
+            } else {
+                l.len()
+            };
+            w.scan_high(end, |i| l[i])
+        } else {
+            let start = if l.first().is_some_and(|h| h.1 <= w.lo) {
+                l.partition_point(|h| h.1 <= w.lo)
+            } else {
+                0
+            };
+            w.scan_low(start, l.len(), |i| l[i])
+        };
+        found.map(|(i, a)| (NIL, i, a))
+    }
+
+    /// Takes `[a, a + len)` out of hole `i` of the sorted array.
+    fn flat_take(&mut self, i: usize, a: u64, len: u64) -> Result<(), FitError> {
+        let (s, e) = self.list[i];
+        let b = a + len;
+        debug_assert!(s <= a && b <= e);
+        match (a > s, b < e) {
+            (true, true) => {
+                if self.holes >= Self::MAX_HOLES {
+                    return Err(FitError::TooManyVmas);
+                }
+                self.list[i].1 = a;
+                self.list.insert(i + 1, (b, e));
+                self.holes += 1;
+            }
+            (true, false) => self.list[i].1 = a,
+            (false, true) => self.list[i].0 = b,
+            (false, false) => {
+                self.list.remove(i);
+                self.holes -= 1;
+            }
+        }
+        self.bytes -= len;
+        Ok(())
+    }
+
+    /// Moves a heap that left its form's range into the other form.
+    #[inline]
+    fn settle(&mut self) {
+        if self.flat && self.holes > FLAT_MAX {
+            self.make_tree();
+        } else if !self.flat && self.holes < FLAT_MIN {
+            self.make_flat();
+        }
+    }
+
+    fn make_flat(&mut self) {
+        let mut list = Vec::with_capacity(FLAT_MAX + 1);
+        list.extend(self.holes());
+        let (holes, bytes) = (self.holes, self.bytes);
+        *self = Self::new();
+        self.list = list;
+        (self.holes, self.bytes) = (holes, bytes);
+    }
+
+    /// Builds the tree from the sorted array, every node three quarters
+    /// full.
+    fn make_tree(&mut self) {
+        let list = core::mem::take(&mut self.list);
+        let (holes, bytes) = (self.holes, self.bytes);
+        *self = Self::new();
+        (self.holes, self.bytes, self.flat) = (holes, bytes, false);
+        if list.is_empty() {
+            return;
+        }
+        self.leaves.clear();
+        // Leaves: as even as possible, about 3/4 full.
+        let nl = list.len().div_ceil(LMERGE);
+        let mut level: Vec<(u32, u64, Sum)> = Vec::with_capacity(nl);
+        let mut at = 0;
+        for k in 0..nl {
+            let take = (list.len() - at) / (nl - k);
+            let id = self.new_leaf();
+            let l = &mut self.leaves[id as usize];
+            for (i, &(s, e)) in list[at..at + take].iter().enumerate() {
+                l.s[i] = s;
+                l.e[i] = e;
+            }
+            l.n = take as u32;
+            l.prev = if k == 0 { NIL } else { id - 1 };
+            l.next = if k + 1 == nl { NIL } else { id + 1 };
+            level.push((id, list[at].0, self.leaf_sum(id)));
+            at += take;
+        }
+        // Inner levels, bottom up.
+        while level.len() > 1 {
+            let ni = level.len().div_ceil(IMERGE);
+            let mut up = Vec::with_capacity(ni);
+            let mut at = 0;
+            for k in 0..ni {
+                let take = (level.len() - at) / (ni - k);
+                let id = self.new_inner();
+                let node = &mut self.inners[id as usize];
+                for (i, &(c, key, sum)) in level[at..at + take].iter().enumerate() {
+                    node.child[i] = c;
+                    node.key[i] = key;
+                    for col in 0..NSUM {
+                        node.mx[col][i] = sum[col];
+                    }
+                }
+                node.n = take as u32;
+                up.push((id, level[at].1, self.inner_sum(id)));
+                at += take;
+            }
+            level = up;
+            self.height += 1;
+        }
+        self.root = level[0].0;
     }
 
     // ---- search ----
@@ -578,7 +931,11 @@ impl VaHeap {
     fn search(&self, req: &FitRequest, nc: Option<NoCross>) -> Result<Found, FitError> {
         let w = Want::new(req, nc);
         let mut path = Path::EMPTY;
-        let r = self.walk(&w, req.topdown, &mut path);
+        let r = if self.flat {
+            self.flat_walk(&w, req.topdown)
+        } else {
+            self.walk(&w, req.topdown, &mut path)
+        };
         let (leaf, slot, addr) = r.ok_or(FitError::NoSpace)?;
         Ok(Found {
             path,
@@ -623,34 +980,14 @@ impl VaHeap {
     #[inline]
     fn leaf_low(&self, id: u32, w: &Want) -> Option<(usize, u64)> {
         let l = &self.leaves[id as usize];
-        for i in 0..l.n as usize {
-            if l.e[i] - l.s[i] > w.len_m1 {
-                if l.s[i] > w.hi {
-                    return None;
-                }
-                if let Some(a) = w.fit(l.s[i], l.e[i], false) {
-                    return Some((i, a));
-                }
-            }
-        }
-        None
+        w.scan_low(0, l.n as usize, |i| (l.s[i], l.e[i]))
     }
 
     /// The highest fit in a leaf.
     #[inline]
     fn leaf_high(&self, id: u32, w: &Want) -> Option<(usize, u64)> {
         let l = &self.leaves[id as usize];
-        for i in (0..l.n as usize).rev() {
-            if l.e[i] - l.s[i] > w.len_m1 {
-                if l.e[i] <= w.lo {
-                    return None;
-                }
-                if let Some(a) = w.fit(l.s[i], l.e[i], true) {
-                    return Some((i, a));
-                }
-            }
-        }
-        None
+        w.scan_high(l.n as usize, |i| (l.s[i], l.e[i]))
     }
 
     /// The walk of a search: depth first, children in address order (in
@@ -728,6 +1065,9 @@ impl VaHeap {
 
     /// Takes `[f.addr, f.addr + len)` out of the hole `f` found.
     fn take(&mut self, f: Found, len: u64) -> Result<(), FitError> {
+        if self.flat {
+            return self.flat_take(f.slot, f.addr, len);
+        }
         let l = &self.leaves[f.leaf as usize];
         let (s, e) = (l.s[f.slot], l.e[f.slot]);
         let (a, b) = (f.addr, f.addr + len);
@@ -1275,6 +1615,32 @@ impl VaHeap {
     /// Panics if the tree breaks one of its invariants (for tests).
     #[doc(hidden)]
     pub fn check_invariants(&self) {
+        if self.flat {
+            assert!(
+                self.holes <= FLAT_MAX,
+                "{} holes in the flat form",
+                self.holes
+            );
+            assert!(self.height == 0 && self.leaves[self.root as usize].n == 0);
+            for w in self.list.windows(2) {
+                assert!(
+                    w[0].1 < w[1].0,
+                    "holes out of order or touching at {:#x}",
+                    w[1].0
+                );
+            }
+            assert!(self.list.iter().all(|h| h.0 < h.1), "an empty hole");
+            assert_eq!(self.list.len(), self.holes, "hole count");
+            let bytes: u64 = self.list.iter().map(|h| h.1 - h.0).sum();
+            assert_eq!(bytes, self.bytes, "free bytes");
+            return;
+        }
+        assert!(self.list.is_empty());
+        assert!(
+            self.holes >= FLAT_MIN,
+            "{} holes in the tree form",
+            self.holes
+        );
         let mut leaves = Vec::new();
         let sum = self.check_node(self.root, self.height, true, &mut leaves);
         let _ = sum;
@@ -1380,6 +1746,11 @@ pub struct Holes<'a> {
 impl Iterator for Holes<'_> {
     type Item = (u64, u64);
     fn next(&mut self) -> Option<(u64, u64)> {
+        if self.heap.flat {
+            let h = self.heap.list.get(self.slot).copied();
+            self.slot += 1;
+            return h;
+        }
         loop {
             if self.leaf == NIL {
                 return None;
