@@ -379,7 +379,10 @@ fn fit_request(s: &svmap_space_t, r: &svmap_fit_request_t) -> Result<FitRequest,
 pub(crate) fn fit_failure(what: &str, e: FitError) -> Failure {
     let st = match e {
         FitError::ZeroLength | FitError::BadAlignment(_) => SVMAP_EINVAL,
-        FitError::EmptyWindow { .. } | FitError::NoSpace | FitError::TooManyVmas => SVMAP_ENOMEM,
+        FitError::EmptyWindow { .. }
+        | FitError::NoSpace
+        | FitError::TooManyVmas
+        | FitError::TooManyHoles => SVMAP_ENOMEM,
     };
     Failure::new(st, format!("{what}: {e}"))
 }

@@ -161,6 +161,9 @@ pub enum FitError {
     /// [`AddressMap::allocate`] found the map already holding the maximum
     /// number of VMAs.
     TooManyVmas,
+    /// [`crate::VaHeap::alloc`] would split a hole of a heap that already
+    /// holds [`crate::VaHeap::MAX_HOLES`] holes.
+    TooManyHoles,
 }
 
 impl fmt::Display for FitError {
@@ -173,6 +176,7 @@ impl fmt::Display for FitError {
             }
             FitError::NoSpace => f.write_str("no aligned placement fits in the window"),
             FitError::TooManyVmas => f.write_str("the map holds the maximum number of VMAs"),
+            FitError::TooManyHoles => f.write_str("the heap holds the maximum number of holes"),
         }
     }
 }

@@ -467,7 +467,7 @@ impl fmt::Debug for VaHeap {
 
 impl VaHeap {
     /// The most holes a heap holds; a change that would need more fails
-    /// with [`HeapError::TooManyHoles`] ([`FitError::TooManyVmas`] from the
+    /// with [`HeapError::TooManyHoles`] ([`FitError::TooManyHoles`] from the
     /// fits).
     pub const MAX_HOLES: usize = 1 << 30;
 
@@ -835,7 +835,7 @@ impl VaHeap {
         match (a > s, b < e) {
             (true, true) => {
                 if self.holes >= Self::MAX_HOLES {
-                    return Err(FitError::TooManyVmas);
+                    return Err(FitError::TooManyHoles);
                 }
                 self.list[i].1 = a;
                 self.list.insert(i + 1, (b, e));
@@ -1075,7 +1075,7 @@ impl VaHeap {
         match (a > s, b < e) {
             (true, true) => {
                 if self.holes >= Self::MAX_HOLES {
-                    return Err(FitError::TooManyVmas);
+                    return Err(FitError::TooManyHoles);
                 }
                 self.holes += 1;
                 self.bytes -= len;

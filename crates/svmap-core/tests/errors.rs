@@ -56,6 +56,10 @@ fn fit_error_messages() {
             FitError::TooManyVmas,
             "the map holds the maximum number of VMAs",
         ),
+        (
+            FitError::TooManyHoles,
+            "the heap holds the maximum number of holes",
+        ),
     ];
     for (e, msg) in cases {
         assert_eq!(e.to_string(), msg);

@@ -400,12 +400,13 @@ fn fit_request(low: u64, high: u64, q: Query) -> FitRequest {
 /// What a failed search of `q` means for `svm_alloc`.
 fn fit_error(e: FitError, q: Query) -> SvmError {
     match e {
-        FitError::NoSpace | FitError::EmptyWindow { .. } | FitError::TooManyVmas => {
-            SvmError::NoSpace {
-                length: q.len,
-                align: q.align,
-            }
-        }
+        FitError::NoSpace
+        | FitError::EmptyWindow { .. }
+        | FitError::TooManyVmas
+        | FitError::TooManyHoles => SvmError::NoSpace {
+            length: q.len,
+            align: q.align,
+        },
         FitError::ZeroLength | FitError::BadAlignment(_) => {
             unreachable!("checked by svm_alloc: {e}")
         }
