@@ -62,6 +62,40 @@ fn device_process() -> std::process::Command {
 }
 
 #[test]
+fn heap_example() -> Result<(), Box<dyn Error>> {
+    // README HEAP BEGIN
+    use svmap_core::{FitRequest, HeapError, VaHeap};
+
+    // A GPU's 48-bit VA heap as a driver keeps it: all free but the first page.
+    let mut heap = VaHeap::with_free(0x1000, 1 << 48)?;
+    let req = |length: u64, align: u64, topdown: bool| FitRequest {
+        length,
+        low: 0,
+        high: 1 << 48,
+        align,
+        align_offset: 0,
+        topdown,
+        respect_guard_gaps: false,
+    };
+    let a = heap.alloc(&req(0x3000, 0x1000, false))?; // lowest first
+    let b = heap.alloc(&req(0x2000, 0x1000, false))?;
+    assert_eq!((a, b), (0x1000, 0x4000));
+    // 12 KiB that must not cross a 16 KiB boundary: 0x6000 would, so 0x8000.
+    let c = heap.alloc_nocross(&req(0x3000, 0x1000, false), 0x4000)?;
+    assert_eq!(c, 0x8000);
+    // The exact 2 MiB-aligned fit, and the highest page.
+    assert_eq!(heap.alloc(&req(0x200000, 0x200000, false))?, 0x200000);
+    assert_eq!(heap.alloc(&req(0x1000, 0x1000, true))?, (1 << 48) - 0x1000);
+    // A free merges with its neighbours; a double free changes nothing.
+    heap.free(b, b + 0x2000)?;
+    let again = heap.free(b, b + 0x2000);
+    assert!(matches!(again, Err(HeapError::AlreadyFree { .. })));
+    assert_eq!(heap.holes().next(), Some((0x4000, 0x8000)));
+    // README HEAP END
+    Ok(())
+}
+
+#[test]
 fn runtime_example() -> Result<(), Box<dyn Error>> {
     // README RUNTIME BEGIN
     use svmap_peer::PeerConfig;
@@ -132,6 +166,12 @@ fn the_readme_shows_the_example_that_runs() {
         readme.contains(&format!("```rust\n{body}```\n")),
         "README.md does not show this example verbatim in a ```rust block:\n{body}"
     );
+    let body = example_body_of("HEAP ");
+    assert!(body.contains("VaHeap::with_free"), "{body}");
+    assert!(
+        readme.contains(&format!("```rust\n{body}```\n")),
+        "README.md does not show the heap example verbatim in a ```rust block:\n{body}"
+    );
     let body = example_body_of("RUNTIME ");
     assert!(body.contains("PeerDevice::spawn"), "{body}");
     assert!(
@@ -146,6 +186,7 @@ fn send_sync<T: Send + Sync>() {}
 fn public_types_are_send_and_sync() {
     // A compile-time check: this file does not build if one is not.
     send_sync::<svmap_core::AddressMap>();
+    send_sync::<svmap_core::VaHeap>();
     send_sync::<svmap_core::linux::Mm>();
     send_sync::<svmap_linux::reserve::Reservation>();
     send_sync::<svmap_linux::heap::Heap>();

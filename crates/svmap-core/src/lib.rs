@@ -9,6 +9,9 @@
 //!   ([`AddressMap::unmapped_area`]) and an exact aligned fit
 //!   ([`AddressMap::find_fit`]) in O(log n), also one that must not cross
 //!   a multiple of a power of two ([`AddressMap::find_fit_nocross`]).
+//! - [`VaHeap`]: the same exact fit as an allocator that keeps only the free
+//!   holes (a GPU driver's VA heap): a sorted array while it holds at most
+//!   256 holes, a B+tree of holes above; `alloc`, `alloc_at`, `free`.
 //! - [`linux`]: the x86-64 `mmap` placement policy on top
 //!   ([`linux::Mm::mmap`]): hints, `MAP_FIXED`, `MAP_FIXED_NOREPLACE`,
 //!   `MAP_32BIT`, `MAP_GROWSDOWN`, top-down and legacy layouts, the

@@ -88,6 +88,29 @@ impl core::error::Error for HeapError {}
 /// them), and a free that meets free space is refused
 /// ([`HeapError::AlreadyFree`]) without changing anything.
 ///
+/// ```
+/// use svmap_core::{FitRequest, VaHeap};
+///
+/// # fn main() -> Result<(), Box<dyn core::error::Error>> {
+/// let mut heap = VaHeap::with_free(0x1000, 1 << 40)?;
+/// let req = FitRequest {
+///     length: 0x20_0000,
+///     low: 0,
+///     high: 1 << 40,
+///     align: 0x20_0000,
+///     align_offset: 0,
+///     topdown: false,
+///     respect_guard_gaps: false,
+/// };
+/// let a = heap.alloc(&req)?;
+/// assert_eq!(a, 0x20_0000); // the lowest 2 MiB-aligned fit
+/// assert_eq!(heap.hole_count(), 2); // [0x1000, 2 MiB) and [4 MiB, 2^40)
+/// heap.free(a, a + req.length)?;
+/// assert_eq!(heap.holes().collect::<Vec<_>>(), [(0x1000, 1 << 40)]);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Semantics
 ///
 /// For the same free space, [`Self::find_fit`] answers exactly what
@@ -105,8 +128,13 @@ impl core::error::Error for HeapError {}
 /// alignments prune with the largest cached class that is necessary and
 /// may try several holes, each in O(log n). `free` is one descent (two
 /// when the freed range merges with a hole in the neighbouring leaf).
-/// Memory is about 24 bytes per hole; a heap under lowest-first churn holds
-/// far fewer holes than allocations.
+/// Memory is about 16 bytes per hole in the array and 20 to 30 in the
+/// tree; a heap under lowest-first churn holds fewer holes than
+/// allocations (about 0.6 per allocation at 4 KiB alignment), one whose
+/// allocations leave alignment slack about one per allocation or more.
+/// A heap of at most 256 holes keeps them in one sorted array and scans
+/// it (faster than any tree at that size); it moves into the tree past
+/// 256 holes and back below 128.
 #[derive(Clone)]
 pub struct VaHeap {
     leaves: Vec<Leaf>,
