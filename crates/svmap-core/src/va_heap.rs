@@ -128,10 +128,12 @@ impl core::error::Error for HeapError {}
 /// alignments prune with the largest cached class that is necessary and
 /// may try several holes, each in O(log n). `free` is one descent (two
 /// when the freed range merges with a hole in the neighbouring leaf).
-/// Memory is about 16 bytes per hole in the array and 20 to 30 in the
-/// tree; a heap under lowest-first churn holds fewer holes than
-/// allocations (about 0.6 per allocation at 4 KiB alignment), one whose
-/// allocations leave alignment slack about one per allocation or more.
+/// Memory ([`Self::heap_bytes`]) is 16 bytes per hole in the array and
+/// 26 to 39 in the tree on the churn benchmark (a full leaf passes a hole
+/// to a neighbour with room before it splits); a heap under lowest-first
+/// churn of 4 KiB-aligned ranges holds about 0.35 holes per allocation,
+/// one of 2 MiB-aligned ranges about one (each leaves its alignment slack
+/// free).
 /// A heap of at most 256 holes keeps them in one sorted array and scans
 /// it (faster than any tree at that size); it moves into the tree past
 /// 256 holes and back below 128.
@@ -241,13 +243,14 @@ fn room(s: u64, e: u64, shift: u32) -> u64 {
     }
 }
 
-/// Makes room for one more node, growing a full arena by a quarter (at
-/// least 4) rather than doubling it: the arenas are the heap's memory, and
-/// a quarter keeps the unused part below 20% while the pushes stay
-/// amortised O(1).
+/// Makes room for one more node, growing a full arena by an eighth (at
+/// least 4 nodes) rather than doubling it: the arenas are the heap's
+/// memory, and an eighth keeps the unused part below 12% while the pushes
+/// stay amortised O(1) (each growth copies the arena once, and the next
+/// eighth of pushes pays for it).
 fn grow<T>(v: &mut Vec<T>) {
     if v.len() == v.capacity() {
-        v.reserve_exact((v.len() / 4).max(4));
+        v.reserve_exact((v.len() / 8).max(4));
     }
 }
 
@@ -1339,6 +1342,9 @@ impl VaHeap {
             self.fix_up(&path, leaf, removed, added);
             return;
         }
+        if path.n > 0 && self.spill(&path, leaf, pos, s, e) {
+            return;
+        }
         // Split: the upper half moves to a new leaf on the right.
         let r = self.new_leaf();
         let half = LC / 2;
@@ -1380,6 +1386,72 @@ impl VaHeap {
         let (sl, sr) = (self.leaf_sum(leaf), self.leaf_sum(r));
         self.insert_child(&path, path.n, sep, r, sl, sr);
         self.resync(s);
+    }
+
+    /// Inserts `[s, e)` at `pos` of the full `leaf` by passing its last
+    /// hole to the next leaf under the same parent, or its first to the
+    /// previous one, where that leaf has room for two more; false (and
+    /// nothing changed) where neither has. Leaves stay fuller than splits
+    /// alone leave them: the heap's memory per hole.
+    fn spill(&mut self, path: &Path, leaf: u32, pos: usize, s: u64, e: u64) -> bool {
+        let (p, i) = (path.node[path.n - 1], path.idx[path.n - 1] as usize);
+        let (pn, right, left) = {
+            let node = &self.inners[p as usize];
+            let n = node.n as usize;
+            (
+                n,
+                (i + 1 < n).then(|| node.child[i + 1]),
+                (i > 0).then(|| node.child[i - 1]),
+            )
+        };
+        let _ = pn;
+        let room = |id: u32| (self.leaves[id as usize].n as usize) < LC - 1;
+        let (to_right, sib) = match (right.filter(|&r| room(r)), left.filter(|&l| room(l))) {
+            (Some(r), _) => (true, r),
+            (None, Some(l)) => (false, l),
+            (None, None) => return false,
+        };
+        // The leaf's holes with the new one, in order.
+        let mut hs = [0u64; LC + 1];
+        let mut he = [0u64; LC + 1];
+        {
+            let l = &self.leaves[leaf as usize];
+            hs[..pos].copy_from_slice(&l.s[..pos]);
+            he[..pos].copy_from_slice(&l.e[..pos]);
+            hs[pos] = s;
+            he[pos] = e;
+            hs[pos + 1..].copy_from_slice(&l.s[pos..]);
+            he[pos + 1..].copy_from_slice(&l.e[pos..]);
+        }
+        if to_right {
+            let l = &mut self.leaves[leaf as usize];
+            l.s.copy_from_slice(&hs[..LC]);
+            l.e.copy_from_slice(&he[..LC]);
+            let r = &mut self.leaves[sib as usize];
+            let rn = r.n as usize;
+            r.s.copy_within(0..rn, 1);
+            r.e.copy_within(0..rn, 1);
+            r.s[0] = hs[LC];
+            r.e[0] = he[LC];
+            r.n += 1;
+            self.inners[p as usize].key[i + 1] = hs[LC];
+        } else {
+            let l = &mut self.leaves[leaf as usize];
+            l.s.copy_from_slice(&hs[1..]);
+            l.e.copy_from_slice(&he[1..]);
+            let lf = &mut self.leaves[sib as usize];
+            let ln = lf.n as usize;
+            lf.s[ln] = hs[0];
+            lf.e[ln] = he[0];
+            lf.n += 1;
+            self.inners[p as usize].key[i] = hs[1];
+        }
+        let sib_i = if to_right { i + 1 } else { i - 1 };
+        let (sl, ss) = (self.leaf_sum(leaf), self.leaf_sum(sib));
+        self.set_entry(p, i, sl);
+        self.set_entry(p, sib_i, ss);
+        self.resync(s);
+        true
     }
 
     /// The node at depth `d` of `path` (depth `path.n` is the leaf, 0 the
