@@ -1395,16 +1395,14 @@ impl VaHeap {
     /// alone leave them: the heap's memory per hole.
     fn spill(&mut self, path: &Path, leaf: u32, pos: usize, s: u64, e: u64) -> bool {
         let (p, i) = (path.node[path.n - 1], path.idx[path.n - 1] as usize);
-        let (pn, right, left) = {
+        let (right, left) = {
             let node = &self.inners[p as usize];
             let n = node.n as usize;
             (
-                n,
                 (i + 1 < n).then(|| node.child[i + 1]),
                 (i > 0).then(|| node.child[i - 1]),
             )
         };
-        let _ = pn;
         let room = |id: u32| (self.leaves[id as usize].n as usize) < LC - 1;
         let (to_right, sib) = match (right.filter(|&r| room(r)), left.filter(|&l| room(l))) {
             (Some(r), _) => (true, r),
