@@ -504,8 +504,10 @@ impl VaHeap {
 
     /// A heap with no free space.
     pub fn new() -> Self {
+        // The flat form uses no node: the arenas start empty, and a root
+        // leaf appears when the heap moves into the tree.
         VaHeap {
-            leaves: alloc::vec![Leaf::EMPTY],
+            leaves: Vec::new(),
             inners: Vec::new(),
             spare_leaves: Vec::new(),
             spare_inners: Vec::new(),
@@ -648,11 +650,10 @@ impl VaHeap {
                 let ps = ph.unwrap_or_default().0;
                 self.holes -= 1;
                 if pid == z && qid == z {
-                    let (ps, pe) = ph.unwrap_or_default();
-                    let (qs, _) = qh.unwrap_or_default();
-                    let removed = max_sum(hole_sum(ps, pe), hole_sum(qs, qe));
+                    // The merged hole holds both: no column can fall, so
+                    // nothing need count as removed.
                     self.leaves[z as usize].e[pi] = qe;
-                    self.delete_slot(path, z, qi, ps, removed, hole_sum(ps, qe));
+                    self.delete_slot(path, z, qi, ps, [0; NSUM], hole_sum(ps, qe));
                 } else if pid == z {
                     // `q` is the first hole of the next leaf.
                     let (qpath, _) = self.descend(b);
@@ -1719,7 +1720,7 @@ impl VaHeap {
                 "{} holes in the flat form",
                 self.holes
             );
-            assert!(self.height == 0 && self.leaves[self.root as usize].n == 0);
+            assert!(self.height == 0 && self.leaves.is_empty() && self.inners.is_empty());
             for w in self.list.windows(2) {
                 assert!(
                     w[0].1 < w[1].0,
@@ -1991,5 +1992,73 @@ mod tests {
         // The runs built trees of several levels (splits and merges of
         // inner nodes happened).
         assert!(tallest >= 2, "tallest tree {tallest}");
+    }
+
+    /// The node bytes a heap reaches from its root, its spare lists and
+    /// its array: what `heap_bytes` must at least count.
+    fn reached_bytes(h: &VaHeap) -> usize {
+        let leaves = if h.flat {
+            0
+        } else {
+            let mut n = 0;
+            let mut id = h.root;
+            for _ in 0..h.height {
+                id = h.inners[id as usize].child[0];
+            }
+            while id != NIL {
+                n += 1;
+                id = h.leaves[id as usize].next;
+            }
+            n
+        };
+        let inners = if h.flat {
+            0
+        } else {
+            h.count_inners(h.root, h.height)
+        };
+        leaves * core::mem::size_of::<Leaf>()
+            + inners * core::mem::size_of::<Inner>()
+            + (h.spare_leaves.len() + h.spare_inners.len()) * 4
+            + h.list.len() * core::mem::size_of::<(u64, u64)>()
+    }
+
+    #[test]
+    fn memory_is_counted_and_grows_by_an_eighth() {
+        const P: u64 = 0x1000;
+        let mut h = VaHeap::new();
+        // Every other page of a range: one hole per page pair.
+        for k in 0..20_000u64 {
+            h.free(2 * k * P, (2 * k + 1) * P).unwrap();
+            if k % 997 == 0 || k == 300 {
+                let (reached, counted) = (reached_bytes(&h), h.heap_bytes());
+                assert!(counted >= reached, "{counted} < {reached} at {k}");
+                // Arenas at most an eighth (or 4 nodes) over what they hold.
+                for (len, cap) in [
+                    (h.leaves.len(), h.leaves.capacity()),
+                    (h.inners.len(), h.inners.capacity()),
+                ] {
+                    assert!(cap - len <= (len / 8).max(4), "{len} nodes in {cap}");
+                }
+                if !h.flat {
+                    let slack = counted - reached;
+                    assert!(
+                        slack * 6 <= counted,
+                        "{slack} of {counted} bytes unused at {k}"
+                    );
+                }
+            }
+        }
+        assert!(!h.flat && h.height >= 2);
+        // The tree at 20,000 holes: between 16 and 48 bytes a hole.
+        let per_hole = h.heap_bytes() / h.hole_count();
+        assert!((16..=48).contains(&per_hole), "{per_hole} bytes per hole");
+        // Draining gives the tree back.
+        for k in 0..20_000u64 {
+            h.alloc_at(2 * k * P, (2 * k + 1) * P).unwrap();
+        }
+        assert_eq!(h.hole_count(), 0);
+        assert!(h.flat);
+        let most = (FLAT_MAX + 1) * core::mem::size_of::<(u64, u64)>();
+        assert!(h.heap_bytes() <= most, "{} bytes left", h.heap_bytes());
     }
 }

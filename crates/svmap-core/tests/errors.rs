@@ -3,7 +3,7 @@
 //! interface.
 
 use svmap_core::linux::Errno;
-use svmap_core::{FitError, MapError, SearchError, Vma, VmaFlags};
+use svmap_core::{FitError, HeapError, MapError, SearchError, Vma, VmaFlags};
 
 #[test]
 fn search_error_messages() {
@@ -147,4 +147,42 @@ fn errno_names() {
     assert_eq!(Errno::from_name("E0"), None);
     assert_eq!(Errno::from_name("E4096"), None);
     assert_eq!(Errno::from_name("ENOTANERRNO"), None);
+}
+
+#[test]
+fn heap_error_messages() {
+    let cases = [
+        (
+            HeapError::EmptyRange {
+                start: 0x2000,
+                end: 0x1000,
+            },
+            "empty range [0x2000, 0x1000)",
+        ),
+        (
+            HeapError::AlreadyFree {
+                start: 0x1000,
+                end: 0x3000,
+                hole_start: 0x2000,
+                hole_end: 0x4000,
+            },
+            "[0x1000, 0x3000) meets the free hole [0x2000, 0x4000)",
+        ),
+        (
+            HeapError::NotFree {
+                start: 0x1000,
+                end: 0x2000,
+            },
+            "[0x1000, 0x2000) is not inside one free hole",
+        ),
+        (
+            HeapError::TooManyHoles,
+            "the heap holds the maximum number of holes",
+        ),
+    ];
+    for (e, msg) in cases {
+        assert_eq!(e.to_string(), msg);
+        let dynamic: &dyn std::error::Error = &e;
+        assert!(dynamic.source().is_none());
+    }
 }
