@@ -545,7 +545,7 @@ impl AttrMap {
 
     /// Drops the attributes of `[start, end)` (it reads default again).
     pub fn remove(&mut self, start: u64, end: u64) {
-        self.m.remove_range(start, end);
+        self.m.remove_range_each(start, end, |_, _, _| {});
     }
 
     /// Device `d` is removed: every stored range's attributes become

@@ -830,8 +830,8 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         devices: &[S],
         topdown: bool,
     ) -> Result<u64, EngineError> {
-        let addr = self.space.svm_alloc(length, align, devices, topdown)?;
-        let v = self.space.alloc_at(addr).expect("just allocated");
+        let v = self.space.svm_alloc_view(length, align, devices, topdown)?;
+        let addr = v.start;
         let (end, to) = (
             v.end,
             if v.window.is_some() {
@@ -995,8 +995,7 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     /// for good is removed with [`Self::remove_device`], which retries the
     /// free on the devices that remain.
     pub fn svm_free(&mut self, addr: u64) -> Result<(), EngineError> {
-        let id = self.space.alloc_at(addr).map(|v| v.id);
-        let r = self.free_one(addr);
+        let (id, r) = self.free_one(addr);
         if r.is_ok() && self.pending.is_empty() {
             return r;
         }
@@ -1006,19 +1005,33 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         r
     }
 
-    /// [`Self::svm_free`] without the bookkeeping of failed frees.
-    fn free_one(&mut self, addr: u64) -> Result<(), EngineError> {
-        let Some(v) = self.space.alloc_at(addr) else {
-            return Err(SvmError::NotAnSvmRange { addr }.into());
+    /// [`Self::svm_free`] without the bookkeeping of failed frees; with the
+    /// id of the range it tried to free, if `addr` started one.
+    fn free_one(&mut self, addr: u64) -> (Option<u64>, Result<(), EngineError>) {
+        let Some((v, whole)) = self.space.alloc_at_whole(addr) else {
+            return (None, Err(SvmError::NotAnSvmRange { addr }.into()));
         };
         let to = if v.window.is_some() {
             Release::ToWindow
         } else {
             Release::ToSystem
         };
-        let id = v.id;
+        let (id, start, end) = (v.id, v.start, v.end);
         self.scratch_devs.clear();
         self.scratch_devs.extend_from_slice(v.devices);
+        (Some(id), self.free_found(addr, id, (start, end, whole), to))
+    }
+
+    /// [`Self::free_one`] of range `id`, `[start, end)`, that `addr`
+    /// starts, its devices in `scratch_devs`; `whole`: the CPU maps it as
+    /// one piece, all of it.
+    fn free_found(
+        &mut self,
+        addr: u64,
+        id: u64,
+        (start, end, whole): (u64, u64, bool),
+        to: Release,
+    ) -> Result<(), EngineError> {
         if !self.pending.is_empty() {
             // A retry asks only the devices that may still hold the range.
             let done = done_of(&self.pending, addr, id);
@@ -1026,7 +1039,11 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
         }
         self.scratch_done.clear();
         self.scratch_pieces.clear();
-        self.scratch_pieces.extend(self.space.alloc_pieces(id));
+        if whole {
+            self.scratch_pieces.push((start, end));
+        } else {
+            self.scratch_pieces.extend(self.space.alloc_pieces(id));
+        }
         let Engine {
             space,
             cpu,

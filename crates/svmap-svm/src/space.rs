@@ -1389,6 +1389,19 @@ impl<F: PtFormat> SvmSpace<F> {
         devices: &[S],
         topdown: bool,
     ) -> Result<u64, SvmError> {
+        self.svm_alloc_view(length, align, devices, topdown)
+            .map(|v| v.start)
+    }
+
+    /// [`Self::svm_alloc`] that answers with the new range as
+    /// [`Self::alloc_at`] would, without looking it up again.
+    pub(crate) fn svm_alloc_view<S: AsRef<str>>(
+        &mut self,
+        length: u64,
+        align: Option<u64>,
+        devices: &[S],
+        topdown: bool,
+    ) -> Result<AllocView<'_>, SvmError> {
         let align = align.unwrap_or(1);
         if !align.is_power_of_two() {
             return Err(SvmError::BadAlignment { align });
@@ -1542,7 +1555,16 @@ impl<F: PtFormat> SvmSpace<F> {
         if let Some(older) = self.by_start.insert(addr, id) {
             self.by_start_older.entry(addr).or_default().push(older);
         }
-        Ok(addr)
+        Ok(AllocView {
+            id,
+            start: addr,
+            end,
+            // `device_set` left the range's set there.
+            devices: &self.last_devs[..],
+            window: carved_from
+                .and_then(|w| self.windows.get(&w))
+                .map(|w| (w.start, w.end)),
+        })
     }
 
     /// `svm_free`: frees the SVM range that starts at `addr` on the CPU and
@@ -1552,14 +1574,25 @@ impl<F: PtFormat> SvmSpace<F> {
     /// and a later one was placed there), the later goes first. Errors:
     /// `NotAnSvmRange` (`EINVAL`; nothing changes).
     pub fn svm_free(&mut self, addr: u64) -> Result<(), SvmError> {
-        let id = *self
+        // Each map is looked up once: the range leaves `by_start` and
+        // `allocs` first (nothing below reads them for it).
+        let id = self
             .by_start
-            .get(&addr)
+            .remove(&addr)
             .ok_or(SvmError::NotAnSvmRange { addr })?;
-        let (start, end, window) = {
-            let a = &self.allocs[&id];
-            (a.start, a.end, a.window)
-        };
+        if let Some(older) = self.by_start_older.get_mut(&addr) {
+            let prev = older.pop().expect("no empty lists are kept");
+            if older.is_empty() {
+                self.by_start_older.remove(&addr);
+            }
+            self.by_start.insert(addr, prev);
+        }
+        let Alloc {
+            start, end, window, ..
+        } = self
+            .allocs
+            .remove(&id)
+            .expect("every indexed id is allocated");
         let win = window.and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)));
         let whole = self
             .svm
@@ -1583,15 +1616,6 @@ impl<F: PtFormat> SvmSpace<F> {
                 at = e;
                 self.free_piece(s, e, win);
             }
-        }
-        self.allocs.remove(&id);
-        self.by_start.remove(&addr);
-        if let Some(older) = self.by_start_older.get_mut(&addr) {
-            let prev = older.pop().expect("no empty lists are kept");
-            if older.is_empty() {
-                self.by_start_older.remove(&addr);
-            }
-            self.by_start.insert(addr, prev);
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! An allocation and a free cost one hash insertion and one removal instead
 //! of two ordered-map descents.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use svmap_core::AddressMap;
@@ -104,10 +105,10 @@ impl Pieces {
         if start >= end || self.m.is_empty() {
             return;
         }
-        // The common case: one piece, exactly the range.
-        if let Some(&(e, id)) = self.m.get(&start) {
-            if e == end {
-                self.m.remove(&start);
+        // The common case: one piece, exactly the range (one lookup).
+        if let Entry::Occupied(o) = self.m.entry(start) {
+            if o.get().0 == end {
+                let (_, id) = o.remove();
                 f(start, end, id);
                 return;
             }

@@ -37,6 +37,18 @@ impl<F: PtFormat> SvmSpace<F> {
         })
     }
 
+    /// [`Self::alloc_at`], and whether the CPU still maps the range as one
+    /// piece, the whole of it (then [`Self::alloc_pieces`] yields just
+    /// that piece).
+    pub(crate) fn alloc_at_whole(&self, addr: u64) -> Option<(AllocView<'_>, bool)> {
+        let v = self.alloc_at(addr)?;
+        let whole = self
+            .svm
+            .get_exact(v.start)
+            .is_some_and(|(pe, &p)| (pe, p) == (v.end, v.id));
+        Some((v, whole))
+    }
+
     /// The pieces of SVM range `id` the CPU still maps, ascending.
     pub fn alloc_pieces(&self, id: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let (s, e) = self.allocs.get(&id).map_or((0, 0), |a| (a.start, a.end));
