@@ -18,8 +18,9 @@ use std::hash::{BuildHasher, Hasher};
 use svmap_core::{AddressMap, FitError, FitRequest, SearchParams, VmaFlags};
 
 /// The hash of the exact-key maps of the SVM layer (allocation ids, range
-/// and piece starts, cover segments): the SplitMix64 finalizer of the key
-/// mixed with a per-map random seed. Much cheaper than SipHash for a `u64`,
+/// and piece starts, cover segments): the key mixed with a per-map random
+/// seed, multiplied by a constant in full width and the two halves of the
+/// product folded together. Much cheaper than SipHash for a `u64`,
 /// and the seed keeps the bucket of an address out of reach of whoever
 /// chooses the addresses.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +41,9 @@ impl BuildHasher for MixState {
     }
 }
 
+/// The odd multiplier of [`MixHasher`] (the fractional bits of pi).
+const FOLD_MUL: u64 = 0x243f_6a88_85a3_08d3;
+
 /// See [`MixState`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MixHasher(u64);
@@ -57,10 +61,11 @@ impl Hasher for MixHasher {
     }
     #[inline]
     fn write_u64(&mut self, x: u64) {
-        let mut z = (x ^ self.0).wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        self.0 = z ^ (z >> 31);
+        // One full 64 x 64 -> 128-bit product, its halves folded: every
+        // bit of the key reaches the low bits (the bucket) and the high
+        // bits (the tag) alike, page-aligned keys included.
+        let p = u128::from(x ^ self.0) * u128::from(FOLD_MUL);
+        self.0 = (p as u64) ^ ((p >> 64) as u64);
     }
 }
 

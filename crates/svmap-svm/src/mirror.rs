@@ -623,8 +623,12 @@ impl<F: PtFormat, S: SyncFamily> Mirror<F, S> {
             p.seq += 1;
             p.stats.invalidations += 1;
             if let Some((lo, hi)) = self.pages(start, end) {
-                p.table.clear(lo, hi);
-                S::with(&self.tlb, |t| t.shoot_down(lo, hi));
+                // The TLB caches only valid entries of the table (filled
+                // under this lock): where the table held none, it holds
+                // none either.
+                if p.table.clear(lo, hi) > 0 {
+                    S::with(&self.tlb, |t| t.shoot_down(lo, hi));
+                }
             }
         });
     }
@@ -647,8 +651,12 @@ impl<F: PtFormat, S: SyncFamily> Mirror<F, S> {
             p.seq += 2;
             p.stats.invalidations += 1;
             if let Some((lo, hi)) = self.pages(start, end) {
-                p.table.clear(lo, hi);
-                S::with(&self.tlb, |t| t.shoot_down(lo, hi));
+                // The TLB caches only valid entries of the table (filled
+                // under this lock): where the table held none, it holds
+                // none either.
+                if p.table.clear(lo, hi) > 0 {
+                    S::with(&self.tlb, |t| t.shoot_down(lo, hi));
+                }
             }
         });
     }

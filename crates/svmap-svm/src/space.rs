@@ -551,6 +551,17 @@ impl<F: PtFormat> SvmSpace<F> {
     /// The sorted, deduplicated indices of `devices`, shared with the
     /// latest request when it named the same set (no allocation then).
     fn device_set<S: AsRef<str>>(&mut self, devices: &[S]) -> Result<Arc<[usize]>, SvmError> {
+        // The common case: the latest set again, named in the same order
+        // (its indices are sorted and distinct, so the names are too).
+        if devices.len() == self.last_devs.len()
+            && devices.iter().zip(self.last_devs.iter()).all(|(n, &d)| {
+                self.devices
+                    .get(d)
+                    .is_some_and(|x| x.cfg.name == n.as_ref())
+            })
+        {
+            return Ok(Arc::clone(&self.last_devs));
+        }
         let mut v = std::mem::take(&mut self.scratch_devs);
         v.clear();
         let mut r = Ok(());
