@@ -544,8 +544,12 @@ impl AttrMap {
     }
 
     /// Drops the attributes of `[start, end)` (it reads default again).
+    #[inline]
     pub fn remove(&mut self, start: u64, end: u64) {
-        self.m.remove_range_each(start, end, |_, _, _| {});
+        // Most spaces never set an attribute: no call then.
+        if !self.m.is_empty() {
+            self.m.remove_range_each(start, end, |_, _, _| {});
+        }
     }
 
     /// Device `d` is removed: every stored range's attributes become

@@ -743,6 +743,12 @@ impl<F: PtFormat> SvmSpace<F> {
     /// reservations go, and every device is invalidated over the range.
     /// O(log n + k) per structure, plus the devices' invalidations.
     fn cpu_remove(&mut self, start: u64, end: u64) {
+        self.cpu_remove_with(start, end, true);
+    }
+
+    /// [`Self::cpu_remove`]; `pieces`: whether SVM pieces may lie in the
+    /// range (`false`: the caller has removed the only one).
+    fn cpu_remove_with(&mut self, start: u64, end: u64, pieces: bool) {
         if start >= end {
             return;
         }
@@ -755,7 +761,9 @@ impl<F: PtFormat> SvmSpace<F> {
         }
         self.invalidate_devices(start, end);
         // The SVM pieces go while the CPU map still holds their VMAs.
-        self.svm.remove_range(self.mm.space(), start, end);
+        if pieces {
+            self.svm.remove_range(self.mm.space(), start, end);
+        }
         if !self.covers_live {
             // No covers (so no windows): the CPU map is all there is.
             let _ = self.mm.space_mut().unmap(start, end);
@@ -1605,12 +1613,16 @@ impl<F: PtFormat> SvmSpace<F> {
             .remove(&id)
             .expect("every indexed id is allocated");
         let win = window.and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)));
-        let whole = self
+        if win.is_none() && self.svm.remove_exact(start, end, id) {
+            // The common case: one piece, the whole range, outside any
+            // window; it has just left the piece map.
+            self.cpu_remove_with(start, end, false);
+        } else if self
             .svm
             .get_exact(start)
-            .is_some_and(|(e, &pid)| (e, pid) == (end, id));
-        if whole {
-            // The common case: one piece, the whole range.
+            .is_some_and(|(e, &pid)| (e, pid) == (end, id))
+        {
+            // One piece, the whole range, carved from a window.
             self.free_piece(start, end, win);
         } else {
             // The pieces in order, each removed before the next is sought.

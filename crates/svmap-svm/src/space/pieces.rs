@@ -37,6 +37,18 @@ impl Pieces {
         debug_assert!(old.is_none(), "two pieces start at {start:#x}");
     }
 
+    /// Removes the piece `[start, end)` of allocation `id` if there is
+    /// exactly that one (one lookup); whether it did.
+    pub(super) fn remove_exact(&mut self, start: u64, end: u64, id: u64) -> bool {
+        match self.m.entry(start) {
+            Entry::Occupied(o) if *o.get() == (end, id) => {
+                o.remove();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The piece that starts exactly at `start`, as `(end, id)`.
     pub(super) fn get_exact(&self, start: u64) -> Option<(u64, &u64)> {
         self.m.get(&start).map(|(e, id)| (*e, id))

@@ -23,9 +23,36 @@ pub struct AllocView<'a> {
 impl<F: PtFormat> SvmSpace<F> {
     /// The SVM range that `svm_free(addr)` would free now, if any.
     pub fn alloc_at(&self, addr: u64) -> Option<AllocView<'_>> {
-        let id = *self.by_start.get(&addr)?;
-        let a = self.allocs.get(&id)?;
-        Some(AllocView {
+        self.alloc_at_whole(addr).map(|(v, _)| v)
+    }
+
+    /// [`Self::alloc_at`], and whether the CPU still maps the range as one
+    /// piece, the whole of it (then [`Self::alloc_pieces`] yields just
+    /// that piece).
+    pub(crate) fn alloc_at_whole(&self, addr: u64) -> Option<(AllocView<'_>, bool)> {
+        // The common case: the CPU maps a piece at `addr` of a range that
+        // starts there. That range is the latest to start at `addr`: a
+        // range placed at `addr` later would have needed `addr` free, and a
+        // range never regains a piece at its start (pieces only shrink or
+        // split, and a split's upper part starts above the start).
+        let hit = self.svm.get_exact(addr).and_then(|(pe, &id)| {
+            let a = self.allocs.get(&id)?;
+            (a.start == addr).then_some((id, a, pe == a.end))
+        });
+        let (id, a, whole) = match hit {
+            Some(x) => x,
+            None => {
+                // No piece at its start: the range is not whole.
+                let id = *self.by_start.get(&addr)?;
+                (id, self.allocs.get(&id)?, false)
+            }
+        };
+        debug_assert_eq!(
+            self.by_start.get(&addr),
+            Some(&id),
+            "latest range at {addr:#x}"
+        );
+        let v = AllocView {
             id,
             start: a.start,
             end: a.end,
@@ -34,18 +61,7 @@ impl<F: PtFormat> SvmSpace<F> {
                 .window
                 .and_then(|w| self.windows.get(&w))
                 .map(|w| (w.start, w.end)),
-        })
-    }
-
-    /// [`Self::alloc_at`], and whether the CPU still maps the range as one
-    /// piece, the whole of it (then [`Self::alloc_pieces`] yields just
-    /// that piece).
-    pub(crate) fn alloc_at_whole(&self, addr: u64) -> Option<(AllocView<'_>, bool)> {
-        let v = self.alloc_at(addr)?;
-        let whole = self
-            .svm
-            .get_exact(v.start)
-            .is_some_and(|(pe, &p)| (pe, p) == (v.end, v.id));
+        };
         Some((v, whole))
     }
 
