@@ -2061,4 +2061,61 @@ mod tests {
         let most = (FLAT_MAX + 1) * core::mem::size_of::<(u64, u64)>();
         assert!(h.heap_bytes() <= most, "{} bytes left", h.heap_bytes());
     }
+
+    /// The separator right of a leaf must follow its last hole up when a
+    /// free extends that hole: build trees where the separator equals the
+    /// last hole's end (a free that lands at the end of a leaf sets it
+    /// so), then extend the hole.
+    #[test]
+    fn a_separator_follows_the_last_hole_of_its_leaf() {
+        const P: u64 = 0x1000;
+        let mut exercised = 0;
+        for skip in 0..40u64 {
+            let mut h = VaHeap::new();
+            for k in 0..400u64 {
+                h.free(k * 8 * P, k * 8 * P + P).unwrap();
+            }
+            assert!(!h.flat);
+            // A leaf (not the last) of the tree, picked by `skip`.
+            let mut id = h.root;
+            for _ in 0..h.height {
+                id = h.inners[id as usize].child[0];
+            }
+            for _ in 0..skip {
+                id = h.leaves[id as usize].next;
+            }
+            let l = &h.leaves[id as usize];
+            if l.next == NIL {
+                break;
+            }
+            let x = l.s[l.n as usize - 1];
+            // A hole between the leaf's last hole and the next leaf's
+            // first, touching neither: it goes at the end of this leaf and
+            // its end becomes the separator. Taking its top page back
+            // leaves the separator above the hole's end.
+            h.free(x + 3 * P, x + 5 * P).unwrap();
+            h.alloc_at(x + 4 * P, x + 5 * P).unwrap();
+            h.check_invariants();
+            let (path, leaf) = h.descend(x + 3 * P);
+            let l = &h.leaves[leaf as usize];
+            let last = l.n as usize - 1;
+            let sep = h
+                .sep_right_slot(&path)
+                .map(|(p, i)| h.inners[p as usize].key[i]);
+            if l.s[last] != x + 3 * P || sep != Some(x + 5 * P) {
+                continue;
+            }
+            // Extend the hole past the separator (from below it, so the
+            // free lands in this leaf): the separator must move up.
+            h.free(x + 4 * P, x + 6 * P).unwrap();
+            h.check_invariants();
+            assert_eq!(
+                h.sep_right_slot(&path)
+                    .map(|(p, i)| h.inners[p as usize].key[i]),
+                Some(x + 6 * P)
+            );
+            exercised += 1;
+        }
+        assert!(exercised >= 10, "{exercised} leaves exercised");
+    }
 }
