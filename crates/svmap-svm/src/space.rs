@@ -9,7 +9,7 @@
 //! | `prot` | CPU pages whose protection is not `rw` (split on change) |
 //! | `reserved` | the CPU VMAs that are device-only reservations, with their `cpu` policy |
 //! | `svm` | the live pieces of SVM ranges, with their allocation id; each is exactly one CPU VMA, so they sit in a hash map by start and ordered questions walk `mm` |
-//! | `allocs`, `by_start` | each SVM range by id, and the latest id that starts at each address (hash maps) |
+//! | `allocs`, `by_start` | each SVM range by id; for each address, the latest range that starts there but lost its piece there to a CPU unmap (hash maps; a range that still has that piece is found through it in `svm`) |
 //! | `cpu_cover` | the union of every CPU VMA and the guard gap below every grows-down one |
 //! | `win_pieces` | the CPU VMAs that are window-reservation pieces, with their window id (a hash map by start, as `svm`) |
 //! | `svm_cover` | once a window exists: `cpu_cover` without the window pieces |
@@ -67,6 +67,7 @@
 //! `protect` has been used), so a trace of address-space operations
 //! replays at the core map's speed.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -326,11 +327,15 @@ pub struct SvmSpace<F: PtFormat = DefaultFormat> {
     reserved: IntervalMap<CpuPolicy>,
     svm: Pieces,
     allocs: HashMap<u64, Alloc, MixState>,
-    /// The latest allocation that starts at each address (what `svm_free`
-    /// of the address frees).
+    /// The latest allocation that starts at each address among those that
+    /// lost their piece there (their first page) to a CPU unmap. A range
+    /// that still has its first piece is found through `svm` and is not
+    /// listed here: it is the latest range to start at its address (any
+    /// range placed there later needed the address free), and a range
+    /// never regains a piece at its start (pieces only shrink or split).
     by_start: HashMap<u64, u64, MixState>,
-    /// Older allocations that start at the same address as a later one
-    /// (the earlier lost its first page to a CPU unmap), oldest first.
+    /// Older allocations that lost their first piece at the same address as
+    /// the one in `by_start`, oldest first.
     by_start_older: BTreeMap<u64, Vec<u64>>,
     next_id: u64,
     cpu_cover: CoverMap,
@@ -762,7 +767,7 @@ impl<F: PtFormat> SvmSpace<F> {
         self.invalidate_devices(start, end);
         // The SVM pieces go while the CPU map still holds their VMAs.
         if pieces {
-            self.svm.remove_range(self.mm.space(), start, end);
+            self.drop_svm_pieces(start, end);
         }
         if !self.covers_live {
             // No covers (so no windows): the CPU map is all there is.
@@ -804,6 +809,30 @@ impl<F: PtFormat> SvmSpace<F> {
         self.reserved.remove_range_each(start, end, |_, _, _| {});
     }
 
+    /// Removes every SVM piece in `[start, end)` while the CPU map still
+    /// holds their VMAs (a piece across an edge keeps its part outside); a
+    /// live range that loses the piece at its start is listed in `by_start`
+    /// from then on, as the latest to start there.
+    fn drop_svm_pieces(&mut self, start: u64, end: u64) {
+        let SvmSpace {
+            mm,
+            svm,
+            allocs,
+            by_start,
+            by_start_older,
+            ..
+        } = self;
+        svm.remove_range_with(mm.space(), start, end, |s, _, id| {
+            // A removed part starts at the piece's start unless the piece
+            // straddles `start`, and then it keeps its start.
+            if allocs.get(&id).is_some_and(|a| a.start == s) {
+                if let Some(older) = by_start.insert(s, id) {
+                    by_start_older.entry(s).or_default().push(older);
+                }
+            }
+        });
+    }
+
     /// [`Self::cpu_remove`] of `[start, end)` followed by
     /// [`Self::insert_piece`] of it into window `wid`, when the CPU holds
     /// exactly one VMA there, `[start, end)` itself, a plain one (no flags)
@@ -833,7 +862,7 @@ impl<F: PtFormat> SvmSpace<F> {
         // is not a piece), so `win_pieces` has nothing to remove.
         self.prot.remove_range_each(start, end, |_, _, _| {});
         self.reserved.remove_range_each(start, end, |_, _, _| {});
-        self.svm.remove_range(self.mm.space(), start, end);
+        self.drop_svm_pieces(start, end);
         self.win_pieces.insert(start, end, wid);
         true
     }
@@ -1571,9 +1600,6 @@ impl<F: PtFormat> SvmSpace<F> {
                 window: carved_from,
             },
         );
-        if let Some(older) = self.by_start.insert(addr, id) {
-            self.by_start_older.entry(addr).or_default().push(older);
-        }
         Ok(AllocView {
             id,
             start: addr,
@@ -1593,8 +1619,42 @@ impl<F: PtFormat> SvmSpace<F> {
     /// and a later one was placed there), the later goes first. Errors:
     /// `NotAnSvmRange` (`EINVAL`; nothing changes).
     pub fn svm_free(&mut self, addr: u64) -> Result<(), SvmError> {
-        // Each map is looked up once: the range leaves `by_start` and
-        // `allocs` first (nothing below reads them for it).
+        // The range is the one whose first piece starts at `addr` (the
+        // latest to start there, see `by_start`), else the latest in
+        // `by_start`. Each map is looked up once, and the range leaves
+        // `allocs` first (nothing below reads it for the range).
+        let piece = self.svm.entry_at(addr);
+        let held = piece.as_ref().and_then(|o| {
+            let (pe, id) = *o.get();
+            match self.allocs.entry(id) {
+                Entry::Occupied(a) if a.get().start == addr => Some((id, pe, a.remove())),
+                _ => None,
+            }
+        });
+        let Some((id, pe, a)) = held else {
+            return self.free_lost(addr);
+        };
+        let win = a
+            .window
+            .and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)));
+        let whole = pe == a.end;
+        if let (true, None, Some(o)) = (whole, win, piece) {
+            // The common case: one piece, the whole range, outside any
+            // window; it leaves the piece map here.
+            o.remove();
+            self.cpu_remove_with(a.start, a.end, false);
+        } else if whole {
+            // One piece, the whole range, carved from a window.
+            self.free_piece(a.start, a.end, win);
+        } else {
+            self.free_pieces(id, a.start, a.end, win);
+        }
+        Ok(())
+    }
+
+    /// [`Self::svm_free`] of a range that lost its first piece: the latest
+    /// in `by_start` at `addr`.
+    fn free_lost(&mut self, addr: u64) -> Result<(), SvmError> {
         let id = self
             .by_start
             .remove(&addr)
@@ -1613,34 +1673,27 @@ impl<F: PtFormat> SvmSpace<F> {
             .remove(&id)
             .expect("every indexed id is allocated");
         let win = window.and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)));
-        if win.is_none() && self.svm.remove_exact(start, end, id) {
-            // The common case: one piece, the whole range, outside any
-            // window; it has just left the piece map.
-            self.cpu_remove_with(start, end, false);
-        } else if self
-            .svm
-            .get_exact(start)
-            .is_some_and(|(e, &pid)| (e, pid) == (end, id))
-        {
-            // One piece, the whole range, carved from a window.
-            self.free_piece(start, end, win);
-        } else {
-            // The pieces in order, each removed before the next is sought.
-            let mut at = start;
-            loop {
-                let next = self
-                    .svm
-                    .range(self.mm.space(), at, end)
-                    .find(|&(_, _, &pid)| pid == id)
-                    .map(|(s, e, _)| (s, e));
-                let Some((s, e)) = next else {
-                    break;
-                };
-                at = e;
-                self.free_piece(s, e, win);
-            }
-        }
+        self.free_pieces(id, start, end, win);
         Ok(())
+    }
+
+    /// Frees every piece of range `id`, `[start, end)`, that the CPU still
+    /// maps, in order, each removed before the next is sought; the range
+    /// has left `allocs`.
+    fn free_pieces(&mut self, id: u64, start: u64, end: u64, win: Option<(u64, u64, u64)>) {
+        let mut at = start;
+        loop {
+            let next = self
+                .svm
+                .range(self.mm.space(), at, end)
+                .find(|&(_, _, &pid)| pid == id)
+                .map(|(s, e, _)| (s, e));
+            let Some((s, e)) = next else {
+                break;
+            };
+            at = e;
+            self.free_piece(s, e, win);
+        }
     }
 
     /// Frees the SVM piece `[s, e)` on the CPU and every device; a piece
@@ -1919,17 +1972,31 @@ impl<F: PtFormat> SvmSpace<F> {
                 );
             }
         }
-        // Every allocation is indexed by its start exactly once: the
-        // latest in `by_start`, older ones below it, ids ascending.
+        // Every allocation is found by its start exactly once: through its
+        // piece there while it has one (then it is the latest to start
+        // there), else in `by_start` (the latest there) or below it in
+        // `by_start_older`, ids ascending; nothing else is listed.
+        let holder = |start: u64| {
+            self.svm
+                .get_exact(start)
+                .map(|(_, &id)| id)
+                .filter(|id| self.allocs.get(id).is_some_and(|a| a.start == start))
+        };
         let mut indexed = 0;
-        for (start, id) in &self.by_start {
-            let older = self.by_start_older.get(start).map_or(&[][..], |v| &v[..]);
+        for (&start, id) in &self.by_start {
+            let older = self.by_start_older.get(&start).map_or(&[][..], |v| &v[..]);
             assert!(
                 older.windows(2).all(|w| w[0] < w[1]) && older.last().is_none_or(|o| o < id),
                 "allocations at {start:#x} out of order"
             );
+            let h = holder(start);
+            assert!(
+                h.is_none_or(|h| h > *id),
+                "allocation at {start:#x} newer than the one that holds it"
+            );
             for i in older.iter().chain([id]) {
-                assert_eq!(self.allocs.get(i).map(|a| a.start), Some(*start));
+                assert_eq!(self.allocs.get(i).map(|a| a.start), Some(start));
+                assert_ne!(h, Some(*i), "allocation at {start:#x} listed and held");
                 indexed += 1;
             }
         }
@@ -1937,7 +2004,12 @@ impl<F: PtFormat> SvmSpace<F> {
             assert!(!v.is_empty(), "empty list of older allocations");
             assert!(self.by_start.contains_key(start), "older without a latest");
         }
-        assert_eq!(indexed, self.allocs.len(), "allocation not indexed");
+        let held = self
+            .allocs
+            .iter()
+            .filter(|&(&id, a)| holder(a.start) == Some(id))
+            .count();
+        assert_eq!(indexed + held, self.allocs.len(), "allocation not indexed");
         for (i, d) in self.devices.iter().enumerate() {
             d.regions.check_invariants();
             // No stale translation.

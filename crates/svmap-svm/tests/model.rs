@@ -387,3 +387,32 @@ proptest! {
         run(&ops, Populate::AtAlloc);
     }
 }
+
+/// Three ranges start at one address, the two older ones having lost their
+/// first page to CPU unmaps (the oldest keeps later pages, the middle one
+/// none), the newest still whole; a fourth range loses a page in its middle
+/// (its first piece stays). Frees at the shared start take them newest
+/// first, then the address is no longer a range.
+#[test]
+fn ranges_stacked_at_one_start() {
+    let at = MIN / PG;
+    let ops = [
+        Op::Alloc(3 * PG, 0, 1, false),
+        Op::Unmap(MIN, PG),
+        Op::Alloc(PG, 0, 1, false),
+        Op::Unmap(MIN, PG),
+        Op::Alloc(PG, 0, 1, false),
+        Op::Alloc(3 * PG, 0, 1, false),
+        Op::Unmap((at + 4) * PG, PG),
+        Op::FreeAddr(MIN),
+        Op::FreeAddr((at + 3) * PG),
+        Op::FreeAddr(MIN),
+        Op::FreeAddr(MIN),
+        Op::FreeAddr(MIN),
+        Op::Alloc(PG, 0, 1, false),
+        Op::FreeAddr(MIN),
+    ];
+    for populate in [Populate::OnFault, Populate::AtAlloc] {
+        run(&ops, populate);
+    }
+}

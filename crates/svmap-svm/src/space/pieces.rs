@@ -9,7 +9,7 @@
 //! An allocation and a free cost one hash insertion and one removal instead
 //! of two ordered-map descents.
 
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, OccupiedEntry};
 use std::collections::HashMap;
 
 use svmap_core::AddressMap;
@@ -37,15 +37,12 @@ impl Pieces {
         debug_assert!(old.is_none(), "two pieces start at {start:#x}");
     }
 
-    /// Removes the piece `[start, end)` of allocation `id` if there is
-    /// exactly that one (one lookup); whether it did.
-    pub(super) fn remove_exact(&mut self, start: u64, end: u64, id: u64) -> bool {
+    /// The piece that starts exactly at `start`, as an entry holding `(end,
+    /// id)` that can remove it (one lookup for both).
+    pub(super) fn entry_at(&mut self, start: u64) -> Option<OccupiedEntry<'_, u64, (u64, u64)>> {
         match self.m.entry(start) {
-            Entry::Occupied(o) if *o.get() == (end, id) => {
-                o.remove();
-                true
-            }
-            _ => false,
+            Entry::Occupied(o) => Some(o),
+            Entry::Vacant(_) => None,
         }
     }
 

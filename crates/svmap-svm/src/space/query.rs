@@ -40,18 +40,20 @@ impl<F: PtFormat> SvmSpace<F> {
             (a.start == addr).then_some((id, a, pe == a.end))
         });
         let (id, a, whole) = match hit {
-            Some(x) => x,
+            Some(x) => {
+                debug_assert!(
+                    self.by_start.get(&addr).is_none_or(|&l| l < x.0),
+                    "latest range at {addr:#x}"
+                );
+                x
+            }
             None => {
-                // No piece at its start: the range is not whole.
+                // No piece at its start: the range lost it and is listed in
+                // `by_start` (not whole).
                 let id = *self.by_start.get(&addr)?;
                 (id, self.allocs.get(&id)?, false)
             }
         };
-        debug_assert_eq!(
-            self.by_start.get(&addr),
-            Some(&id),
-            "latest range at {addr:#x}"
-        );
         let v = AllocView {
             id,
             start: a.start,
