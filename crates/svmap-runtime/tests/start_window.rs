@@ -11,6 +11,17 @@ use svmap_svm::{DeviceConfig, EngineError, ModelDevice, SvmError};
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
+/// The tests of this file map and reserve in one process, and the first
+/// one reads where `mmap(NULL)` goes: they take turns, so that no other
+/// test's mapping lands between its probe and its start-up.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn inside(pieces: &[(u64, u64)], s: u64, e: u64) -> bool {
     pieces.iter().any(|&(a, b)| a <= s && e <= b)
 }
@@ -26,6 +37,7 @@ fn overlaps(pieces: &[(u64, u64)], s: u64, e: u64) -> bool {
 /// collision.
 #[test]
 fn the_application_maps_outside_the_window_and_svm_ranges_inside() {
+    let _one = serial();
     // Where the application's mappings go before start-up: a large
     // allocation is an mmap(NULL) (above glibc's largest mmap threshold).
     let probe_len = 48 * MIB as usize;
@@ -89,6 +101,7 @@ fn the_application_maps_outside_the_window_and_svm_ranges_inside() {
 /// either device or both are carved from it.
 #[test]
 fn the_default_window_lies_below_the_lowest_limit() {
+    let _one = serial();
     let started = start(
         &StartConfig::default(),
         LinuxCpu::new(false),
@@ -117,6 +130,7 @@ fn the_default_window_lies_below_the_lowest_limit() {
 /// why, derived from the request.
 #[test]
 fn a_window_that_cannot_be_had_is_a_typed_error() {
+    let _one = serial();
     let cfg = StartConfig::default();
     let floor = cfg.mm.mmap_min_addr;
     let no_devs: Vec<(DeviceConfig, ModelDevice)> = Vec::new();
