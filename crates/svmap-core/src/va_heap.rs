@@ -707,7 +707,8 @@ impl VaHeap {
     }
 
     /// Takes exactly `[start, end)`, which must lie inside one hole
-    /// ([`HeapError::NotFree`] otherwise).
+    /// ([`HeapError::NotFree`] otherwise; [`HeapError::EmptyRange`] if
+    /// `end <= start`). Nothing changes on an error.
     pub fn alloc_at(&mut self, start: u64, end: u64) -> Result<(), HeapError> {
         if end <= start {
             return Err(HeapError::EmptyRange { start, end });
