@@ -2050,9 +2050,10 @@ mod tests {
             }
         }
         assert!(!h.flat && h.height >= 2);
-        // The tree at 20,000 holes: between 16 and 48 bytes a hole.
+        // The tree at 20,000 holes appended in order: leaves pass holes
+        // to their neighbours before they split, so they stay nearly full.
         let per_hole = h.heap_bytes() / h.hole_count();
-        assert!((16..=48).contains(&per_hole), "{per_hole} bytes per hole");
+        assert!((16..=24).contains(&per_hole), "{per_hole} bytes per hole");
         // Draining gives the tree back.
         for k in 0..20_000u64 {
             h.alloc_at(2 * k * P, (2 * k + 1) * P).unwrap();
