@@ -14,6 +14,7 @@ import sys
 
 COLORS = {
     "svmap": "#d62728",
+    "svmap-heap": "#e377c2",
     "offset-allocator": "#7f7f7f",
     "gap-tree": "#1f77b4",
     "gap-tree-exact": "#17becf",
