@@ -1008,24 +1008,60 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
     /// [`Self::svm_free`] without the bookkeeping of failed frees; with the
     /// id of the range it tried to free, if `addr` started one.
     fn free_one(&mut self, addr: u64) -> (Option<u64>, Result<(), EngineError>) {
-        let Some((v, whole)) = self.space.alloc_at_whole(addr) else {
-            return (None, Err(SvmError::NotAnSvmRange { addr }.into()));
+        // The common case: the CPU maps the range whole; it leaves the
+        // space's records at once and goes back there if a backend fails.
+        let taken = self.space.take_whole(addr);
+        let (id, start, end, whole, window) = match &taken {
+            Some(t) => {
+                let (start, end) = t.bounds();
+                self.scratch_devs.clear();
+                self.scratch_devs.extend_from_slice(t.devices());
+                (t.id(), start, end, true, t.in_window())
+            }
+            None => {
+                let Some((v, whole)) = self.space.alloc_at_whole(addr) else {
+                    return (None, Err(SvmError::NotAnSvmRange { addr }.into()));
+                };
+                self.scratch_devs.clear();
+                self.scratch_devs.extend_from_slice(v.devices);
+                (v.id, v.start, v.end, whole, v.window.is_some())
+            }
         };
-        let to = if v.window.is_some() {
+        let to = if window {
             Release::ToWindow
         } else {
             Release::ToSystem
         };
-        let (id, start, end) = (v.id, v.start, v.end);
-        self.scratch_devs.clear();
-        self.scratch_devs.extend_from_slice(v.devices);
-        (Some(id), self.free_found(addr, id, (start, end, whole), to))
+        let r = self.release_found(addr, id, (start, end, whole), to);
+        let r = match (r, taken) {
+            (Ok(()), Some(t)) => {
+                self.space.free_taken(t);
+                Ok(())
+            }
+            (Ok(()), None) => self.space.svm_free(addr).map_err(EngineError::from),
+            (Err(e), Some(t)) => {
+                self.space.restore_taken(t);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        };
+        (Some(id), r.map(|()| self.forget_attrs()))
     }
 
-    /// [`Self::free_one`] of range `id`, `[start, end)`, that `addr`
-    /// starts, its devices in `scratch_devs`; `whole`: the CPU maps it as
-    /// one piece, all of it.
-    fn free_found(
+    /// Drops the attributes of the pieces in `scratch_pieces` (a range just
+    /// freed).
+    fn forget_attrs(&mut self) {
+        for &(s, e) in self.scratch_pieces.iter() {
+            self.attrs.remove(s, e);
+        }
+    }
+
+    /// The backends' part of [`Self::free_one`] of range `id`, `[start,
+    /// end)`, that `addr` starts, its devices in `scratch_devs`: every
+    /// device invalidates and unmaps it, then the CPU unmaps it; its pieces
+    /// are left in `scratch_pieces`. `whole`: the CPU maps it as one
+    /// piece, all of it.
+    fn release_found(
         &mut self,
         addr: u64,
         id: u64,
@@ -1051,7 +1087,6 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
             scratch_devs,
             scratch_pieces,
             scratch_done,
-            attrs,
             ..
         } = self;
         if !scratch_pieces.is_empty() {
@@ -1091,10 +1126,6 @@ impl<C: CpuBackend, D: DeviceBackend, F: PtFormat> Engine<C, D, F> {
                 end: e,
                 error,
             })?;
-        }
-        space.svm_free(addr)?;
-        for &(s, e) in scratch_pieces.iter() {
-            attrs.remove(s, e);
         }
         Ok(())
     }

@@ -167,10 +167,17 @@ impl<V: Clone> IntervalMap<V> {
     /// [`Self::remove_range`] that hands each removed piece (clipped, in
     /// order) to `f` instead of collecting them: no allocation. O((1 + k)
     /// log n).
-    pub fn remove_range_each(&mut self, start: u64, end: u64, mut f: impl FnMut(u64, u64, V)) {
-        if start >= end || self.m.is_empty() {
-            return;
+    #[inline]
+    pub fn remove_range_each(&mut self, start: u64, end: u64, f: impl FnMut(u64, u64, V)) {
+        // Most maps are empty (no protection or reservation was ever set):
+        // that check stays with the caller.
+        if start < end && !self.m.is_empty() {
+            self.remove_range_each_slow(start, end, f);
         }
+    }
+
+    /// [`Self::remove_range_each`] of a non-empty range in a non-empty map.
+    fn remove_range_each_slow(&mut self, start: u64, end: u64, mut f: impl FnMut(u64, u64, V)) {
         let mut from = start;
         if let Some((e, v)) = self.m.remove(&start) {
             // A range starts at `start` (the common case: one descent when

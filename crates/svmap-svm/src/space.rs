@@ -268,6 +268,44 @@ struct Alloc {
     window: Option<u64>,
 }
 
+/// A whole SVM range that [`SvmSpace::take_whole`] took out of the records
+/// of live ranges while its backends release it: handed back to
+/// [`SvmSpace::free_taken`] once they all have (the range becomes free), or
+/// to [`SvmSpace::restore_taken`] if one failed (the range is allocated as
+/// before). Nothing else may change the space in between.
+#[derive(Debug)]
+#[must_use = "a taken range goes back to free_taken or restore_taken"]
+pub(crate) struct Taken {
+    id: u64,
+    alloc: Alloc,
+    /// The live window it was carved from: (id, start, end). Its piece
+    /// then stays in the piece map until `free_taken`.
+    win: Option<(u64, u64, u64)>,
+}
+
+impl Taken {
+    /// Its id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its start and end.
+    pub(crate) fn bounds(&self) -> (u64, u64) {
+        (self.alloc.start, self.alloc.end)
+    }
+
+    /// The indices of its devices, sorted.
+    pub(crate) fn devices(&self) -> &[usize] {
+        &self.alloc.devices
+    }
+
+    /// Whether it was carved from a window that is still reserved (its
+    /// freed range goes back there).
+    pub(crate) fn in_window(&self) -> bool {
+        self.win.is_some()
+    }
+}
+
 /// A window reservation (internal).
 #[derive(Clone, Debug)]
 struct Window {
@@ -1650,6 +1688,48 @@ impl<F: PtFormat> SvmSpace<F> {
             self.free_pieces(id, a.start, a.end, win);
         }
         Ok(())
+    }
+
+    /// The first step of [`Self::svm_free`] of `addr` when the CPU still
+    /// maps the range that starts there as one piece, the whole of it:
+    /// the range leaves the records of live ranges (one lookup of each
+    /// map) and is handed over. `None`, with nothing changed, if no range
+    /// starts at `addr` or the CPU maps it in pieces.
+    pub(crate) fn take_whole(&mut self, addr: u64) -> Option<Taken> {
+        let piece = self.svm.entry_at(addr)?;
+        let (pe, id) = *piece.get();
+        let alloc = match self.allocs.entry(id) {
+            Entry::Occupied(a) if a.get().start == addr && a.get().end == pe => a.remove(),
+            _ => return None,
+        };
+        let win = alloc
+            .window
+            .and_then(|w| self.windows.get(&w).map(|x| (w, x.start, x.end)));
+        if win.is_none() {
+            piece.remove();
+        }
+        Some(Taken { id, alloc, win })
+    }
+
+    /// The rest of [`Self::svm_free`] of a range [`Self::take_whole`] took:
+    /// it becomes free on the CPU and on every device.
+    pub(crate) fn free_taken(&mut self, t: Taken) {
+        let (start, end) = t.bounds();
+        match t.win {
+            // Its piece left the piece map with the take.
+            None => self.cpu_remove_with(start, end, false),
+            win => self.free_piece(start, end, win),
+        }
+    }
+
+    /// Puts a range [`Self::take_whole`] took back as it was: it stays
+    /// allocated.
+    pub(crate) fn restore_taken(&mut self, t: Taken) {
+        let (start, end) = t.bounds();
+        if t.win.is_none() {
+            self.svm.insert(start, end, t.id);
+        }
+        self.allocs.insert(t.id, t.alloc);
     }
 
     /// [`Self::svm_free`] of a range that lost its first piece: the latest

@@ -830,6 +830,43 @@ fn a_free_that_fails_partway_leaves_a_consistent_state() {
     }
 }
 
+/// A free of a range carved from a window that fails partway keeps the
+/// range as it was (the same allocation, still carved from the window,
+/// the window still short of it); the retry gives it back to the window.
+#[test]
+fn a_failed_free_of_a_window_range_keeps_it_carved() {
+    let (mut eng, world) = rec_engine(2);
+    let both = ["d0", "d1"];
+    let w = eng.reserve_window(&both).unwrap();
+    let full = w.reserved_bytes();
+    let reserved = |eng: &Engine<RecCpu, RecDev>| eng.window_info(w.id).unwrap().reserved_bytes();
+    let a = eng.svm_alloc(0x4000, None, &both, false).unwrap();
+    let before = eng.alloc_at(a).unwrap();
+    let (id, end, window) = (before.id, before.end, before.window);
+    assert_eq!(window, Some((w.start, w.end)));
+    assert_eq!(reserved(&eng), full - 0x4000);
+    type Arm = fn(&mut World);
+    let arms: [Arm; 2] = [|w| w.nack[1] = true, |w| w.cpu_fail_unmap = true];
+    for (i, arm) in arms.into_iter().enumerate() {
+        arm(&mut world.borrow_mut());
+        assert!(eng.svm_free(a).is_err(), "arm {i}");
+        let v = eng.alloc_at(a).unwrap();
+        assert_eq!((v.id, v.end, v.window), (id, end, window), "arm {i}");
+        assert_eq!(eng.window_at(a), None, "arm {i}: not a window piece");
+        assert_eq!(reserved(&eng), full - 0x4000, "arm {i}");
+        assert_eq!(eng.pending_frees(), vec![a]);
+        assert_consistent(&eng, &world.borrow(), &[0, 1]);
+        eng.check_invariants();
+    }
+    eng.svm_free(a).unwrap();
+    assert!(eng.alloc_at(a).is_none());
+    assert!(eng.pending_frees().is_empty());
+    assert_eq!(eng.window_at(a), Some(w.id));
+    assert_eq!(reserved(&eng), full);
+    eng.check_invariants();
+    assert!(world.borrow().violations.is_empty());
+}
+
 /// A device that dies: removing it frees the ranges whose only missing
 /// acknowledgement was its own, keeps the ranges shared with live devices
 /// allocated on those, and the remaining devices keep working by name.
