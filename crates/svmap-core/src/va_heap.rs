@@ -2030,7 +2030,7 @@ mod tests {
         // Every other page of a range: one hole per page pair.
         for k in 0..20_000u64 {
             h.free(2 * k * P, (2 * k + 1) * P).unwrap();
-            if k % 997 == 0 || k == 300 {
+            if k % 997 == 0 || k == 200 || k == 300 {
                 let (reached, counted) = (reached_bytes(&h), h.heap_bytes());
                 assert!(counted >= reached, "{counted} < {reached} at {k}");
                 // Arenas at most an eighth (or 4 nodes) over what they hold.
@@ -2058,6 +2058,18 @@ mod tests {
         for k in 0..20_000u64 {
             h.alloc_at(2 * k * P, (2 * k + 1) * P).unwrap();
         }
+        // The same holes freed from the top down: the full leaf is the
+        // first of its parent's, and passes its last hole to the right.
+        let mut d = VaHeap::new();
+        for k in (0..20_000u64).rev() {
+            d.free(2 * k * P, (2 * k + 1) * P).unwrap();
+        }
+        d.check_invariants();
+        let per_hole = d.heap_bytes() / d.hole_count();
+        assert!(
+            (16..=24).contains(&per_hole),
+            "{per_hole} bytes per hole, top down"
+        );
         assert_eq!(h.hole_count(), 0);
         assert!(h.flat);
         let most = (FLAT_MAX + 1) * core::mem::size_of::<(u64, u64)>();
