@@ -14,159 +14,18 @@
 //! `check_invariants()`, different holes, hole count or free bytes, or a
 //! panic is a crash. The panic message names the operation (`op #N`).
 //!
-//! The model is the one of `crates/svmap-core/tests/va_heap.rs`, kept here
-//! so that the target depends on nothing but the public API.
+//! The model is `svmap_core::heap_model::HoleModel` (feature `fuzzing`), the
+//! one the property tests use.
 #![no_main]
 
-use svmap_core::{
-    AddressMap, FitError, FitRequest, HeapError, NoCrossError, SearchParams, VaHeap, VmaFlags,
-};
+use svmap_core::heap_model::HoleModel;
+use svmap_core::{AddressMap, FitRequest, NoCrossError, SearchParams, VaHeap, VmaFlags};
 
 const PAGE: u64 = 0x1000;
 /// The most operations one input runs, and the most holes a bulk run
 /// builds: an input stays a few milliseconds.
 const MAX_OPS: usize = 1000;
 const MAX_HOLES: usize = 4096;
-
-// ----- the reference model --------------------------------------------------
-
-const SPACE: u128 = 1 << 64;
-
-/// The lowest `a >= x` with `a = off (mod align)`.
-fn align_up(x: u128, align: u128, off: u128) -> u128 {
-    x + (off % align + align - x % align) % align
-}
-
-/// The lowest start `a` with `[a, a + len)` inside `[s, e)`, `a = off (mod
-/// align)`, and (`b != 0`) inside one block of `b` bytes: the lowest
-/// aligned start, or else the lowest aligned start of a later block (see
-/// the test file for why no other start can be the answer).
-fn lowest_in_hole(s: u128, e: u128, len: u128, align: u128, off: u128, b: u128) -> Option<u128> {
-    let fits = |a: u128| a + len <= e && (b == 0 || a / b == (a + len - 1) / b);
-    let a0 = align_up(s, align, off);
-    if fits(a0) {
-        return Some(a0);
-    }
-    if b == 0 {
-        return None;
-    }
-    let a1 = align_up((a0 / b + 1) * b, align, off);
-    fits(a1).then_some(a1)
-}
-
-/// The highest such start: the lowest in the mirror image `x -> 2^64 - x`.
-fn highest_in_hole(s: u128, e: u128, len: u128, align: u128, off: u128, b: u128) -> Option<u128> {
-    let moff = (align - (off + len) % align) % align;
-    lowest_in_hole(SPACE - e, SPACE - s, len, align, moff, b).map(|m| SPACE - m - len)
-}
-
-/// Sorted, disjoint holes that never touch, and their total.
-#[derive(Default)]
-struct Model {
-    holes: Vec<(u64, u64)>,
-    free: u64,
-}
-
-impl Model {
-    fn free(&mut self, s: u64, e: u64) -> Result<(), HeapError> {
-        if e <= s {
-            return Err(HeapError::EmptyRange { start: s, end: e });
-        }
-        if let Some(&(hs, he)) = self.holes.iter().find(|&&(hs, he)| hs < e && s < he) {
-            return Err(HeapError::AlreadyFree {
-                start: s,
-                end: e,
-                hole_start: hs,
-                hole_end: he,
-            });
-        }
-        let (mut ns, mut ne) = (s, e);
-        self.holes.retain(|&(hs, he)| {
-            if he == s {
-                ns = hs;
-                false
-            } else if hs == e {
-                ne = he;
-                false
-            } else {
-                true
-            }
-        });
-        let at = self.holes.iter().position(|&(hs, _)| hs > ns);
-        self.holes.insert(at.unwrap_or(self.holes.len()), (ns, ne));
-        self.free += e - s;
-        Ok(())
-    }
-
-    fn alloc_at(&mut self, s: u64, e: u64) -> Result<(), HeapError> {
-        if e <= s {
-            return Err(HeapError::EmptyRange { start: s, end: e });
-        }
-        let Some(i) = self.holes.iter().position(|&(hs, he)| hs <= s && e <= he) else {
-            return Err(HeapError::NotFree { start: s, end: e });
-        };
-        let (hs, he) = self.holes.remove(i);
-        if e < he {
-            self.holes.insert(i, (e, he));
-        }
-        if hs < s {
-            self.holes.insert(i, (hs, s));
-        }
-        self.free -= e - s;
-        Ok(())
-    }
-
-    /// The fit, with the argument checks in the documented order.
-    fn fit(&self, req: &FitRequest, boundary: Option<u64>) -> Result<u64, NoCrossError> {
-        use NoCrossError::Fit;
-        if req.length == 0 {
-            return Err(Fit(FitError::ZeroLength));
-        }
-        if !req.align.is_power_of_two() {
-            return Err(Fit(FitError::BadAlignment(req.align)));
-        }
-        let b = boundary.unwrap_or(0);
-        if b != 0 {
-            if !b.is_power_of_two() {
-                return Err(NoCrossError::BadBoundary(b));
-            }
-            let offset = req.align_offset % req.align.min(b);
-            if offset as u128 + req.length as u128 > b as u128 {
-                return Err(NoCrossError::BoundaryTooSmall {
-                    length: req.length,
-                    boundary: b,
-                    offset,
-                });
-            }
-        }
-        if req.high <= req.low || req.high - req.low < req.length {
-            return Err(Fit(FitError::EmptyWindow {
-                low: req.low,
-                high: req.high,
-            }));
-        }
-        let (len, align, off, b) = (
-            req.length as u128,
-            req.align as u128,
-            req.align_offset as u128,
-            b as u128,
-        );
-        let meets = |&&(hs, he): &&(u64, u64)| hs < req.high && req.low < he;
-        let clip = |&(hs, he): &(u64, u64)| (hs.max(req.low) as u128, he.min(req.high) as u128);
-        let found = if req.topdown {
-            self.holes.iter().rev().filter(meets).find_map(|h| {
-                let (s, e) = clip(h);
-                highest_in_hole(s, e, len, align, off, b)
-            })
-        } else {
-            self.holes.iter().filter(meets).find_map(|h| {
-                let (s, e) = clip(h);
-                lowest_in_hole(s, e, len, align, off, b)
-            })
-        };
-        found.map(|a| a as u64).ok_or(Fit(FitError::NoSpace))
-    }
-}
 
 // ----- decoding -------------------------------------------------------------
 
@@ -214,12 +73,12 @@ struct Decoder<'a> {
 }
 
 impl Decoder<'_> {
-    fn hole(&mut self, m: &Model) -> Option<(u64, u64)> {
+    fn hole(&mut self, m: &HoleModel) -> Option<(u64, u64)> {
         let i = self.b.u16() as usize;
-        (!m.holes.is_empty()).then(|| m.holes[i % m.holes.len()])
+        (!m.holes().is_empty()).then(|| m.holes()[i % m.holes().len()])
     }
 
-    fn addr(&mut self, m: &Model) -> u64 {
+    fn addr(&mut self, m: &HoleModel) -> u64 {
         let g = self.gran;
         match self.b.u8() % 6 {
             0 => self.base + u64::from(self.b.u16()) * g,
@@ -261,7 +120,7 @@ impl Decoder<'_> {
         }
     }
 
-    fn request(&mut self, m: &Model) -> FitRequest {
+    fn request(&mut self, m: &HoleModel) -> FitRequest {
         let length = self.len();
         let (low, high) = match self.b.u8() % 5 {
             0 | 1 => (0, u64::MAX),
@@ -315,8 +174,8 @@ impl Decoder<'_> {
 
     /// A part of the allocated gap below hole `j` (`j == n`: above the
     /// last one).
-    fn gap_part(&mut self, m: &Model) -> Option<(u64, u64)> {
-        let h = &m.holes;
+    fn gap_part(&mut self, m: &HoleModel) -> Option<(u64, u64)> {
+        let h = &m.holes();
         let j = self.b.u16() as usize % (h.len() + 1);
         let lo = if j == 0 { 0 } else { h[j - 1].1 };
         let hi = if j == h.len() { u64::MAX } else { h[j].0 };
@@ -336,7 +195,7 @@ impl Decoder<'_> {
 
 struct Run {
     heap: VaHeap,
-    model: Model,
+    model: HoleModel,
     map: AddressMap,
     ops: usize,
     since_check: usize,
@@ -412,16 +271,16 @@ impl Run {
         }
         assert_eq!(
             self.heap.hole_count(),
-            self.model.holes.len(),
+            self.model.holes().len(),
             "op #{i} {op:x?}: hole_count"
         );
         assert_eq!(
             self.heap.free_bytes(),
-            self.model.free,
+            self.model.free_bytes(),
             "op #{i} {op:x?}: free_bytes"
         );
         self.since_check += 1;
-        if self.since_check * 16 >= self.model.holes.len() {
+        if self.since_check * 16 >= self.model.holes().len() {
             self.check(&format!("op #{i} {op:x?}"));
         }
     }
@@ -431,7 +290,7 @@ impl Run {
         self.heap.check_invariants();
         let holes: Vec<(u64, u64)> = self.heap.holes().collect();
         assert!(
-            holes == self.model.holes,
+            holes == self.model.holes(),
             "{at}: the heap's holes differ from the model's"
         );
         let mut mapped = Vec::new();
@@ -446,7 +305,7 @@ impl Run {
             mapped.push((x, u64::MAX));
         }
         assert!(
-            mapped == self.model.holes,
+            mapped == self.model.holes(),
             "{at}: the map's complement differs from the model"
         );
     }
@@ -470,7 +329,7 @@ fn check(data: &[u8]) {
     map.insert(0, u64::MAX, VmaFlags::NONE).unwrap();
     let mut r = Run {
         heap: VaHeap::new(),
-        model: Model::default(),
+        model: HoleModel::default(),
         map,
         ops: 0,
         since_check: 0,
@@ -509,7 +368,7 @@ fn check(data: &[u8]) {
                 let g = d.gran;
                 let mut a = s.saturating_add(g);
                 for _ in 0..count {
-                    if r.model.holes.len() >= MAX_HOLES {
+                    if r.model.holes().len() >= MAX_HOLES {
                         break;
                     }
                     let Some(b) = a.checked_add(g).filter(|&b| b <= e) else {
@@ -525,13 +384,13 @@ fn check(data: &[u8]) {
                 let count = usize::from(d.b.u8()) * 4;
                 let mut x = d.b.u16() as usize;
                 for _ in 0..count {
-                    let n = r.model.holes.len();
+                    let n = r.model.holes().len();
                     if n < 2 {
                         break;
                     }
                     x = x.wrapping_mul(0x9e37).wrapping_add(0x79b9);
                     let j = 1 + x % (n - 1);
-                    let (s, e) = (r.model.holes[j - 1].1, r.model.holes[j].0);
+                    let (s, e) = (r.model.holes()[j - 1].1, r.model.holes()[j].0);
                     r.apply(Op::Free(s, e));
                 }
                 continue;

@@ -23,6 +23,9 @@
 //!   deliberately simple reference model (a sorted `Vec` with linear scans)
 //!   of the same semantics and the differential driver that compares the
 //!   two, for property tests and the fuzz target.
+//! - `heap_model` (with the `fuzzing` feature only): the same for
+//!   [`VaHeap`], a sorted `Vec` of holes whose fits are computed per hole
+//!   in 128-bit arithmetic.
 //!
 //! ```
 //! use svmap_core::{AddressMap, FitRequest, SearchParams, UnmappedAreaInfo, VmaFlags};
@@ -87,6 +90,8 @@ pub mod fence_plan;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "fuzzing")]
+pub mod heap_model;
 pub mod linux;
 mod map;
 #[cfg(feature = "fuzzing")]

@@ -1870,6 +1870,7 @@ impl Iterator for Holes<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::heap_model::HoleModel;
     use alloc::vec;
 
     /// A tiny deterministic generator (SplitMix64).
@@ -1887,49 +1888,6 @@ mod tests {
         }
     }
 
-    /// The lowest or highest fit by brute force over a sorted hole list.
-    fn model_fit(holes: &[(u64, u64)], req: &FitRequest) -> Option<u64> {
-        let mut best = None;
-        for &(s, e) in holes {
-            let w = Want::new(req, None);
-            if let Some(a) = w.fit(s, e, req.topdown) {
-                if !req.topdown {
-                    return Some(a);
-                }
-                best = Some(a);
-            }
-        }
-        best
-    }
-
-    fn model_free(holes: &mut Vec<(u64, u64)>, a: u64, b: u64) -> bool {
-        if holes.iter().any(|&(s, e)| s < b && a < e) {
-            return false;
-        }
-        holes.push((a, b));
-        holes.sort_unstable();
-        let mut out: Vec<(u64, u64)> = Vec::new();
-        for &(s, e) in holes.iter() {
-            match out.last_mut() {
-                Some(l) if l.1 == s => l.1 = e,
-                _ => out.push((s, e)),
-            }
-        }
-        *holes = out;
-        true
-    }
-
-    fn model_take(holes: &mut Vec<(u64, u64)>, a: u64, b: u64) {
-        let i = holes.iter().position(|&(s, e)| s <= a && b <= e).unwrap();
-        let (s, e) = holes.remove(i);
-        if b < e {
-            holes.insert(i, (b, e));
-        }
-        if s < a {
-            holes.insert(i, (s, a));
-        }
-    }
-
     #[test]
     fn random_against_a_hole_list() {
         const P: u64 = 0x1000;
@@ -1937,11 +1895,11 @@ mod tests {
         for seed in 0..6u64 {
             let mut rng = Rng(seed);
             let mut h = VaHeap::new();
-            let mut m: Vec<(u64, u64)> = Vec::new();
+            let mut m = HoleModel::default();
             let mut live: Vec<(u64, u64)> = Vec::new();
             let span = 1u64 << (24 + seed * 4);
             assert!(h.free(0, span).is_ok());
-            assert!(model_free(&mut m, 0, span));
+            assert!(m.free(0, span).is_ok());
             for step in 0..6000 {
                 let grow = step < 3000;
                 if live.is_empty() || (grow && rng.below(3) > 0) || rng.below(2) == 0 {
@@ -1960,31 +1918,34 @@ mod tests {
                         topdown: rng.below(2) == 0,
                         respect_guard_gaps: false,
                     };
-                    let want = model_fit(&m, &req);
+                    let want = m.fit(&req, None).ok();
                     let got = h.alloc(&req).ok();
                     assert_eq!(got, want, "seed {seed} step {step} {req:?}");
                     if let Some(a) = got {
-                        model_take(&mut m, a, a + req.length);
+                        m.alloc_at(a, a + req.length).unwrap();
                         live.push((a, a + req.length));
                     }
                 } else {
                     let i = rng.below(live.len() as u64) as usize;
                     let (a, b) = live.swap_remove(i);
                     assert!(h.free(a, b).is_ok(), "seed {seed} step {step}");
-                    assert!(model_free(&mut m, a, b));
+                    assert!(m.free(a, b).is_ok());
                     // A second free of the same range is refused.
                     assert!(matches!(h.free(a, b), Err(HeapError::AlreadyFree { .. })));
                 }
                 tallest = tallest.max(h.height);
                 if step % 97 == 0 || h.hole_count() < 40 {
                     h.check_invariants();
-                    assert!(h.holes().eq(m.iter().copied()), "seed {seed} step {step}");
+                    assert!(
+                        h.holes().eq(m.holes().iter().copied()),
+                        "seed {seed} step {step}"
+                    );
                 }
             }
             h.check_invariants();
             for (a, b) in live.drain(..) {
                 h.free(a, b).unwrap();
-                model_free(&mut m, a, b);
+                m.free(a, b).unwrap();
             }
             h.check_invariants();
             assert_eq!(h.holes().collect::<Vec<_>>(), vec![(0, span)]);

@@ -1,6 +1,6 @@
 //! [`VaHeap`] against a plain reference model and against [`AddressMap`].
 //!
-//! The model ([`Model`]) keeps the holes in a sorted `Vec` and answers every
+//! The model ([`HoleModel`]) keeps the holes in a sorted `Vec` and answers every
 //! question by a linear scan: `free` merges with the holes it touches,
 //! `alloc_at` splits the one hole that holds the range, and a fit tries
 //! the holes in address order (reverse for top-down) with a per-hole rule
@@ -38,6 +38,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestCaseError, TestRunner};
 
+use svmap_core::heap_model::{highest_in_hole, lowest_in_hole, HoleModel, SPACE};
 use svmap_core::{
     AddressMap, FitError, FitRequest, HeapError, NoCrossError, SearchParams, VaHeap, VmaFlags,
 };
@@ -80,163 +81,7 @@ fn plain(length: u64, align: u64, align_offset: u64, topdown: bool) -> FitReques
     req(length, 0, u64::MAX, align, align_offset, topdown, false)
 }
 
-// ----- the reference model ------------------------------------------------
-
-/// 2^64, the size of the address space, in the model's wider arithmetic.
-const SPACE: u128 = 1 << 64;
-
-/// The lowest `a >= x` with `a = off (mod align)`.
-fn align_up(x: u128, align: u128, off: u128) -> u128 {
-    x + (off % align + align - x % align) % align
-}
-
-/// The lowest start `a` with `[a, a + len)` inside `[s, e)`, `a = off (mod
-/// align)` and, when `b != 0`, `[a, a + len)` inside one block `[k b, (k +
-/// 1) b)`. `align` and `b` are powers of two (or `b` is 0), `len >= 1`.
-///
-/// Candidates: `a0`, the lowest aligned start at or above `s`, and `a1`, the
-/// lowest aligned start in a later block than `a0`'s. If `a0` does not fit
-/// below `e`, nothing does. Within one block a later start lies deeper in
-/// the block, so if `a0` crosses a multiple of `b`, so does every aligned
-/// start of its block; in a later block, the lowest aligned start lies
-/// least deep (all blocks' lowest aligned starts lie equally deep when
-/// `align <= b`, and every aligned start lies equally deep when `align >
-/// b`), so `a1` fits if any start beyond `a0`'s block does.
-fn lowest_in_hole(s: u128, e: u128, len: u128, align: u128, off: u128, b: u128) -> Option<u128> {
-    let fits = |a: u128| a + len <= e && (b == 0 || a / b == (a + len - 1) / b);
-    let a0 = align_up(s, align, off);
-    if fits(a0) {
-        return Some(a0);
-    }
-    if b == 0 {
-        return None;
-    }
-    let a1 = align_up((a0 / b + 1) * b, align, off);
-    fits(a1).then_some(a1)
-}
-
-/// The highest such start: the lowest one in the mirror image `x -> 2^64 -
-/// x` of the space, where `[a, a + len)` becomes `[2^64 - a - len, 2^64 -
-/// a)`, the offset `-(off + len)` (2^64 is a multiple of `align`) and the
-/// blocks of `b` map onto blocks of `b` (2^64 is a multiple of `b`).
-fn highest_in_hole(s: u128, e: u128, len: u128, align: u128, off: u128, b: u128) -> Option<u128> {
-    let moff = (align - (off + len) % align) % align;
-    lowest_in_hole(SPACE - e, SPACE - s, len, align, moff, b).map(|m| SPACE - m - len)
-}
-
-/// The free holes as a sorted `Vec` of disjoint `[start, end)` that never
-/// touch, and their total.
-#[derive(Clone, Debug, Default)]
-struct Model {
-    holes: Vec<(u64, u64)>,
-    free: u64,
-}
-
-impl Model {
-    fn free(&mut self, s: u64, e: u64) -> Result<(), HeapError> {
-        if e <= s {
-            return Err(HeapError::EmptyRange { start: s, end: e });
-        }
-        if let Some(&(hs, he)) = self.holes.iter().find(|&&(hs, he)| hs < e && s < he) {
-            return Err(HeapError::AlreadyFree {
-                start: s,
-                end: e,
-                hole_start: hs,
-                hole_end: he,
-            });
-        }
-        let (mut ns, mut ne) = (s, e);
-        self.holes.retain(|&(hs, he)| {
-            if he == s {
-                ns = hs;
-                false
-            } else if hs == e {
-                ne = he;
-                false
-            } else {
-                true
-            }
-        });
-        let at = self.holes.iter().position(|&(hs, _)| hs > ns);
-        self.holes.insert(at.unwrap_or(self.holes.len()), (ns, ne));
-        self.free += e - s;
-        Ok(())
-    }
-
-    fn alloc_at(&mut self, s: u64, e: u64) -> Result<(), HeapError> {
-        if e <= s {
-            return Err(HeapError::EmptyRange { start: s, end: e });
-        }
-        let Some(i) = self.holes.iter().position(|&(hs, he)| hs <= s && e <= he) else {
-            return Err(HeapError::NotFree { start: s, end: e });
-        };
-        let (hs, he) = self.holes.remove(i);
-        if e < he {
-            self.holes.insert(i, (e, he));
-        }
-        if hs < s {
-            self.holes.insert(i, (hs, s));
-        }
-        self.free -= e - s;
-        Ok(())
-    }
-
-    /// The fit of `req` (with `boundary`, as `find_fit_nocross`; without,
-    /// as `find_fit`, its error wrapped in `NoCrossError::Fit`). The
-    /// argument checks follow the documented order: length, alignment,
-    /// boundary, boundary against length, window.
-    fn fit(&self, req: &FitRequest, boundary: Option<u64>) -> Result<u64, NoCrossError> {
-        use NoCrossError::Fit;
-        if req.length == 0 {
-            return Err(Fit(FitError::ZeroLength));
-        }
-        if !req.align.is_power_of_two() {
-            return Err(Fit(FitError::BadAlignment(req.align)));
-        }
-        let b = boundary.unwrap_or(0);
-        if b != 0 {
-            if !b.is_power_of_two() {
-                return Err(NoCrossError::BadBoundary(b));
-            }
-            let offset = req.align_offset % req.align.min(b);
-            if offset as u128 + req.length as u128 > b as u128 {
-                return Err(NoCrossError::BoundaryTooSmall {
-                    length: req.length,
-                    boundary: b,
-                    offset,
-                });
-            }
-        }
-        if req.high <= req.low || req.high - req.low < req.length {
-            return Err(Fit(FitError::EmptyWindow {
-                low: req.low,
-                high: req.high,
-            }));
-        }
-        let (len, align, off, b) = (
-            req.length as u128,
-            req.align as u128,
-            req.align_offset as u128,
-            b as u128,
-        );
-        // Only holes that meet the window can hold a fit; the first one in
-        // the search order that does is the answer.
-        let meets = |&&(hs, he): &&(u64, u64)| hs < req.high && req.low < he;
-        let clip = |&(hs, he): &(u64, u64)| (hs.max(req.low) as u128, he.min(req.high) as u128);
-        let found = if req.topdown {
-            self.holes.iter().rev().filter(meets).find_map(|h| {
-                let (s, e) = clip(h);
-                highest_in_hole(s, e, len, align, off, b)
-            })
-        } else {
-            self.holes.iter().filter(meets).find_map(|h| {
-                let (s, e) = clip(h);
-                lowest_in_hole(s, e, len, align, off, b)
-            })
-        };
-        found.map(|a| a as u64).ok_or(Fit(FitError::NoSpace))
-    }
-}
+// The reference model is `svmap_core::heap_model::HoleModel`.
 
 // ----- the heap under test ------------------------------------------------
 
@@ -289,12 +134,12 @@ impl Heap for VaHeap {
     }
 }
 
-impl Heap for Model {
+impl Heap for HoleModel {
     fn free(&mut self, s: u64, e: u64) -> Result<(), HeapError> {
-        Model::free(self, s, e)
+        HoleModel::free(self, s, e)
     }
     fn alloc_at(&mut self, s: u64, e: u64) -> Result<(), HeapError> {
-        Model::alloc_at(self, s, e)
+        HoleModel::alloc_at(self, s, e)
     }
     fn find_fit(&self, req: &FitRequest) -> Result<u64, FitError> {
         self.fit(req, None).map_err(|e| match e {
@@ -307,29 +152,30 @@ impl Heap for Model {
     }
     fn alloc(&mut self, req: &FitRequest) -> Result<u64, FitError> {
         let a = Heap::find_fit(self, req)?;
-        Model::alloc_at(self, a, a + req.length).expect("the fit is free");
+        HoleModel::alloc_at(self, a, a + req.length).expect("the fit is free");
         Ok(a)
     }
     fn alloc_nocross(&mut self, req: &FitRequest, b: u64) -> Result<u64, NoCrossError> {
         let a = self.fit(req, Some(b))?;
-        Model::alloc_at(self, a, a + req.length).expect("the fit is free");
+        HoleModel::alloc_at(self, a, a + req.length).expect("the fit is free");
         Ok(a)
     }
     fn holes(&self) -> Vec<(u64, u64)> {
-        self.holes.clone()
+        HoleModel::holes(self).to_vec()
     }
     fn hole_count(&self) -> usize {
-        self.holes.len()
+        HoleModel::holes(self).len()
     }
     fn free_bytes(&self) -> u64 {
-        self.free
+        HoleModel::free_bytes(self)
     }
     fn check(&self) {
-        assert!(self.holes.iter().all(|&(s, e)| s < e));
-        assert!(self.holes.windows(2).all(|w| w[0].1 < w[1].0));
+        let holes = HoleModel::holes(self);
+        assert!(holes.iter().all(|&(s, e)| s < e));
+        assert!(holes.windows(2).all(|w| w[0].1 < w[1].0));
         assert_eq!(
-            self.free,
-            self.holes.iter().map(|&(s, e)| e - s).sum::<u64>()
+            HoleModel::free_bytes(self),
+            holes.iter().map(|&(s, e)| e - s).sum::<u64>()
         );
     }
 }
@@ -380,7 +226,7 @@ impl std::fmt::Display for Op {
 /// The heap under test, the model, and the map of the allocated space.
 struct Runner<H> {
     heap: H,
-    model: Model,
+    model: HoleModel,
     map: AddressMap,
     /// Operations since the last full check.
     since_check: usize,
@@ -417,7 +263,7 @@ impl<H: Heap> Runner<H> {
         map.insert(0, u64::MAX, VmaFlags::NONE).unwrap();
         Runner {
             heap,
-            model: Model::default(),
+            model: HoleModel::default(),
             map,
             since_check: 0,
             found: 0,
@@ -495,19 +341,19 @@ impl<H: Heap> Runner<H> {
         }
         assert_eq!(
             self.heap.hole_count(),
-            self.model.holes.len(),
+            self.model.holes().len(),
             "hole_count differs after op #{i} {op}"
         );
         assert_eq!(
             self.heap.free_bytes(),
-            self.model.free,
+            self.model.free_bytes(),
             "free_bytes differs after op #{i} {op}"
         );
-        self.most_holes = self.most_holes.max(self.model.holes.len());
-        self.drained |= self.most_holes >= 1000 && self.model.holes.len() <= 32;
-        self.dipped |= self.most_holes >= 300 && self.model.holes.len() <= 100;
+        self.most_holes = self.most_holes.max(self.model.holes().len());
+        self.drained |= self.most_holes >= 1000 && self.model.holes().len() <= 32;
+        self.dipped |= self.most_holes >= 300 && self.model.holes().len() <= 100;
         self.since_check += 1;
-        if full || self.since_check * 32 >= self.model.holes.len() {
+        if full || self.since_check * 32 >= self.model.holes().len() {
             self.full_check(&format!("op #{i} {op}"));
         }
     }
@@ -516,19 +362,19 @@ impl<H: Heap> Runner<H> {
         self.since_check = 0;
         self.heap.check();
         let holes = self.heap.holes();
-        if holes != self.model.holes {
+        if holes != self.model.holes() {
             panic!(
                 "holes differ after {at}: heap {} holes, model {}; first difference: {}",
                 holes.len(),
-                self.model.holes.len(),
-                first_difference(&holes, &self.model.holes)
+                self.model.holes().len(),
+                first_difference(&holes, self.model.holes())
             );
         }
         let mapped = map_holes(&self.map);
-        if mapped != self.model.holes {
+        if mapped != self.model.holes() {
             panic!(
                 "the map's complement differs from the model after {at}: {}",
-                first_difference(&mapped, &self.model.holes)
+                first_difference(&mapped, self.model.holes())
             );
         }
     }
@@ -685,7 +531,7 @@ enum Size {
 
 /// Builds a case's concrete operations against a model of its state.
 struct Builder {
-    m: Model,
+    m: HoleModel,
     ops: Vec<Op>,
     /// 4 KiB (page-granular values) or 1 (byte-granular).
     gran: u64,
@@ -714,14 +560,14 @@ impl Builder {
     }
 
     fn hole(&self, g: &mut Gen) -> Option<(u64, u64)> {
-        let n = self.m.holes.len();
-        (n > 0).then(|| self.m.holes[g.range(0, n as u64) as usize])
+        let n = self.m.holes().len();
+        (n > 0).then(|| self.m.holes()[g.range(0, n as u64) as usize])
     }
 
     /// The allocated gap number `j` (below hole `j`; `n` is the gap above
     /// the last hole), within `[0, 2^64 - 1)`.
     fn gap(&self, j: usize) -> (u64, u64) {
-        let h = &self.m.holes;
+        let h = &self.m.holes();
         let lo = if j == 0 { 0 } else { h[j - 1].1 };
         let hi = if j == h.len() { u64::MAX } else { h[j].0 };
         (lo, hi)
@@ -852,7 +698,7 @@ impl Builder {
     /// that the hole count changes), all of it, a prefix, a suffix or a
     /// middle.
     fn free_gap(&mut self, g: &mut Gen, whole: bool) {
-        let n = self.m.holes.len();
+        let n = self.m.holes().len();
         let j = if n >= 2 && g.chance(4, 5) {
             g.range(1, n as u64) as usize
         } else {
@@ -1051,7 +897,7 @@ fn build(size: Size, setup: u64, words: &[u64]) -> Vec<Op> {
         _ => (!(PAGE - 1)) - span,
     };
     let mut b = Builder {
-        m: Model::default(),
+        m: HoleModel::default(),
         ops: Vec::new(),
         gran,
         base,
@@ -1173,7 +1019,7 @@ fn large_heaps_match_model_and_map() {
 /// heap here, so a failure is the model's (or the map's).
 #[test]
 fn model_matches_map() {
-    let s = run_prop("model", Size::Medium, 30, 20..120, Model::default);
+    let s = run_prop("model", Size::Medium, 30, 20..120, HoleModel::default);
     assert!(!default_counts() || s.found > 1500, "{s:?}");
 }
 
@@ -1348,10 +1194,10 @@ fn alloc_at_outside_one_hole_is_refused() {
 #[test]
 fn fit_errors_follow_the_documented_order() {
     let h = heap_with(&[(0x10_0000, 0x20_0000)]);
-    let m = Model {
-        holes: holes_of(&h),
-        free: h.free_bytes(),
-    };
+    let mut m = HoleModel::default();
+    for (s, e) in holes_of(&h) {
+        m.free(s, e).unwrap();
+    }
     let cases = [
         (req(0, 0, 0, 3, 0, false, false), Some(3)),
         (req(1, 0, 0, 3, 0, false, false), Some(3)),
@@ -1412,7 +1258,7 @@ fn merge_through_leaves(n: u64, order: impl Fn(u64) -> u64, every: usize) {
     for (i, op) in ops.iter().enumerate() {
         r.apply(i, op, i % every == 0);
         if i as u64 == 2 * n - 2 {
-            assert_eq!(r.model.holes, vec![(base, base + (2 * n - 1) * PAGE)]);
+            assert_eq!(r.model.holes(), vec![(base, base + (2 * n - 1) * PAGE)]);
         }
     }
     r.full_check("the end");
@@ -1451,10 +1297,10 @@ fn hole_counts_rise_and_fall_through_the_hundreds() {
         // Punch single pages out of the holes until there are `high`
         // (16384 pages leave room for many more).
         let mut tries = 0;
-        while r.model.holes.len() < high {
+        while r.model.holes().len() < high {
             tries += 1;
             assert!(tries < 100_000, "no hole of three pages left");
-            let (s, e) = r.model.holes[g.range(0, r.model.holes.len() as u64) as usize];
+            let (s, e) = r.model.holes()[g.range(0, r.model.holes().len() as u64) as usize];
             if e - s >= 3 * PAGE {
                 let a = s + g.range(1, (e - s) / PAGE - 1) * PAGE;
                 apply(&mut r, Op::AllocAt(a, a + PAGE));
@@ -1463,10 +1309,10 @@ fn hole_counts_rise_and_fall_through_the_hundreds() {
         // Free whole gaps between holes until a few are left, with an
         // allocation now and then.
         let low = [5, 120, 1, 40][round as usize % 4];
-        while r.model.holes.len() > low {
-            let n = r.model.holes.len();
+        while r.model.holes().len() > low {
+            let n = r.model.holes().len();
             let j = g.range(1, n as u64) as usize;
-            let (s, e) = (r.model.holes[j - 1].1, r.model.holes[j].0);
+            let (s, e) = (r.model.holes()[j - 1].1, r.model.holes()[j].0);
             apply(&mut r, Op::Free(s, e));
             if g.chance(1, 8) {
                 let q = plain(PAGE * g.range(1, 4), PAGE, 0, g.bool());
@@ -1521,7 +1367,7 @@ fn splits_beside_merges() {
         if round % 8 == 0 {
             r.full_check(&format!("round {round}"));
         }
-        assert_eq!(r.model.holes.len() as u64, n);
+        assert_eq!(r.model.holes().len() as u64, n);
     }
     r.full_check("the end");
 }
@@ -1548,14 +1394,14 @@ fn drains_to_empty_and_refills() {
         assert_eq!(holes_of(&h), vec![]);
         assert_eq!(h.alloc(&plain(1, 1, 0, false)), Err(FitError::NoSpace));
         // Free them in a scattered order: they merge back into one hole.
-        let mut m = Model::default();
+        let mut m = HoleModel::default();
         for k in 0..3000u64 {
             let a = lo + (k * 1999 % 3000) * PAGE;
             assert_eq!(h.free(a, a + PAGE), m.free(a, a + PAGE));
-            assert_eq!(h.hole_count(), m.holes.len());
+            assert_eq!(h.hole_count(), m.holes().len());
             if k % 101 == 0 {
                 h.check_invariants();
-                assert_eq!(holes_of(&h), m.holes);
+                assert_eq!(holes_of(&h), m.holes());
             }
         }
         h.check_invariants();

@@ -9,9 +9,8 @@
 //! [`AddressMap`] kept as the complement of the free space (`mmap_min_addr`
 //! 0), whose `find_fit` the heap promises to answer exactly.
 
-use svmap_core::{
-    AddressMap, FitError, FitRequest, HeapError, NoCrossError, SearchParams, VaHeap, VmaFlags,
-};
+use svmap_core::heap_model::HoleModel;
+use svmap_core::{AddressMap, FitRequest, HeapError, NoCrossError, SearchParams, VaHeap, VmaFlags};
 
 const MAX: u64 = u64::MAX;
 
@@ -45,137 +44,8 @@ fn params() -> SearchParams {
     }
 }
 
-// ----- the model ------------------------------------------------------------
-
-/// `(x - y) mod m`, `m` a power of two.
-fn md(x: u128, y: u128, m: u128) -> u128 {
-    (x % m + m - y % m) % m
-}
-
-fn crosses(a: u128, len: u128, b: u128) -> bool {
-    b != 0 && a / b != (a + len - 1) / b
-}
-
-/// The lowest `a` in `[s, e - len]`, `a = off (mod align)`, not crossing a
-/// multiple of `b` (0: none).
-fn lowest(s: u128, e: u128, len: u128, align: u128, off: u128, b: u128) -> Option<u128> {
-    let a0 = s + md(off, s, align);
-    if a0 + len > e {
-        return None;
-    }
-    if !crosses(a0, len, b) {
-        return Some(a0);
-    }
-    // Every aligned start of a0's block lies deeper in it, so crosses too;
-    // in a later block the lowest aligned start lies least deep.
-    let nb = (a0 / b + 1) * b;
-    let a1 = nb + md(off, nb, align);
-    (a1 + len <= e && !crosses(a1, len, b)).then_some(a1)
-}
-
-/// The highest such `a`.
-fn highest(s: u128, e: u128, len: u128, align: u128, off: u128, b: u128) -> Option<u128> {
-    let top = e.checked_sub(len)?;
-    let t0 = top.checked_sub(md(top, off, align))?;
-    if t0 < s {
-        return None;
-    }
-    if !crosses(t0, len, b) {
-        return Some(t0);
-    }
-    let u = ((t0 / b) * b + b).checked_sub(len)?;
-    let t1 = u.checked_sub(md(u, off, align))?;
-    (t1 >= s && !crosses(t1, len, b)).then_some(t1)
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Model {
-    holes: Vec<(u64, u64)>,
-    bytes: u64,
-}
-
-impl Model {
-    fn free(&mut self, a: u64, b: u64) -> Result<(), HeapError> {
-        if b <= a {
-            return Err(HeapError::EmptyRange { start: a, end: b });
-        }
-        // The first hole ending above `a` is the lowest one that can meet
-        // the range.
-        let i = self.holes.partition_point(|h| h.1 <= a);
-        if let Some(&(hs, he)) = self.holes.get(i).filter(|h| h.0 < b) {
-            return Err(HeapError::AlreadyFree {
-                start: a,
-                end: b,
-                hole_start: hs,
-                hole_end: he,
-            });
-        }
-        let p = (i > 0 && self.holes[i - 1].1 == a).then(|| i - 1);
-        let q = (i < self.holes.len() && self.holes[i].0 == b).then_some(i);
-        match (p, q) {
-            (Some(p), Some(q)) => {
-                self.holes[p].1 = self.holes[q].1;
-                self.holes.remove(q);
-            }
-            (Some(p), None) => self.holes[p].1 = b,
-            (None, Some(q)) => self.holes[q].0 = a,
-            (None, None) => self.holes.insert(i, (a, b)),
-        }
-        self.bytes += b - a;
-        Ok(())
-    }
-
-    fn alloc_at(&mut self, a: u64, b: u64) -> Result<(), HeapError> {
-        if b <= a {
-            return Err(HeapError::EmptyRange { start: a, end: b });
-        }
-        let i = self.holes.partition_point(|h| h.0 <= a);
-        if i == 0 || self.holes[i - 1].1 < b {
-            return Err(HeapError::NotFree { start: a, end: b });
-        }
-        let i = i - 1;
-        let (s, e) = self.holes.remove(i);
-        if b < e {
-            self.holes.insert(i, (b, e));
-        }
-        if s < a {
-            self.holes.insert(i, (s, a));
-        }
-        self.bytes -= b - a;
-        Ok(())
-    }
-
-    /// The fit of a request the map accepted (valid arguments).
-    fn fit(&self, q: &FitRequest, b: u64) -> Option<u64> {
-        let (len, align, off, b) = (
-            q.length as u128,
-            q.align as u128,
-            q.align_offset as u128,
-            b as u128,
-        );
-        let clip = |&(s, e): &(u64, u64)| {
-            let (s, e) = (s.max(q.low) as u128, e.min(q.high) as u128);
-            (s < e).then_some((s, e))
-        };
-        // Only the holes that meet the window.
-        let from = self.holes.partition_point(|h| h.1 <= q.low);
-        let to = self.holes.partition_point(|h| h.0 < q.high);
-        let holes = &self.holes[from..to.max(from)];
-        let r = if q.topdown {
-            holes
-                .iter()
-                .rev()
-                .filter_map(clip)
-                .find_map(|(s, e)| highest(s, e, len, align, off, b))
-        } else {
-            holes
-                .iter()
-                .filter_map(clip)
-                .find_map(|(s, e)| lowest(s, e, len, align, off, b))
-        };
-        r.map(|a| u64::try_from(a).expect("a fit below 2^64"))
-    }
-}
+// The model is `svmap_core::heap_model::HoleModel`, the one of the
+// property tests: its fits are checked here against the map too.
 
 fn map_holes(map: &AddressMap) -> Vec<(u64, u64)> {
     let mut holes = Vec::new();
@@ -196,7 +66,7 @@ fn map_holes(map: &AddressMap) -> Vec<(u64, u64)> {
 
 struct World {
     heap: VaHeap,
-    model: Model,
+    model: HoleModel,
     map: AddressMap,
     ops: u64,
     found: u64,
@@ -212,7 +82,7 @@ impl World {
         map.insert(0, MAX, VmaFlags::NONE).unwrap();
         World {
             heap: VaHeap::new(),
-            model: Model::default(),
+            model: HoleModel::default(),
             map,
             ops: 0,
             found: 0,
@@ -224,11 +94,11 @@ impl World {
 
     fn after(&mut self, what: &str) {
         self.ops += 1;
-        let n = self.model.holes.len();
+        let n = self.model.holes().len();
         assert_eq!(self.heap.hole_count(), n, "hole_count after {what}");
         assert_eq!(
             self.heap.free_bytes(),
-            self.model.bytes,
+            self.model.free_bytes(),
             "free_bytes after {what}"
         );
         self.most = self.most.max(n);
@@ -250,19 +120,19 @@ impl World {
     fn full(&self, what: &str) {
         self.heap.check_invariants();
         let got: Vec<_> = self.heap.holes().collect();
-        if got != self.model.holes {
+        if got != self.model.holes() {
             let i = got
                 .iter()
-                .zip(&self.model.holes)
+                .zip(self.model.holes())
                 .take_while(|(a, b)| a == b)
                 .count();
             panic!(
                 "holes differ after {what} at #{i}: heap {:x?} model {:x?}",
                 got.get(i),
-                self.model.holes.get(i)
+                self.model.holes().get(i)
             );
         }
-        assert_eq!(map_holes(&self.map), self.model.holes, "map after {what}");
+        assert_eq!(map_holes(&self.map), self.model.holes(), "map after {what}");
     }
 
     fn free(&mut self, a: u64, b: u64) -> Result<(), HeapError> {
@@ -296,24 +166,10 @@ impl World {
             None => self.map.find_fit(q, &p).map_err(NoCrossError::Fit),
             Some(b) => self.map.find_fit_nocross(q, b, &p),
         };
-        if self.model.holes.len() > 5_000 {
+        if self.model.holes().len() > 5_000 {
             return map;
         }
-        match map {
-            Ok(a) => assert_eq!(
-                Some(a),
-                self.model.fit(q, b.unwrap_or(0)),
-                "model {q:x?} {b:?}"
-            ),
-            Err(NoCrossError::Fit(FitError::NoSpace)) => {
-                assert_eq!(
-                    None,
-                    self.model.fit(q, b.unwrap_or(0)),
-                    "model {q:x?} {b:?}"
-                )
-            }
-            Err(_) => {}
-        }
+        assert_eq!(map, self.model.fit(q, b), "model {q:x?} {b:?}");
         map
     }
 
@@ -348,7 +204,7 @@ impl World {
     /// The allocated gap below hole `j` (`j == n`: above the last hole),
     /// clipped to `[0, MAX)`; may be empty.
     fn gap(&self, j: usize) -> (u64, u64) {
-        let h = &self.model.holes;
+        let h = &self.model.holes();
         let lo = if j == 0 { 0 } else { h[j - 1].1 };
         let hi = if j == h.len() { MAX } else { h[j].0 };
         (lo, hi)
@@ -385,7 +241,7 @@ fn place(g: &mut Rng) -> Place {
 
 /// An address near an interesting point.
 fn addr(g: &mut Rng, w: &World, p: Place) -> u64 {
-    let h = &w.model.holes;
+    let h = &w.model.holes();
     let jitter = |g: &mut Rng, x: u64| {
         let d = g.pick(&[0, 0, 1, p.gran, p.gran - 1, p.gran + 1, 2 * p.gran]);
         if g.chance(1, 2) {
@@ -414,7 +270,7 @@ fn addr(g: &mut Rng, w: &World, p: Place) -> u64 {
 }
 
 fn length(g: &mut Rng, w: &World, p: Place) -> u64 {
-    let h = &w.model.holes;
+    let h = &w.model.holes();
     match g.range(0, 10) {
         0..=3 => p.gran * g.range(1, 9),
         4 => p.gran * g.range(1, 300),
@@ -459,7 +315,7 @@ fn offset(g: &mut Rng, align: u64, gran: u64) -> u64 {
 }
 
 fn window(g: &mut Rng, w: &World, p: Place) -> (u64, u64) {
-    let h = &w.model.holes;
+    let h = &w.model.holes();
     match g.range(0, 8) {
         0 | 1 => (0, MAX),
         2 if !h.is_empty() => {
@@ -510,7 +366,7 @@ fn boundary(g: &mut Rng) -> Option<u64> {
 
 /// One random operation; `grow` biases towards more holes.
 fn step(g: &mut Rng, w: &mut World, p: Place, grow: Option<bool>) {
-    let n = w.model.holes.len();
+    let n = w.model.holes().len();
     let k = match grow {
         Some(true) => g.pick(&[0, 0, 1, 1, 1, 2, 3, 4, 5]),
         Some(false) => g.pick(&[0, 0, 0, 0, 0, 6, 2, 4]),
@@ -519,7 +375,7 @@ fn step(g: &mut Rng, w: &mut World, p: Place, grow: Option<bool>) {
     match k {
         // A part of a hole taken exactly: usually splits it.
         1 if n > 0 => {
-            let (s, e) = g.pick(&w.model.holes);
+            let (s, e) = g.pick(w.model.holes());
             let len = (e - s).min(p.gran * g.range(1, 4));
             let a = s + (g.next() % (e - s - len + 1)) / p.gran.max(1) * p.gran.max(1);
             let a = a.min(e - len);
@@ -582,7 +438,7 @@ fn run_seed(seed: u64, steps: usize) -> World {
     let mut i = 0;
     while i < steps {
         let target = g.pick(&[300, 700, 2_000, 260]);
-        while w.model.holes.len() < target && i < steps {
+        while w.model.holes().len() < target && i < steps {
             step(&mut g, &mut w, p, Some(true));
             i += 1;
         }
@@ -591,7 +447,7 @@ fn run_seed(seed: u64, steps: usize) -> World {
             i += 1;
         }
         let floor = g.pick(&[0, 10, 100, 127]);
-        while w.model.holes.len() > floor && i < steps {
+        while w.model.holes().len() > floor && i < steps {
             step(&mut g, &mut w, p, Some(false));
             i += 1;
         }
@@ -633,7 +489,7 @@ fn striped(base: u64, g: u64, n: u64, to_max: bool) -> World {
 
 /// Requests over every combination of edge parameters.
 fn edge_requests(w: &mut World) {
-    let h = w.model.holes.clone();
+    let h = w.model.holes().to_vec();
     let (fs, fe) = h[0];
     let (ls, le) = *h.last().unwrap();
     let (ms, me) = h[h.len() / 2];
@@ -733,7 +589,7 @@ fn allocations_at_the_ends_of_the_space() {
             let base = if to_max { MAX - 2 * n * 0x1000 } else { 0 };
             let mut w = striped(base, 0x1000, n, to_max);
             // Take the last hole's last bytes, its first bytes, then all.
-            let (s, e) = *w.model.holes.last().unwrap();
+            let (s, e) = *w.model.holes().last().unwrap();
             w.alloc_at(e - 1, e).unwrap();
             w.alloc_at(s, s + 1).unwrap();
             let q = FitRequest {
@@ -750,18 +606,18 @@ fn allocations_at_the_ends_of_the_space() {
             w.free(s + 1, e - 1).unwrap();
             w.free(e - 1, e).unwrap();
             w.free(s, s + 1).unwrap();
-            assert_eq!(w.model.holes.last(), Some(&(s, e)));
+            assert_eq!(w.model.holes().last(), Some(&(s, e)));
             // Free the space up to u64::MAX above the last hole.
             if e < MAX {
                 w.free(e, MAX).unwrap();
-                assert_eq!(w.model.holes.last(), Some(&(s, MAX)));
+                assert_eq!(w.model.holes().last(), Some(&(s, MAX)));
             }
             // A hole starting at 0.
-            let (s0, _) = w.model.holes[0];
+            let (s0, _) = w.model.holes()[0];
             if s0 > 0 {
                 w.free(0, s0).unwrap();
             }
-            assert_eq!(w.model.holes[0].0, 0);
+            assert_eq!(w.model.holes()[0].0, 0);
             // Huge requests.
             for topdown in [false, true] {
                 for align in [1, 1 << 63] {
@@ -794,14 +650,14 @@ fn merges_across_leaf_boundaries() {
             // Shrink some gaps from one side first, so that frees touch
             // one hole only.
             for j in (1..n as usize).step_by(7) {
-                let (lo, hi) = w.gap(j.min(w.model.holes.len() - 1));
+                let (lo, hi) = w.gap(j.min(w.model.holes().len() - 1));
                 if hi - lo >= 2 {
                     let _ = w.free(lo, lo + 1);
                 }
             }
             // Then merge everything, gap by gap.
-            while w.model.holes.len() > 1 {
-                let m = w.model.holes.len();
+            while w.model.holes().len() > 1 {
+                let m = w.model.holes().len();
                 let j = match order {
                     0 => 1,
                     1 => m - 1,
@@ -836,7 +692,7 @@ fn merges_across_leaf_boundaries() {
 fn refused_frees_change_nothing() {
     for n in [5, 200, 600] {
         let mut w = striped(0x10_0000, 0x4000, n, false);
-        let h = w.model.holes.clone();
+        let h = w.model.holes().to_vec();
         for (i, &(s, e)) in h.iter().enumerate() {
             let next = h.get(i + 1).map_or(MAX, |x| x.1);
             let tries = [
@@ -881,17 +737,17 @@ fn hysteresis_at_the_limits() {
     let mut rng = Rng(7);
     for round in 0..40 {
         let target = if round % 2 == 0 { 126 } else { 258 };
-        while w.model.holes.len() != target {
-            if w.model.holes.len() > target {
+        while w.model.holes().len() != target {
+            if w.model.holes().len() > target {
                 // Merge two holes by freeing a random inner gap.
-                let j = rng.range(1, w.model.holes.len() as u64) as usize;
+                let j = rng.range(1, w.model.holes().len() as u64) as usize;
                 let (lo, hi) = w.gap(j);
                 w.free(lo, hi).unwrap();
             } else {
                 // Split a random hole of at least 3 granules.
                 let big: Vec<_> = w
                     .model
-                    .holes
+                    .holes()
                     .iter()
                     .copied()
                     .filter(|&(s, e)| e - s >= 3 * g)
@@ -990,7 +846,7 @@ fn memory_and_clones() {
         let (lo, hi) = w.gap(j);
         w.free(lo, hi).unwrap();
     }
-    assert_eq!(w.model.holes.len(), 1);
+    assert_eq!(w.model.holes().len(), 1);
     assert_eq!(copy.hole_count(), 5000);
     copy.check_invariants();
     assert!(
@@ -1017,8 +873,8 @@ fn tall_tree_built_and_drained() {
     for _ in 0..6_000 {
         step(&mut rng, &mut w, p, None);
     }
-    while w.model.holes.len() > 1 {
-        let m = w.model.holes.len() as u64;
+    while w.model.holes().len() > 1 {
+        let m = w.model.holes().len() as u64;
         let j = rng.range(1, m) as usize;
         let (lo, hi) = w.gap(j);
         w.free(lo, hi).unwrap();
@@ -1047,7 +903,7 @@ fn byte_holes_in_the_tree_exhaustively() {
         if base > 0 {
             w.free(at, MAX).unwrap();
         }
-        assert!(w.model.holes.len() > 300);
+        assert!(w.model.holes().len() > 300);
         for round in 0..3 {
             let mut windows = vec![(0, MAX), (base, base + 1500)];
             for _ in 0..8 {
@@ -1089,12 +945,12 @@ fn byte_holes_in_the_tree_exhaustively() {
                     respect_guard_gaps: false,
                 };
                 let _ = w.alloc(&q, None);
-                let j = rng.range(1, w.model.holes.len() as u64) as usize;
+                let j = rng.range(1, w.model.holes().len() as u64) as usize;
                 let (lo, hi) = w.gap(j);
                 w.free(lo, hi).unwrap();
             }
             // Still the tree form: it leaves it only below 128 holes.
-            assert!(w.model.holes.len() > 200);
+            assert!(w.model.holes().len() > 200);
         }
     }
 }
