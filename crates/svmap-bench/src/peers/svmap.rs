@@ -5,6 +5,20 @@ use svmap_core::{AddressMap, FitRequest, SearchParams, SearchStats, VmaFlags};
 
 use crate::workload::{Churn, WINDOW};
 
+/// The churn's request of `bytes` in `[0, WINDOW)`, no guard gaps: the
+/// same for both svmap structures, so that they place alike.
+pub(crate) fn request(bytes: u64, align: u64, topdown: bool) -> FitRequest {
+    FitRequest {
+        length: bytes,
+        low: 0,
+        high: WINDOW,
+        align,
+        align_offset: 0,
+        topdown,
+        respect_guard_gaps: false,
+    }
+}
+
 /// svmap's own map over `[0, WINDOW)`.
 pub struct Svmap {
     map: AddressMap,
@@ -34,15 +48,7 @@ impl Churn for Svmap {
 
     #[inline]
     fn alloc(&mut self, bytes: u64) -> (u64, u64) {
-        let req = FitRequest {
-            length: bytes,
-            low: 0,
-            high: WINDOW,
-            align: self.align,
-            align_offset: 0,
-            topdown: self.topdown,
-            respect_guard_gaps: false,
-        };
+        let req = request(bytes, self.align, self.topdown);
         let mut st = SearchStats::default();
         let a = self
             .map

@@ -10,7 +10,7 @@
 //! [`AddressMap::find_fit`]: svmap_core::AddressMap::find_fit
 //! [`Svmap`]: super::svmap::Svmap
 
-use svmap_core::{FitRequest, VaHeap};
+use svmap_core::VaHeap;
 
 use crate::workload::{Churn, WINDOW};
 
@@ -48,16 +48,10 @@ impl Churn for SvmapHeap {
 
     #[inline]
     fn alloc(&mut self, bytes: u64) -> (u64, u64) {
-        let req = FitRequest {
-            length: bytes,
-            low: 0,
-            high: WINDOW,
-            align: self.align,
-            align_offset: 0,
-            topdown: self.topdown,
-            respect_guard_gaps: false,
-        };
-        let a = self.heap.alloc(&req).expect("svmap-heap: no space");
+        let a = self
+            .heap
+            .alloc(&super::svmap::request(bytes, self.align, self.topdown))
+            .expect("svmap-heap: no space");
         (a, a + bytes)
     }
 
