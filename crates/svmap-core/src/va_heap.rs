@@ -163,6 +163,8 @@ pub struct VaHeap {
 /// limit from moving at every change).
 const FLAT_MAX: usize = 256;
 const FLAT_MIN: usize = 128;
+// A tree holds more holes than one leaf does, so its root is an inner node.
+const _: () = assert!(FLAT_MIN > LC);
 
 /// Holes per leaf.
 const LC: usize = 16;
@@ -755,7 +757,7 @@ impl VaHeap {
     /// `align_offset` modulo `align`. Errors as [`crate::AddressMap::find_fit`].
     pub fn find_fit(&self, req: &FitRequest) -> Result<u64, FitError> {
         AddressMap::check_fit(req)?;
-        Ok(self.search(req, None)?.addr)
+        self.fit_addr(req, None)
     }
 
     /// [`Self::find_fit`] whose range must also not cross a multiple of
@@ -763,7 +765,7 @@ impl VaHeap {
     /// [`crate::AddressMap::find_fit_nocross`].
     pub fn find_fit_nocross(&self, req: &FitRequest, boundary: u64) -> Result<u64, NoCrossError> {
         let nc = AddressMap::check_nocross(req, boundary)?;
-        Ok(self.search(req, nc)?.addr)
+        Ok(self.fit_addr(req, nc)?)
     }
 
     /// [`Self::find_fit`] and takes the range found. Returns its start.
@@ -775,7 +777,7 @@ impl VaHeap {
     fn alloc_checked(&mut self, req: &FitRequest, nc: Option<NoCross>) -> Result<u64, FitError> {
         if self.flat {
             let w = Want::new(req, nc);
-            let (_, i, a) = self.flat_walk(&w, req.topdown).ok_or(FitError::NoSpace)?;
+            let (i, a) = self.flat_walk(&w, req.topdown).ok_or(FitError::NoSpace)?;
             self.flat_take(i, a, req.length)?;
             self.settle();
             return Ok(a);
@@ -840,9 +842,9 @@ impl VaHeap {
 
     /// The search on the sorted array: the first (last) hole that holds a
     /// fit, from where the window starts (ends).
-    fn flat_walk(&self, w: &Want, top: bool) -> Option<(u32, usize, u64)> {
+    fn flat_walk(&self, w: &Want, top: bool) -> Option<(usize, u64)> {
         let l = &self.list;
-        let found = if top {
+        if top {
             let end = if l.last().is_some_and(|h| h.0 > w.hi) {
                 l.partition_point(|h| h.0 <= w.hi)
             } else {
@@ -856,8 +858,7 @@ impl VaHeap {
                 0
             };
             w.scan_low(start, l.len(), |i| l[i])
-        };
-        found.map(|(i, a)| (NIL, i, a))
+        }
     }
 
     /// Takes `[a, a + len)` out of hole `i` of the sorted array.
@@ -961,14 +962,21 @@ impl VaHeap {
 
     // ---- search ----
 
+    /// The start of the fit of `req`, in either form.
+    fn fit_addr(&self, req: &FitRequest, nc: Option<NoCross>) -> Result<u64, FitError> {
+        if self.flat {
+            let w = Want::new(req, nc);
+            let (_, a) = self.flat_walk(&w, req.topdown).ok_or(FitError::NoSpace)?;
+            return Ok(a);
+        }
+        Ok(self.search(req, nc)?.addr)
+    }
+
+    /// The fit of `req` in the tree form, with the path to it.
     fn search(&self, req: &FitRequest, nc: Option<NoCross>) -> Result<Found, FitError> {
         let w = Want::new(req, nc);
         let mut path = Path::EMPTY;
-        let r = if self.flat {
-            self.flat_walk(&w, req.topdown)
-        } else {
-            self.walk(&w, req.topdown, &mut path)
-        };
+        let r = self.walk(&w, req.topdown, &mut path);
         let (leaf, slot, addr) = r.ok_or(FitError::NoSpace)?;
         Ok(Found {
             path,
@@ -1036,10 +1044,10 @@ impl VaHeap {
                 self.leaf_low(id, w)
             }
         };
+        // The tree form holds at least `FLAT_MIN` holes, more than one
+        // leaf holds: the root is an inner node.
         let h = self.height as usize;
-        if h == 0 {
-            return leaf_fit(self.root).map(|(i, a)| (self.root, i, a));
-        }
+        debug_assert!(h > 0);
         // `lo[d]..=hi[d]`: the children still to try at depth `d`; the
         // next one is `next` (counting down with `top`).
         let mut lo = [0usize; MAX_HEIGHT];
@@ -1098,9 +1106,7 @@ impl VaHeap {
 
     /// Takes `[f.addr, f.addr + len)` out of the hole `f` found.
     fn take(&mut self, f: Found, len: u64) -> Result<(), FitError> {
-        if self.flat {
-            return self.flat_take(f.slot, f.addr, len);
-        }
+        debug_assert!(!self.flat);
         let l = &self.leaves[f.leaf as usize];
         let (s, e) = (l.s[f.slot], l.e[f.slot]);
         let (a, b) = (f.addr, f.addr + len);
