@@ -539,9 +539,11 @@ impl VaHeap {
         self.bytes
     }
 
-    /// Bytes of heap memory the tree holds: its node arenas' capacity,
-    /// which is the most the heap has ever needed (freed nodes are reused,
-    /// not returned).
+    /// Bytes of heap memory the heap holds: the capacity of its array or of
+    /// its node arenas and their lists of freed nodes. In the tree form
+    /// freed nodes are kept for reuse, so this is the most the tree has
+    /// needed; a heap that moves back into the array gives the tree's
+    /// memory back.
     pub fn heap_bytes(&self) -> usize {
         self.leaves.capacity() * core::mem::size_of::<Leaf>()
             + self.inners.capacity() * core::mem::size_of::<Inner>()
